@@ -1,0 +1,38 @@
+"""Tokenizer loading and prompt rendering: the one place the chat template is applied.
+
+Why: the recipe's prompt is "localized instruction + \\n\\n + question" rendered with the model's own chat
+template, and reasoning-model templates end the generation prompt with `<think>\\n`, so the trace the model
+writes starts right after the prompt. A tokenizer folder without a template (a bare base model) gets a plain
+"Question/Answer" rendering instead, so nothing fails for lack of a template.
+
+Imports: transformers (AutoTokenizer; templates are rendered by its jinja2 engine).
+"""
+
+import os
+
+PLAIN_TEMPLATE = "Question: {prompt}\nAnswer: "  # used only when the tokenizer has no chat template
+
+
+def load_tokenizer(path: str):
+    """The tokenizer saved in a model folder, read from local files only (no hub access)."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: model folder not found")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text the model sees before its response: the user turn plus the generation prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list:
+    """Token ids of the rendered prompt. A chat template already holds any BOS token, so none is added again."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]

@@ -1,0 +1,451 @@
+"""A from-scratch decoder-only transformer that reads and writes Hugging Face checkpoints.
+
+Why from scratch: every other piece of the recipe (the KV-cache generator, the fused log-prob kernel, FSDP2
+training) needs a model whose forward it controls: explicit positions so left-padded batches work, a KV
+cache the generator owns, and the option to stop before the lm_head so a [tokens x vocab] tensor is never
+made unless asked for. One file covers the three architectures the recipe uses, as their `config.json`
+files describe them:
+
+    qwen2  (DeepSeek-R1-Distill-Qwen-1.5B): q/k/v projections carry a bias
+    qwen3  (Qwen3-4B):                      per-head RMSNorm on q and k before the rotary embedding
+    llama:                                  optional bias on all projections, llama3 rope scaling
+
+Parameter names equal the Hugging Face ones (`model.layers.3.self_attn.q_proj.weight` ...), so loading
+and saving are a name-for-name copy, and each decoder layer is its own module so FSDP2 can shard it.
+
+Attention for one layer, with h the input and (cos, sin) the rotary tables at each token's position:
+
+    q, k, v = W_q h, W_k h, W_v h      (grouped-query: n_kv_heads <= n_heads)
+    q, k    = rope(q), rope(k)          rope(x) = x * cos + rotate_half(x) * sin
+    out     = W_o softmax(q k^T / sqrt(d) + mask) v
+
+Imports: torch, safetensors (for load_model / save_model).
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+
+
+@dataclass
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None  # None (default rope) or the llama3 parameters
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    raw: dict = field(default_factory=dict, repr=False)  # the config.json dict, written back by save_model
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
+        def need(key):
+            if key not in d:
+                raise ValueError(f"{source}: missing field '{key}'")
+            return d[key]
+
+        model_type = need("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"{source}: unsupported model_type '{model_type}' (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        if d.get("use_sliding_window"):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        n_heads = need("num_attention_heads")
+        hidden = need("hidden_size")
+        # transformers >= 5 writes rope settings under `rope_parameters`; released checkpoints use the older
+        # top-level `rope_theta` and `rope_scaling`. Accept both.
+        rope = dict(d.get("rope_parameters") or {})
+        rope_scaling = d.get("rope_scaling") or None
+        if rope_scaling:
+            rope = {**rope, **rope_scaling}
+        rope_theta = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(f"{source}: unsupported rope type '{rope_type}' (supported: default, llama3)")
+        if rope_type == "llama3":
+            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            missing = [k for k in keys if k not in rope]
+            if missing:
+                raise ValueError(f"{source}: llama3 rope scaling misses {', '.join(missing)}")
+            rope_scaling = {k: rope[k] for k in keys}
+        else:
+            rope_scaling = None
+        bias = bool(d.get("attention_bias", False))
+        return cls(
+            model_type=model_type,
+            vocab_size=need("vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=need("intermediate_size"),
+            num_hidden_layers=need("num_hidden_layers"),
+            num_attention_heads=n_heads,
+            num_key_value_heads=d.get("num_key_value_heads") or n_heads,
+            head_dim=d.get("head_dim") or hidden // n_heads,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=True if model_type == "qwen2" else bias,  # qwen2 always has q/k/v bias, never o bias
+            o_bias=False if model_type == "qwen2" else bias,
+            mlp_bias=bool(d.get("mlp_bias", False)) if model_type == "llama" else False,
+            qk_norm=model_type == "qwen3",
+            raw=dict(d),
+        )
+
+
+def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """Inverse frequencies theta^(-2i/d), [head_dim/2] float32, with llama3 long-context scaling if configured."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    if cfg.rope_scaling is not None:  # llama3: divide low frequencies by `factor`, interpolate the middle band
+        s = cfg.rope_scaling
+        old_len = s["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / s["low_freq_factor"], old_len / s["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
+        smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        smoothed = (1 - smooth) * scaled / s["factor"] + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in float32, cast back before the weight (as the reference implementations do)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values for every layer, filled slot by slot.
+
+    k[i], v[i]: [B, n_kv_heads, S, head_dim]; valid: [B, S] bool, True where a slot holds a real token
+    (left padding and not-yet-written slots are False). A forward with `cache` writes its T tokens into slots
+    [start, start + T) and attends to slots [0, start + T).
+    """
+
+    k: list
+    v: list
+    valid: torch.Tensor
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, batch: int, max_len: int, dtype, device) -> "KVCache":
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        return cls(k, v, torch.zeros(batch, max_len, dtype=torch.bool, device=device))
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, batch: int, max_len: int, dtype) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * elem + batch * max_len
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
+        # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: [B, 1, T, S] bool or None (plain causal)
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            ck[:, :, start:start + T] = k
+            cv[:, :, start:start + T] = v
+            k, v = ck[:, :, :start + T], cv[:, :, :start + T]
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        else:
+            # Grouped-query attention without copying k/v: fold the n_heads/n_kv query heads that share a kv head
+            # into the query-length axis, so every SDPA backend that takes a mask can run it.
+            rep = self.n_heads // self.n_kv
+            qg = q.reshape(B, self.n_kv, rep * T, self.hd)
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(1, 1, rep, 1) if rep > 1 else mask)
+            y = y.view(B, self.n_heads, T, self.hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Every .to() / .cuda() / to_empty() passes here. Recompute the rotary table afterwards so it stays
+        # float32 (a .to(bfloat16) would round it) and real (to_empty from the meta device leaves it garbage),
+        # and re-tie lm_head to the embedding (moving off the meta device makes two separate tensors).
+        super()._apply(fn, recurse)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.inv_freq = rope_inv_freq(self.config, self.inv_freq.device)
+        return self
+
+    def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start: int = 0,
+                return_hidden: bool = False):
+        """input_ids, positions, mask: [B, T] (mask: bool, True = real token; left padding = False).
+
+        positions default to 0..T-1 (or start..start+T-1 with a cache). With `cache`, the T tokens are written
+        to cache slots [start, start + T) and attend to every valid slot before them. Returns logits
+        [B, T, V] in the parameters' dtype, or the final normalised hidden states [B, T, C] when
+        `return_hidden` (the fused log-prob kernels take those with the lm_head weight).
+        """
+        B, T = input_ids.shape
+        dev = input_ids.device
+        if positions is None:
+            positions = torch.arange(start, start + T, device=dev).expand(B, T)
+        x = self.model.embed_tokens(input_ids)
+        freqs = positions[:, None, :, None].float() * self.inv_freq.float()  # [B, 1, T, hd/2], float32
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+        attn_mask = None
+        if cache is not None:
+            cache.valid[:, start:start + T] = True if mask is None else mask
+            q_slot = torch.arange(start, start + T, device=dev)[:, None]
+            k_slot = torch.arange(start + T, device=dev)[None, :]
+            # a query sees valid earlier slots; it always sees itself so padded rows stay finite
+            attn_mask = (cache.valid[:, None, None, :start + T] & (k_slot <= q_slot)) | (k_slot == q_slot)
+        elif mask is not None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+            attn_mask = (mask[:, None, None, :] & causal) | torch.eye(T, dtype=torch.bool, device=dev)
+
+        for i, layer in enumerate(self.model.layers):
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            x = layer(x, cos, sin, attn_mask, kv, start)
+        x = self.model.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hugging Face checkpoints: config.json + model.safetensors, or model-0000k-of-0000n.safetensors with an index.
+
+def read_config(path: str) -> ModelConfig:
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise FileNotFoundError(f"{cfg_file}: not found (a model folder needs config.json and safetensors weights)")
+    try:
+        with open(cfg_file, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    return ModelConfig.from_dict(d, source=cfg_file)
+
+
+def _weight_files(path: str) -> dict:
+    """{tensor name: file} for a single or sharded safetensors checkpoint."""
+    from safetensors import safe_open
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: missing field 'weight_map'")
+        files = {name: os.path.join(path, fn) for name, fn in weight_map.items()}
+        for fn in set(files.values()):
+            if not os.path.isfile(fn):
+                raise FileNotFoundError(f"{fn}: listed in {index} but not found")
+        return files
+    if os.path.isfile(single):
+        with safe_open(single, framework="pt") as f:
+            return {name: single for name in f.keys()}
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (no weights found)")
+
+
+def load_model(path: str, dtype=torch.float32, device="cpu", meta: bool = False) -> Transformer:
+    """Build the model described by `path/config.json` and load its safetensors weights.
+
+    Every expected tensor must be present with the expected shape and no unknown tensor may be present; any
+    mismatch raises one error naming the file and the tensor, before any weight is copied. With `meta=True`
+    the model is returned on the meta device with its weights unloaded (materialise it with `to_empty`,
+    then call `load_weights`).
+    """
+    cfg = read_config(path)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    if meta:
+        return model
+    model.to_empty(device=device)
+    model.to(dtype)
+    load_weights(model, path)
+    return model
+
+
+def load_weights(model: Transformer, path: str) -> None:
+    """Copy the checkpoint at `path` into `model` after checking every name and shape."""
+    from safetensors import safe_open
+
+    files = _weight_files(path)
+    params = dict(model.named_parameters(remove_duplicate=True))  # tied lm_head.weight appears once
+    expected = {n: tuple(p.shape) for n, p in params.items()}
+    tied = model.config.tie_word_embeddings
+    problems = []
+    shapes = {}
+    for name, fn in files.items():
+        if name == "lm_head.weight" and tied:
+            continue  # some tied checkpoints store the (identical) copy anyway
+        if name not in expected:
+            problems.append(f"{fn}: unexpected tensor '{name}'")
+            continue
+        with safe_open(fn, framework="pt") as f:
+            if name not in f.keys():
+                problems.append(f"{fn}: tensor '{name}' listed in the index is missing from the file")
+                continue
+            shapes[name] = tuple(f.get_slice(name).get_shape())
+        if shapes[name] != expected[name]:
+            problems.append(f"{fn}: tensor '{name}' has shape {list(shapes[name])}, expected {list(expected[name])}")
+    for name in expected:
+        if name not in files:
+            problems.append(f"{path}: missing tensor '{name}'")
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ValueError(problems[0] + more + "\n" + "\n".join(problems[1:6]))
+
+    by_file = {}
+    for name in expected:
+        by_file.setdefault(files[name], []).append(name)
+    with torch.no_grad():
+        for fn, names in by_file.items():
+            with safe_open(fn, framework="pt") as f:
+                for name in names:
+                    params[name].copy_(f.get_tensor(name))
+
+
+def save_model(model: Transformer, path: str, state_dict: dict | None = None, dtype=None,
+               max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `config.json` and safetensors weights that transformers (and vLLM) load unchanged.
+
+    `state_dict` defaults to the model's own (pass a gathered full state dict for an FSDP2 model). Above
+    `max_shard_bytes` the weights are split into numbered shards with `model.safetensors.index.json`.
+    Files are written under temporary names and renamed, so an interrupted save leaves no half file.
+    """
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    sd = state_dict if state_dict is not None else model.state_dict()
+    sd = {n: t for n, t in sd.items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")}
+    sd = {n: (t.to(dtype) if dtype is not None else t).detach().contiguous().cpu() for n, t in sd.items()}
+    os.makedirs(path, exist_ok=True)
+    raw = dict(cfg.raw)
+    some = next(iter(sd.values()))
+    raw["torch_dtype"] = str(some.dtype).removeprefix("torch.")
+    raw["dtype"] = raw["torch_dtype"]
+
+    shards, cur, cur_bytes = [], {}, 0
+    for n, t in sd.items():
+        nb = t.numel() * t.element_size()
+        if cur and cur_bytes + nb > max_shard_bytes:
+            shards.append(cur)
+            cur, cur_bytes = {}, 0
+        cur[n] = t
+        cur_bytes += nb
+    shards.append(cur)
+
+    def write(obj_path, writer):
+        tmp = obj_path + ".tmp"
+        writer(tmp)
+        os.replace(tmp, obj_path)
+
+    def write_json(obj):
+        def writer(p):
+            with open(p, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, sort_keys=True)
+        return writer
+
+    for stale in ("model.safetensors", "model.safetensors.index.json"):
+        if os.path.exists(os.path.join(path, stale)):
+            os.remove(os.path.join(path, stale))
+    if len(shards) == 1:
+        write(os.path.join(path, "model.safetensors"), lambda p: save_file(shards[0], p, metadata={"format": "pt"}))
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            write(os.path.join(path, fn), lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}))
+            weight_map.update({n: fn for n in shard})
+        total = sum(t.numel() * t.element_size() for t in sd.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        write(os.path.join(path, "model.safetensors.index.json"), write_json(index))
+    write(os.path.join(path, "config.json"), write_json(raw))

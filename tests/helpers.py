@@ -1,0 +1,83 @@
+"""Tiny random models and tokenizers with the real architectures, built offline for tests."""
+
+import torch
+
+TINY = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, max_position_embeddings=256)
+
+# (name, model_type, extra config): odd head counts, GQA ratios 1, 2, 3 and 5, tied and untied, bias on and off
+VARIANTS = [
+    ("qwen2-gqa2-tied", "qwen2", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    ("qwen2-gqa3-untied", "qwen2", dict(num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=False)),
+    ("qwen3-gqa3-headdim", "qwen3", dict(num_attention_heads=3, num_key_value_heads=1, head_dim=20,
+                                         tie_word_embeddings=False)),
+    ("qwen3-mha-tied-bias", "qwen3", dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
+                                          attention_bias=True)),
+    ("llama-mha-odd", "llama", dict(num_attention_heads=3, num_key_value_heads=3, tie_word_embeddings=False)),
+    ("llama-gqa5-bias-llama3", "llama", dict(
+        hidden_size=40, num_attention_heads=5, num_key_value_heads=1, attention_bias=True, mlp_bias=True,
+        tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=16))),
+]
+
+
+def hf_config(model_type, **extra):
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[model_type]
+    return cls(**{**TINY, **extra})
+
+
+def save_tiny_hf(path, model_type, seed=0, **extra):
+    """Save a random transformers model to `path` and return it (float32, eval mode)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = hf_config(model_type, **extra)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: randomise them so a missed one shows
+        for n, p in model.named_parameters():
+            if "norm" in n or n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def left_padded_batch(lengths, vocab, seed=0):
+    """input_ids, mask, positions for sequences of the given lengths, left-padded to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        ids[i, T - n:] = torch.randint(0, vocab, (n,), generator=g)
+        mask[i, T - n:] = True
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def save_tiny_tokenizer(path, corpus=None, chat_template=CHAT_TEMPLATE, vocab_size=300):
+    """Train a small BPE tokenizer with `tokenizers` and save it as a transformers fast tokenizer folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = corpus or ["Combien font 3 plus 4 ? La réponse est \\boxed{7}.", "What is 2 + 2? <think> 4 </think>",
+                        "3 足す 4 は？ 答えは 7 です。"] * 20
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return fast
