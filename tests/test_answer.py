@@ -1,0 +1,142 @@
+import time
+
+import pytest
+
+from adamame.rewards import accuracy, extract_answer, split_response, verify
+
+# ---- extraction ----
+
+
+def test_split_at_close_think():
+    assert split_response("reasoning here\n</think>\nThe answer is \\boxed{5}.") == ("reasoning here",
+                                                                                    "The answer is \\boxed{5}.")
+
+
+def test_split_without_close_think_is_all_trace():
+    assert split_response("still thinking \\boxed{3}") == ("still thinking \\boxed{3}", "")
+
+
+def test_split_drops_text_before_open_think():
+    assert split_response("preamble <think>trace</think> answer") == ("trace", "answer")
+
+
+def test_boxed_with_nested_braces():
+    assert extract_answer("</think> so \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+
+
+def test_boxed_without_braces_and_fbox():
+    assert extract_answer("</think> \\boxed 5$") == "5"
+    assert extract_answer("</think> \\fbox{12}") == "12"
+
+
+def test_answer_part_preferred_over_trace():
+    assert extract_answer("maybe \\boxed{3}\n</think>\nfinal \\boxed{4}") == "4"
+
+
+def test_falls_back_to_trace_when_answer_has_no_box():
+    assert extract_answer("so \\boxed{3}\n</think>\nThe answer is three.") == "3"
+
+
+def test_last_box_wins():
+    assert extract_answer("</think> \\boxed{1} no wait \\boxed{2}") == "2"
+
+
+def test_no_box_gives_none():
+    assert extract_answer("</think> The answer is 42.") is None
+
+
+# ---- verification: accepted forms ----
+
+@pytest.mark.parametrize("pred,gold", [
+    ("42", "42"), ("42.0", "42"), ("-7", "-7"), ("−7", "-7"),
+    ("1,000", "1000"), ("1 000", "1000"), ("1\u202f000", "1000"), ("1.000.000", "1000000"), ("1.000", "1000"),
+    ("12,345.5", "12345.5"), ("1.234,5", "1234.5"), ("2,5", "2.5"),
+    ("\\frac{3}{4}", "0.75"), ("\\dfrac{3}{4}", "3/4"), ("\\tfrac12", "0.5"), ("-\\frac{1}{3}", "-1/3"),
+    ("3/4", "\\frac{3}{4}"),
+    ("25\\%", "25"), ("25%", "0.25"),
+    ("\\text{18 dollars}", "18"), ("18 \\text{ dollars}", "18"), ("\\$18", "18"), ("$18$", "18"), ("18 €", "18"),
+    ("18 cm^2", "18"), ("90^\\circ", "90"), ("90°", "90"), ("x = 5", "5"), ("5 ドル", "5"),
+    ("2^{10}", "1024"), ("\\sqrt{8}", "2\\sqrt{2}"), ("\\sqrt[3]{27}", "3"), ("2\\pi", "6.2831853"),
+    ("\\pi", "3.14159265"), ("5m^{2}", "5"), ("\\frac{\\sqrt{3}}{2}", "0.8660254"), ("3 \\times 4", "12"), ("3 \\cdot 4", "12"),
+    ("\\left(1, 2\\right)", "(1,2)"), ("\\{1, 2, 3\\}", "\\{3, 2, 1\\}"), ("2, 3", "3, 2"), ("(0.5, 1)", "(1/2, 1)"),
+    ("\\boxed{7}", "7"),
+])
+def test_equal_forms_verify(pred, gold):
+    assert verify(pred, gold), (pred, gold)
+
+
+# ---- verification: must be False ----
+
+@pytest.mark.parametrize("pred,gold", [
+    ("41", "42"), ("-42", "42"), ("42", "-42"), ("", "42"), ("   ", "42"), ("0.33", "1/3"), ("(1, 2)", "(2, 1)"),
+    ("\\{1, 2\\}", "\\{1, 2, 3\\}"), ("3.14", "\\pi"), ("x", "5"), ("five", "5"), ("1/0", "1"), ("12", "1,2"),
+])
+def test_unequal_forms_do_not_verify(pred, gold):
+    assert not verify(pred, gold), (pred, gold)
+
+
+def test_empty_box_is_wrong():
+    assert accuracy("</think> \\boxed{}", "0") == 0.0
+
+
+def test_answer_only_in_unrelated_place_is_wrong():
+    assert accuracy("I first get 42 apples ... \n</think>\nso \\boxed{41}", "42") == 0.0
+    assert accuracy("I first get 42 apples, The answer is 42", "42") == 0.0
+
+
+def test_accuracy_on_a_whole_response():
+    assert accuracy("Janet a 16 œufs ... \n</think>\nLa réponse est \\boxed{18}.", "18") == 1.0
+
+
+# ---- adversarial input: bounded time, nothing executed, never raises ----
+
+ADVERSARIAL = [
+    "1" * 1_000_000,
+    "a" * 1_000_000,
+    "{" * 10_000 + "1" + "}" * 10_000,
+    "(" * 10_000 + "1" + ")" * 10_000,
+    "\\frac{" * 5_000 + "1" + "}{2}" * 5_000,
+    "__import__('os').system('touch /tmp/adamame_pwned')",
+    "9^9^9^9",
+    "10^{10^{10}}",
+    "2^{999999999}",
+    "\\sqrt{" * 300 + "2" + "}" * 300,
+    "(" * 50 + "1" * 199 + ")" * 50 + "^" + "9" * 199,
+    "\x00\ud800\U0010ffff",
+    "\\sqrt{" * 100 + "2" + "}" * 100,
+    "(" * 500 + "2" + ")" * 500,
+    "2^" * 600 + "2",
+    "1/" * 10_000 + "1",
+    "-" * 100_000 + "1",
+]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
+def test_adversarial_input_is_fast_safe_and_false(text, monkeypatch):
+    import builtins
+    import os
+
+    import sympy
+
+    calls = []
+    for mod, name in [(builtins, "eval"), (builtins, "exec"), (os, "system"), (sympy, "sympify"),
+                      (sympy, "parse_expr")]:
+        monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: calls.append(_n))
+    t0 = time.perf_counter()
+    for gold in ("1", "0"):
+        assert verify(text, gold, timeout=0.5) is False
+        accuracy(f"</think> \\boxed{{{text}}}", gold)
+    assert time.perf_counter() - t0 < 10.0  # generous: the point is "no minutes-long hang", not a benchmark
+    assert calls == []
+    assert not os.path.exists("/tmp/adamame_pwned")
+
+
+def test_never_raises_on_odd_types_and_values():
+    for p, g in [(None, "1"), ("1", None), ("nan", "nan"), ("inf", "inf"), ("1e999999", "1"), ("0^{-1}", "1"),
+                 ("\\sqrt{-4}", "2"), ("\\frac{}{}", "1"), ("}{", "1"), ("\\boxed{", "1")]:
+        assert verify(p, g) in (True, False)
+
+
+def test_time_limit_is_enforced():
+    assert verify("\\frac{1}{3} + \\sqrt{2}", "\\sqrt{2} + 1/3")
+    assert not verify("\\frac{1}{3} + \\sqrt{2}", "\\sqrt{2} + 1/3", timeout=0.0)

@@ -1,0 +1,114 @@
+import math
+
+import numpy as np
+import pytest
+
+from adamame.rewards import advantages, alignment_factor, group_advantages, shaped_scores
+
+# ---- the schedule alpha(t) = max(1/2 (1 - cos(pi t / T)), 0.1) ----
+
+
+def test_alignment_factor_at_landmarks():
+    assert alignment_factor(0, 90) == 0.1  # floor
+    assert alignment_factor(45, 90) == pytest.approx(0.5)
+    assert alignment_factor(90, 90) == pytest.approx(1.0)
+    assert alignment_factor(20, 90) == pytest.approx(0.5 * (1 - math.cos(2 * math.pi / 9)))  # 0.11698
+    assert alignment_factor(20, 90) == pytest.approx(0.116978, abs=1e-6)
+
+
+def test_alignment_factor_floor_region():
+    # 1/2 (1 - cos(pi t / 90)) < 0.1 for t <= 18 (at t = 18 it is 0.0955)
+    assert all(alignment_factor(t, 90) == 0.1 for t in range(0, 19))
+    assert alignment_factor(19, 90) > 0.1
+    assert alignment_factor(0, 90, floor=0.0) == 0.0
+
+
+def test_alignment_factor_clamps_and_rejects_bad_total():
+    assert alignment_factor(200, 90) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        alignment_factor(1, 0)
+
+
+# ---- shaped scores ----
+
+GROUP = dict(correct=[1, 1, 0, 0], langs=["fr", "en", "fr", "en"], query_langs=["fr"] * 4, group_ids=[0] * 4)
+
+
+def test_adamame_scores_by_hand():
+    s = shaped_scores(**GROUP, step=90, total_steps=90)  # alpha = 1, B = 2
+    assert s.tolist() == [3.0, 1.0, 0.0, 0.0]
+    s0 = shaped_scores(**GROUP, step=0, total_steps=90)  # alpha = 0.1
+    assert s0.tolist() == pytest.approx([1.2, 1.0, 0.0, 0.0])
+
+
+def test_variants_by_hand():
+    kw = dict(**GROUP, step=45, total_steps=90)  # alpha = 0.5
+    assert shaped_scores(**kw, variant="grpo").tolist() == [1, 1, 0, 0]
+    assert shaped_scores(**kw, variant="binary-lang", lam=0.5).tolist() == [1.5, 1.0, 0.5, 0.0]
+    assert shaped_scores(**kw, variant="adamame").tolist() == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    assert shaped_scores(**kw, variant="adamame-const").tolist() == pytest.approx([3.0, 1.0, 0.0, 0.0])
+    assert shaped_scores(**kw, variant="adamame", bonus=4.0).tolist() == pytest.approx([3.0, 1.0, 0.0, 0.0])
+
+
+def test_unknown_language_never_matches():
+    s = shaped_scores([1, 1], ["unknown", "unknown"], ["unknown", "fr"], [0, 0], 90, 90)
+    assert s.tolist() == [1.0, 1.0]
+
+
+def test_diversity_weights_by_hand():
+    kw = dict(correct=[1, 1, 1, 1], langs=["fr", "fr", "fr", "en"], query_langs=["fr"] * 4, group_ids=[0] * 4,
+              variant="adamame-diversity")
+    # t = 0: alpha = 0.1, decay = 1; w_fr = 1 + (4/3 - 1) = 4/3, w_en = 1 + (4/1 - 1) = 4
+    assert shaped_scores(**kw, step=0, total_steps=90).tolist() == pytest.approx([1.2 * 4 / 3] * 3 + [4.0])
+    # t = T: decay = 0, w = 1: plain adamame
+    assert shaped_scores(**kw, step=90, total_steps=90).tolist() == pytest.approx([3.0, 3.0, 3.0, 1.0])
+    # t = T/2: decay = 1/2; w_fr = 1 + (1/3)/2 = 7/6, w_en = 1 + 3/2 = 5/2; alpha = 1/2 -> fr score 2
+    assert shaped_scores(**kw, step=45, total_steps=90).tolist() == pytest.approx([2 * 7 / 6] * 3 + [2.5])
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="unknown reward variant"):
+        shaped_scores(**GROUP, step=0, total_steps=1, variant="dapo")
+
+
+# ---- advantages A_i = (s_i - mean) / (std + eps), unbiased std ----
+
+
+def test_advantages_by_hand():
+    a = advantages(**GROUP, step=90, total_steps=90)
+    # s = [3, 1, 0, 0]: mean 1, unbiased var (4 + 0 + 1 + 1) / 3 = 2
+    sd = math.sqrt(2) + 1e-6
+    assert a.tolist() == pytest.approx([2 / sd, 0.0, -1 / sd, -1 / sd], rel=1e-12)
+
+
+def test_all_correct_group_mixing_languages_pushes_toward_query_language():
+    kw = dict(correct=[1, 1, 1, 1], langs=["fr", "fr", "en", "ja"], query_langs=["fr"] * 4, group_ids=[0] * 4)
+    a = advantages(**kw, step=0, total_steps=90)
+    # s = [1.2, 1.2, 1, 1]: mean 1.1, deviations +-0.1, unbiased std = sqrt(0.04 / 3)
+    sd = math.sqrt(0.04 / 3) + 1e-6
+    assert a.tolist() == pytest.approx([0.1 / sd, 0.1 / sd, -0.1 / sd, -0.1 / sd], rel=1e-9)
+    # ... and, as recipe.md notes, in an all-correct group the std normalisation cancels B and alpha(t)
+    b = advantages(**kw, step=90, total_steps=90, bonus=5.0)
+    assert b.tolist() == pytest.approx(a.tolist(), rel=1e-4)
+    assert advantages(**kw, step=0, total_steps=90, variant="grpo").tolist() == [0.0] * 4
+
+
+def test_groups_are_normalised_independently_and_keep_input_order():
+    correct = [1, 0, 1, 1, 0, 1]
+    gids = ["a", "b", "a", "b", "a", "b"]  # interleaved groups
+    a = advantages(correct, ["en"] * 6, ["fr"] * 6, gids, 0, 10, variant="grpo")
+    # group a: s = [1, 1, 0] -> mean 2/3, std = sqrt(1/3); group b: s = [0, 1, 1] -> same stats
+    sd = math.sqrt(1 / 3) + 1e-6
+    hi, lo = (1 / 3) / sd, -(2 / 3) / sd
+    assert a.tolist() == pytest.approx([hi, lo, hi, hi, lo, hi], rel=1e-12)
+
+
+def test_group_of_one_and_zero_variance_are_finite():
+    a = group_advantages([2.5, 0.0, 0.1, 0.1, 0.1], [0, 1, 2, 2, 2])
+    assert a.tolist() == [2.5, 0.0, 0.0, 0.0, 0.0]
+    assert np.isfinite(a).all()
+
+
+def test_mismatched_lengths_are_an_error():
+    with pytest.raises(ValueError, match="same length"):
+        advantages([1, 0], ["fr"], ["fr", "fr"], [0, 0], 0, 10)
