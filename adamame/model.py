@@ -194,9 +194,15 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache_kv is not None:
             ck, cv = cache_kv
-            ck[:, :, start:start + T] = k
-            cv[:, :, start:start + T] = v
-            k, v = ck[:, :, :start + T], cv[:, :, :start + T]
+            if isinstance(start, torch.Tensor):  # static shapes (CUDA graphs): write by index, attend to all slots
+                slots = start + torch.arange(T, device=x.device)
+                ck.index_copy_(2, slots, k)
+                cv.index_copy_(2, slots, v)
+                k, v = ck, cv
+            else:
+                ck[:, :, start:start + T] = k
+                cv[:, :, start:start + T] = v
+                k, v = ck[:, :, :start + T], cv[:, :, :start + T]
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         else:
@@ -261,12 +267,13 @@ class Transformer(nn.Module):
         self.inv_freq = rope_inv_freq(self.config, self.inv_freq.device)
         return self
 
-    def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start: int = 0,
+    def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start=0,
                 return_hidden: bool = False):
         """input_ids, positions, mask: [B, T] (mask: bool, True = real token; left padding = False).
 
         positions default to 0..T-1 (or start..start+T-1 with a cache). With `cache`, the T tokens are written
-        to cache slots [start, start + T) and attend to every valid slot before them. Returns logits
+        to cache slots [start, start + T) and attend to every valid slot before them; `start` may be a 0-dim
+        tensor, in which case attention runs over the whole cache (static shapes for CUDA graphs). Returns logits
         [B, T, V] in the parameters' dtype, or the final normalised hidden states [B, T, C] when
         `return_hidden` (the fused log-prob kernels take those with the lm_head weight).
         """
@@ -281,11 +288,17 @@ class Transformer(nn.Module):
 
         attn_mask = None
         if cache is not None:
-            cache.valid[:, start:start + T] = True if mask is None else mask
-            q_slot = torch.arange(start, start + T, device=dev)[:, None]
-            k_slot = torch.arange(start + T, device=dev)[None, :]
+            new_valid = torch.ones(B, T, dtype=torch.bool, device=dev) if mask is None else mask
+            q_slot = (start + torch.arange(T, device=dev))[:, None]
+            if isinstance(start, torch.Tensor):  # the whole cache, so shapes do not change from step to step
+                cache.valid.index_copy_(1, q_slot[:, 0], new_valid)
+                valid = cache.valid
+            else:
+                cache.valid[:, start:start + T] = new_valid
+                valid = cache.valid[:, :start + T]
+            k_slot = torch.arange(valid.shape[1], device=dev)[None, :]
             # a query sees valid earlier slots; it always sees itself so padded rows stay finite
-            attn_mask = (cache.valid[:, None, None, :start + T] & (k_slot <= q_slot)) | (k_slot == q_slot)
+            attn_mask = (valid[:, None, None, :] & (k_slot <= q_slot)) | (k_slot == q_slot)
         elif mask is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
             attn_mask = (mask[:, None, None, :] & causal) | torch.eye(T, dtype=torch.bool, device=dev)
