@@ -109,15 +109,14 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     ids, mask = ids.to(dev), mask.to(dev)
     plen = mask.sum(-1)
     pre = KVCache.allocate(cfg, P, Tp, dtype, dev)
-    h = model(ids, positions=(plen[:, None] - Tp + torch.arange(Tp, device=dev)).clamp(min=0), mask=mask,
-              cache=pre, start=0, return_hidden=True)
-    logits = model.lm_head(h[:, -1]).float().repeat_interleave(n, 0)  # [B, V]
+    logits = model(ids, positions=(plen[:, None] - Tp + torch.arange(Tp, device=dev)).clamp(min=0), mask=mask,
+                   cache=pre, start=0, logits_slice=slice(-1, None))[:, -1].float().repeat_interleave(n, 0)  # [B, V]
     cache = KVCache.allocate(cfg, B, S, dtype, dev)
     for layer in range(cfg.num_hidden_layers):  # share each prompt's cache rows with its n samples
         cache.k[layer][:, :, :Tp] = pre.k[layer].repeat_interleave(n, 0)
         cache.v[layer][:, :, :Tp] = pre.v[layer].repeat_interleave(n, 0)
     cache.valid[:, :Tp] = pre.valid.repeat_interleave(n, 0)
-    del pre, h
+    del pre
     plen = plen.repeat_interleave(n, 0)
 
     def step(tok, pos, start):

@@ -268,14 +268,16 @@ class Transformer(nn.Module):
         return self
 
     def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start=0,
-                return_hidden: bool = False):
+                return_hidden: bool = False, logits_slice: slice = slice(None)):
         """input_ids, positions, mask: [B, T] (mask: bool, True = real token; left padding = False).
 
         positions default to 0..T-1 (or start..start+T-1 with a cache). With `cache`, the T tokens are written
         to cache slots [start, start + T) and attend to every valid slot before them; `start` may be a 0-dim
         tensor, in which case attention runs over the whole cache (static shapes for CUDA graphs). Returns logits
         [B, T, V] in the parameters' dtype, or the final normalised hidden states [B, T, C] when
-        `return_hidden` (the fused log-prob kernels take those with the lm_head weight).
+        `return_hidden` (the fused log-prob kernels take those with the lm_head weight). `logits_slice` picks the
+        positions that get logits (e.g. slice(None, -1) for next-token training, slice(-1, None) for a prefill),
+        so no [B, T, V] tensor is made for positions nobody reads.
         """
         B, T = input_ids.shape
         dev = input_ids.device
@@ -307,7 +309,7 @@ class Transformer(nn.Module):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             x = layer(x, cos, sin, attn_mask, kv, start)
         x = self.model.norm(x)
-        return x if return_hidden else self.lm_head(x)
+        return x if return_hidden else self.lm_head(x[:, logits_slice])
 
 
 # ----------------------------------------------------------------------------------------------------------

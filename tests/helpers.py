@@ -81,3 +81,32 @@ def save_tiny_tokenizer(path, corpus=None, chat_template=CHAT_TEMPLATE, vocab_si
         fast.chat_template = chat_template
     fast.save_pretrained(path)
     return fast
+
+
+def run_cli(args, nproc=1, timeout=600, env=None):
+    """Run a CLI of the project as a user would: `python X.py` or `torchrun --nproc_per_node N X.py`."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        full_env.pop(k, None)
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    else:
+        cmd = [sys.executable, *args]
+    return subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_sft_jsonl(path, n=12):
+    import json
+
+    langs = ["fr", "ja", "ko", "pt", "th"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            lang = langs[i % 5]
+            f.write(json.dumps({"lang": lang, "question": f"What is {i} plus {i + 1}?" + " More words." * (i % 4),
+                                "trace": f"{i} + {i + 1} = {2 * i + 1}", "answer": f"\\boxed{{{2 * i + 1}}}"},
+                               ensure_ascii=False) + "\n")

@@ -1,0 +1,167 @@
+"""Reading the project's JSON Lines files and turning examples into token ids.
+
+Why: every stage starts from user-supplied JSONL, and a bad line must stop the run with the file, the line
+and the field named, never with a stack trace from deep inside torch or a silently wrong run. The prompt is
+the recipe's: localized instruction + "\\n\\n" + question, rendered with the model's chat template; the SFT
+target is `trace\\n</think>\\nanswer` (with `<think>` on the prompt side when the template puts it there) and
+carries the loss; the prompt carries none.
+
+Formats:
+    SFT   {"lang", "prompt" | "question", "response" | "trace" + "answer"}
+    RL    {"id", "lang", "prompt", "answer"}          (../shared/data/rl/train.jsonl)
+    eval  {"id", "lang", "question", "answer"}        (../shared/data/eval/mgsm/*.jsonl)
+
+Imports: adamame.chat, adamame.language (only their small helpers).
+"""
+
+import json
+import os
+import random
+from dataclasses import dataclass
+
+from adamame.language import DEFAULT_LANGUAGES
+
+INSTRUCTIONS = {
+    "fr": "Veuillez raisonner étape par étape et placer votre réponse finale dans \\boxed{}.",
+    "ja": "段階的に考えて、最終的な答えを \\boxed{} の中に入れてください。",
+    "ko": "단계별로 추론하고, 최종 답을 \\boxed{} 안에 넣어주세요.",
+    "pt": "Por favor, justifique passo a passo e coloque a sua resposta final dentro de \\boxed{}.",
+    "th": "กรุณาให้เหตุผลทีละขั้นตอน และใส่คำตอบสุดท้ายของคุณไว้ภายใน \\boxed{}",
+    "en": "Please reason step by step, and put your final answer within \\boxed{}.",
+    "bn": "অনুগ্রহ করে ধাপে ধাপে যুক্তি দেখান, এবং আপনার চূড়ান্ত উত্তরের চারপাশে \\boxed{} ব্যবহার করুন।",
+    "de": "Bitte denken Sie Schritt für Schritt nach und schreiben Sie Ihre endgültige Antwort in \\boxed{}.",
+    "es": "Por favor, razona paso a paso y coloca tu respuesta final dentro de \\boxed{}.",
+    "ru": "Пожалуйста, рассуждайте шаг за шагом и поместите свой окончательный ответ в \\boxed{}.",
+    "sw": "Tafadhali toa hoja hatua kwa hatua, na weka jibu lako la mwisho ndani ya \\boxed{}.",
+    "te": "దయచేసి దశలవారీగా ఆలోచించండి, మరియు మీ తుది సమాధానాన్ని \\boxed{} లో వ్రాయండి.",
+    "zh": "请逐步推理，并将最终答案写在 \\boxed{} 中。",
+}
+assert set(INSTRUCTIONS) == set(DEFAULT_LANGUAGES)
+
+
+class DataError(ValueError):
+    """A problem in an input file; the message names the file, the line and the field."""
+
+
+def localized_prompt(lang: str, question: str) -> str:
+    return INSTRUCTIONS[lang] + "\n\n" + question
+
+
+def read_jsonl(path: str) -> list:
+    """[(line_number, dict)] for every non-empty line; a clear DataError for anything else."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((i, obj))
+    if not rows:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return rows
+
+
+def _field(path, i, obj, *names, required=True):
+    for name in names:
+        if name in obj:
+            v = obj[name]
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                raise DataError(f"{path}:{i}: field '{name}' must be a string")
+            return str(v)
+    if required:
+        raise DataError(f"{path}:{i}: missing field '{' or '.join(names)}'")
+    return None
+
+
+def _lang(path, i, obj, allowed=tuple(INSTRUCTIONS)):
+    lang = _field(path, i, obj, "lang")
+    if lang not in allowed:
+        raise DataError(f"{path}:{i}: field 'lang': unknown language code {lang!r} (known: {', '.join(allowed)})")
+    return lang
+
+
+@dataclass
+class SFTExample:
+    lang: str
+    prompt: str  # the user message (instruction + question)
+    target: str  # what the model learns to write after the rendered prompt
+
+
+def read_sft(path: str) -> list:
+    out = []
+    for i, obj in read_jsonl(path):
+        lang = _lang(path, i, obj)
+        prompt = _field(path, i, obj, "prompt", required=False)
+        if prompt is None:
+            prompt = localized_prompt(lang, _field(path, i, obj, "prompt", "question"))
+        response = _field(path, i, obj, "response", required=False)
+        if response is None:
+            trace = _field(path, i, obj, "response", "trace")
+            answer = _field(path, i, obj, "answer")
+            response = f"{trace}\n</think>\n{answer}"
+        out.append(SFTExample(lang, prompt, response))
+    return out
+
+
+@dataclass
+class Question:
+    id: str
+    lang: str
+    prompt: str  # the user message (instruction + question)
+    answer: str
+
+
+def read_questions(path: str) -> list:
+    """RL prompts ({id, lang, prompt, answer}) or evaluation questions ({id, lang, question, answer})."""
+    out = []
+    for i, obj in read_jsonl(path):
+        lang = _lang(path, i, obj)
+        qid = _field(path, i, obj, "id", required=False) or f"{os.path.basename(path)}:{i}"
+        prompt = _field(path, i, obj, "prompt", required=False)
+        if prompt is None:
+            prompt = localized_prompt(lang, _field(path, i, obj, "prompt", "question"))
+        out.append(Question(qid, lang, prompt, _field(path, i, obj, "answer")))
+    return out
+
+
+def tokenize_sft(tokenizer, ex: SFTExample) -> tuple:
+    """(input_ids, n_prompt): the rendered prompt followed by the target and the end-of-turn token.
+
+    The target starts inside `<think>` when the chat template's generation prompt already opened it;
+    otherwise `<think>\\n` is put at the start of the target.
+    """
+    from adamame.chat import render_prompt
+
+    prompt_text = render_prompt(tokenizer, ex.prompt)
+    target = ex.target
+    if "<think>" not in prompt_text[-20:] and not target.lstrip().startswith("<think>"):
+        target = "<think>\n" + target
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    p_ids = tokenizer(prompt_text, add_special_tokens=not has_template)["input_ids"]
+    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        t_ids = t_ids + [tokenizer.eos_token_id]
+    return p_ids + t_ids, len(p_ids)
+
+
+def length_grouped_batches(lengths, batch_size, seed, epoch, group=50):
+    """Global batches of indices for one epoch: shuffled, then sorted by length inside windows of
+    `group` batches so each batch pads little; the batch order is shuffled again. Deterministic in
+    (seed, epoch); the last incomplete batch is dropped so every rank count sees whole batches."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * group
+    grouped = []
+    for w in range(0, len(order), window):
+        grouped += sorted(order[w:w + window], key=lambda j: lengths[j])
+    batches = [grouped[b:b + batch_size] for b in range(0, len(grouped) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches
