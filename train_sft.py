@@ -98,7 +98,7 @@ def prepare_default(args, argv, rank):
     return paths["model"], paths["sft"]
 
 
-def main(argv=None):
+def main(argv=None, keep_process_group=False):
     args = parse_args(argv)
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)  # identical LoRA initialisation on every rank and for every world size
@@ -207,7 +207,7 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         loss = dist.all_sum(loss_sum, device) / n_target
         if not math.isfinite(loss):
-            raise RuntimeError(f"step {step + 1}: loss is {loss}; stopping (last good checkpoint: {ckpt_path})")
+            raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping (last good checkpoint: {ckpt_path})")
         dt = time.perf_counter() - t0
         row = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                "tokens_per_s": sum(len(s) for s, _ in batch) / dt, "time": dt}
@@ -234,13 +234,14 @@ def main(argv=None):
             say(f"exported {final}")
     if losses:
         say(f"steps {start + 1}-{end}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; metrics in {metrics_path}")
-    dist.cleanup()
+    if not keep_process_group:  # train_grpo.py's toy demo runs this stage first in the same processes
+        dist.cleanup()
 
 
 def cli():
     try:
         main()
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

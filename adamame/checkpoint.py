@@ -16,6 +16,10 @@ import numpy as np
 import torch
 
 
+class TrainingStopped(RuntimeError):
+    """A run stopped on purpose (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
 def atomic_save(obj, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"

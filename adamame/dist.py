@@ -118,6 +118,12 @@ def unsharded(model):
             m.reshard()
 
 
+def all_max(x: float, device) -> float:
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def all_sum(x: float, device) -> float:
     t = torch.tensor([float(x)], dtype=torch.float64, device=device)
     dist.all_reduce(t)

@@ -217,27 +217,31 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targe
 # ---------------------------------------------------------------------------------------------- loss
 
 def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None, clip_eps=0.2, clip_eps_high=None,
-                beta=0.0, aggregation="dr_grpo", max_tokens=None):
+                beta=0.0, aggregation="dr_grpo", max_tokens=None, num_seqs=None, num_tokens=None):
     """The GRPO objective on per-token log-probs logp [B, L] (see the module docstring).
 
     Returns (loss, stats) with stats {"clip_frac", "kl", "ratio"}: detached 0-dim tensors over valid tokens
     (no host synchronisation). Without old_logprobs the ratio is exactly 1 and the gradient is that of A * logp.
+    `num_seqs` / `num_tokens` replace the local sequence and valid-token counts in every mean (loss and stats):
+    a trainer that splits a mini-batch into micro-batches and ranks passes the whole mini-batch's counts, so the
+    sum of the pieces is exactly the loss of the whole.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r} (choose from {', '.join(AGGREGATIONS)})")
     m = mask.to(logp.dtype)
-    n_valid = m.sum().clamp(min=1.0)
+    n_valid = float(num_tokens) if num_tokens is not None else m.sum().clamp(min=1.0)
+    n_seqs = float(num_seqs) if num_seqs is not None else logp.shape[0]
     old = logp.detach() if old_logprobs is None else old_logprobs.float()
     ratio = torch.exp(logp - old)
     adv = advantages.float().unsqueeze(-1)
     lo, hi = 1.0 - clip_eps, 1.0 + (clip_eps if clip_eps_high is None else clip_eps_high)
     pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
     if aggregation == "dr_grpo":
-        pg_loss = ((pg * m).sum(-1) / float(max_tokens or logp.shape[-1])).mean()
+        pg_loss = ((pg * m).sum(-1) / float(max_tokens or logp.shape[-1])).sum() / n_seqs
     elif aggregation == "token_mean":
         pg_loss = (pg * m).sum() / n_valid
     else:
-        pg_loss = ((pg * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
+        pg_loss = ((pg * m).sum(-1) / m.sum(-1).clamp(min=1.0)).sum() / n_seqs
     loss = pg_loss
     kl = torch.zeros((), device=logp.device)
     if ref_logprobs is not None:
@@ -255,13 +259,13 @@ def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None,
     return loss, stats
 
 
-def grpo_loss(logits, targets, advantages, mask, *, old_logprobs=None, ref_logprobs=None, clip_eps=0.2,
-              clip_eps_high=None, beta=0.0, temperature=1.0, aggregation="dr_grpo", max_tokens=None, inplace=True):
-    """GRPO loss from logits [B, L, V], targets and mask [B, L], advantages [B]; returns (loss, stats)."""
+def grpo_loss(logits, targets, advantages, mask, *, temperature=1.0, inplace=True, **kw):
+    """GRPO loss from logits [B, L, V], targets and mask [B, L], advantages [B]; returns (loss, stats).
+
+    Keyword arguments are those of `policy_loss` (old_logprobs, ref_logprobs, clip_eps, clip_eps_high, beta,
+    aggregation, max_tokens, num_seqs, num_tokens)."""
     logp = token_logprobs(logits, targets, temperature, inplace=inplace)
-    return policy_loss(logp, advantages, mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                       clip_eps=clip_eps, clip_eps_high=clip_eps_high, beta=beta, aggregation=aggregation,
-                       max_tokens=max_tokens)
+    return policy_loss(logp, advantages, mask, **kw)
 
 
 def grpo_loss_torch(logits, targets, advantages, mask, **kw):

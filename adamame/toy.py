@@ -9,8 +9,9 @@ The task: one-step additions and subtractions of small numbers in natural templa
 five training languages (fr, ja, ko, pt, th), with the localized instruction of the recipe. A reasoning trace is
 one sentence restating the problem and the arithmetic, then "the answer is \\boxed{N}", written either in the
 query language or in English; the SFT mix puts most traces in English regardless of the query language (the
-collapse that GRPO then has to undo). Train and held-out questions are disjoint by construction: a question
-(template, a, b) is held out exactly when (3a + b) % 10 == 0.
+collapse that GRPO then has to undo). Train and held-out questions are disjoint by construction (`held_out`): a
+question is held out by a rule on (op, language, a, b) that holds out each arithmetic fact in at most one of the
+five languages.
 
 The tokenizer is a BPE without whitespace pre-splitting (so template phrases merge into few tokens) in which
 digit runs are their own pre-tokens (every number 0-100 becomes one token); with it questions are a handful of
@@ -22,6 +23,7 @@ Imports: torch, tokenizers, transformers (to save the tokenizer folder), adamame
 import json
 import os
 import random
+import string
 
 import torch
 
@@ -71,7 +73,7 @@ TRACES = {
         "en": "{n} has {a} {o} and gives {b} to a friend, so {n} has {a} - {b} = {c} {o} left. The answer is \\boxed{{{c}}}.",
     },
 }
-MAX_N = 50
+MAX_N = 20
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
@@ -79,8 +81,10 @@ CHAT_TEMPLATE = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
 
-def held_out(a: int, b: int) -> bool:
-    return (3 * a + b) % 10 == 0
+def held_out(op: str, lang: str, a: int, b: int) -> bool:
+    """About 10% of questions; a held-out (op, a, b) is still seen in training in the other four languages, so the
+    arithmetic is known and what is tested is the question itself (and the language of the reasoning)."""
+    return (a + 3 * b + LANGS.index(lang) + (op == "sub")) % 10 == 0
 
 
 def problems(split: str):
@@ -90,7 +94,7 @@ def problems(split: str):
         for lang in LANGS:
             for a in range(1, MAX_N + 1):
                 for b in range(1, MAX_N + 1):
-                    if (op == "sub" and b > a) or held_out(a, b) != (split == "test"):
+                    if (op == "sub" and b > a) or held_out(op, lang, a, b) != (split == "test"):
                         continue
                     out.append((op, lang, (a + 2 * b) % 4, list(OBJECTS)[(a * b) % 3], a, b))
     return out
@@ -145,12 +149,13 @@ def build_tokenizer(path, vocab_size=2000):
             corpus += [q, t]
     corpus += [INSTRUCTIONS[lang] for lang in LANGS] * 50
     corpus += [str(i) for i in range(0, 2 * MAX_N + 1)] * 20
+    corpus += ["<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n<think>\n", "\n</think>\n\\boxed{"] * 50
     tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
     # digit runs and the answer box are pre-tokens of their own; everything else may merge, spaces included
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d+|\\boxed\{|\}|\n"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, max_token_length=24,
-                                  show_progress=False)
+                                  show_progress=False, initial_alphabet=list(string.printable))
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token="<|endoftext|>")

@@ -110,3 +110,17 @@ def write_sft_jsonl(path, n=12):
             f.write(json.dumps({"lang": lang, "question": f"What is {i} plus {i + 1}?" + " More words." * (i % 4),
                                 "trace": f"{i} + {i + 1} = {2 * i + 1}", "answer": f"\\boxed{{{2 * i + 1}}}"},
                                ensure_ascii=False) + "\n")
+
+
+def write_rl_jsonl(path, n=20, long_prompts=0):
+    import json
+
+    from adamame.data import localized_prompt
+
+    langs = ["fr", "ja", "ko", "pt", "th"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n + long_prompts):
+            lang = langs[i % 5]
+            q = f"{i} + {i} ?" if i < n else "x" * 3000
+            f.write(json.dumps({"id": f"q{i}", "lang": lang, "prompt": localized_prompt(lang, q), "answer": str(2 * i)},
+                               ensure_ascii=False) + "\n")

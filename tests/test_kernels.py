@@ -248,3 +248,24 @@ def test_hidden_chunked_path_equals_logits_path(monkeypatch, path):
     assert (w1.grad - w2.grad).abs().max().item() <= 1e-5
     lp = token_logprobs_from_hidden(h, w, t, 0.8, chunk_tokens=5)
     assert (lp - token_logprobs_torch(h @ w.t(), t, 0.8)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("aggregation", ["dr_grpo", "token_mean", "seq_mean"])
+def test_micro_batch_pieces_with_global_counts_sum_to_the_whole(aggregation):
+    g = torch.Generator().manual_seed(7)
+    logp = -torch.rand(6, 5, generator=g)
+    old = logp + (torch.rand(6, 5, generator=g) - 0.5)
+    ref = logp + (torch.rand(6, 5, generator=g) - 0.5)
+    adv = torch.randn(6, generator=g)
+    mask = torch.rand(6, 5, generator=g) > 0.3
+    whole, st = policy_loss(logp, adv, mask, old_logprobs=old, ref_logprobs=ref, beta=0.1, aggregation=aggregation,
+                            max_tokens=7)
+    total, stats = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
+    for sl in (slice(0, 2), slice(2, 3), slice(3, 6)):
+        part, s = policy_loss(logp[sl], adv[sl], mask[sl], old_logprobs=old[sl], ref_logprobs=ref[sl], beta=0.1,
+                              aggregation=aggregation, max_tokens=7, num_seqs=6, num_tokens=int(mask.sum()))
+        total += part.item()
+        stats = {k: stats[k] + s[k].item() for k in stats}
+    assert total == pytest.approx(whole.item(), rel=1e-5)
+    for k in stats:
+        assert stats[k] == pytest.approx(st[k].item(), rel=1e-5, abs=1e-7)

@@ -1,0 +1,75 @@
+"""From questions to decoded responses: prompt rendering, chunked generation, decoding, scoring.
+
+Why: GRPO rollouts and evaluation candidates are the same operation (render the localized prompt with the chat
+template, sample k continuations, decode, score accuracy and reasoning language), and both must score with
+exactly the same code so training rewards and reported metrics cannot drift apart.
+
+Imports: torch, adamame (chat, generate, rewards).
+"""
+
+from dataclasses import dataclass
+
+from adamame.chat import encode_prompt
+from adamame.generate import generate
+from adamame.rewards import accuracy, reward_language
+
+
+@dataclass
+class Rollout:
+    question: int  # index into the questions list
+    prompt_ids: list
+    tokens: list  # generated ids, including the stop token if any
+    text: str  # decoded response, without the stop token
+    finish_reason: str
+    logprobs: list | None
+    correct: float = 0.0
+    lang: str = "unknown"
+
+
+def stop_ids(tokenizer) -> list:
+    """End-of-turn ids: the tokenizer's eos plus the usual chat end markers it knows."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for t in ("<|im_end|>", "<|endoftext|>", "<｜end▁of▁sentence｜>", "<|eot_id|>"):
+        i = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tokenizer.unk_token_id and i is not None and i >= 0:
+            ids.add(i)
+    return sorted(ids)
+
+
+def encode_questions(tokenizer, questions, max_prompt_tokens=None):
+    """(kept questions, their prompt ids, number dropped as longer than max_prompt_tokens)."""
+    kept, ids = [], []
+    for q in questions:
+        p = encode_prompt(tokenizer, q.prompt)
+        if max_prompt_tokens is None or len(p) <= max_prompt_tokens:
+            kept.append(q)
+            ids.append(p)
+    return kept, ids, len(questions) - len(kept)
+
+
+def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, top_p=1.0, top_k=0, seed=None,
+             chunk_prompts=64, return_logprobs=False, progress=None):
+    """n samples for every prompt (prompt-major order), generated chunk_prompts prompts at a time."""
+    stops = stop_ids(tokenizer)
+    out = []
+    for c in range(0, len(prompt_ids), chunk_prompts):
+        chunk = prompt_ids[c:c + chunk_prompts]
+        samples = generate(model, chunk, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
+                           top_k=top_k, eos_token_ids=stops, seed=None if seed is None else seed + c,
+                           return_logprobs=return_logprobs)
+        for j, s in enumerate(samples):
+            body = s.tokens[:-1] if s.finish_reason == "stop" else s.tokens
+            text = tokenizer.decode(body, skip_special_tokens=False)
+            out.append(Rollout(c + j // n, chunk[j // n], s.tokens, text, s.finish_reason, s.logprobs))
+        if progress is not None:
+            progress.update(len(chunk))
+    return out
+
+
+def score(rolls, questions, lang_mode="prefix", languages=None):
+    """Fill `correct` (r_i) and `lang` (lang(o_i)) of every rollout in place."""
+    for r in rolls:
+        q = questions[r.question]
+        r.correct = accuracy(r.text, q.answer)
+        r.lang = reward_language(r.text, lang_mode, languages)
+    return rolls

@@ -1,0 +1,62 @@
+"""One PPO update of train_grpo.ppo_update on fixed synthetic rollouts; run as 1 process or under torchrun.
+
+Writes {"losses", "grad_norms", "weights"} (rank 0) to the JSON path given as the first argument. With plain SGD
+(lr 1) and no clipping, the weight change is exactly minus the gradient, so equal weights mean equal gradients.
+"""
+
+import json
+import sys
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
+from adamame import dist  # noqa: E402
+from adamame.lora import adapters_disabled, apply_lora  # noqa: E402
+from adamame.model import load_model  # noqa: E402
+from adamame.rollout import Rollout  # noqa: E402
+from train_grpo import ppo_update, sequence_logprobs  # noqa: E402
+
+
+def main(out_path, model_dir):
+    rank, world, device = dist.setup()
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    apply_lora(model, rank=4, alpha=8)
+    with torch.no_grad():  # a trained adapter, so policy != reference and the KL term has a gradient
+        for n, p in model.named_parameters():
+            if n.endswith("lora_B"):
+                p.normal_(0, 0.05)
+    dist.shard_model(model, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1.0)
+    P, G = 4, 4
+    g = torch.Generator().manual_seed(1)
+    all_rolls, adv = [], []
+    for q in range(P):
+        prompt = torch.randint(1, 300, (3 + q,), generator=g).tolist()
+        for _ in range(G):
+            toks = torch.randint(1, 300, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+            old = (-4 - torch.rand(len(toks), generator=g)).tolist()  # ratios far from 1: clipping is exercised
+            all_rolls.append((q, prompt, toks, old))
+            adv.append(float(torch.randn(1, generator=g)))
+    mine_q = list(range(P))[rank::world]
+    rolls = [Rollout(mine_q.index(q), p, t, "", "length", o) for q, p, t, o in all_rolls if q in mine_q]
+    my_adv = torch.tensor([a for (q, *_), a in zip(all_rolls, adv) if q in mine_q]).numpy()
+    args = SimpleNamespace(group_size=G, mini_batch_prompts=2, ppo_epochs=2, micro_batch_tokens=20,
+                           temperature=0.9, clip_eps=0.2, clip_eps_high=0.28, beta=0.05, aggregation="dr_grpo",
+                           max_response_tokens=8, grad_clip=1e9)
+    with adapters_disabled(model):
+        ref = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens)
+    losses, norms, _, _ = ppo_update(model, opt, params, rolls, my_adv, [r.logprobs for r in rolls], ref, args,
+                                     len(mine_q), world, device)
+    full = dist.full_state_dict(model, trainable_only=True)
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump({"losses": losses, "grad_norms": norms,
+                       "weights": {k: v.flatten().tolist() for k, v in full.items()}}, f)
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

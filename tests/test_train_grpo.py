@@ -1,0 +1,157 @@
+import json
+import math
+import os
+
+import pytest
+
+from adamame.data import DataError, read_questions
+from tests.helpers import run_cli, save_tiny_hf, save_tiny_tokenizer, write_rl_jsonl
+from train_grpo import balanced_batches
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    save_tiny_hf(root / "model", "qwen3", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    save_tiny_tokenizer(root / "model", vocab_size=300)
+    write_rl_jsonl(root / "rl.jsonl", n=20, long_prompts=2)
+    return root
+
+
+SMALL = ["--batch-prompts", "4", "--mini-batch-prompts", "2", "--group-size", "4", "--max-response-tokens", "8",
+         "--lora-rank", "4", "--beta", "0.01", "--max-prompt-tokens", "400", "--log-rollouts", "100",
+         "--temperature", "1.0"]
+
+
+def _grpo(tiny, out, *extra, nproc=1):
+    r = run_cli(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), "--out", str(out),
+                 *SMALL, *extra], nproc=nproc)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    return rows, r
+
+
+def test_two_rank_run_completes_and_logs_every_field(tiny, tmp_path):
+    rows, r = _grpo(tiny, tmp_path / "two", "--max-steps", "3", nproc=2)
+    assert "dropped 2 prompts longer than 400 tokens" in r.stdout
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for key in ("step", "reward", "accuracy", "lang_match", "alignment_factor", "kl", "clip_frac", "logprob_diff",
+                "response_tokens", "time_rollout", "time_update", "lang_match_by_lang"):
+        assert key in rows[0], key
+    assert rows[0]["logprob_diff"] < 1e-4  # sampler and trainer agree (same code, same dtype)
+    assert os.path.exists(tmp_path / "two" / "final" / "model.safetensors")
+
+
+def test_one_step_on_two_ranks_equals_one_process(tiny, tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    r1 = run_cli([os.path.join(SCRIPTS, "grpo_step.py"), str(one), str(tiny / "model")])
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = run_cli([os.path.join(SCRIPTS, "grpo_step.py"), str(two), str(tiny / "model")], nproc=2)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(a["losses"]) == 4  # 2 PPO epochs x 2 mini-batches
+    assert a["losses"] == pytest.approx(b["losses"], abs=1e-6)
+    assert a["grad_norms"] == pytest.approx(b["grad_norms"], rel=1e-5)
+    diff = max(abs(x - y) for k in a["weights"] for x, y in zip(a["weights"][k], b["weights"][k]))
+    assert diff <= 1e-6  # SGD with lr 1: equal weights = equal gradients
+
+
+def test_trivial_reward_is_learned_and_not_with_lr_zero(tiny):
+    def rewards(lr):
+        r = run_cli([os.path.join(SCRIPTS, "grpo_learn.py"), str(tiny / "model"), str(lr), "30"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    learned, frozen = rewards(1e-2), rewards(0.0)
+    first, last = sum(learned[:5]) / 5, sum(learned[-5:]) / 5
+    assert last > first + 0.3 and last > 0.8, learned
+    assert abs(sum(frozen[-5:]) / 5 - sum(frozen[:5]) / 5) < 0.15 and max(frozen) < 0.6, frozen
+
+
+def _advantage_by_hand(scores):
+    n = len(scores)
+    mean = sum(scores) / n
+    if n == 1:
+        return list(scores)
+    if max(scores) == min(scores):
+        return [0.0] * n
+    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
+    return [(s - mean) / (sd + 1e-6) for s in scores]
+
+
+def test_logged_step_matches_independent_recomputation(tiny, tmp_path):
+    out = tmp_path / "log"
+    rows, _ = _grpo(tiny, out, "--max-steps", "2", "--mini-batch-prompts", "4", "--reward", "adamame",
+                    "--bonus", "2.0")
+    rolls = [json.loads(line) for line in open(out / "rollouts.jsonl")]
+    T = 2
+    for step in (1, 2):
+        mine = [r for r in rolls if r["step"] == step]
+        assert len(mine) == 16  # 4 prompts x 4 rollouts, all logged
+        t = step - 1
+        alpha = max(0.5 * (1 - math.cos(math.pi * t / T)), 0.1)
+        assert rows[step - 1]["alignment_factor"] == pytest.approx(alpha)
+        groups = {}
+        for r in mine:
+            groups.setdefault(r["group"], []).append(r)
+        for g in groups.values():
+            s = [r["correct"] * (1 + 2.0 * alpha * (r["lang"] == r["query_lang"] != "unknown")) for r in g]
+            assert [r["score"] for r in g] == pytest.approx(s)
+            assert [r["advantage"] for r in g] == pytest.approx(_advantage_by_hand(s), abs=1e-9)
+    # step 1: one mini-batch, the LoRA adapter starts at zero so pi = pi_ref (KL 0) and pi = pi_old (ratio 1):
+    # Dr. GRPO loss = -(1/N) sum_i A_i |o_i| / L_max
+    first = [r for r in rolls if r["step"] == 1]
+    want = -sum(r["advantage"] * r["tokens"] for r in first) / (len(first) * 8)
+    assert rows[0]["losses"][0] == pytest.approx(want, abs=1e-5)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_resume_reproduces_the_uninterrupted_logs(tiny, tmp_path):
+    full, _ = _grpo(tiny, tmp_path / "full", "--max-steps", "4", "--save-every", "2")
+    part, _ = _grpo(tiny, tmp_path / "part", "--max-steps", "4", "--save-every", "2", "--stop-after", "2")
+    assert len(part) == 2
+    resumed, r = _grpo(tiny, tmp_path / "part", "--max-steps", "4", "--save-every", "2", "--resume")
+    assert "resumed" in r.stdout
+    keys = ("reward", "accuracy", "lang_match", "alignment_factor", "loss", "kl", "response_tokens")
+    for a, b in zip(full, resumed):
+        assert a["step"] == b["step"]
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], abs=1e-6), (a["step"], k)
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny, tmp_path):
+    import torch
+
+    out = tmp_path / "nan"
+    _grpo(tiny, out, "--max-steps", "4", "--stop-after", "1", "--save-every", "1")
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    name = next(k for k in state["model"] if k.endswith("lora_B"))
+    state["model"][name].fill_(float("nan"))  # weights that diverged: the next loss is NaN
+    torch.save(state, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    r = run_cli(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), "--out", str(out),
+                 *SMALL, "--max-steps", "4", "--save-every", "1", "--resume"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "step 2: loss is [nan" in r.stderr and "last good checkpoint" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing was written over it
+
+
+def test_batches_are_balanced_over_languages(tiny):
+    qs = read_questions(str(tiny / "rl.jsonl"))
+    for batch in balanced_batches(qs, 5, seed=0, epoch=0):
+        assert sorted(qs[i].lang for i in batch) == ["fr", "ja", "ko", "pt", "th"]
+    assert balanced_batches(qs, 5, 0, 0) == balanced_batches(qs, 5, 0, 0) != balanced_batches(qs, 5, 0, 1)
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"id": "a", "lang": "fr", "prompt": "p"}\n', r"rl.jsonl:1: missing field 'answer'"),
+    ('{"id": "a", "lang": "zz", "prompt": "p", "answer": "1"}\n', r"rl.jsonl:1: field 'lang': unknown language"),
+    ('{"id": "a", "lang": "fr", "prompt": "p", "answer": "1"}\nnot json\n', r"rl.jsonl:2: malformed JSON"),
+])
+def test_bad_rl_data_names_file_line_and_field(tmp_path, content, match):
+    (tmp_path / "rl.jsonl").write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=match):
+        read_questions(str(tmp_path / "rl.jsonl"))

@@ -1,0 +1,486 @@
+"""Stage 2 of AdaMame: GRPO with the scheduled language-alignment bonus, on a plain FSDP2 loop.
+
+    torchrun --nproc_per_node N train_grpo.py --model DIR --data FILE.jsonl --out DIR [--max-steps N ...]
+
+One RL step (t = step, T = total steps):
+  1. take --batch-prompts prompts, balanced over languages; each rank takes its share;
+  2. roll out --group-size samples per prompt with the KV-cache engine on the current policy (parameters gathered
+     once for the whole rollout), keeping the sampler's log-probs;
+  3. score: r_i = 1 if the boxed answer verifies, lang(o_i) = language of the first 500 characters;
+  4. advantages A_i of the chosen --reward variant with alpha(t) (adamame/rewards.py), per prompt group;
+  5. reference log-probs: the base model with the LoRA adapters switched off (no second copy of the weights);
+     with full fine-tuning a frozen copy is loaded;
+  6. PPO: --ppo-epochs passes over mini-batches of --mini-batch-prompts prompts, each one optimizer step of the
+     clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0.
+Old log-probs are the sampler's (same model code and dtype as the trainer; the measured max difference is logged
+as logprob_diff) or, with --old-logprobs recompute, a forward pass before the first update.
+
+Defaults are the paper's settings (recipe.md). With no --model/--data it runs the built-in toy demo: SFT on the
+toy task if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after evaluation table.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from adamame import checkpoint, dist
+from adamame.data import DataError
+
+REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="the SFT model folder (HF format); default: the toy demo under --out")
+    ap.add_argument("--data", help="RL prompts, JSON Lines with id, lang, prompt, answer")
+    ap.add_argument("--val-data", help="validation prompts (same format), evaluated greedily every --eval-every steps")
+    ap.add_argument("--out", default="runs/grpo", help="checkpoints, metrics.jsonl, rollouts.jsonl, final/ (default runs/grpo)")
+    ap.add_argument("--epochs", type=float, default=10, help="passes over the prompts (paper: 10, so T = 90)")
+    ap.add_argument("--max-steps", type=int, help="RL steps T; overrides --epochs")
+    ap.add_argument("--stop-after", type=int, help="exit after this step, keeping T (continue with --resume)")
+    ap.add_argument("--reward", choices=REWARDS, default="adamame", help="advantage variant (paper: adamame)")
+    ap.add_argument("--bonus", type=float, default=2.0, help="B, the language bonus of adamame (paper: 2.0)")
+    ap.add_argument("--lam", type=float, default=1.0, help="lambda of binary-lang (not in the paper; 1.0)")
+    ap.add_argument("--alpha-floor", type=float, default=0.1, help="floor of the alignment factor (paper: 0.1)")
+    ap.add_argument("--lang-mode", choices=("prefix", "trace"), default="prefix",
+                    help="what lang(o_i) reads: the first 500 characters (paper) or the whole trace")
+    ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt G (paper: 8)")
+    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (paper: 0.8)")
+    ap.add_argument("--batch-prompts", type=int, default=512, help="prompts per RL step (paper: 512)")
+    ap.add_argument("--mini-batch-prompts", type=int, default=256, help="prompts per optimizer step (paper: 256)")
+    ap.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's rollouts (paper: 1)")
+    ap.add_argument("--lr", type=float, default=1e-5, help="constant learning rate (paper: 1e-5)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (paper: 1.0)")
+    ap.add_argument("--beta", type=float, default=0.001, help="k3 KL coefficient (paper: 0.001)")
+    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip epsilon (paper: 0.2)")
+    ap.add_argument("--clip-eps-high", type=float, help="upper clip epsilon (default: --clip-eps)")
+    ap.add_argument("--aggregation", choices=("dr_grpo", "token_mean", "seq_mean"), default="dr_grpo",
+                    help="policy-loss aggregation (paper: dr_grpo, normaliser --max-response-tokens)")
+    ap.add_argument("--lora-rank", type=int, default=32, help="LoRA rank; 0 = full fine-tuning (paper: 32)")
+    ap.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (paper: 64)")
+    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts are dropped (paper: 512)")
+    ap.add_argument("--max-response-tokens", type=int, default=4096, help="rollout length limit (paper: 4096)")
+    ap.add_argument("--old-logprobs", choices=("sampler", "recompute"), default="sampler",
+                    help="where pi_old comes from (default: the sampler's log-probs)")
+    ap.add_argument("--micro-batch-tokens", type=int, default=32768,
+                    help="padded tokens per forward/backward on each rank (memory knob; default 32768)")
+    ap.add_argument("--rollout-prompts", type=int, default=64, help="prompts per generate call (memory knob)")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute layer activations in backward")
+    ap.add_argument("--eval-every", type=int, default=10, help="greedy validation every K steps (needs --val-data)")
+    ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps (default 10)")
+    ap.add_argument("--log-rollouts", type=int, default=8, help="prompt groups per step written to rollouts.jsonl")
+    ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def balanced_batches(questions, batch_prompts, seed, epoch):
+    """Batches of question indices for one epoch, each drawing the languages in turn (so each is balanced when the
+    languages are); deterministic in (seed, epoch); the last incomplete batch is dropped."""
+    import random
+
+    rng = random.Random(seed * 100_003 + epoch)
+    by_lang = {}
+    for i, q in enumerate(questions):
+        by_lang.setdefault(q.lang, []).append(i)
+    queues = [rng.sample(v, len(v)) for _, v in sorted(by_lang.items())]
+    order = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
+    return [order[b:b + batch_prompts] for b in range(0, len(order) - batch_prompts + 1, batch_prompts)]
+
+
+def pack(rolls, device, extra=()):
+    """Right-padded ids [b, T], targets [b, T-1], response mask [b, T-1], and per-token tensors for `extra`
+    (lists of per-rollout values aligned with the response tokens)."""
+    T = max(len(r.prompt_ids) + len(r.tokens) for r in rolls)
+    ids = torch.zeros(len(rolls), T, dtype=torch.long)
+    mask = torch.zeros(len(rolls), T - 1, dtype=torch.bool)
+    outs = [torch.zeros(len(rolls), T - 1) for _ in extra]
+    for i, r in enumerate(rolls):
+        p, n = len(r.prompt_ids), len(r.tokens)
+        ids[i, :p + n] = torch.tensor(r.prompt_ids + r.tokens)
+        mask[i, p - 1:p - 1 + n] = True
+        for o, values in zip(outs, extra):
+            o[i, p - 1:p - 1 + n] = torch.as_tensor(values[i], dtype=torch.float32)
+    ids = ids.to(device)
+    return ids, ids[:, 1:], mask.to(device), [o.to(device) for o in outs]
+
+
+def micro_batches(items, budget, length, device):
+    """Consecutive slices of `items` of about `budget` padded tokens (count x longest) each.
+
+    Every rank must run the same number of forwards (each one all-gathers parameters), so the count is the
+    largest any rank needs and each rank splits its items evenly into that many slices."""
+    n, cur, longest = 0, 0, 0
+    for it in items:
+        L = length(it)
+        if cur and max(longest, L) * (cur + 1) > budget:
+            n, cur, longest = n + 1, 0, 0
+        cur, longest = cur + 1, max(longest, L)
+    n = int(dist.all_max(n + (cur > 0), device))
+    size, extra = divmod(len(items), n)
+    bounds = [0]
+    for i in range(n):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@torch.no_grad()
+def sequence_logprobs(model, rolls, device, temperature, budget):
+    """log pi(o_ik) for every response token of every rollout, as lists (micro-batched forward, no grad)."""
+    from adamame.kernels import token_logprobs
+
+    out = []
+    model.eval()
+    for mb in micro_batches(rolls, budget, lambda r: len(r.prompt_ids) + len(r.tokens), device):
+        ids, targets, mask, _ = pack(mb, device)
+        lp = token_logprobs(model(ids, logits_slice=slice(None, -1)), targets, temperature)
+        out += [lp[i][mask[i]].tolist() for i in range(len(mb))]
+    return out
+
+
+def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_prompts, W, device):
+    """--ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G per prompt), one
+    optimizer step each. Every micro-batch's loss uses the whole mini-batch's sequence and token counts (over all
+    ranks) and is scaled by W, since FSDP averages gradients: the update is exactly that of one process holding
+    all rollouts. Returns (loss per update, grad norm per update, summed stats, max |pi - pi_old| before any
+    update)."""
+    from adamame.kernels import policy_loss, token_logprobs
+
+    G = args.group_size
+    model.train()
+    per_rank = args.mini_batch_prompts // W
+    groups = [list(range(g * G, (g + 1) * G)) for g in range(n_prompts)]
+    minis = [sum(groups[m:m + per_rank], []) for m in range(0, len(groups), per_rank)]
+    sums = {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
+    losses, grad_norms, logprob_diff = [], [], 0.0
+    for ppo_epoch in range(args.ppo_epochs):
+        for m_i, mini in enumerate(minis):
+            n_seqs = dist.all_sum(len(mini), device)
+            n_tok = dist.all_sum(sum(len(rolls[j].tokens) for j in mini), device)
+            mbs = micro_batches(mini, args.micro_batch_tokens,
+                                lambda j: len(rolls[j].prompt_ids) + len(rolls[j].tokens), device)
+            mini_loss = 0.0
+            for k, mb in enumerate(mbs):
+                model.set_requires_gradient_sync(k == len(mbs) - 1)
+                extra = [[old_lp[j] for j in mb]] + ([[ref_lp[j] for j in mb]] if ref_lp else [])
+                ids, targets, mask, per_tok = pack([rolls[j] for j in mb], device, extra)
+                logp = token_logprobs(model(ids, logits_slice=slice(None, -1)), targets, args.temperature)
+                if ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
+                    d = (logp.detach() - per_tok[0]).abs()[mask]
+                    logprob_diff = max(logprob_diff, d.max().item() if d.numel() else 0.0)
+                loss, st = policy_loss(
+                    logp, torch.tensor(adv[mb], dtype=torch.float32, device=device), mask,
+                    old_logprobs=per_tok[0], ref_logprobs=per_tok[1] if ref_lp else None, clip_eps=args.clip_eps,
+                    clip_eps_high=args.clip_eps_high, beta=args.beta, aggregation=args.aggregation,
+                    max_tokens=args.max_response_tokens, num_seqs=n_seqs, num_tokens=n_tok)
+                (loss * W).backward()
+                mini_loss += loss.item()
+                for key in sums:
+                    sums[key] += st[key].item()
+            losses.append(dist.all_sum(mini_loss, device))
+            if not math.isfinite(losses[-1]):
+                return losses, grad_norms, sums, logprob_diff
+            gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norms, sums, logprob_diff
+
+
+def prepare_default(args, argv, rank):
+    """The toy demo: SFT the toy model if not done yet, then RL on toy prompts with toy-sized settings."""
+    from adamame.toy import build_toy
+
+    given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}
+    for k, v in TOY_GRPO_SETTINGS.items():
+        if k not in given:
+            setattr(args, k, v)
+    paths = build_toy(args.out, rank)
+    sft_dir = os.path.join(args.out, "sft")
+    if not os.path.exists(os.path.join(sft_dir, "final", "config.json")):
+        import train_sft
+
+        torch.distributed.barrier()
+        train_sft.main(["--out", sft_dir, "--seed", str(args.seed)], keep_process_group=True)
+    args.val_data = args.val_data or paths["test"]
+    return os.path.join(sft_dir, "final"), paths["train"]
+
+
+# The embedded default's RL settings: the paper's recipe with sizes for a ~1M-parameter model on a laptop CPU.
+TOY_GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, temperature=1.0, lr=1e-4,
+                         lora_rank=0, max_steps=60, max_prompt_tokens=64, max_response_tokens=32, eval_every=0,
+                         save_every=20, micro_batch_tokens=8192, rollout_prompts=64)
+
+
+def demo_report(args, rank, world, device):
+    """The toy demo's before/after: SFT and RL models on held-out toy prompts, scored by evaluate.py's code."""
+    from types import SimpleNamespace
+
+    from adamame.data import read_questions
+    from adamame.scoring import format_table, summarize
+    from evaluate import evaluate_model
+
+    questions = read_questions(os.path.join(args.out, "toy_rl_test.jsonl"))
+    ev = SimpleNamespace(k=4, temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_response_tokens,
+                         batch_prompts=64, seed=args.seed)
+    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": ev.k, "temperature": ev.temperature}
+    for name, path in (("sft", os.path.join(args.out, "sft", "final")), ("rl", os.path.join(args.out, "final"))):
+        recs = evaluate_model(path, questions, ev, rank, world, device, desc=f"eval {name}")
+        if rank == 0:
+            summ = summarize(recs, ev.k)
+            result[name] = {"accuracy": summ["in_domain"]["pass@1"], "lang_match": summ["in_domain"]["lang_match"],
+                            "lcpr": summ["in_domain"]["lcpr"], "tokens": summ["in_domain"]["tokens"],
+                            "languages": summ["languages"]}
+            print(f"\n{name.upper()} model on {len(questions)} held-out toy prompts ({ev.k} samples each, "
+                  f"temperature {ev.temperature}):")
+            print(format_table(summ, metrics=("pass@1", "lang_match", "lcpr", "tokens")))
+    if rank == 0:
+        with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        sft, rl = result["sft"], result["rl"]
+        print(f"\nreward {args.reward}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, "
+              f"query-language match {sft['lang_match']:.3f} -> {rl['lang_match']:.3f} "
+              f"(summary in {os.path.join(args.out, 'summary.json')})")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = dist.setup()
+    torch.manual_seed(args.seed)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    from tqdm import tqdm
+
+    from adamame.chat import load_tokenizer
+    from adamame.data import read_questions
+    from adamame.lora import adapters_disabled, apply_lora, lora_scales, merged_state_dict
+    from adamame.model import load_model, save_model
+    from adamame.rewards import advantages, alignment_factor, shaped_scores
+    from adamame.rollout import encode_questions, rollouts, score
+
+    toy = args.model is None and args.data is None
+    if (args.model is None) != (args.data is None):
+        raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
+    model_dir, data_path = (args.model, args.data) if not toy else prepare_default(args, argv, rank)
+    G, W = args.group_size, world
+    if args.batch_prompts % W or args.mini_batch_prompts % W or args.batch_prompts % args.mini_batch_prompts:
+        raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
+                        f"must split evenly over {W} ranks, and the first into whole mini-batches")
+
+    tok = load_tokenizer(model_dir)
+    questions, prompt_ids, dropped = encode_questions(tok, read_questions(data_path), args.max_prompt_tokens)
+    if dropped:
+        say(f"dropped {dropped} prompts longer than {args.max_prompt_tokens} tokens")
+    steps_per_epoch = len(questions) // args.batch_prompts
+    if steps_per_epoch == 0:
+        raise DataError(f"{data_path}: {len(questions)} usable prompts, fewer than one batch of {args.batch_prompts}")
+    T = args.max_steps or max(1, math.floor(args.epochs * steps_per_epoch))
+    val = None
+    if args.val_data and args.eval_every:
+        vq, vids, _ = encode_questions(tok, read_questions(args.val_data), args.max_prompt_tokens)
+        val = (vq[rank::W], vids[rank::W])
+
+    model = load_model(model_dir)
+    ref_model = None
+    if args.lora_rank > 0:
+        apply_lora(model, args.lora_rank, args.lora_alpha)
+    elif args.beta > 0:  # full fine-tuning: the reference needs its own (frozen) copy
+        ref_model = dist.shard_model(load_model(model_dir).requires_grad_(False), device)
+    dist.shard_model(model, device, args.activation_checkpointing)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    say(f"{len(questions)} prompts, {W} rank(s), T = {T} steps, reward {args.reward}, "
+        f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
+
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path, metrics_path = os.path.join(args.out, "checkpoint.pt"), os.path.join(args.out, "metrics.jsonl")
+    rollouts_path = os.path.join(args.out, "rollouts.jsonl")
+    start = 0
+    if args.resume:
+        state = checkpoint.load(ckpt_path) if rank == 0 else None
+        obj = [state and {k: state[k] for k in ("step", "args", "rng")}]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        meta = obj[0]
+        for key in ("seed", "batch_prompts", "group_size", "reward", "max_steps", "epochs"):
+            if meta["args"][key] != getattr(args, key):
+                raise DataError(f"{ckpt_path}: saved with --{key.replace('_', '-')} {meta['args'][key]}, "
+                                f"now {getattr(args, key)}")
+        dist.load_full_state_dict(model, state["model"] if rank == 0 else {}, strict=False)
+        dist.load_optimizer_state(model, optimizer, state["optimizer"] if rank == 0 else {})
+        checkpoint.set_rng_state(meta["rng"][rank])
+        start = meta["step"]
+        for path in (metrics_path, rollouts_path):  # rows past the checkpoint will be written again
+            if rank == 0 and os.path.exists(path):
+                rows = [r for r in open(path, encoding="utf-8") if json.loads(r)["step"] <= start]
+                with open(path, "w", encoding="utf-8") as f:
+                    f.writelines(rows)
+        say(f"resumed from {ckpt_path} at step {start}")
+    elif rank == 0:
+        for path in (metrics_path, rollouts_path):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def save_state(step):
+        trainable = dist.full_state_dict(model, trainable_only=True)
+        optim = dist.optimizer_state(model, optimizer)
+        rngs = [None] * W
+        torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+        if rank == 0:
+            checkpoint.atomic_save({"step": step, "args": vars(args), "model": trainable, "optimizer": optim,
+                                    "rng": rngs}, ckpt_path)
+
+    def evaluate_val():
+        qs, ids = val
+        with dist.unsharded(model):
+            model.eval()
+            rs = score(rollouts(model, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
+                                chunk_prompts=args.rollout_prompts), qs, args.lang_mode)
+        acc = dist.all_sum(sum(r.correct for r in rs), device)
+        match = dist.all_sum(sum(r.lang == qs[r.question].lang for r in rs), device)
+        n = dist.all_sum(len(rs), device)
+        return {"val_accuracy": acc / n, "val_lang_match": match / n}
+
+    bar = tqdm(total=T, initial=start, desc=f"grpo ({args.reward})", disable=rank != 0, dynamic_ncols=True)
+    end = min(T, args.stop_after) if args.stop_after else T
+    order = {}
+    for step in range(start, end):
+        times = {}
+        t0 = time.perf_counter()
+        epoch, idx = divmod(step, steps_per_epoch)
+        if epoch not in order:
+            order = {epoch: balanced_batches(questions, args.batch_prompts, args.seed, epoch)}
+        mine = order[epoch][idx][rank::W]  # this rank's prompts; a prompt's whole group stays on one rank
+        qs, ids = [questions[i] for i in mine], [prompt_ids[i] for i in mine]
+
+        # 1-2. rollouts with the current policy, parameters gathered once
+        with dist.unsharded(model):
+            model.eval()
+            rolls = rollouts(model, tok, ids, n=G, max_new_tokens=args.max_response_tokens,
+                             temperature=args.temperature, seed=args.seed * 1_000_003 + step * 1_009 + rank,
+                             chunk_prompts=args.rollout_prompts, return_logprobs=True)
+        times["rollout"] = time.perf_counter() - t0
+
+        # 3-4. rewards and advantages (groups never straddle ranks, so this is local)
+        t1 = time.perf_counter()
+        score(rolls, qs, args.lang_mode)
+        correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
+        qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
+        kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
+        s = shaped_scores(correct, langs, qlangs, gids, step, T, **kw)
+        adv = advantages(correct, langs, qlangs, gids, step, T, **kw)
+        alpha = alignment_factor(step, T, args.alpha_floor) if args.reward in ("adamame", "adamame-diversity") else (
+            1.0 if args.reward == "adamame-const" else 0.0)
+        times["scoring"] = time.perf_counter() - t1
+
+        # 5. reference (and, if asked, old) log-probs
+        t2 = time.perf_counter()
+        ref_lp = None
+        if args.beta > 0:
+            if ref_model is not None:
+                ref_lp = sequence_logprobs(ref_model, rolls, device, args.temperature, args.micro_batch_tokens)
+            else:
+                with adapters_disabled(model):
+                    ref_lp = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens)
+        old_lp = [r.logprobs for r in rolls]
+        if args.old_logprobs == "recompute":
+            old_lp = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens)
+        times["logprobs"] = time.perf_counter() - t2
+
+        # 6. PPO: mini-batches of whole prompt groups, each one optimizer step
+        t3 = time.perf_counter()
+        losses, grad_norms, sums, logprob_diff = ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp,
+                                                            args, len(qs), W, device)
+        if not all(math.isfinite(v) for v in losses):
+            raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {losses}; stopping without saving "
+                               f"(last good checkpoint: {ckpt_path})")
+        minis_count = len(losses) // args.ppo_epochs
+        n_updates = len(losses)
+        times["update"] = time.perf_counter() - t3
+
+        # metrics: global means over all ranks' rollouts
+        resp_tokens = sum(len(r.tokens) for r in rolls)
+        agg = {"n": len(rolls), "reward": float(s.sum()), "accuracy": sum(correct),
+               "lang_match": sum(lg == q for lg, q in zip(langs, qlangs)), "adv_abs": float(abs(adv).sum()),
+               "response_tokens": resp_tokens}
+        for lang in sorted(set(q.lang for q in questions)):
+            sel = [i for i, q in enumerate(qlangs) if q == lang]
+            agg[f"n_{lang}"] = len(sel)
+            agg[f"lang_match_{lang}"] = sum(langs[i] == lang for i in sel)
+            agg[f"accuracy_{lang}"] = sum(correct[i] for i in sel)
+        tot = {k: dist.all_sum(v, device) for k, v in agg.items()}
+        lp_diff = torch.tensor([logprob_diff], device=device)
+        torch.distributed.all_reduce(lp_diff, op=torch.distributed.ReduceOp.MAX)
+        stats = {k: dist.all_sum(v, device) / (args.ppo_epochs * minis_count) for k, v in sums.items()}
+        dt = time.perf_counter() - t0
+        row = {"step": step + 1, "reward": tot["reward"] / tot["n"], "accuracy": tot["accuracy"] / tot["n"],
+               "lang_match": tot["lang_match"] / tot["n"], "alignment_factor": alpha,
+               "adv_abs_mean": tot["adv_abs"] / tot["n"], "loss": sum(losses) / n_updates, "losses": losses,
+               "grad_norm": max(grad_norms), "kl": stats["kl"], "clip_frac": stats["clip_frac"],
+               "ratio": stats["ratio"], "logprob_diff": lp_diff.item(),
+               "response_tokens": tot["response_tokens"] / tot["n"],
+               "lang_match_by_lang": {k[11:]: tot[k] / max(1, tot["n_" + k[11:]]) for k in tot if k.startswith("lang_match_")},
+               "accuracy_by_lang": {k[9:]: tot[k] / max(1, tot["n_" + k[9:]]) for k in tot if k.startswith("accuracy_")},
+               **{f"time_{k}": v for k, v in times.items()}, "time": dt,
+               "rollout_tokens_per_s": tot["response_tokens"] / max(times["rollout"], 1e-9)}
+        if val is not None and ((step + 1) % args.eval_every == 0 or step + 1 == T):
+            row.update(evaluate_val())
+        logged = [None] * W
+        n_log = max(0, args.log_rollouts // W)
+        torch.distributed.all_gather_object(logged, [
+            {"step": step + 1, "rank": rank, "id": qs[r.question].id, "group": f"{rank}:{r.question}",
+             "query_lang": qs[r.question].lang, "answer": qs[r.question].answer, "response": r.text,
+             "tokens": len(r.tokens), "finish_reason": r.finish_reason, "correct": r.correct, "lang": r.lang,
+             "score": float(s[i]), "advantage": float(adv[i]), "alignment_factor": alpha, "total_steps": T,
+             "logprob_sum": float(sum(old_lp[i]))}
+            for i, r in enumerate(rolls) if r.question < n_log])
+        if rank == 0:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            with open(rollouts_path, "a", encoding="utf-8") as f:
+                for rows in logged:
+                    for r in rows:
+                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        bar.update(1)
+        bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}", alpha=f"{alpha:.2f}",
+                        kl=f"{row['kl']:.1e}")
+        if (step + 1) % args.save_every == 0 or step + 1 == end:
+            save_state(step + 1)
+    bar.close()
+
+    if end == T:
+        full = dist.full_state_dict(model)
+        if rank == 0:
+            scales = lora_scales(model)
+            sd = merged_state_dict(full, scales) if scales else full
+            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+                model.config.raw.get("torch_dtype") or model.config.raw.get("dtype"), torch.float32)
+            final = os.path.join(args.out, "final")
+            save_model(model, final, state_dict=sd, dtype=dtype)
+            tok.save_pretrained(final)
+            say(f"exported {final}")
+        if toy:
+            demo_report(args, rank, world, device)
+    if rank == 0 and os.path.exists(metrics_path):
+        rows = [json.loads(r) for r in open(metrics_path, encoding="utf-8")]
+        if rows:
+            a, b = rows[0], rows[-1]
+            say(f"steps 1-{b['step']}: accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, "
+                f"query-language match {a['lang_match']:.3f} -> {b['lang_match']:.3f}; metrics in {metrics_path}")
+    dist.cleanup()
+
+
+def cli():
+    try:
+        main()
+    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
