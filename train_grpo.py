@@ -39,7 +39,8 @@ def parse_args(argv=None):
     ap.add_argument("--model", help="the SFT model folder (HF format); default: the toy demo under --out")
     ap.add_argument("--data", help="RL prompts, JSON Lines with id, lang, prompt, answer")
     ap.add_argument("--val-data", help="validation prompts (same format), evaluated greedily every --eval-every steps")
-    ap.add_argument("--out", default="runs/grpo", help="checkpoints, metrics.jsonl, rollouts.jsonl, final/ (default runs/grpo)")
+    ap.add_argument("--out", default="runs/grpo",
+                    help="checkpoints, metrics.jsonl, rollouts.jsonl, final/ (default runs/grpo)")
     ap.add_argument("--epochs", type=float, default=10, help="passes over the prompts (paper: 10, so T = 90)")
     ap.add_argument("--max-steps", type=int, help="RL steps T; overrides --epochs")
     ap.add_argument("--stop-after", type=int, help="exit after this step, keeping T (continue with --resume)")
@@ -75,6 +76,7 @@ def parse_args(argv=None):
     ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps (default 10)")
     ap.add_argument("--log-rollouts", type=int, default=8, help="prompt groups per step written to rollouts.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument("--sft-steps", type=int, default=660, help="toy demo only: steps of its SFT stage (default 660)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -207,14 +209,15 @@ def prepare_default(args, argv, rank):
         import train_sft
 
         torch.distributed.barrier()
-        train_sft.main(["--out", sft_dir, "--seed", str(args.seed)], keep_process_group=True)
+        train_sft.main(["--out", sft_dir, "--seed", str(args.seed), "--max-steps", str(args.sft_steps)],
+                       keep_process_group=True)
     args.val_data = args.val_data or paths["test"]
     return os.path.join(sft_dir, "final"), paths["train"]
 
 
 # The embedded default's RL settings: the paper's recipe with sizes for a ~1M-parameter model on a laptop CPU.
 TOY_GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, temperature=1.0, lr=1e-4,
-                         lora_rank=0, max_steps=60, max_prompt_tokens=64, max_response_tokens=32, eval_every=0,
+                         lora_rank=0, max_steps=90, max_prompt_tokens=64, max_response_tokens=32, eval_every=0,
                          save_every=20, micro_batch_tokens=8192, rollout_prompts=64)
 
 
@@ -226,7 +229,10 @@ def demo_report(args, rank, world, device):
     from adamame.scoring import format_table, summarize
     from evaluate import evaluate_model
 
-    questions = read_questions(os.path.join(args.out, "toy_rl_test.jsonl"))
+    held_out = read_questions(os.path.join(args.out, "toy_rl_test.jsonl"))
+    questions = []  # the first 100 held-out prompts of each language
+    for lang in sorted({q.lang for q in held_out}):
+        questions += [q for q in held_out if q.lang == lang][:100]
     ev = SimpleNamespace(k=4, temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_response_tokens,
                          batch_prompts=64, seed=args.seed)
     result = {"reward": args.reward, "held_out_prompts": len(questions), "k": ev.k, "temperature": ev.temperature}
@@ -423,8 +429,10 @@ def main(argv=None):
                "grad_norm": max(grad_norms), "kl": stats["kl"], "clip_frac": stats["clip_frac"],
                "ratio": stats["ratio"], "logprob_diff": lp_diff.item(),
                "response_tokens": tot["response_tokens"] / tot["n"],
-               "lang_match_by_lang": {k[11:]: tot[k] / max(1, tot["n_" + k[11:]]) for k in tot if k.startswith("lang_match_")},
-               "accuracy_by_lang": {k[9:]: tot[k] / max(1, tot["n_" + k[9:]]) for k in tot if k.startswith("accuracy_")},
+               "lang_match_by_lang": {k[11:]: tot[k] / max(1, tot["n_" + k[11:]])
+                                      for k in tot if k.startswith("lang_match_")},
+               "accuracy_by_lang": {k[9:]: tot[k] / max(1, tot["n_" + k[9:]]) for k in tot
+                                    if k.startswith("accuracy_")},
                **{f"time_{k}": v for k, v in times.items()}, "time": dt,
                "rollout_tokens_per_s": tot["response_tokens"] / max(times["rollout"], 1e-9)}
         if val is not None and ((step + 1) % args.eval_every == 0 or step + 1 == T):

@@ -34,7 +34,8 @@ def parse_args(argv=None):
                                     "default: a tiny model built into --out")
     ap.add_argument("--data", help="SFT JSON Lines: lang, prompt|question, response|trace+answer; "
                                    "default: a small built-in multilingual set")
-    ap.add_argument("--out", default="runs/sft", help="checkpoints, metrics.jsonl and final/ go here (default runs/sft)")
+    ap.add_argument("--out", default="runs/sft",
+                    help="checkpoints, metrics.jsonl and final/ go here (default runs/sft)")
     ap.add_argument("--epochs", type=float, default=4, help="passes over the data (paper: 4)")
     ap.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
     ap.add_argument("--stop-after", type=int, help="exit after this step, keeping the full run's schedule "
@@ -207,7 +208,8 @@ def main(argv=None, keep_process_group=False):
         optimizer.zero_grad(set_to_none=True)
         loss = dist.all_sum(loss_sum, device) / n_target
         if not math.isfinite(loss):
-            raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping (last good checkpoint: {ckpt_path})")
+            raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping "
+                                             f"(last good checkpoint: {ckpt_path})")
         dt = time.perf_counter() - t0
         row = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                "tokens_per_s": sum(len(s) for s, _ in batch) / dt, "time": dt}
@@ -232,6 +234,7 @@ def main(argv=None, keep_process_group=False):
             save_model(model, final, state_dict=sd, dtype=dtype)
             tok.save_pretrained(final)
             say(f"exported {final}")
+        torch.distributed.barrier()  # the export exists for every rank once main returns
     if losses:
         say(f"steps {start + 1}-{end}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; metrics in {metrics_path}")
     if not keep_process_group:  # train_grpo.py's toy demo runs this stage first in the same processes

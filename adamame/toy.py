@@ -9,9 +9,8 @@ The task: one-step additions and subtractions of small numbers in natural templa
 five training languages (fr, ja, ko, pt, th), with the localized instruction of the recipe. A reasoning trace is
 one sentence restating the problem and the arithmetic, then "the answer is \\boxed{N}", written either in the
 query language or in English; the SFT mix puts most traces in English regardless of the query language (the
-collapse that GRPO then has to undo). Train and held-out questions are disjoint by construction (`held_out`): a
-question is held out by a rule on (op, language, a, b) that holds out each arithmetic fact in at most one of the
-five languages.
+collapse that GRPO then has to undo). Train and held-out questions are disjoint by construction (`problems`): a
+held-out question asks arithmetic that training asks in the same language, but about another person and object.
 
 The tokenizer is a BPE without whitespace pre-splitting (so template phrases merge into few tokens) in which
 digit runs are their own pre-tokens (every number 0-100 becomes one token); with it questions are a handful of
@@ -73,7 +72,7 @@ TRACES = {
         "en": "{n} has {a} {o} and gives {b} to a friend, so {n} has {a} - {b} = {c} {o} left. The answer is \\boxed{{{c}}}.",
     },
 }
-MAX_N = 20
+MAX_N = 12
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
@@ -81,22 +80,32 @@ CHAT_TEMPLATE = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
 
+COMBOS = [(name_idx, obj) for name_idx in range(4) for obj in OBJECTS]  # who and what a question is about
+
+
 def held_out(op: str, lang: str, a: int, b: int) -> bool:
-    """About 10% of questions; a held-out (op, a, b) is still seen in training in the other four languages, so the
-    arithmetic is known and what is tested is the question itself (and the language of the reasoning)."""
-    return (a + 3 * b + LANGS.index(lang) + (op == "sub")) % 10 == 0
+    """A third of the (op, language, a, b) also get a held-out question."""
+    return (a + 3 * b + LANGS.index(lang) + (op == "sub")) % 3 == 0
 
 
 def problems(split: str):
-    """Every (op, lang, name index, object, a, b) of a split; sub keeps a >= b so answers are >= 0."""
+    """(op, lang, name index, object, a, b) tuples; sub keeps a >= b so answers are >= 0.
+
+    Training has one question for every (op, lang, a, b). A held-out question asks the same arithmetic in the same
+    language about another person and object, so its text never occurs in training while everything it needs
+    (the sum, the phrasing, the names) does."""
     out = []
     for op in ("add", "sub"):
         for lang in LANGS:
             for a in range(1, MAX_N + 1):
                 for b in range(1, MAX_N + 1):
-                    if (op == "sub" and b > a) or held_out(op, lang, a, b) != (split == "test"):
+                    if op == "sub" and b > a:
                         continue
-                    out.append((op, lang, (a + 2 * b) % 4, list(OBJECTS)[(a * b) % 3], a, b))
+                    k = (a + 2 * b + LANGS.index(lang)) % len(COMBOS)
+                    if split == "train":
+                        out.append((op, lang, *COMBOS[k], a, b))
+                    elif held_out(op, lang, a, b):
+                        out.append((op, lang, *COMBOS[(k + len(COMBOS) // 2) % len(COMBOS)], a, b))
     return out
 
 

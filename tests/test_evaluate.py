@@ -1,0 +1,108 @@
+import json
+import os
+
+import pytest
+
+from adamame.scoring import pass_at_k, score_record, summarize
+from tests.conftest import SHARED_DATA
+from tests.helpers import run_cli, save_tiny_hf, save_tiny_tokenizer
+
+FR_TRACE = ("Janet a seize canards qui pondent des œufs chaque jour.\nElle en mange trois au petit déjeuner "
+            "et utilise quatre œufs pour les muffins.\nIl lui reste donc neuf œufs qu'elle vend au marché.")
+EN_TRACE = ("Janet has sixteen ducks that lay eggs every day.\nShe eats three for breakfast and uses four eggs "
+            "to bake muffins.\nSo she has nine eggs left that she sells at the market.")
+
+
+def _rec(lang, answer, candidates):
+    return score_record({"lang": lang, "answer": answer, "candidates": candidates,
+                         "candidate_tokens": [len(c) // 4 for c in candidates]})
+
+
+def test_correct_english_trace_for_french_question():
+    r = _rec("fr", "18", [EN_TRACE + "\n</think>\nLa réponse est \\boxed{18}."])
+    s = r["scores"][0]
+    assert s["correct"] and not s["line_pass"] and not s["consistency"] and not s["lang_match"]
+    m = summarize([r], 1)["languages"]["fr"]
+    assert m["pass@1"] == 1.0 and m["lpr"] == 0.0 and m["lcpr"] == 0.0 and m["consistency"] == 0.0
+
+
+def test_faithful_french_trace():
+    r = _rec("fr", "18", [FR_TRACE + "\n</think>\n\\boxed{18}"])
+    m = summarize([r], 1)["languages"]["fr"]
+    assert m == pytest.approx({**m, "pass@1": 1.0, "lpr": 1.0, "wpr": 1.0, "lcpr": 1.0, "consistency": 1.0,
+                               "code_switch": 0.0, "lang_match": 1.0})
+
+
+def test_trace_switching_language_midway():
+    mixed = "\n".join(FR_TRACE.split("\n")[:2] + EN_TRACE.split("\n")[2:])
+    s = _rec("fr", "9", [mixed + "\n</think>\n\\boxed{9}"])["scores"][0]
+    assert s["correct"] and not s["line_pass"] and s["code_switch"]
+
+
+def test_response_without_close_think_is_all_trace_and_boxed_answer_still_counts():
+    s = _rec("fr", "9", [FR_TRACE + " Donc \\boxed{9}."])["scores"][0]
+    assert s["correct"] and s["line_pass"] and s["consistency"]
+
+
+def test_empty_candidates():
+    s = _rec("fr", "9", [""])["scores"][0]
+    assert not s["correct"] and not s["consistency"] and s["line_pass"] and not s["code_switch"]
+
+
+def test_pass_at_k_by_hand_and_on_mixed_groups():
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 1, 4) == 1.0
+    assert pass_at_k(4, 1, 1) == 0.25
+    assert pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
+    good, bad = "x\n</think>\n\\boxed{1}", "x\n</think>\n\\boxed{2}"
+    recs = [_rec("en", "1", [good, bad, bad, bad]), _rec("en", "1", [bad] * 4), _rec("en", "1", [good, good, bad, bad])]
+    m = summarize(recs, 4)["languages"]["en"]
+    assert m["pass@1"] == pytest.approx((0.25 + 0 + 0.5) / 3)
+    assert m["pass@k"] == pytest.approx((1 + 0 + 1) / 3)
+    assert m["tokens_correct"] == pytest.approx(len(good) // 4)
+
+
+def test_in_and_out_of_domain_are_means_of_languages():
+    good = "x\n</think>\n\\boxed{1}"
+    recs = [_rec("fr", "1", [good]), _rec("ja", "2", [good]), _rec("de", "1", [good]), _rec("zh", "1", [good])]
+    s = summarize(recs, 1)
+    assert s["in_domain"]["pass@1"] == 0.5 and s["out_of_domain"]["pass@1"] == 1.0 and s["k"] == 1
+    assert set(s["languages"]) == {"fr", "ja", "de", "zh"}
+
+
+def test_score_mode_cli_scores_foreign_generations(tmp_path):
+    gen = tmp_path / "gen.jsonl"
+    rows = [{"id": "1", "lang": "fr", "answer": "18", "candidates": [FR_TRACE + "\n</think>\n\\boxed{18}",
+                                                                     EN_TRACE + "\n</think>\n\\boxed{17}"]}]
+    gen.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    r = run_cli(["evaluate.py", "--score", str(gen), "--out", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["languages"]["fr"]["pass@1"] == 0.5 and s["languages"]["fr"]["lpr"] == 0.5 and s["k"] == 2
+    assert (tmp_path / "out" / "summary.csv").read_text().startswith("metric,fr,in_domain")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"lang": "fr", "answer": "1"}\n', encoding="utf-8")
+    r = run_cli(["evaluate.py", "--score", str(bad), "--out", str(tmp_path / "o2")])
+    assert r.returncode == 2 and f"{bad}:1: missing field 'candidates'" in r.stderr
+
+
+MGSM = os.path.join(SHARED_DATA, "eval", "mgsm")
+
+
+@pytest.mark.skipif(not os.path.isdir(MGSM), reason=f"MGSM data not found at {MGSM}")
+def test_end_to_end_on_a_tiny_model_and_mgsm_questions(tmp_path):
+    save_tiny_hf(tmp_path / "model", "qwen2", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    save_tiny_tokenizer(tmp_path / "model", vocab_size=300)
+    files = [os.path.join(MGSM, f"{lang}.jsonl") for lang in ("fr", "de")]
+    r = run_cli(["evaluate.py", "--model", str(tmp_path / "model"), "--data", *files, "--limit", "3", "--k", "2",
+                 "--max-new-tokens", "8", "--out", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "out"
+    recs = [json.loads(line) for line in open(out / "generations.jsonl")]
+    assert len(recs) == 6 and all(len(rec["candidates"]) == 2 for rec in recs)
+    assert all(len(rec["scores"]) == 2 and "correct" in rec["scores"][0] for rec in recs)
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s) == {"languages", "in_domain", "out_of_domain", "k"} and s["k"] == 2
+    for m in ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "tokens", "tokens_correct"):
+        assert m in s["languages"]["fr"]
+    assert s["languages"]["de"]["tokens"] <= 8
+    assert "pass@2 %" in r.stdout and (out / "summary.csv").exists()

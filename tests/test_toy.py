@@ -1,0 +1,64 @@
+import json
+import os
+
+from adamame import toy
+from adamame.language import reward_language
+from tests.helpers import run_cli
+
+
+def test_traces_are_identified_as_their_language():
+    wrong = []
+    problems = toy.problems("train") + toy.problems("test")
+    for p in problems:
+        for trace_lang in (p[1], "en"):
+            _, trace, c = toy.render(*p, trace_lang=trace_lang)
+            got = reward_language(trace + f"\n</think>\n\\boxed{{{c}}}")
+            if got != trace_lang:
+                wrong.append((trace_lang, got, trace))
+    assert not wrong, wrong[:3]
+    assert len(problems) > 1000
+
+
+def test_train_and_held_out_questions_are_disjoint():
+    def questions(split):
+        return {toy.render(*p)[0] for p in toy.problems(split)}
+
+    train, test = questions("train"), questions("test")
+    assert train and test and not (train & test)
+    assert 0.25 < len(test) / len(train) < 0.4
+    # what a held-out question needs is taught: the same arithmetic in the same language
+    facts = {(p[0], p[1], p[4], p[5]) for p in toy.problems("train")}
+    assert all((p[0], p[1], p[4], p[5]) in facts for p in toy.problems("test"))
+
+
+def test_sft_mix_is_mostly_english():
+    rows = toy.sft_rows()
+    english = sum(reward_language(r["trace"]) == "en" for r in rows) / len(rows)
+    assert 0.74 <= english <= 0.82
+
+
+def test_tokenizer_makes_short_sequences_and_round_trips(tmp_path):
+    tok = toy.build_tokenizer(str(tmp_path))
+    q, t, c = toy.render("add", "th", 1, "apple", 11, 5, trace_lang="en")
+    assert len(tok(q)["input_ids"]) <= 12 and len(tok(t)["input_ids"]) <= 20
+    assert tok.decode(tok(t)["input_ids"]) == t
+    assert all(len(tok(str(n))["input_ids"]) == 1 for n in range(0, 2 * toy.MAX_N + 1))
+    assert tok.unk_token_id not in tok(t + "\n</think>\n\\boxed{22}")["input_ids"]
+
+
+def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "30", "--max-steps", "2"], nproc=2, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["reward"] == "adamame"
+    for stage in ("sft", "rl"):
+        assert 0.0 <= s[stage]["accuracy"] <= 1.0 and 0.0 <= s[stage]["lang_match"] <= 1.0
+        assert set(s[stage]["languages"]) == set(toy.LANGS)
+    assert os.path.exists(out / "toy_model" / "tokenizer.json") and os.path.exists(out / "final" / "config.json")
+    assert "query-language match" in r.stdout and "lang_match" in r.stdout
+    # a second run reuses the toy model and the SFT result
+    r2 = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "30", "--max-steps", "1", "--reward", "grpo"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "examples, 1 rank(s)" not in r2.stdout  # train_sft did not run again (it prints this first)
+    assert json.loads((out / "summary.json").read_text())["reward"] == "grpo"
