@@ -264,8 +264,8 @@ def main(argv=None):
 
     from adamame.chat import load_tokenizer
     from adamame.data import read_questions
-    from adamame.lora import adapters_disabled, apply_lora, lora_scales, merged_state_dict
-    from adamame.model import load_model, save_model
+    from adamame.lora import adapters_disabled, apply_lora
+    from adamame.model import load_model
     from adamame.rewards import advantages, alignment_factor, shaped_scores
     from adamame.rollout import encode_questions, rollouts, score
 
@@ -306,39 +306,14 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     ckpt_path, metrics_path = os.path.join(args.out, "checkpoint.pt"), os.path.join(args.out, "metrics.jsonl")
     rollouts_path = os.path.join(args.out, "rollouts.jsonl")
-    start = 0
     if args.resume:
-        state = checkpoint.load(ckpt_path) if rank == 0 else None
-        obj = [state and {k: state[k] for k in ("step", "args", "rng")}]
-        torch.distributed.broadcast_object_list(obj, src=0)
-        meta = obj[0]
-        for key in ("seed", "batch_prompts", "group_size", "reward", "max_steps", "epochs"):
-            if meta["args"][key] != getattr(args, key):
-                raise DataError(f"{ckpt_path}: saved with --{key.replace('_', '-')} {meta['args'][key]}, "
-                                f"now {getattr(args, key)}")
-        dist.load_full_state_dict(model, state["model"] if rank == 0 else {}, strict=False)
-        dist.load_optimizer_state(model, optimizer, state["optimizer"] if rank == 0 else {})
-        checkpoint.set_rng_state(meta["rng"][rank])
-        start = meta["step"]
-        for path in (metrics_path, rollouts_path):  # rows past the checkpoint will be written again
-            if rank == 0 and os.path.exists(path):
-                rows = [r for r in open(path, encoding="utf-8") if json.loads(r)["step"] <= start]
-                with open(path, "w", encoding="utf-8") as f:
-                    f.writelines(rows)
+        start = checkpoint.resume_training_state(
+            ckpt_path, model, optimizer, args, ("seed", "batch_prompts", "group_size", "reward", "max_steps", "epochs"),
+            [metrics_path, rollouts_path])
         say(f"resumed from {ckpt_path} at step {start}")
-    elif rank == 0:
-        for path in (metrics_path, rollouts_path):
-            if os.path.exists(path):
-                os.remove(path)
-
-    def save_state(step):
-        trainable = dist.full_state_dict(model, trainable_only=True)
-        optim = dist.optimizer_state(model, optimizer)
-        rngs = [None] * W
-        torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
-        if rank == 0:
-            checkpoint.atomic_save({"step": step, "args": vars(args), "model": trainable, "optimizer": optim,
-                                    "rng": rngs}, ckpt_path)
+    else:
+        start = 0
+        checkpoint.start_fresh([metrics_path, rollouts_path])
 
     def evaluate_val():
         qs, ids = val
@@ -457,20 +432,12 @@ def main(argv=None):
         bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}", alpha=f"{alpha:.2f}",
                         kl=f"{row['kl']:.1e}")
         if (step + 1) % args.save_every == 0 or step + 1 == end:
-            save_state(step + 1)
+            checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
 
     if end == T:
-        full = dist.full_state_dict(model)
-        if rank == 0:
-            scales = lora_scales(model)
-            sd = merged_state_dict(full, scales) if scales else full
-            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-                model.config.raw.get("torch_dtype") or model.config.raw.get("dtype"), torch.float32)
-            final = os.path.join(args.out, "final")
-            save_model(model, final, state_dict=sd, dtype=dtype)
-            tok.save_pretrained(final)
-            say(f"exported {final}")
+        checkpoint.export_hf(model, tok, os.path.join(args.out, "final"))
+        say(f"exported {os.path.join(args.out, 'final')}")
         if toy:
             demo_report(args, rank, world, device)
     if rank == 0 and os.path.exists(metrics_path):

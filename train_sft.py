@@ -106,8 +106,8 @@ def main(argv=None, keep_process_group=False):
     say = print if rank == 0 else (lambda *a, **k: None)
     from adamame.chat import load_tokenizer
     from adamame.kernels import token_logprobs
-    from adamame.lora import apply_lora, lora_scales, merged_state_dict
-    from adamame.model import load_model, read_config, save_model
+    from adamame.lora import apply_lora
+    from adamame.model import load_model, read_config
 
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
@@ -144,36 +144,13 @@ def main(argv=None, keep_process_group=False):
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     metrics_path = os.path.join(args.out, "metrics.jsonl")
-    start = 0
     if args.resume:
-        state = checkpoint.load(ckpt_path) if rank == 0 else None
-        obj = [state and {k: state[k] for k in ("step", "args", "rng")}]
-        torch.distributed.broadcast_object_list(obj, src=0)
-        meta = obj[0]
-        for key in ("seed", "batch_size", "lora_rank", "max_length"):
-            if meta["args"][key] != getattr(args, key):
-                raise DataError(f"{ckpt_path}: saved with --{key.replace('_', '-')} {meta['args'][key]}, "
-                                f"now {getattr(args, key)}")
-        dist.load_full_state_dict(model, state["model"] if rank == 0 else {}, strict=False)
-        dist.load_optimizer_state(model, optimizer, state["optimizer"] if rank == 0 else {})
-        checkpoint.set_rng_state(meta["rng"][rank])
-        start = meta["step"]
-        if rank == 0 and os.path.exists(metrics_path):  # rows past the checkpoint will be written again
-            rows = [r for r in open(metrics_path, encoding="utf-8") if json.loads(r)["step"] <= start]
-            with open(metrics_path, "w", encoding="utf-8") as f:
-                f.writelines(rows)
+        start = checkpoint.resume_training_state(ckpt_path, model, optimizer, args,
+                                                 ("seed", "batch_size", "lora_rank", "max_length"), [metrics_path])
         say(f"resumed from {ckpt_path} at step {start}")
-    elif rank == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
-
-    def save_state(step):
-        trainable = dist.full_state_dict(model, trainable_only=True)
-        optim = dist.optimizer_state(model, optimizer)
-        rngs = [None] * world
-        torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
-        if rank == 0:
-            checkpoint.atomic_save({"step": step, "args": vars(args), "model": trainable, "optimizer": optim,
-                                    "rng": rngs}, ckpt_path)
+    else:
+        start = 0
+        checkpoint.start_fresh([metrics_path])
 
     from tqdm import tqdm
 
@@ -220,21 +197,12 @@ def main(argv=None, keep_process_group=False):
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if (step + 1) % args.save_every == 0 or step + 1 == end:
-            save_state(step + 1)
+            checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
 
     if end == total:
-        full = dist.full_state_dict(model)
-        if rank == 0:
-            scales = lora_scales(model)
-            sd = merged_state_dict(full, scales) if scales else full
-            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-                model.config.raw.get("torch_dtype") or model.config.raw.get("dtype"), torch.float32)
-            final = os.path.join(args.out, "final")
-            save_model(model, final, state_dict=sd, dtype=dtype)
-            tok.save_pretrained(final)
-            say(f"exported {final}")
-        torch.distributed.barrier()  # the export exists for every rank once main returns
+        checkpoint.export_hf(model, tok, os.path.join(args.out, "final"))
+        say(f"exported {os.path.join(args.out, 'final')}")
     if losses:
         say(f"steps {start + 1}-{end}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; metrics in {metrics_path}")
     if not keep_process_group:  # train_grpo.py's toy demo runs this stage first in the same processes

@@ -52,3 +52,82 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- trainer state
+# Every rank calls these (they gather or broadcast over the process group); only rank 0 touches the files.
+
+def save_training_state(path, model, optimizer, args, step):
+    """Trainable weights, optimizer state (both gathered in full), the step, the flags and every rank's RNG."""
+    import torch.distributed as tdist
+
+    from adamame import dist
+
+    trainable = dist.full_state_dict(model, trainable_only=True)
+    optim = dist.optimizer_state(model, optimizer)
+    rngs = [None] * tdist.get_world_size()
+    tdist.all_gather_object(rngs, rng_state())
+    if tdist.get_rank() == 0:
+        atomic_save({"step": step, "args": vars(args), "model": trainable, "optimizer": optim, "rng": rngs}, path)
+
+
+def resume_training_state(path, model, optimizer, args, must_match, logs=()) -> int:
+    """Restore what save_training_state wrote and return its step. Flags in `must_match` must not have changed
+    (they decide the data order or the schedule); rows of the JSONL `logs` past the step are dropped, since the
+    resumed run writes them again."""
+    import json
+
+    import torch.distributed as tdist
+
+    from adamame import dist
+
+    rank = tdist.get_rank()
+    state = load(path) if rank == 0 else None
+    obj = [state and {k: state[k] for k in ("step", "args", "rng")}]
+    tdist.broadcast_object_list(obj, src=0)
+    meta = obj[0]
+    for key in must_match:
+        if meta["args"].get(key) != getattr(args, key):
+            raise ValueError(f"{path}: saved with --{key.replace('_', '-')} {meta['args'].get(key)}, "
+                             f"now {getattr(args, key)}")
+    dist.load_full_state_dict(model, state["model"] if rank == 0 else {}, strict=False)
+    dist.load_optimizer_state(model, optimizer, state["optimizer"] if rank == 0 else {})
+    set_rng_state(meta["rng"][rank])
+    for log in logs:
+        if rank == 0 and os.path.exists(log):
+            with open(log, encoding="utf-8") as f:
+                rows = [r for r in f if json.loads(r)["step"] <= meta["step"]]
+            with open(log, "w", encoding="utf-8") as f:
+                f.writelines(rows)
+    return meta["step"]
+
+
+def start_fresh(logs=()):
+    """A run that does not resume starts its JSONL logs empty."""
+    import torch.distributed as tdist
+
+    if tdist.get_rank() == 0:
+        for log in logs:
+            if os.path.exists(log):
+                os.remove(log)
+
+
+def export_hf(model, tokenizer, out_dir):
+    """The final Hugging Face folder: LoRA merged with alpha / rank, weights in the base checkpoint's dtype, plus
+    the tokenizer. Returns when the folder exists for every rank."""
+    import torch.distributed as tdist
+
+    from adamame import dist
+    from adamame.lora import lora_scales, merged_state_dict
+    from adamame.model import save_model
+
+    full = dist.full_state_dict(model)
+    if tdist.get_rank() == 0:
+        scales = lora_scales(model)
+        sd = merged_state_dict(full, scales) if scales else full
+        raw = model.config.raw
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(raw.get("torch_dtype") or raw.get("dtype"),
+                                                                            torch.float32)
+        save_model(model, out_dir, state_dict=sd, dtype=dtype)
+        tokenizer.save_pretrained(out_dir)
+    tdist.barrier()

@@ -25,3 +25,7 @@ def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
     step = res["steps"]["grpo_step"]["result"]
     for key in ("time_rollout", "time_logprobs", "time_update", "rollout_tokens_per_s", "update_mfu"):
         assert key in step
+    from bench.readme_table import table
+
+    text = table(res)  # the README table renders from a results file
+    assert "logprob_fwd 32 x 1009" in text and "generate" in text and "GRPO step" in text
