@@ -158,40 +158,40 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
     per_rank = args.mini_batch_prompts // W
     groups = [list(range(g * G, (g + 1) * G)) for g in range(n_prompts)]
     minis = [sum(groups[m:m + per_rank], []) for m in range(0, len(groups), per_rank)]
-    sums = {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
-    losses, grad_norms, logprob_diff = [], [], 0.0
+    sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "kl", "ratio")}  # on the device: no sync
+    losses, grad_norms, logprob_diff = [], [], torch.zeros((), device=device)
     for ppo_epoch in range(args.ppo_epochs):
         for m_i, mini in enumerate(minis):
             n_seqs = dist.all_sum(len(mini), device)
             n_tok = dist.all_sum(sum(len(rolls[j].tokens) for j in mini), device)
             mbs = micro_batches(mini, args.micro_batch_tokens,
                                 lambda j: len(rolls[j].prompt_ids) + len(rolls[j].tokens), device)
-            mini_loss = 0.0
+            mini_loss = torch.zeros((), device=device)
             for k, mb in enumerate(mbs):
                 model.set_requires_gradient_sync(k == len(mbs) - 1)
                 extra = [[old_lp[j] for j in mb]] + ([[ref_lp[j] for j in mb]] if ref_lp else [])
                 ids, targets, mask, per_tok = pack([rolls[j] for j in mb], device, extra)
                 logp = token_logprobs(model(ids, logits_slice=slice(None, -1)), targets, args.temperature)
                 if ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
-                    d = (logp.detach() - per_tok[0]).abs()[mask]
-                    logprob_diff = max(logprob_diff, d.max().item() if d.numel() else 0.0)
+                    d = ((logp.detach() - per_tok[0]).abs() * mask).max()
+                    logprob_diff = torch.maximum(logprob_diff, d)
                 loss, st = policy_loss(
                     logp, torch.tensor(adv[mb], dtype=torch.float32, device=device), mask,
                     old_logprobs=per_tok[0], ref_logprobs=per_tok[1] if ref_lp else None, clip_eps=args.clip_eps,
                     clip_eps_high=args.clip_eps_high, beta=args.beta, aggregation=args.aggregation,
                     max_tokens=args.max_response_tokens, num_seqs=n_seqs, num_tokens=n_tok)
                 (loss * W).backward()
-                mini_loss += loss.item()
+                mini_loss += loss.detach()
                 for key in sums:
-                    sums[key] += st[key].item()
-            losses.append(dist.all_sum(mini_loss, device))
+                    sums[key] += st[key]
+            losses.append(dist.all_sum(mini_loss.item(), device))
             if not math.isfinite(losses[-1]):
-                return losses, grad_norms, sums, logprob_diff
+                return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
             gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
             grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return losses, grad_norms, sums, logprob_diff
+    return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
 
 
 def prepare_default(args, argv, rank):
@@ -380,6 +380,8 @@ def main(argv=None):
             raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {losses}; stopping without saving "
                                f"(last good checkpoint: {ckpt_path})")
         minis_count = len(losses) // args.ppo_epochs
+        if args.old_logprobs == "recompute":  # pi_old is the trainer's own: measure the sampler against it
+            logprob_diff = max((abs(a - b) for o, r in zip(old_lp, rolls) for a, b in zip(o, r.logprobs)), default=0.0)
         n_updates = len(losses)
         times["update"] = time.perf_counter() - t3
 

@@ -166,7 +166,7 @@ def main(argv=None, keep_process_group=False):
         n_target = sum(len(seq) - n_prompt for seq, n_prompt in batch)  # the whole global batch
         mine = batch[rank::world]
         micro = [mine[i:i + args.micro_batch_size] for i in range(0, len(mine), args.micro_batch_size)]
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)  # summed on the device: one host sync per step, not per micro-batch
         model.train()
         for i, mb in enumerate(micro):
             model.set_requires_gradient_sync(i == len(micro) - 1)
@@ -175,7 +175,7 @@ def main(argv=None, keep_process_group=False):
             nll = -(token_logprobs(logits, targets) * mask).sum()
             # FSDP averages gradients over ranks, so scale by world / (target tokens in the global batch)
             (nll * world / n_target).backward()
-            loss_sum += nll.item()
+            loss_sum += nll.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         lr = lr_at(step, total, args.lr, args.warmup_ratio)
@@ -183,7 +183,7 @@ def main(argv=None, keep_process_group=False):
             g["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = dist.all_sum(loss_sum, device) / n_target
+        loss = dist.all_sum(loss_sum.item(), device) / n_target
         if not math.isfinite(loss):
             raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping "
                                              f"(last good checkpoint: {ckpt_path})")

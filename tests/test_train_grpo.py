@@ -155,3 +155,8 @@ def test_bad_rl_data_names_file_line_and_field(tmp_path, content, match):
     (tmp_path / "rl.jsonl").write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=match):
         read_questions(str(tmp_path / "rl.jsonl"))
+
+
+def test_recomputed_old_logprobs_agree_with_the_sampler(tiny, tmp_path):
+    rows, _ = _grpo(tiny, tmp_path / "re", "--max-steps", "1", "--old-logprobs", "recompute")
+    assert rows[0]["logprob_diff"] < 1e-4 and rows[0]["ratio"] == pytest.approx(1.0, abs=1e-4)
