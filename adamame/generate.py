@@ -129,6 +129,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     lengths = torch.zeros(B, dtype=torch.long, device=dev)
     stopped = torch.zeros(B, dtype=torch.bool, device=dev)
     live = torch.arange(B, device=dev)  # original row of each row still in the batch
+    slot = torch.tensor(Tp, device=dev)  # compiled path: the cache slot as a device tensor, advanced in place
     done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
 
     for t in range(max_new_tokens):
@@ -149,8 +150,8 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                 keep = (~done).nonzero()[:, 0]
                 live, done, tok, plen = live[keep], done[keep], tok[keep], plen[keep]
                 cache = KVCache([k[keep] for k in cache.k], [v[keep] for v in cache.v], cache.valid[keep])
-        start = torch.tensor(Tp + t, device=dev) if compile else Tp + t
-        logits = step_fn(tok, plen + t, start)
+        logits = step_fn(tok, plen + t, slot if compile else Tp + t)
+        slot += 1
 
     out, out_lp, lengths, stopped = out.cpu(), out_lp.cpu(), lengths.cpu(), stopped.cpu()
     samples = []
