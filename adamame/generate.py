@@ -56,7 +56,7 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     if probs.is_cuda:  # argmax(p / Exp(1)) is a sample from p, with no host sync (multinomial would sync)
         tok = (probs / torch.empty_like(probs).exponential_(1.0, generator=generator)).argmax(-1)
     else:  # on CPU exponential_ (and multinomial, built on it) is slow: invert the CDF, one number per row
-        cdf = probs.double().cumsum(-1)
+        cdf = probs.cumsum(-1, dtype=torch.float64)
         u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
         tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None])[:, 0]
