@@ -57,6 +57,7 @@ def data_files(paths):
 
 def read_generations(path):
     from adamame.data import read_jsonl
+    from adamame.language import DEFAULT_LANGUAGES
 
     recs = []
     for i, obj in read_jsonl(path):
@@ -67,8 +68,6 @@ def read_generations(path):
             raise DataError(f"{path}:{i}: field 'candidates' must be a list of strings")
         if not obj["candidates"]:
             raise DataError(f"{path}:{i}: field 'candidates' is empty")
-        from adamame.language import DEFAULT_LANGUAGES
-
         if obj["lang"] not in DEFAULT_LANGUAGES:
             raise DataError(f"{path}:{i}: field 'lang': unknown language code {obj['lang']!r}")
         obj["answer"] = str(obj["answer"])

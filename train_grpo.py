@@ -196,13 +196,9 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
 
 def prepare_default(args, argv, rank):
     """The toy demo: SFT the toy model if not done yet, then RL on toy prompts with toy-sized settings."""
-    from adamame.toy import build_toy
+    from adamame.toy import apply_settings, build_toy
 
-    given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-             if a.startswith("--")}
-    for k, v in TOY_GRPO_SETTINGS.items():
-        if k not in given:
-            setattr(args, k, v)
+    apply_settings(args, argv, TOY_GRPO_SETTINGS)
     paths = build_toy(args.out, rank)
     sft_dir = os.path.join(args.out, "sft")
     if not os.path.exists(os.path.join(sft_dir, "final", "config.json")):

@@ -88,13 +88,9 @@ TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, ma
 
 def prepare_default(args, argv, rank):
     """Build (once) the toy model folder and SFT data under --out; apply TOY_SETTINGS to flags not given."""
-    from adamame.toy import build_toy
+    from adamame.toy import apply_settings, build_toy
 
-    given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-             if a.startswith("--")}
-    for k, v in TOY_SETTINGS.items():
-        if k not in given:
-            setattr(args, k, v)
+    apply_settings(args, argv, TOY_SETTINGS)
     paths = build_toy(args.out, rank)
     return paths["model"], paths["sft"]
 
@@ -107,7 +103,7 @@ def main(argv=None, keep_process_group=False):
     from adamame.chat import load_tokenizer
     from adamame.kernels import token_logprobs
     from adamame.lora import apply_lora
-    from adamame.model import load_model, read_config
+    from adamame.model import load_model
 
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
@@ -130,7 +126,6 @@ def main(argv=None, keep_process_group=False):
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     # model: load on CPU, add adapters, shard (layers, then root)
-    read_config(model_dir)
     model = load_model(model_dir)
     if args.lora_rank > 0:
         apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)

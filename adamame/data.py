@@ -137,14 +137,12 @@ def tokenize_sft(tokenizer, ex: SFTExample) -> tuple:
     The target starts inside `<think>` when the chat template's generation prompt already opened it;
     otherwise `<think>\\n` is put at the start of the target.
     """
-    from adamame.chat import render_prompt
+    from adamame.chat import encode_prompt, render_prompt
 
-    prompt_text = render_prompt(tokenizer, ex.prompt)
     target = ex.target
-    if "<think>" not in prompt_text[-20:] and not target.lstrip().startswith("<think>"):
+    if "<think>" not in render_prompt(tokenizer, ex.prompt)[-20:] and not target.lstrip().startswith("<think>"):
         target = "<think>\n" + target
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    p_ids = tokenizer(prompt_text, add_special_tokens=not has_template)["input_ids"]
+    p_ids = encode_prompt(tokenizer, ex.prompt)
     t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         t_ids = t_ids + [tokenizer.eos_token_id]

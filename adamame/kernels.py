@@ -129,7 +129,7 @@ class _TritonLogProb(torch.autograd.Function):
             _logprob_bwd_kernel[(B * L,)](z, z.stride(0), z.stride(1), grad, grad.stride(0), grad.stride(1), L, tgt,
                                           lse, dlogp.reshape(-1).float().contiguous(), V, 1.0 / ctx.temperature,
                                           BLOCK=BLOCK_V, num_warps=8)
-        return grad.view(ctx.shape) if grad.shape != ctx.shape else grad, None, None, None
+        return grad.view(ctx.shape), None, None, None
 
 
 def _use_triton(x: torch.Tensor) -> bool:

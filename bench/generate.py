@@ -107,7 +107,8 @@ def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, compile_=False, re
 
     result = {"prompts": n_prompts, "n": n, "context": ctx, "new_tokens": new_tokens, "compile": compile_}
     for name, fn in (("ours", ours_run), ("transformers", hf_run)):
-        fn() if name == "ours" and compile_ else None  # compile warm-up outside the timed region
+        if name == "ours" and compile_:
+            fn()  # compile warm-up outside the timed region
         times = []
         for _ in range(repeats):
             with PeakMemory(device) as pm:

@@ -56,10 +56,7 @@ def left_padded_batch(lengths, vocab, seed=0):
     return ids, mask, positions
 
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-)
+from adamame.toy import CHAT_TEMPLATE  # noqa: E402  (the same chat template as the toy model)
 
 
 def save_tiny_tokenizer(path, corpus=None, chat_template=CHAT_TEMPLATE, vocab_size=300):
