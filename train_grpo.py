@@ -1,19 +1,21 @@
 """Stage 2 of AdaMame: GRPO with the scheduled language-alignment bonus, on a plain FSDP2 loop.
 
     torchrun --nproc_per_node N train_grpo.py --model DIR --data FILE.jsonl --out DIR [--max-steps N ...]
+    python train_grpo.py --plan --model DIR --nproc-per-node 8 --gpu-memory-gib 80     (the memory plan only)
 
-One RL step (t = step, T = total steps):
-  1. take --batch-prompts prompts, balanced over languages; each rank takes its share;
-  2. roll out --group-size samples per prompt with the KV-cache engine on the current policy (parameters gathered
-     once for the whole rollout), keeping the sampler's log-probs;
-  3. score: r_i = 1 if the boxed answer verifies, lang(o_i) = language of the first 500 characters;
-  4. advantages A_i of the chosen --reward variant with alpha(t) (adamame/rewards.py), per prompt group;
-  5. reference log-probs: the base model with the LoRA adapters switched off (no second copy of the weights);
-     with full fine-tuning a frozen copy is loaded;
-  6. PPO: --ppo-epochs passes over mini-batches of --mini-batch-prompts prompts, each one optimizer step of the
-     clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0.
-Old log-probs are the sampler's (same model code and dtype as the trainer; the measured max difference is logged
-as logprob_diff) or, with --old-logprobs recompute, a forward pass before the first update.
+Before loading any weight, the run builds its memory plan (adamame/memory.py) from config.json and the flags,
+prints it, and stops (exit 3) if it does not fit; the plan sets the prompts per generate call, activation
+checkpointing and the log-prob path. Then one RL step (t = step, T = total steps) is five phases:
+  1. rollout: this rank's share of --batch-prompts prompts (balanced over languages), --group-size samples each, on
+     a plain copy of the current policy (LoRA merged, no FSDP hooks) that is built for the step and freed after;
+  2. score: r_i = 1 if the boxed answer verifies, lang(o_i) = language of the first 500 characters; the advantages
+     A_i of the chosen --reward variant with alpha(t) (adamame/rewards.py), per prompt group;
+  3. log-probs: pi_old recomputed by the trainer (the paper's setting; --old-logprobs sampler keeps the sampler's)
+     and the reference pi_ref: the base model with the LoRA adapters switched off (no second copy of the weights;
+     with full fine-tuning a frozen copy);
+  4. update: --ppo-epochs passes over mini-batches of --mini-batch-prompts prompts, each one optimizer step of the
+     clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
+  5. log: one metrics.jsonl row (global means over ranks), a few prompt groups to rollouts.jsonl, a checkpoint.
 
 Defaults are the paper's settings (recipe.md). With no --model/--data it runs the built-in toy demo: SFT on the
 toy task if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after evaluation table.
@@ -66,12 +68,19 @@ def parse_args(argv=None):
     ap.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (paper: 64)")
     ap.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts are dropped (paper: 512)")
     ap.add_argument("--max-response-tokens", type=int, default=4096, help="rollout length limit (paper: 4096)")
-    ap.add_argument("--old-logprobs", choices=("sampler", "recompute"), default="sampler",
-                    help="where pi_old comes from (default: the sampler's log-probs)")
+    ap.add_argument("--old-logprobs", choices=("recompute", "sampler"), default="recompute",
+                    help="pi_old: recomputed by the trainer before the update (paper) or the sampler's log-probs")
     ap.add_argument("--micro-batch-tokens", type=int, default=32768,
                     help="padded tokens per forward/backward on each rank (memory knob; default 32768)")
-    ap.add_argument("--rollout-prompts", type=int, default=64, help="prompts per generate call (memory knob)")
-    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute layer activations in backward")
+    ap.add_argument("--rollout-prompts", type=_auto_or_positive, default="auto",
+                    help="prompts per generate call: auto (the memory plan's choice, default) or a number (a cap)")
+    ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
+                    help="recompute layer activations in backward: auto (on when the plan needs it, default)")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the memory plan from --model's config.json and exit (0: fits, 3: does not fit)")
+    ap.add_argument("--nproc-per-node", type=int, help="with --plan: ranks (default: the GPUs visible, else 1)")
+    ap.add_argument("--gpu-memory-gib", type=float,
+                    help="with --plan: GiB per GPU (default: this machine's GPU; without a GPU, its RAM)")
     ap.add_argument("--eval-every", type=int, default=10, help="greedy validation every K steps (needs --val-data)")
     ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps (default 10)")
     ap.add_argument("--log-rollouts", type=int, default=8, help="prompt groups per step written to rollouts.jsonl")
@@ -79,6 +88,14 @@ def parse_args(argv=None):
     ap.add_argument("--sft-steps", type=int, default=660, help="toy demo only: steps of its SFT stage (default 660)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
+
+
+def _auto_or_positive(text):
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return int(text)
 
 
 def balanced_batches(questions, batch_prompts, seed, epoch):
@@ -96,62 +113,77 @@ def balanced_batches(questions, batch_prompts, seed, epoch):
 
 
 def pack(rolls, device, extra=()):
-    """Right-padded ids [b, T], targets [b, T-1], response mask [b, T-1], and per-token tensors for `extra`
-    (lists of per-rollout values aligned with the response tokens)."""
+    """Right-padded ids [b, T], next-token targets [b, T] (position k predicts token k + 1), the response mask [b, T]
+    (True where that next token is a response token) and [b, T] float tensors for `extra` (lists of per-rollout
+    values aligned with the response tokens, 0 elsewhere)."""
     T = max(len(r.prompt_ids) + len(r.tokens) for r in rolls)
     ids = torch.zeros(len(rolls), T, dtype=torch.long)
-    mask = torch.zeros(len(rolls), T - 1, dtype=torch.bool)
-    outs = [torch.zeros(len(rolls), T - 1) for _ in extra]
+    mask = torch.zeros(len(rolls), T, dtype=torch.bool)
+    outs = [torch.zeros(len(rolls), T) for _ in extra]
     for i, r in enumerate(rolls):
         p, n = len(r.prompt_ids), len(r.tokens)
         ids[i, :p + n] = torch.tensor(r.prompt_ids + r.tokens)
         mask[i, p - 1:p - 1 + n] = True
         for o, values in zip(outs, extra):
             o[i, p - 1:p - 1 + n] = torch.as_tensor(values[i], dtype=torch.float32)
-    ids = ids.to(device)
-    return ids, ids[:, 1:], mask.to(device), [o.to(device) for o in outs]
+    targets = torch.cat([ids[:, 1:], torch.zeros(len(rolls), 1, dtype=torch.long)], 1)
+    return ids.to(device), targets.to(device), mask.to(device), [o.to(device) for o in outs]
 
 
 def micro_batches(items, budget, length, device):
-    """Consecutive slices of `items` of about `budget` padded tokens (count x longest) each.
+    """`items` sorted by length and cut into runs of at most `budget` padded tokens (count x longest), so a
+    micro-batch pads little. Every rank must run the same number of forwards (each one all-gathers parameters):
+    a rank that needs fewer splits its largest micro-batches until it has as many as the rank that needs most."""
+    bins, cur = [], []
+    for it in sorted(items, key=length):
+        if cur and length(it) * (len(cur) + 1) > budget:  # sorted: the new item is the longest
+            bins.append(cur)
+            cur = []
+        cur.append(it)
+    bins += [cur] if cur else []
+    n = int(dist.all_max(len(bins), device))
+    while len(bins) < n:
+        i = max(range(len(bins)), key=lambda j: len(bins[j]) * length(bins[j][-1]))
+        if len(bins[i]) < 2:
+            raise RuntimeError("micro_batches: ranks hold different numbers of sequences")
+        half = len(bins[i]) // 2
+        bins[i:i + 1] = [bins[i][:half], bins[i][half:]]
+    return bins
 
-    Every rank must run the same number of forwards (each one all-gathers parameters), so the count is the
-    largest any rank needs and each rank splits its items evenly into that many slices."""
-    n, cur, longest = 0, 0, 0
-    for it in items:
-        L = length(it)
-        if cur and max(longest, L) * (cur + 1) > budget:
-            n, cur, longest = n + 1, 0, 0
-        cur, longest = cur + 1, max(longest, L)
-    n = int(dist.all_max(n + (cur > 0), device))
-    size, extra = divmod(len(items), n)
-    bounds = [0]
-    for i in range(n):
-        bounds.append(bounds[-1] + size + (i < extra))
-    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
+
+def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
+    """log pi(token) at the response positions (`mask` True), float32 [N] in row-major order. Logits exist only for
+    those N positions; with `chunk` (the memory plan's choice when even those would not fit) only `chunk` at a time."""
+    from adamame.kernels import token_logprobs, token_logprobs_from_hidden
+
+    if chunk is None:
+        return token_logprobs(model(ids, logits_at=mask), targets[mask], temperature)
+    hidden = model(ids, return_hidden=True)[mask]
+    return token_logprobs_from_hidden(hidden, model.lm_head.weight, targets[mask], temperature, chunk)
 
 
 @torch.no_grad()
-def sequence_logprobs(model, rolls, device, temperature, budget):
-    """log pi(o_ik) for every response token of every rollout, as lists (micro-batched forward, no grad)."""
-    from adamame.kernels import token_logprobs
-
-    out = []
+def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
+    """log pi(o_ik) for every response token of every rollout, as lists in rollout order (micro-batched, no grad)."""
+    out = [None] * len(rolls)
     model.eval()
-    for mb in micro_batches(rolls, budget, lambda r: len(r.prompt_ids) + len(r.tokens), device):
-        ids, targets, mask, _ = pack(mb, device)
-        lp = token_logprobs(model(ids, logits_slice=slice(None, -1)), targets, temperature)
-        out += [lp[i][mask[i]].tolist() for i in range(len(mb))]
+    for mb in micro_batches(list(range(len(rolls))), budget, lambda j: len(rolls[j].prompt_ids) + len(rolls[j].tokens),
+                            device):
+        ids, targets, mask, _ = pack([rolls[j] for j in mb], device)
+        lp = response_logprobs(model, ids, targets, mask, temperature, chunk).tolist()
+        for j in mb:
+            n = len(rolls[j].tokens)
+            out[j], lp = lp[:n], lp[n:]
     return out
 
 
-def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_prompts, W, device):
+def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_prompts, W, device, chunk=None):
     """--ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G per prompt), one
-    optimizer step each. Every micro-batch's loss uses the whole mini-batch's sequence and token counts (over all
-    ranks) and is scaled by W, since FSDP averages gradients: the update is exactly that of one process holding
-    all rollouts. Returns (loss per update, grad norm per update, summed stats, max |pi - pi_old| before any
-    update)."""
-    from adamame.kernels import policy_loss, token_logprobs
+    optimizer step each. Each mini-batch is cut into length-sorted micro-batches; every micro-batch's loss uses the
+    whole mini-batch's sequence and token counts (over all ranks) and is scaled by W, since FSDP averages gradients:
+    the update is exactly that of one process holding all rollouts, whatever the micro-batches. Returns (loss per
+    update, grad norm per update, summed stats, max |pi - pi_old| before any update)."""
+    from adamame.kernels import policy_loss
 
     G = args.group_size
     model.train()
@@ -171,7 +203,8 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
                 model.set_requires_gradient_sync(k == len(mbs) - 1)
                 extra = [[old_lp[j] for j in mb]] + ([[ref_lp[j] for j in mb]] if ref_lp else [])
                 ids, targets, mask, per_tok = pack([rolls[j] for j in mb], device, extra)
-                logp = token_logprobs(model(ids, logits_slice=slice(None, -1)), targets, args.temperature)
+                lp = response_logprobs(model, ids, targets, mask, args.temperature, chunk)
+                logp = torch.zeros(mask.shape, device=device).masked_scatter(mask, lp)  # [b, T], 0 off-response
                 if ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
                     d = ((logp.detach() - per_tok[0]).abs() * mask).max()
                     logprob_diff = torch.maximum(logprob_diff, d)
@@ -214,7 +247,7 @@ def prepare_default(args, argv, rank):
 # The embedded default's RL settings: the paper's recipe with sizes for a ~1M-parameter model on a laptop CPU.
 TOY_GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, temperature=1.0, lr=1e-4,
                          lora_rank=0, max_steps=90, max_prompt_tokens=64, max_response_tokens=32, eval_every=0,
-                         save_every=20, micro_batch_tokens=8192, rollout_prompts=64)
+                         save_every=20, micro_batch_tokens=8192)
 
 
 def demo_report(args, rank, world, device):
@@ -251,8 +284,170 @@ def demo_report(args, rank, world, device):
               f"(summary in {os.path.join(args.out, 'summary.json')})")
 
 
+# ---------------------------------------------------------------------------------------------- the memory plan
+
+class PlanDoesNotFit(RuntimeError):
+    """The memory plan's peak exceeds the device: the run stops before loading weights (exit status 3)."""
+
+
+def make_plan(args, cfg, world, device_type, total):
+    from adamame.memory import grpo_plan
+
+    return grpo_plan(cfg, world=world, total=total, device=device_type, prompts_per_step=args.batch_prompts,
+                     group_size=args.group_size, max_prompt_tokens=args.max_prompt_tokens,
+                     max_response_tokens=args.max_response_tokens, micro_batch_tokens=args.micro_batch_tokens,
+                     lora_rank=args.lora_rank, beta=args.beta, rollout_prompts=args.rollout_prompts,
+                     activation_checkpointing=args.activation_checkpointing)
+
+
+def plan_only(args):
+    """--plan: the plan from config.json alone (no process group, no weights, no tokenizer), then exit 0 or 3."""
+    from adamame.memory import GiB, device_memory
+    from adamame.model import read_config
+
+    if not args.model:
+        raise DataError("--plan needs --model (a folder with config.json)")
+    cuda = args.gpu_memory_gib is not None or torch.cuda.is_available()
+    world = args.nproc_per_node or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    total = int(args.gpu_memory_gib * GiB) if args.gpu_memory_gib else device_memory("cuda" if cuda else "cpu", world)
+    plan = make_plan(args, read_config(args.model), world, "cuda" if cuda else "cpu", total)
+    print(f"memory plan for {args.model} on {world} {'GPU' if cuda else 'process'}(es)".replace("GPU(es)", "GPU(s)"))
+    print(plan)
+    return plan
+
+
+def planned(args, model_dir, rank, world, device):
+    """The run's plan, made on rank 0 (on CPU the RAM it sees decides) and shared, so every rank obeys the same one."""
+    from adamame.memory import device_memory
+    from adamame.model import read_config
+
+    box = [None]
+    if rank == 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        box[0] = make_plan(args, read_config(model_dir), world, device.type, device_memory(device.type, local))
+    torch.distributed.broadcast_object_list(box, src=0)
+    plan = box[0]
+    if rank == 0:
+        print(plan)
+    if not plan.fits:
+        raise PlanDoesNotFit(plan.verdict())
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- the RL step's phases
+
+def free_device_memory(device):
+    """Give cached blocks back between phases, so the next phase (update after rollout) can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def rollout_phase(model, tok, prompt_ids, args, plan, seed, device, *, n, temperature):
+    """Phase 1: samples from a plain copy of the current policy (built now, freed after)."""
+    from adamame.rollout import rollouts
+
+    copy = dist.rollout_copy(model)
+    rolls = rollouts(copy, tok, prompt_ids, n=n, max_new_tokens=args.max_response_tokens, temperature=temperature,
+                     seed=seed, chunk_prompts=plan.rollout_prompts * args.group_size // n, return_logprobs=True)
+    del copy
+    free_device_memory(device)
+    return rolls
+
+
+def score_phase(rolls, qs, args, step, T):
+    """Phase 2: r_i, lang(o_i), shaped scores s_i and advantages A_i (groups never straddle ranks: local)."""
+    from adamame.rewards import advantages, alignment_factor, shaped_scores
+    from adamame.rollout import score
+
+    score(rolls, qs, args.lang_mode)
+    correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
+    qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
+    kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
+    alpha = {"adamame": alignment_factor(step, T, args.alpha_floor), "adamame-diversity":
+             alignment_factor(step, T, args.alpha_floor), "adamame-const": 1.0}.get(args.reward, 0.0)
+    return {"correct": correct, "langs": langs, "qlangs": qlangs, "alpha": alpha,
+            "scores": shaped_scores(correct, langs, qlangs, gids, step, T, **kw),
+            "adv": advantages(correct, langs, qlangs, gids, step, T, **kw)}
+
+
+def logprob_phase(model, ref_model, rolls, args, plan, device):
+    """Phase 3: pi_ref (adapters off, or the frozen copy) and pi_old (recomputed, or the sampler's)."""
+    from adamame.lora import adapters_disabled
+
+    budget, chunk = args.micro_batch_tokens, plan.logits_chunk
+    ref_lp = None
+    if args.beta > 0:
+        if ref_model is not None:
+            ref_lp = sequence_logprobs(ref_model, rolls, device, args.temperature, budget, chunk)
+        else:
+            with adapters_disabled(model):
+                ref_lp = sequence_logprobs(model, rolls, device, args.temperature, budget, chunk)
+    old_lp = [r.logprobs for r in rolls]
+    if args.old_logprobs == "recompute":
+        old_lp = sequence_logprobs(model, rolls, device, args.temperature, budget, chunk)
+    return old_lp, ref_lp
+
+
+def update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan, n_prompts, W, device, step, ckpt):
+    """Phase 4: the PPO update. Stops (keeping the last checkpoint) on a non-finite loss."""
+    losses, grad_norms, sums, logprob_diff = ppo_update(model, optimizer, params, rolls, sc["adv"], old_lp, ref_lp,
+                                                        args, n_prompts, W, device, plan.logits_chunk)
+    if not all(math.isfinite(v) for v in losses):
+        raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {losses}; stopping without saving "
+                                         f"(last good checkpoint: {ckpt})")
+    if args.old_logprobs == "recompute":  # pi_old is the trainer's own: measure the sampler against it
+        logprob_diff = max((abs(a - b) for o, r in zip(old_lp, rolls) for a, b in zip(o, r.logprobs)), default=0.0)
+    free_device_memory(device)
+    return {"losses": losses, "grad_norms": grad_norms, "sums": sums, "logprob_diff": logprob_diff}
+
+
+def metrics_row(step, rolls, sc, up, times, languages, args, device):
+    """Phase 5a: one metrics.jsonl row, global means over every rank's rollouts."""
+    correct, langs, qlangs = sc["correct"], sc["langs"], sc["qlangs"]
+    local = {"n": len(rolls), "reward": float(sc["scores"].sum()), "accuracy": sum(correct),
+             "lang_match": sum(lg == q for lg, q in zip(langs, qlangs)), "adv_abs": float(abs(sc["adv"]).sum()),
+             "response_tokens": sum(len(r.tokens) for r in rolls)}
+    by_lang = {lang: {"n": sum(q == lang for q in qlangs),
+                      "accuracy": sum(c for c, q in zip(correct, qlangs) if q == lang),
+                      "lang_match": sum(lg == q for lg, q in zip(langs, qlangs) if q == lang)} for lang in languages}
+    keys = list(local) + [(lang, k) for lang in languages for k in ("n", "accuracy", "lang_match")]
+    values = list(local.values()) + [by_lang[lang][k] for lang in languages for k in ("n", "accuracy", "lang_match")]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)  # one collective for every count
+    tot = dict(zip(keys, t.tolist()))
+    extra = torch.tensor([up["logprob_diff"]] + [up["sums"][k] for k in ("clip_frac", "kl", "ratio")],
+                         dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(extra[:1], op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(extra[1:])
+    n_updates = len(up["losses"])
+    clip_frac, kl, ratio = (extra[1:] / n_updates).tolist()
+    n = tot["n"]
+    return {"step": step + 1, "reward": tot["reward"] / n, "accuracy": tot["accuracy"] / n,
+            "lang_match": tot["lang_match"] / n, "alignment_factor": sc["alpha"], "adv_abs_mean": tot["adv_abs"] / n,
+            "loss": sum(up["losses"]) / n_updates, "losses": up["losses"], "grad_norm": max(up["grad_norms"]),
+            "kl": kl, "clip_frac": clip_frac, "ratio": ratio, "logprob_diff": extra[0].item(),
+            "response_tokens": tot["response_tokens"] / n,
+            "lang_match_by_lang": {lg: tot[(lg, "lang_match")] / max(1, tot[(lg, "n")]) for lg in languages},
+            "accuracy_by_lang": {lg: tot[(lg, "accuracy")] / max(1, tot[(lg, "n")]) for lg in languages},
+            **{f"time_{k}": v for k, v in times.items()}, "time": sum(times.values()),
+            "rollout_tokens_per_s": tot["response_tokens"] / max(times["rollout"], 1e-9)}
+
+
+def rollout_records(step, rank, rolls, qs, sc, old_lp, n_log, T):
+    """Phase 5b: the first n_log prompt groups of this rank, with their scores and advantages."""
+    return [{"step": step + 1, "rank": rank, "id": qs[r.question].id, "group": f"{rank}:{r.question}",
+             "query_lang": qs[r.question].lang, "answer": qs[r.question].answer, "response": r.text,
+             "tokens": len(r.tokens), "finish_reason": r.finish_reason, "correct": r.correct, "lang": r.lang,
+             "score": float(sc["scores"][i]), "advantage": float(sc["adv"][i]), "alignment_factor": sc["alpha"],
+             "total_steps": T, "logprob_sum": float(sum(old_lp[i]))}
+            for i, r in enumerate(rolls) if r.question < n_log]
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.plan:
+        plan = plan_only(args)
+        return 0 if plan.fits else 3
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -260,9 +455,8 @@ def main(argv=None):
 
     from adamame.chat import load_tokenizer
     from adamame.data import read_questions
-    from adamame.lora import adapters_disabled, apply_lora
+    from adamame.lora import apply_lora
     from adamame.model import load_model
-    from adamame.rewards import advantages, alignment_factor, shaped_scores
     from adamame.rollout import encode_questions, rollouts, score
 
     toy = args.model is None and args.data is None
@@ -273,6 +467,7 @@ def main(argv=None):
     if args.batch_prompts % W or args.mini_batch_prompts % W or args.batch_prompts % args.mini_batch_prompts:
         raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
                         f"must split evenly over {W} ranks, and the first into whole mini-batches")
+    plan = planned(args, model_dir, rank, world, device)
 
     tok = load_tokenizer(model_dir)
     questions, prompt_ids, dropped = encode_questions(tok, read_questions(data_path), args.max_prompt_tokens)
@@ -293,7 +488,7 @@ def main(argv=None):
         apply_lora(model, args.lora_rank, args.lora_alpha)
     elif args.beta > 0:  # full fine-tuning: the reference needs its own (frozen) copy
         ref_model = dist.shard_model(load_model(model_dir).requires_grad_(False), device)
-    dist.shard_model(model, device, args.activation_checkpointing)
+    dist.shard_model(model, device, plan.activation_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     say(f"{len(questions)} prompts, {W} rank(s), T = {T} steps, reward {args.reward}, "
@@ -313,112 +508,44 @@ def main(argv=None):
 
     def evaluate_val():
         qs, ids = val
-        with dist.unsharded(model):
-            model.eval()
-            rs = score(rollouts(model, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
-                                chunk_prompts=args.rollout_prompts), qs, args.lang_mode)
+        copy = dist.rollout_copy(model)
+        rs = score(rollouts(copy, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
+                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode)
+        del copy
+        free_device_memory(device)
         acc = dist.all_sum(sum(r.correct for r in rs), device)
         match = dist.all_sum(sum(r.lang == qs[r.question].lang for r in rs), device)
         n = dist.all_sum(len(rs), device)
         return {"val_accuracy": acc / n, "val_lang_match": match / n}
 
+    languages = sorted({q.lang for q in questions})
     bar = tqdm(total=T, initial=start, desc=f"grpo ({args.reward})", disable=rank != 0, dynamic_ncols=True)
     end = min(T, args.stop_after) if args.stop_after else T
     order = {}
     for step in range(start, end):
-        times = {}
-        t0 = time.perf_counter()
         epoch, idx = divmod(step, steps_per_epoch)
         if epoch not in order:
             order = {epoch: balanced_batches(questions, args.batch_prompts, args.seed, epoch)}
         mine = order[epoch][idx][rank::W]  # this rank's prompts; a prompt's whole group stays on one rank
         qs, ids = [questions[i] for i in mine], [prompt_ids[i] for i in mine]
+        times, t0 = {}, time.perf_counter()
+        rolls = rollout_phase(model, tok, ids, args, plan, args.seed * 1_000_003 + step * 1_009 + rank, device,
+                              n=G, temperature=args.temperature)
+        times["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
+        sc = score_phase(rolls, qs, args, step, T)
+        times["scoring"], t0 = time.perf_counter() - t0, time.perf_counter()
+        old_lp, ref_lp = logprob_phase(model, ref_model, rolls, args, plan, device)
+        times["logprobs"], t0 = time.perf_counter() - t0, time.perf_counter()
+        up = update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan, len(qs), W, device,
+                          step, ckpt_path)
+        times["update"] = time.perf_counter() - t0
 
-        # 1-2. rollouts with the current policy, parameters gathered once
-        with dist.unsharded(model):
-            model.eval()
-            rolls = rollouts(model, tok, ids, n=G, max_new_tokens=args.max_response_tokens,
-                             temperature=args.temperature, seed=args.seed * 1_000_003 + step * 1_009 + rank,
-                             chunk_prompts=args.rollout_prompts, return_logprobs=True)
-        times["rollout"] = time.perf_counter() - t0
-
-        # 3-4. rewards and advantages (groups never straddle ranks, so this is local)
-        t1 = time.perf_counter()
-        score(rolls, qs, args.lang_mode)
-        correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
-        qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
-        kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
-        s = shaped_scores(correct, langs, qlangs, gids, step, T, **kw)
-        adv = advantages(correct, langs, qlangs, gids, step, T, **kw)
-        alpha = alignment_factor(step, T, args.alpha_floor) if args.reward in ("adamame", "adamame-diversity") else (
-            1.0 if args.reward == "adamame-const" else 0.0)
-        times["scoring"] = time.perf_counter() - t1
-
-        # 5. reference (and, if asked, old) log-probs
-        t2 = time.perf_counter()
-        ref_lp = None
-        if args.beta > 0:
-            if ref_model is not None:
-                ref_lp = sequence_logprobs(ref_model, rolls, device, args.temperature, args.micro_batch_tokens)
-            else:
-                with adapters_disabled(model):
-                    ref_lp = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens)
-        old_lp = [r.logprobs for r in rolls]
-        if args.old_logprobs == "recompute":
-            old_lp = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens)
-        times["logprobs"] = time.perf_counter() - t2
-
-        # 6. PPO: mini-batches of whole prompt groups, each one optimizer step
-        t3 = time.perf_counter()
-        losses, grad_norms, sums, logprob_diff = ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp,
-                                                            args, len(qs), W, device)
-        if not all(math.isfinite(v) for v in losses):
-            raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {losses}; stopping without saving "
-                               f"(last good checkpoint: {ckpt_path})")
-        minis_count = len(losses) // args.ppo_epochs
-        if args.old_logprobs == "recompute":  # pi_old is the trainer's own: measure the sampler against it
-            logprob_diff = max((abs(a - b) for o, r in zip(old_lp, rolls) for a, b in zip(o, r.logprobs)), default=0.0)
-        n_updates = len(losses)
-        times["update"] = time.perf_counter() - t3
-
-        # metrics: global means over all ranks' rollouts
-        resp_tokens = sum(len(r.tokens) for r in rolls)
-        agg = {"n": len(rolls), "reward": float(s.sum()), "accuracy": sum(correct),
-               "lang_match": sum(lg == q for lg, q in zip(langs, qlangs)), "adv_abs": float(abs(adv).sum()),
-               "response_tokens": resp_tokens}
-        for lang in sorted(set(q.lang for q in questions)):
-            sel = [i for i, q in enumerate(qlangs) if q == lang]
-            agg[f"n_{lang}"] = len(sel)
-            agg[f"lang_match_{lang}"] = sum(langs[i] == lang for i in sel)
-            agg[f"accuracy_{lang}"] = sum(correct[i] for i in sel)
-        tot = {k: dist.all_sum(v, device) for k, v in agg.items()}
-        lp_diff = torch.tensor([logprob_diff], device=device)
-        torch.distributed.all_reduce(lp_diff, op=torch.distributed.ReduceOp.MAX)
-        stats = {k: dist.all_sum(v, device) / (args.ppo_epochs * minis_count) for k, v in sums.items()}
-        dt = time.perf_counter() - t0
-        row = {"step": step + 1, "reward": tot["reward"] / tot["n"], "accuracy": tot["accuracy"] / tot["n"],
-               "lang_match": tot["lang_match"] / tot["n"], "alignment_factor": alpha,
-               "adv_abs_mean": tot["adv_abs"] / tot["n"], "loss": sum(losses) / n_updates, "losses": losses,
-               "grad_norm": max(grad_norms), "kl": stats["kl"], "clip_frac": stats["clip_frac"],
-               "ratio": stats["ratio"], "logprob_diff": lp_diff.item(),
-               "response_tokens": tot["response_tokens"] / tot["n"],
-               "lang_match_by_lang": {k[11:]: tot[k] / max(1, tot["n_" + k[11:]])
-                                      for k in tot if k.startswith("lang_match_")},
-               "accuracy_by_lang": {k[9:]: tot[k] / max(1, tot["n_" + k[9:]]) for k in tot
-                                    if k.startswith("accuracy_")},
-               **{f"time_{k}": v for k, v in times.items()}, "time": dt,
-               "rollout_tokens_per_s": tot["response_tokens"] / max(times["rollout"], 1e-9)}
+        row = metrics_row(step, rolls, sc, up, times, languages, args, device)
         if val is not None and ((step + 1) % args.eval_every == 0 or step + 1 == T):
             row.update(evaluate_val())
         logged = [None] * W
-        n_log = max(0, args.log_rollouts // W)
-        torch.distributed.all_gather_object(logged, [
-            {"step": step + 1, "rank": rank, "id": qs[r.question].id, "group": f"{rank}:{r.question}",
-             "query_lang": qs[r.question].lang, "answer": qs[r.question].answer, "response": r.text,
-             "tokens": len(r.tokens), "finish_reason": r.finish_reason, "correct": r.correct, "lang": r.lang,
-             "score": float(s[i]), "advantage": float(adv[i]), "alignment_factor": alpha, "total_steps": T,
-             "logprob_sum": float(sum(old_lp[i]))}
-            for i, r in enumerate(rolls) if r.question < n_log])
+        torch.distributed.all_gather_object(logged, rollout_records(step, rank, rolls, qs, sc, old_lp,
+                                                                    max(0, args.log_rollouts // W), T))
         if rank == 0:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
@@ -427,8 +554,8 @@ def main(argv=None):
                     for r in rows:
                         f.write(json.dumps(r, ensure_ascii=False) + "\n")
         bar.update(1)
-        bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}", alpha=f"{alpha:.2f}",
-                        kl=f"{row['kl']:.1e}")
+        bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}",
+                        alpha=f"{row['alignment_factor']:.2f}", kl=f"{row['kl']:.1e}")
         if (step + 1) % args.save_every == 0 or step + 1 == end:
             checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
@@ -445,11 +572,15 @@ def main(argv=None):
             say(f"steps 1-{b['step']}: accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, "
                 f"query-language match {a['lang_match']:.3f} -> {b['lang_match']:.3f}; metrics in {metrics_path}")
     dist.cleanup()
+    return 0
 
 
 def cli():
     try:
-        main()
+        sys.exit(main())
+    except PlanDoesNotFit as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(3)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -50,7 +50,14 @@ def parse_args(argv=None):
     ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank; 0 = full fine-tuning (paper: 8)")
     ap.add_argument("--lora-alpha", type=float, default=16, help="LoRA alpha (paper: 16)")
     ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (not given in the paper; 0)")
-    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute layer activations in backward")
+    ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
+                    help="recompute layer activations in backward: auto (on when the memory plan needs it, default; "
+                         "the paper used it)")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the memory plan from --model's config.json and exit (0: fits, 3: does not fit)")
+    ap.add_argument("--nproc-per-node", type=int, help="with --plan: ranks (default: the GPUs visible, else 1)")
+    ap.add_argument("--gpu-memory-gib", type=float,
+                    help="with --plan: GiB per GPU (default: this machine's GPU; without a GPU, its RAM)")
     ap.add_argument("--save-every", type=int, default=200, help="checkpoint every K steps (default 200)")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     ap.add_argument("--seed", type=int, default=0)
@@ -67,17 +74,18 @@ def lr_at(step, total, peak, warmup_ratio):
 
 
 def collate(encoded, pad_id):
-    """Right-padded input ids [B, T], next-token targets [B, T-1] and the loss mask [B, T-1].
+    """Right-padded input ids [B, T], next-token targets [B, T] and the loss mask [B, T].
 
-    Position k predicts token k+1; the mask is True exactly where token k+1 belongs to the target.
+    Position k predicts token k+1 (the last position predicts padding); the mask is True exactly where token k+1
+    belongs to the target, and only those positions get logits.
     """
     T = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(encoded), T - 1, dtype=torch.bool)
+    mask = torch.zeros(len(encoded), T, dtype=torch.bool)
     for i, (seq, n_prompt) in enumerate(encoded):
         ids[i, :len(seq)] = torch.tensor(seq)
         mask[i, n_prompt - 1:len(seq) - 1] = True
-    return ids, ids[:, 1:], mask
+    return ids, torch.cat([ids[:, 1:], torch.full((len(encoded), 1), pad_id)], 1), mask
 
 
 # The embedded default (no --model/--data): the toy task of adamame/toy.py, with sizes for a laptop CPU. Flags given
@@ -95,8 +103,38 @@ def prepare_default(args, argv, rank):
     return paths["model"], paths["sft"]
 
 
+class PlanDoesNotFit(RuntimeError):
+    """The memory plan's peak exceeds the device: the run stops before loading weights (exit status 3)."""
+
+
+def make_plan(args, model_dir, world, device_type, total):
+    from adamame.memory import sft_plan
+    from adamame.model import read_config
+
+    return sft_plan(read_config(model_dir), world=world, total=total, device=device_type,
+                    tokens=args.micro_batch_size * args.max_length, lora_rank=args.lora_rank,
+                    activation_checkpointing=args.activation_checkpointing)
+
+
+def plan_only(args):
+    """--plan: the plan from config.json alone (no process group, no weights), then exit 0 or 3."""
+    from adamame.memory import GiB, device_memory
+
+    if not args.model:
+        raise DataError("--plan needs --model (a folder with config.json)")
+    cuda = args.gpu_memory_gib is not None or torch.cuda.is_available()
+    world = args.nproc_per_node or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    total = int(args.gpu_memory_gib * GiB) if args.gpu_memory_gib else device_memory("cuda" if cuda else "cpu", world)
+    plan = make_plan(args, args.model, world, "cuda" if cuda else "cpu", total)
+    print(f"memory plan for {args.model} on {world} {'GPU(s)' if cuda else 'process(es)'}")
+    print(plan)
+    return plan
+
+
 def main(argv=None, keep_process_group=False):
     args = parse_args(argv)
+    if args.plan:
+        return 0 if plan_only(args).fits else 3
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)  # identical LoRA initialisation on every rank and for every world size
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -125,11 +163,22 @@ def main(argv=None, keep_process_group=False):
     total = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    # model: load on CPU, add adapters, shard (layers, then root)
+    # the memory plan (made on rank 0, shared), then the model: load on CPU, add adapters, shard (layers, then root)
+    from adamame.memory import device_memory
+
+    box = [None]
+    if rank == 0:
+        box[0] = make_plan(args, model_dir, world, device.type,
+                           device_memory(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    torch.distributed.broadcast_object_list(box, src=0)
+    plan = box[0]
+    say(plan)
+    if not plan.fits:
+        raise PlanDoesNotFit(plan.verdict())
     model = load_model(model_dir)
     if args.lora_rank > 0:
         apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
-    dist.shard_model(model, device, args.activation_checkpointing)
+    dist.shard_model(model, device, plan.activation_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
     n_trainable = sum(p.numel() for p in params)
@@ -166,8 +215,7 @@ def main(argv=None, keep_process_group=False):
         for i, mb in enumerate(micro):
             model.set_requires_gradient_sync(i == len(micro) - 1)
             ids, targets, mask = (t.to(device) for t in collate(mb, pad_id))
-            logits = model(ids, logits_slice=slice(None, -1))  # [b, T-1, V]: no logits for the last position
-            nll = -(token_logprobs(logits, targets) * mask).sum()
+            nll = -token_logprobs(model(ids, logits_at=mask), targets[mask]).sum()  # logits at target positions only
             # FSDP averages gradients over ranks, so scale by world / (target tokens in the global batch)
             (nll * world / n_target).backward()
             loss_sum += nll.detach()
@@ -202,11 +250,15 @@ def main(argv=None, keep_process_group=False):
         say(f"steps {start + 1}-{end}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; metrics in {metrics_path}")
     if not keep_process_group:  # train_grpo.py's toy demo runs this stage first in the same processes
         dist.cleanup()
+    return 0
 
 
 def cli():
     try:
-        main()
+        sys.exit(main())
+    except PlanDoesNotFit as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(3)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

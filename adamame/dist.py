@@ -1,4 +1,4 @@
-"""Plain FSDP2 plumbing shared by the trainers: process group, sharding, gathering, unsharding for rollouts.
+"""Plain FSDP2 plumbing shared by the trainers: process group, sharding, gathering, the rollout copy.
 
 Why: both trainers shard the model the same way: `fully_shard` on every decoder layer, then on the root (embedding,
 final norm, lm_head), so only one layer's full parameters exist at a time. On GPU the forward runs in bf16 with
@@ -10,11 +10,10 @@ Imports: torch.
 """
 
 import os
-from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
 def setup() -> tuple:
@@ -45,10 +44,7 @@ def cleanup():
 
 def shard_model(model, device, activation_checkpointing=False):
     """fully_shard each decoder layer, then the root; bf16 compute / fp32 reduce on CUDA, fp32 on CPU."""
-    if device.type == "cuda":
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    else:
-        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype(device), reduce_dtype=torch.float32)
     model.to(device)
     for layer in model.model.layers:
         if activation_checkpointing:
@@ -103,19 +99,41 @@ def load_optimizer_state(model, optimizer, sd):
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-@contextmanager
-def unsharded(model):
-    """All parameters gathered once for the block (a rollout): no all-gather per decoded token."""
-    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for m in mods:
-        m.unshard()
-        m.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield model
-    finally:
-        for m in mods:  # fully_shard's defaults: layers reshard after forward, the root does not
-            m.set_reshard_after_forward(m is not model, recurse=False)
-            m.reshard()
+def compute_dtype(device) -> torch.dtype:
+    """The dtype forwards run in: bf16 on CUDA (FSDP casts the float32 masters), float32 on CPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@torch.no_grad()
+def rollout_copy(model, dtype=None):
+    """A plain copy of the policy for generation: no FSDP hooks, no adapters, in the compute dtype.
+
+    Every parameter is gathered once (DTensor.full_tensor, in the same order on every rank) and LoRA is merged in
+    float32 (W + alpha / r * B A) before the cast, so the decode loop runs the bare network. The copy is built once
+    per RL step and dropped after the rollouts; its bytes are exactly the weights row of the memory plan.
+    """
+    from adamame.lora import LoRALinear
+    from adamame.model import Transformer
+
+    def full(t):
+        return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+    src = dict(model.named_parameters())
+    lora = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    device = next(iter(src.values())).device
+    dtype = dtype or compute_dtype(device)
+    with torch.device("meta"):
+        copy = Transformer(model.config).to(dtype)
+    copy.to_empty(device=device)
+    for name, p in copy.named_parameters():
+        w = full(src[name])
+        prefix = name.rsplit(".", 1)[0]
+        if name.endswith(".weight") and prefix in lora:
+            a, b = full(src[prefix + ".lora_A"]), full(src[prefix + ".lora_B"])
+            w = w.float() + lora[prefix].scale * (b.float() @ a.float())
+        p.copy_(w)
+        p.requires_grad_(False)
+    return copy.eval()
 
 
 def all_max(x: float, device) -> float:

@@ -1,18 +1,23 @@
 """Batched sampling with a static KV cache: the rollout engine for GRPO and evaluation.
 
-Why this shape: in GRPO, generation is most of the wall time. The engine therefore
-  * prefills each distinct prompt once (left-padded, one batched forward) and copies its cache rows to its n
+Why this shape: in GRPO, generation is most of the wall time, and a decode step of a 1.5B model reads ~3.5 GB of
+weights to produce one token per row, so the step must be memory-bound, not launch-bound. The engine therefore
+  * prefills each distinct prompt once (left-padded, in chunks of PREFILL_TOKENS) and copies its cache rows to its n
     samples, instead of recomputing the prompt per sample (GRPO draws n = 8 per prompt);
-  * preallocates one KV cache for the whole batch, sized from the prompts and max_new_tokens, and says up
-    front when it cannot fit;
-  * never synchronises with the host inside a step: on CUDA tokens are sampled as argmax(p / Exp(1)) (a sample
-    from p, as in gpt-fast), finished rows are tracked on the device, and the host looks only every
-    `check_every` steps, to stop when all rows are done and to drop finished rows from the batch
-    ("compaction"), so sequences that stopped early stop costing work;
-  * optionally runs the decode step through torch.compile(mode="reduce-overhead") on CUDA, which captures it
-    as a CUDA graph (static batch, attention over the whole cache);
+  * preallocates one KV cache for the whole batch, sized from the prompts and max_new_tokens, and says up front when
+    it cannot fit (`memory_needed` is the same arithmetic the memory plan uses);
+  * runs each decode step over rows [0, R) and cache slots [0, S_b) only: R is the live row count rounded up to a
+    power of two, S_b the current length rounded up to a multiple of `slot_bucket`, so early steps read little of
+    the cache. On CUDA each (R, S_b) step is captured once as a CUDA graph (lazily, one shared memory pool) and
+    replayed: one launch per token instead of ~1,000 kernel launches. On CPU, or with cuda_graphs=False, the same
+    bucketed step runs eagerly (with R = the live row count), so every CPU test covers it;
+  * never synchronises with the host inside a step: a token is drawn by inverting its row's CDF at a uniform number
+    (searchsorted on the device, no multinomial), finished rows are tracked on the device, and the host looks only
+    every `check_every` steps, to stop when all rows are done and to drop finished rows ("compaction": live rows
+    move down inside the same cache buffers, one layer at a time, so sequences that stopped early stop costing
+    work). Every row gets one uniform per step whether it is live or not, so compaction changes no sample;
   * returns the log-probability of every sampled token under the sampling temperature,
-    log softmax(z / T)[y], which is what the trainer's forward computes, so GRPO can use it as pi_old.
+    log softmax(z / T)[y], which is what the trainer's forward computes.
 
 Sampling distribution: softmax(z / T), restricted to the top_k tokens and then to the smallest set whose
 probability reaches top_p, renormalised. temperature = 0 is greedy (its log-probs are at T = 1).
@@ -21,11 +26,15 @@ Imports: torch, adamame.model (KVCache).
 """
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 
 from adamame.model import KVCache
+
+PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds the prefill's activations)
+SLOT_BUCKET = 256  # the decode step attends to the cache in multiples of this many slots
 
 
 @dataclass
@@ -35,8 +44,13 @@ class Sample:
     logprobs: list | None = None  # log softmax(z / T)[token] per generated token, when asked for
 
 
-def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """One token per row from logits [b, V] (float32); returns (tokens [b], logprobs [b]) without a host sync."""
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniforms=None):
+    """One token per row from logits [b, V] (float32); returns (tokens [b], logprobs [b]) without a host sync.
+
+    A row's token is found by inverting its CDF at its uniform number (uniforms: [b] float64 in [0, 1), e.g. from
+    torch.rand; drawn here if None), so one random number per row decides the sample and a caller that draws the
+    numbers for its rows can make the samples independent of which rows are in the batch.
+    """
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
@@ -53,30 +67,155 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filt = filt.masked_fill(drop, float("-inf"))
     probs = logp.exp() if filt is logp else filt.softmax(-1)  # renormalised over the kept tokens
-    if probs.is_cuda:  # argmax(p / Exp(1)) is a sample from p, with no host sync (multinomial would sync)
-        tok = (probs / torch.empty_like(probs).exponential_(1.0, generator=generator)).argmax(-1)
-    else:  # on CPU exponential_ (and multinomial, built on it) is slow: invert the CDF, one number per row
-        cdf = probs.cumsum(-1, dtype=torch.float64)
-        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
-        tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device)
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    tok = torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:], right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None])[:, 0]
 
 
-def _free_bytes(device) -> int | None:
+# ---------------------------------------------------------------------------------------------- memory
+
+def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0) -> int:
+    """Peak temporaries of one decode step's logits and sample_next for `rows` rows: [rows, V] buffers (the step's
+    float32 logits, log-probs, probabilities and their float64 CDF), plus top-k's masked copy and top-p's sort
+    (values, int64 order, cumulative sums, masks)."""
+    per_elem = 3 * 4 + 8 + (4 if top_k else 0) + (8 + 4 * 5 + 2 if top_p < 1.0 else 0)
+    return rows * vocab * per_elem
+
+
+def step_bytes(cfg, rows: int, dtype) -> int:
+    """Activations of one decode step of `rows` rows (the largest live at once: MLP gate, up and product, q/k/v/o,
+    the bf16 logits before their float32 copy). Small next to the cache; counted for completeness."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    width = 3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim
+    return rows * (width + cfg.vocab_size) * elem
+
+
+def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
+    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, per-layer activations and
+    the bool attention mask of the folded query heads."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    rows = max(1, tokens // max(1, prompt_len))
+    width = 3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim
+    rep = cfg.num_attention_heads // cfg.num_key_value_heads
+    return (KVCache.nbytes(cfg, rows, prompt_len, dtype) + tokens * width * elem
+            + rows * rep * prompt_len * prompt_len)
+
+
+def memory_needed(cfg, prompts: int, n: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0) -> int:
+    """Bytes one generate call allocates beyond the weights: KV cache, prefill, one decode step, the sampler."""
+    rows = prompts * n
+    return (KVCache.nbytes(cfg, rows, prompt_len + max_new_tokens, dtype)
+            + prefill_bytes(cfg, min(prompts * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
+            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p))
+
+
+def free_bytes(device) -> int | None:
+    """Memory a new allocation can use: on CUDA the driver's free memory plus what PyTorch's allocator holds
+    reserved but unallocated (mem_get_info counts that as used); on CPU the available RAM."""
+    device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
 
 
+# ---------------------------------------------------------------------------------------------- decode step
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class Decoder:
+    """The decode step over a static KV cache, eager or as CUDA graphs keyed by (row bucket, slot bucket).
+
+    Static buffers: tokens and positions [B], the slot (0-dim) and, with graphs, the float32 logits [B, V]; a captured
+    graph reads and writes only these and the cache, so replaying it after updating them in place is the same as
+    calling the model. Graphs share one memory pool (they never run at the same time) and die with the Decoder.
+    """
+
+    def __init__(self, model, cache: KVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
+        self.model, self.cache, self.graphs_on, self.bucket = model, cache, cuda_graphs, slot_bucket
+        self.pad_rows = cuda_graphs if pad_rows is None else pad_rows  # eager steps need no padding rows
+        B, dev = cache.valid.shape[0], cache.valid.device
+        self.tokens = torch.zeros(B, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(B, dtype=torch.long, device=dev)
+        self.slot = torch.zeros((), dtype=torch.long, device=dev)
+        self.logits = torch.zeros(B, model.config.vocab_size, dtype=torch.float32, device=dev) if cuda_graphs else None
+        self.graphs, self.pool, self.capture_seconds = {}, None, 0.0
+
+    def buckets(self, live: int, slot: int) -> tuple:
+        rows = min(_pow2(live), self.cache.valid.shape[0]) if self.pad_rows else live
+        slots = min(-(-(slot + 1) // self.bucket) * self.bucket, self.cache.valid.shape[1])
+        return rows, slots
+
+    def _run(self, rows, slots):
+        return self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots).float()
+
+    def _run_into_buffer(self, rows, slots):  # what a graph records: outputs must land in a static buffer
+        self.logits[:rows] = self._run(rows, slots)
+
+    def _capture(self, rows, slots):
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (it writes the same values the replay will)
+            self._run_into_buffer(rows, slots)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._run_into_buffer(rows, slots)
+        self.pool = self.pool or graph.pool()
+        return graph
+
+    def __call__(self, tokens, positions, slot: int) -> torch.Tensor:
+        """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache `slot`."""
+        live = tokens.shape[0]
+        rows, slots = self.buckets(live, slot)
+        self.tokens[:live] = tokens
+        self.positions[:live] = positions
+        self.slot.fill_(slot)
+        if not self.graphs_on:
+            return self._run(rows, slots)[:live]
+        if (rows, slots) not in self.graphs:
+            t0 = time.perf_counter()
+            self.graphs[(rows, slots)] = self._capture(rows, slots)
+            self.capture_seconds += time.perf_counter() - t0
+        self.graphs[(rows, slots)].replay()
+        return self.logits[:live]
+
+
+def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
+    """Move cache rows `keep` (ascending indices) to rows [0, len(keep)) in place, one layer at a time, so the extra
+    memory is one layer's kept rows (no second cache). Only slots [0, used_slots) hold anything worth moving."""
+    n = keep.shape[0]
+    for buf in cache.k + cache.v:
+        buf[:n, :, :used_slots] = buf[keep, :, :used_slots]
+    cache.valid[:n] = cache.valid[keep]
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
 @torch.no_grad()
 def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
-             seed=None, return_logprobs=False, check_every=8, compile=False, pad_token_id=0):
+             seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
+             slot_bucket=SLOT_BUCKET, stats=None):
     """Sample n continuations of every prompt (lists of token ids, any lengths).
 
     Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
+    `model` is a plain Transformer (for training, the rollout copy of adamame.dist.rollout_copy). cuda_graphs:
+    None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the graphs captured and
+    the seconds spent capturing them.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
@@ -92,48 +231,56 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     dev, dtype = param.device, param.dtype
     P, Tp = len(prompts), max(len(p) for p in prompts)
     B, S = P * n, Tp + max_new_tokens
-    need = KVCache.nbytes(cfg, B, S, dtype) + KVCache.nbytes(cfg, P, Tp, dtype) + 3 * B * cfg.vocab_size * 4
-    free = _free_bytes(dev)
+    need = memory_needed(cfg, P, n, Tp, max_new_tokens, dtype, top_k, top_p)
+    free = free_bytes(dev)
     if free is not None and need > free:
-        raise MemoryError(f"generate: the KV cache for {B} rows x {S} slots needs {need / 2**30:.2f} GiB, "
-                          f"{free / 2**30:.2f} GiB free on {dev}: use fewer prompts per call, smaller n or "
+        raise MemoryError(f"generate: {B} rows x {S} cache slots need {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB "
+                          f"free on {dev}: use fewer prompts per call (--rollout-prompts), smaller n or "
                           f"max_new_tokens")
     gen = torch.Generator(dev).manual_seed(seed) if seed is not None else None
-
-    # prefill: each distinct prompt once, left-padded, logits only at the last position
-    ids = torch.full((P, Tp), pad_token_id, dtype=torch.long)
-    mask = torch.zeros(P, Tp, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, Tp - len(p):] = torch.tensor(p)
-        mask[i, Tp - len(p):] = True
-    ids, mask = ids.to(dev), mask.to(dev)
-    plen = mask.sum(-1)
-    pre = KVCache.allocate(cfg, P, Tp, dtype, dev)
-    logits = model(ids, positions=(plen[:, None] - Tp + torch.arange(Tp, device=dev)).clamp(min=0), mask=mask,
-                   cache=pre, start=0, logits_slice=slice(-1, None))[:, -1].float().repeat_interleave(n, 0)  # [B, V]
+    if gen is None:
+        gen = torch.Generator(dev)
+        gen.seed()
     cache = KVCache.allocate(cfg, B, S, dtype, dev)
-    for layer in range(cfg.num_hidden_layers):  # share each prompt's cache rows with its n samples
-        cache.k[layer][:, :, :Tp] = pre.k[layer].repeat_interleave(n, 0)
-        cache.v[layer][:, :, :Tp] = pre.v[layer].repeat_interleave(n, 0)
-    cache.valid[:, :Tp] = pre.valid.repeat_interleave(n, 0)
-    del pre
-    plen = plen.repeat_interleave(n, 0)
 
-    def step(tok, pos, start):
-        return model(tok[:, None], positions=pos[:, None], cache=cache, start=start)[:, -1].float()
+    # prefill: each distinct prompt once, left-padded, logits only at the last position; its cache rows are
+    # copied to its n samples (a broadcasting copy, no repeated tensor)
+    logits = torch.empty(P, cfg.vocab_size, dtype=torch.float32, device=dev)
+    per = max(1, PREFILL_TOKENS // Tp)
+    for a in range(0, P, per):
+        chunk = prompts[a:a + per]
+        ids = torch.full((len(chunk), Tp), pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(chunk), Tp, dtype=torch.bool)
+        for i, p in enumerate(chunk):
+            ids[i, Tp - len(p):] = torch.tensor(p)
+            mask[i, Tp - len(p):] = True
+        ids, mask = ids.to(dev), mask.to(dev)
+        pre = KVCache.allocate(cfg, len(chunk), Tp, dtype, dev)
+        pos = (mask.sum(-1, keepdim=True) - Tp + torch.arange(Tp, device=dev)).clamp(min=0)
+        logits[a:a + len(chunk)] = model(ids, positions=pos, mask=mask, cache=pre, logits_at=slice(-1, None))[:, -1]
+        rows = slice(a * n, (a + len(chunk)) * n)
+        for dst, src in zip(cache.k + cache.v, pre.k + pre.v):
+            dst[rows, :, :Tp].unflatten(0, (len(chunk), n)).copy_(src.unsqueeze(1))
+        cache.valid[rows, :Tp] = pre.valid.repeat_interleave(n, 0)
+        del pre
+    logits = logits.repeat_interleave(n, 0)  # [B, V]
+    plen = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n, 0)
 
-    step_fn = torch.compile(step, mode="reduce-overhead", dynamic=False) if compile else step
+    use_graphs = dev.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+    decode = Decoder(model, cache, use_graphs, slot_bucket)
     eos = torch.tensor(list(eos_token_ids) or [-1], device=dev)
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
     lengths = torch.zeros(B, dtype=torch.long, device=dev)
     stopped = torch.zeros(B, dtype=torch.bool, device=dev)
     live = torch.arange(B, device=dev)  # original row of each row still in the batch
-    slot = torch.tensor(Tp, device=dev)  # compiled path: the cache slot as a device tensor, advanced in place
     done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
 
     for t in range(max_new_tokens):
-        tok, lp = sample_next(logits, temperature, top_k, top_p, gen)
+        # one uniform per original row and step, whether or not the row is still in the batch: the samples do not
+        # depend on compaction or on the buckets
+        u = torch.rand(B, generator=gen, dtype=torch.float64, device=dev)[live] if temperature else None
+        tok, lp = sample_next(logits, temperature, top_k, top_p, u)
         tok = torch.where(done, pad_token_id, tok)
         out[live, t], out_lp[live, t] = tok, lp
         lengths[live] += (~done).long()
@@ -146,13 +293,14 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
             n_live = int((~done).sum())
             if n_live == 0:
                 break
-            if not compile and n_live <= 0.75 * len(live):
+            if n_live <= 0.75 * len(live):
                 keep = (~done).nonzero()[:, 0]
+                compact(cache, keep, Tp + t)
                 live, done, tok, plen = live[keep], done[keep], tok[keep], plen[keep]
-                cache = KVCache([k[keep] for k in cache.k], [v[keep] for v in cache.v], cache.valid[keep])
-        logits = step_fn(tok, plen + t, slot if compile else Tp + t)
-        slot += 1
+        logits = decode(tok, plen + t, Tp + t)
 
+    if stats is not None:
+        stats.update(steps=t + 1, graphs=len(decode.graphs), capture_seconds=decode.capture_seconds)
     out, out_lp, lengths, stopped = out.cpu(), out_lp.cpu(), lengths.cpu(), stopped.cpu()
     samples = []
     for r in range(B):

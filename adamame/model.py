@@ -182,7 +182,9 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
-        # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: [B, 1, T, S] bool or None (plain causal)
+        # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal), a bool mask [B, 1, T, S], or for a decode
+        # step (T = 1) an additive bias [B, 1, 1, S]. cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys
+        # and values go to slots [start, start + T), or to slot `start` when it is a 0-dim tensor (decode step).
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
@@ -194,10 +196,9 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache_kv is not None:
             ck, cv = cache_kv
-            if isinstance(start, torch.Tensor):  # static shapes (CUDA graphs): write by index, attend to all slots
-                slots = start + torch.arange(T, device=x.device)
-                ck.index_copy_(2, slots, k)
-                cv.index_copy_(2, slots, v)
+            if isinstance(start, torch.Tensor):  # decode: a device-side slot, so a CUDA graph can replay it
+                ck.index_copy_(2, start.view(1), k)
+                cv.index_copy_(2, start.view(1), v)
                 k, v = ck, cv
             else:
                 ck[:, :, start:start + T] = k
@@ -207,10 +208,13 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         else:
             # Grouped-query attention without copying k/v: fold the n_heads/n_kv query heads that share a kv head
-            # into the query-length axis, so every SDPA backend that takes a mask can run it.
+            # into the query-length axis, so every SDPA backend that takes a mask can run it. A decode step's bias
+            # [B, 1, 1, S] broadcasts over the folded axis; a bool mask [B, 1, T, S] is repeated along it.
             rep = self.n_heads // self.n_kv
             qg = q.reshape(B, self.n_kv, rep * T, self.hd)
-            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(1, 1, rep, 1) if rep > 1 else mask)
+            if mask.dtype == torch.bool and rep > 1:
+                mask = mask.repeat(1, 1, rep, 1)
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)
             y = y.view(B, self.n_heads, T, self.hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
@@ -267,37 +271,36 @@ class Transformer(nn.Module):
         self.inv_freq = rope_inv_freq(self.config, self.inv_freq.device)
         return self
 
+    def rope(self, positions: torch.Tensor, dtype) -> tuple:
+        """(cos, sin) [B, 1, T, head_dim] for integer positions [B, T], computed in float32."""
+        freqs = positions[:, None, :, None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
     def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start=0,
-                return_hidden: bool = False, logits_slice: slice = slice(None)):
+                return_hidden: bool = False, logits_at=slice(None)):
         """input_ids, positions, mask: [B, T] (mask: bool, True = real token; left padding = False).
 
         positions default to 0..T-1 (or start..start+T-1 with a cache). With `cache`, the T tokens are written
-        to cache slots [start, start + T) and attend to every valid slot before them; `start` may be a 0-dim
-        tensor, in which case attention runs over the whole cache (static shapes for CUDA graphs). Returns logits
-        [B, T, V] in the parameters' dtype, or the final normalised hidden states [B, T, C] when
-        `return_hidden` (the fused log-prob kernels take those with the lm_head weight). `logits_slice` picks the
-        positions that get logits (e.g. slice(None, -1) for next-token training, slice(-1, None) for a prefill),
-        so no [B, T, V] tensor is made for positions nobody reads.
+        to cache slots [start, start + T) and attend to every valid slot before them. Returns logits in the
+        parameters' dtype, or the final normalised hidden states [B, T, C] when `return_hidden` (the chunked
+        log-prob path takes those with the lm_head weight). `logits_at` picks the positions that get logits: a
+        slice of the T axis ([B, T', V], e.g. slice(-1, None) for a prefill) or a bool mask [B, T] (the trainer's
+        response positions: [N, V] for its N True entries), so no logits are made for positions nobody reads.
         """
         B, T = input_ids.shape
         dev = input_ids.device
         if positions is None:
             positions = torch.arange(start, start + T, device=dev).expand(B, T)
         x = self.model.embed_tokens(input_ids)
-        freqs = positions[:, None, :, None].float() * self.inv_freq.float()  # [B, 1, T, hd/2], float32
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = self.rope(positions, x.dtype)
 
         attn_mask = None
         if cache is not None:
             new_valid = torch.ones(B, T, dtype=torch.bool, device=dev) if mask is None else mask
+            cache.valid[:, start:start + T] = new_valid
+            valid = cache.valid[:, :start + T]
             q_slot = (start + torch.arange(T, device=dev))[:, None]
-            if isinstance(start, torch.Tensor):  # the whole cache, so shapes do not change from step to step
-                cache.valid.index_copy_(1, q_slot[:, 0], new_valid)
-                valid = cache.valid
-            else:
-                cache.valid[:, start:start + T] = new_valid
-                valid = cache.valid[:, :start + T]
             k_slot = torch.arange(valid.shape[1], device=dev)[None, :]
             # a query sees valid earlier slots; it always sees itself so padded rows stay finite
             attn_mask = (valid[:, None, None, :] & (k_slot <= q_slot)) | (k_slot == q_slot)
@@ -309,7 +312,28 @@ class Transformer(nn.Module):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             x = layer(x, cos, sin, attn_mask, kv, start)
         x = self.model.norm(x)
-        return x if return_hidden else self.lm_head(x[:, logits_slice])
+        if return_hidden:
+            return x
+        return self.lm_head(x[logits_at] if isinstance(logits_at, torch.Tensor) else x[:, logits_at])
+
+    def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int):
+        """One generated token for each of the first `rows` cache rows, attending to cache slots [0, slots).
+
+        tokens, positions: [>= rows] int64; slot: 0-dim int64 tensor, the cache slot the new token goes to (< slots).
+        Returns logits [rows, V]. Every shape depends only on (rows, slots) and the slot lives on the device, so the
+        generator can capture this call as one CUDA graph per (rows, slots) bucket and replay it step after step.
+        The attention bias (0 for valid slots, -inf elsewhere) is built once here, not once per layer.
+        """
+        x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
+        cos, sin = self.rope(positions[:rows, None], x.dtype)
+        valid = cache.valid[:rows, :slots]
+        valid.index_fill_(1, slot.view(1), True)
+        bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
+        bias = bias[:, None, None, :]  # [R, 1, 1, S]
+        for i, layer in enumerate(self.model.layers):
+            kv = (cache.k[i][:rows, :, :slots], cache.v[i][:rows, :, :slots])
+            x = layer(x, cos, sin, bias, kv, slot)
+        return self.lm_head(self.model.norm(x))[:, 0]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Generation throughput: adamame.generate against transformers' generate on the same model, in one process.
 
-Both sides get the same random-weight model (built by transformers, copied into ours), the same left-padded
-prompts and the same settings (sampling at temperature 1, n samples per prompt, no stop token, a fixed number
-of new tokens). Reports tokens/s, peak memory and the ratio ours / transformers; on a GPU also the fraction of
-the memory-bandwidth bound (weights + KV cache read once per decode step).
+Both sides get the same random-weight model (built by transformers, copied into ours), the same left-padded prompts
+and the same settings (sampling at temperature 1, n samples per prompt, no stop token, a fixed number of new
+tokens). Reports tokens/s, peak memory and the ratio ours / transformers; on a GPU also the fraction of the
+memory-bandwidth bound and the host (CPU) time per decode step. The bound of a case: every decode step reads the
+weights once and each row's KV cache up to its current length (the bytes a step must read), at the copy bandwidth
+measured in this process.
 
     python bench/generate.py                 # CPU: ~40M-parameter Qwen2, 32 prompts x 8 samples x 128 tokens
     python bench/generate.py --tiny          # CPU smoke mode (seconds)
-    python bench/generate.py --gpu           # CUDA: Qwen2.5-1.5B shapes, batch 1 and 256 prompts x ~1k context
+    python bench/generate.py --gpu           # CUDA: Qwen2.5-1.5B shapes in bf16: batch 1, and 512 rows x
+                                             #       (256-token prompts + 1,024 new), CUDA graphs and eager
 """
 
 import argparse
@@ -77,22 +80,78 @@ class PeakMemory:
                     self.peak = int(line.split()[1]) * 1024
 
 
-def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, compile_=False, repeats=1):
+def copy_bandwidth(device="cuda", nbytes=2**30) -> float:
+    """Achievable HBM bandwidth, bytes/s: a device-to-device copy (read + write) of `nbytes`, best of 5."""
+    import torch
+
+    a = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(6):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        b.copy_(a)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def bound_tokens_per_s(ours, rows, prompt_len, new_tokens, bandwidth) -> float:
+    """Tokens/s if every decode step read only the weights and each row's KV cache up to its length."""
+    cfg = ours.config
+    elem = next(ours.parameters()).element_size()
+    weights = sum(p.numel() for p in ours.parameters()) * elem
+    kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * elem
+    total = sum(weights + rows * (prompt_len + t) * kv_token for t in range(new_tokens))
+    return rows * new_tokens / (total / bandwidth)
+
+
+def host_ms_per_step(ours, rows, prompt_len, graphs, steps=30) -> float:
+    """Host time to issue one decode step (sampling + the step), measured with an empty device queue."""
+    import torch
+
+    from adamame.generate import Decoder, sample_next
+    from adamame.model import KVCache
+
+    cfg = ours.config
+    dev = next(ours.parameters()).device
+    cache = KVCache.allocate(cfg, rows, prompt_len + steps + 2, next(ours.parameters()).dtype, dev)
+    cache.valid[:, :prompt_len] = True
+    dec = Decoder(ours, cache, cuda_graphs=graphs)
+    tok = torch.zeros(rows, dtype=torch.long, device=dev)
+    pos = torch.full((rows,), prompt_len, dtype=torch.long, device=dev)
+    logits = dec(tok, pos, prompt_len)  # captures the graph (or warms up)
+    times = []
+    for t in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tok, _ = sample_next(logits, 1.0)
+        logits = dec(tok, pos + t + 1, prompt_len + t + 1)
+        times.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, graphs=None, fixed_len=False, hf_static=False):
     import torch
 
     from adamame.generate import generate
 
     g = torch.Generator().manual_seed(1)
     V = ours.config.vocab_size
-    lens = torch.randint(max(1, ctx // 2), ctx + 1, (n_prompts,), generator=g).tolist()
+    lens = [ctx] * n_prompts if fixed_len else torch.randint(max(1, ctx // 2), ctx + 1, (n_prompts,), generator=g).tolist()
     prompts = [torch.randint(1, V, (k,), generator=g).tolist() for k in lens]
+    stats = {}
 
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
     def ours_run():
-        return generate(ours, prompts, max_new_tokens=new_tokens, n=n, temperature=1.0, seed=0, compile=compile_)
+        stats.clear()
+        return generate(ours, prompts, max_new_tokens=new_tokens, n=n, temperature=1.0, seed=0, cuda_graphs=graphs,
+                        stats=stats)
 
     def hf_run():
         T = max(lens)
@@ -100,83 +159,83 @@ def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, compile_=False, re
         mask = torch.zeros(n_prompts, T, dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, T - len(p):], mask[i, T - len(p):] = torch.tensor(p), 1
-        out = hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0,
-                          top_p=1.0, top_k=0, num_return_sequences=n, max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
-        return out
+        extra = dict(cache_implementation="static", disable_compile=True) if hf_static else {}
+        return hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0,
+                           top_p=1.0, top_k=0, num_return_sequences=n, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None, **extra)
 
-    result = {"prompts": n_prompts, "n": n, "context": ctx, "new_tokens": new_tokens, "compile": compile_}
+    result = {"prompts": n_prompts, "n": n, "rows": n_prompts * n, "context": ctx, "new_tokens": new_tokens,
+              "cuda_graphs": bool(graphs) if graphs is not None else device == "cuda"}
+    if device == "cuda":
+        ours_run()  # warm-up: cuBLAS handles, allocator; graphs are captured again in every call (timed below)
     for name, fn in (("ours", ours_run), ("transformers", hf_run)):
-        if name == "ours" and compile_:
-            fn()  # compile warm-up outside the timed region
-        times = []
-        for _ in range(repeats):
-            with PeakMemory(device) as pm:
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                times.append(time.perf_counter() - t0)
-        t = min(times)
+        with PeakMemory(device) as pm:
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            t = time.perf_counter() - t0
         result[name] = {"seconds": t, "tokens_per_s": n_prompts * n * new_tokens / t, "peak_bytes": pm.peak}
+    result["ours"].update(graphs_captured=stats.get("graphs"), capture_seconds=stats.get("capture_seconds"))
     result["speedup_vs_transformers"] = result["ours"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
     return result
-
-
-def bandwidth_bound(ours, batch, ctx, dtype_bytes, peak_bw):
-    """Tokens/s if each decode step only read the weights once and the KV cache of `batch` rows at `ctx`."""
-    cfg = ours.config
-    weights = sum(p.numel() for p in ours.parameters()) * dtype_bytes
-    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * dtype_bytes
-    step_bytes = weights + batch * ctx * kv_per_token
-    return batch * peak_bw / step_bytes
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke mode: a tiny model, 4 prompts x 2 x 8 tokens")
     ap.add_argument("--gpu", action="store_true", help="CUDA mode: Qwen2.5-1.5B shapes in bf16")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results here (rewritten after every case)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_grad_enabled(False)
-    if args.gpu:
-        from bench.kernels import peak_bandwidth
+    result = {"torch": torch.__version__, "cases": []}
 
+    def save():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+
+    if args.gpu:
         dev, dtype = "cuda", torch.bfloat16
         hf, ours = build(QWEN25_15B, dev, dtype)
-        gpu = torch.cuda.get_device_name()
-        peak = peak_bandwidth(gpu)
-        cases = [run_case(hf, ours, dev, 1, 1, 16, 256, compile_=c) for c in (False, True)]
-        cases += [run_case(hf, ours, dev, 256, 1, 1024, 128, compile_=False)]
-        for c in cases:
-            batch = c["prompts"] * c["n"]
-            bound = bandwidth_bound(ours, batch, c["context"] + c["new_tokens"] // 2, 2, peak) if peak else None
-            c["bandwidth_bound_tokens_per_s"] = bound
-            c["frac_of_bound"] = c["ours"]["tokens_per_s"] / bound if bound else None
-        device = gpu
+        bw = copy_bandwidth()
+        result.update(device=torch.cuda.get_device_name(), copy_bandwidth=bw, dtype="bfloat16",
+                      parameters=sum(p.numel() for p in ours.parameters()))
+        result["host_ms_per_step"] = {"graphs_1_row": host_ms_per_step(ours, 1, 16, True),
+                                      "eager_1_row": host_ms_per_step(ours, 1, 16, False)}
+        save()
+        for P, ctx, new in ((1, 16, 256), (512, 256, 1024)):
+            c = run_case(hf, ours, dev, P, 1, ctx, new, fixed_len=True, hf_static=True)
+            c["bound_tokens_per_s"] = bound_tokens_per_s(ours, P, ctx, new, bw)
+            c["frac_of_bound"] = c["ours"]["tokens_per_s"] / c["bound_tokens_per_s"]
+            result["cases"].append(c)
+            save()
     else:
         torch.set_num_threads(os.cpu_count() or 1)
         shape, (P, n, ctx, new) = (TINY_MODEL, (4, 2, 16, 8)) if args.tiny else (CPU_MODEL, (32, 8, 64, 128))
         hf, ours = build(shape, "cpu", torch.float32)
-        cases = [run_case(hf, ours, "cpu", P, n, ctx, new)]
-        device = platform.processor() or platform.machine()
-    params = sum(p.numel() for p in ours.parameters())
-    print(f"device: {device}  torch {torch.__version__}  model: qwen2, {params / 1e6:.1f}M parameters, "
-          f"{next(ours.parameters()).dtype}")
-    for c in cases:
+        result.update(device=platform.processor() or platform.machine(), dtype="float32",
+                      parameters=sum(p.numel() for p in ours.parameters()))
+        result["cases"].append(run_case(hf, ours, "cpu", P, n, ctx, new))
+        save()
+    print(f"device: {result['device']}  torch {torch.__version__}  model: qwen2, {result['parameters'] / 1e6:.1f}M "
+          f"parameters, {result['dtype']}")
+    if "host_ms_per_step" in result:
+        h = result["host_ms_per_step"]
+        print(f"host time per decode step (batch 1): CUDA graphs {h['graphs_1_row']:.3f} ms, eager "
+              f"{h['eager_1_row']:.3f} ms; copy bandwidth {result['copy_bandwidth'] / 1e12:.2f} TB/s")
+    for c in result["cases"]:
         o, h = c["ours"], c["transformers"]
         mem = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"  # noqa: E731
-        extra = f"  {100 * c['frac_of_bound']:.0f}% of bandwidth bound" if c.get("frac_of_bound") else ""
-        print(f"{c['prompts']} prompts x {c['n']} samples x {c['new_tokens']} new tokens, prompts <= {c['context']}"
-              f"{' (compiled)' if c['compile'] else ''}: ours {o['tokens_per_s']:.0f} tok/s ({mem(o['peak_bytes'])}), "
-              f"transformers {h['tokens_per_s']:.0f} tok/s ({mem(h['peak_bytes'])}), "
-              f"ours/transformers = {c['speedup_vs_transformers']:.2f}x{extra}")
-    result = {"device": device, "torch": torch.__version__, "parameters": params, "cases": cases}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        extra = f"  {100 * c['frac_of_bound']:.0f}% of the bandwidth bound" if c.get("frac_of_bound") else ""
+        cap = f", {o['graphs_captured']} graphs captured in {o['capture_seconds']:.2f} s" if o.get("graphs_captured") \
+            else ""
+        print(f"{c['prompts']} prompts x {c['n']} samples x {c['new_tokens']} new tokens, prompts <= {c['context']}: "
+              f"ours {o['tokens_per_s']:.0f} tok/s ({mem(o['peak_bytes'])}{cap}), transformers "
+              f"{h['tokens_per_s']:.0f} tok/s ({mem(h['peak_bytes'])}), ours/transformers = "
+              f"{c['speedup_vs_transformers']:.2f}x{extra}")
     return result
 
 

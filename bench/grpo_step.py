@@ -77,14 +77,14 @@ def main(argv=None):
     ref = []
     with torch.no_grad(), adapters_disabled(model):
         for m in range(0, P * G, micro):
-            ref.append(token_logprobs(model(ids[m:m + micro], logits_slice=slice(None, -1)), ids[m:m + micro, 1:]))
+            ref.append(token_logprobs(model(ids[m:m + micro])[:, :-1], ids[m:m + micro, 1:]))
     sync()
     t_lp = time.perf_counter() - t1
     t2 = time.perf_counter()
     model.train()
     adv = torch.randn(P * G, device=dev)
     for m in range(0, P * G, micro):
-        logp = token_logprobs(model(ids[m:m + micro], logits_slice=slice(None, -1)), ids[m:m + micro, 1:], 0.8)
+        logp = token_logprobs(model(ids[m:m + micro])[:, :-1], ids[m:m + micro, 1:], 0.8)
         loss, _ = policy_loss(logp, adv[m:m + micro], mask[m:m + micro], ref_logprobs=ref[m // micro], beta=1e-3,
                               max_tokens=new, num_seqs=P * G)
         loss.backward()

@@ -26,7 +26,7 @@ def table(res: dict) -> str:
     for c in steps.get("generate", {}).get("result", {}).get("cases", []):
         frac = f"{100 * c['frac_of_bound']:.0f}% of bandwidth bound" if c.get("frac_of_bound") else "-"
         lines.append(f"| generate {c['prompts']} prompts x {c['n']} x {c['new_tokens']} tok, ctx {c['context']}"
-                     f"{' compiled' if c['compile'] else ''} | {c['ours']['tokens_per_s']:.0f} tok/s | "
+                     f"{' CUDA graphs' if c['cuda_graphs'] else ''} | {c['ours']['tokens_per_s']:.0f} tok/s | "
                      f"{c['transformers']['tokens_per_s']:.0f} tok/s (transformers) | "
                      f"{c['speedup_vs_transformers']:.2f}x | {frac} |")
     g = steps.get("grpo_step", {}).get("result")

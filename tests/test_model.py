@@ -40,8 +40,8 @@ def test_return_hidden_gives_lm_head_input(tmp_path):
         torch.testing.assert_close(m.lm_head(h), m(ids))
 
 
-@pytest.mark.parametrize("tensor_start", [False, True], ids=["int-start", "tensor-start"])
-def test_kv_cache_incremental_equals_full_forward(tmp_path, tensor_start):
+@pytest.mark.parametrize("decode_step", [False, True], ids=["forward", "decode-step"])
+def test_kv_cache_incremental_equals_full_forward(tmp_path, decode_step):
     from adamame.model import KVCache
 
     save_tiny_hf(tmp_path, "qwen2", num_attention_heads=6, num_key_value_heads=2)
@@ -57,8 +57,11 @@ def test_kv_cache_incremental_equals_full_forward(tmp_path, tensor_start):
         steps = [m(ids, positions=pos, mask=mask, cache=cache, start=0)[:, -1:]]
         T = ids.shape[1]
         for j in range(extra.shape[1]):
-            start = torch.tensor(T + j) if tensor_start else T + j
-            steps.append(m(extra[:, j:j + 1], positions=full_pos[:, T + j:T + j + 1], cache=cache, start=start))
+            if decode_step:  # the generator's step: slot on the device, attention over the whole cache
+                steps.append(m.decode_step(extra[:, j], full_pos[:, T + j], cache, torch.tensor(T + j), 3,
+                                           full_ids.shape[1])[:, None])
+            else:
+                steps.append(m(extra[:, j:j + 1], positions=full_pos[:, T + j:T + j + 1], cache=cache, start=T + j))
     inc = torch.cat(steps, 1)
     assert (inc - ref[:, T - 1:]).abs().max() <= 1e-4
 

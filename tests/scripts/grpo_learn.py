@@ -33,10 +33,8 @@ def main(model_dir, lr, steps):
                            max_response_tokens=4, grad_clip=1.0)
     rewards = []
     for step in range(steps):
-        with dist.unsharded(model):
-            model.eval()
-            samples = generate(model, prompts, max_new_tokens=4, n=G, temperature=1.0, seed=step,
-                               return_logprobs=True)
+        samples = generate(dist.rollout_copy(model), prompts, max_new_tokens=4, n=G, temperature=1.0, seed=step,
+                           return_logprobs=True)
         rolls = [Rollout(i // G, prompts[i // G], s.tokens, "", s.finish_reason, s.logprobs)
                  for i, s in enumerate(samples)]
         correct = [float(r.tokens[0] < 100) for r in rolls]

@@ -2,6 +2,7 @@
 
 Writes {"losses", "grad_norms", "weights"} (rank 0) to the JSON path given as the first argument. With plain SGD
 (lr 1) and no clipping, the weight change is exactly minus the gradient, so equal weights mean equal gradients.
+Usage: grpo_step.py OUT MODEL_DIR [MICRO_BATCH_TOKENS [LOGITS_CHUNK]] (defaults 20 tokens, full logits).
 """
 
 import json
@@ -18,7 +19,7 @@ from adamame.rollout import Rollout  # noqa: E402
 from train_grpo import ppo_update, sequence_logprobs  # noqa: E402
 
 
-def main(out_path, model_dir):
+def main(out_path, model_dir, budget=20, chunk=None):
     rank, world, device = dist.setup()
     torch.manual_seed(0)
     model = load_model(model_dir)
@@ -43,13 +44,13 @@ def main(out_path, model_dir):
     mine_q = list(range(P))[rank::world]
     rolls = [Rollout(mine_q.index(q), p, t, "", "length", o) for q, p, t, o in all_rolls if q in mine_q]
     my_adv = torch.tensor([a for (q, *_), a in zip(all_rolls, adv) if q in mine_q]).numpy()
-    args = SimpleNamespace(group_size=G, mini_batch_prompts=2, ppo_epochs=2, micro_batch_tokens=20,
+    args = SimpleNamespace(group_size=G, mini_batch_prompts=2, ppo_epochs=2, micro_batch_tokens=budget,
                            temperature=0.9, clip_eps=0.2, clip_eps_high=0.28, beta=0.05, aggregation="dr_grpo",
                            max_response_tokens=8, grad_clip=1e9)
     with adapters_disabled(model):
-        ref = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens)
+        ref = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
     losses, norms, _, _ = ppo_update(model, opt, params, rolls, my_adv, [r.logprobs for r in rolls], ref, args,
-                                     len(mine_q), world, device)
+                                     len(mine_q), world, device, chunk)
     full = dist.full_state_dict(model, trainable_only=True)
     if rank == 0:
         with open(out_path, "w") as f:
@@ -59,4 +60,4 @@ def main(out_path, model_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))

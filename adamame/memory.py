@@ -1,0 +1,314 @@
+"""The memory plan: per-device bytes of every phase of a GRPO step (and of SFT), from config.json and the flags alone.
+
+Why: a paper-scale run (512 prompts x 8 rollouts of up to 4,096 tokens on 8 GPUs) sits close to the card's memory in
+two places, the rollout's KV cache and the update's activations, and a researcher must learn that before queueing
+for GPUs, not after the first step. So every run (and `--plan`, which needs only config.json) builds this plan
+before loading weights, prints it, and stops when it does not fit; and the run then obeys it: the plan picks the
+prompts per generate call, switches activation checkpointing on when the update would not fit without it, and picks
+the chunked log-prob path when a micro-batch's full logits would not fit.
+
+One source of truth: the sizes come from the code that allocates them. Parameters are counted on a meta-device copy
+of the model (exact shapes, no memory); the KV cache, sampler and prefill from adamame.generate (the engine checks
+the same numbers before it allocates); the logits as the [N, V] tensor the trainer asks for at N response positions.
+Activations are the tensors autograd saves per token and layer, listed below (tests/test_memory.py measures them).
+
+Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, bf16 on CUDA, float32 on CPU):
+    weights    float32 masters 4N / W; trainable (LoRA, or all with full fine-tuning): gradients 4n / W and AdamW
+               moments 8n / W; a frozen float32 reference copy 4N / W with full fine-tuning and beta > 0
+    rollout    weights + the plain rollout copy (N b, LoRA merged) + generate's KV cache, prefill, decode step and
+               sampler for the rows of one generate call
+    logprobs   weights + gathered parameters (root + 2 layers, FSDP prefetches one) + one layer's transient
+               activations and the logits of one micro-batch (no autograd)
+    update     weights + gathered parameters + saved activations of one micro-batch (all layers, or only the layer
+               inputs with checkpointing plus one layer recomputed) + a backward workspace (one layer) + the logits
+The peak is the largest phase; a plan fits when the peak is at most the usable memory (95% of a GPU, for the CUDA
+context, communication buffers and fragmentation; on CPU 85% of the available RAM shared by the local ranks).
+
+Imports: torch, adamame (model, lora, generate).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from adamame.model import KVCache
+
+GiB = 2**30
+
+
+@dataclass
+class Plan:
+    device: str  # "cuda" or "cpu"
+    world: int
+    budget: int  # bytes the run may use per device
+    total: int  # the device's memory (or the RAM share) the budget comes from
+    items: list = field(default_factory=list)  # (phase, what, bytes)
+    phases: dict = field(default_factory=dict)  # phase -> peak bytes
+    rollout_prompts: int = 0  # prompts per generate call (each gives group_size rows)
+    activation_checkpointing: bool = False
+    logits_chunk: int | None = None  # tokens per chunk of the chunked log-prob path; None = full logits
+    notes: list = field(default_factory=list)
+    sizes: dict = field(default_factory=dict)  # the exact tensor sizes behind some rows (tests compare them)
+    advice: str = ""  # the knob that would make it fit, when it does not
+
+    @property
+    def peak(self) -> int:
+        return max(self.phases.values())
+
+    @property
+    def fits(self) -> bool:
+        return not self.advice and self.peak <= self.budget
+
+    def verdict(self) -> str:
+        head = f"plan: peak {self.peak / GiB:.1f} GiB per {'GPU' if self.device == 'cuda' else 'process'} of " \
+               f"{self.total / GiB:.1f} GiB"
+        return f"{head}: fits" if self.fits else f"{head}: does not fit (try {self.advice})"
+
+    def table(self) -> str:
+        lines = [f"{'phase':10} {'what':62} {'GiB':>8}", "-" * 82]
+        for phase, what, nbytes in self.items:
+            lines.append(f"{phase:10} {what:62} {nbytes / GiB:8.2f}")
+        lines.append("-" * 82)
+        for phase, nbytes in self.phases.items():
+            lines.append(f"{phase:10} {'peak':62} {nbytes / GiB:8.2f}")
+        lines += [f"usable: {self.budget / GiB:.1f} GiB"] + self.notes
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.table() + "\n" + self.verdict()
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+def elem_size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def parameter_counts(cfg, lora_rank: int = 0) -> dict:
+    """Exact parameter counts from a meta-device model: total N (tied weights once), largest tensor, one decoder
+    layer, the root (embedding, final norm, untied lm_head) and the LoRA adapters."""
+    from adamame.lora import apply_lora, lora_modules
+    from adamame.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    largest = max(p.numel() for p in model.parameters())
+    layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    lora = 0
+    if lora_rank > 0:
+        apply_lora(model, lora_rank, 2 * lora_rank)
+        lora = sum(m.lora_A.numel() + m.lora_B.numel() for m in lora_modules(model))
+    return {"total": total, "largest": largest, "layer": layer, "root": total - cfg.num_hidden_layers * layer,
+            "lora": lora, "lora_layer": lora // cfg.num_hidden_layers}
+
+
+def layer_activation_bytes(cfg, lora_rank: int, dtype) -> int:
+    """Bytes autograd saves per token in one decoder layer (the model's own code, bf16 or float32 compute):
+    two RMSNorms (their float32 input and 1/rms), attention's q, k, v, output and float32 log-sum-exp, the MLP's gate,
+    up and SiLU outputs; with LoRA also the inputs of the adapters (the normed inputs of q/k/v and of gate/up, the
+    MLP product for down_proj) and the rank-r intermediate of each of the 7 adapters."""
+    b = elem_size(dtype)
+    C, I = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    n = 2 * (4 * C + 4) + (2 * q + 2 * kv) * b + 4 * cfg.num_attention_heads + 3 * I * b
+    if cfg.qk_norm:  # q_norm and k_norm: float32 inputs and 1/rms per head
+        n += 4 * (q + kv) + 4 * (cfg.num_attention_heads + cfg.num_key_value_heads)
+    if lora_rank > 0:
+        n += (2 * C + I) * b + 7 * lora_rank * b
+    return n
+
+
+def layer_transient_bytes(cfg, dtype) -> int:
+    """Per token, the largest set of temporaries alive inside one layer's forward (no autograd)."""
+    return (3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim) \
+        * elem_size(dtype)
+
+
+def logits_tensor_bytes(tokens: int, vocab: int, dtype) -> int:
+    """The [tokens, V] logits the model returns for `tokens` response positions."""
+    return tokens * vocab * elem_size(dtype)
+
+
+def logits_bytes(tokens: int, vocab: int, dtype, triton: bool) -> int:
+    """The logits tensor and what the log-prob path adds: nothing for the Triton kernel (one read, the gradient
+    written in place); for the PyTorch reference four float32 copies (the scaled logits, exp, and the backward's
+    softmax and one-hot gradients)."""
+    return logits_tensor_bytes(tokens, vocab, dtype) + (0 if triton else 16 * tokens * vocab)
+
+
+def persistent_bytes(counts: dict, world: int, lora_rank: int, reference_copy: bool) -> list:
+    n, n_train = counts["total"], counts["lora"] if lora_rank > 0 else counts["total"]
+    out = [("float32 master weights, sharded 1/%d" % world, 4 * n // world),
+           (f"trainable ({f'LoRA r={lora_rank}: weights, ' if lora_rank > 0 else 'all: '}gradients, AdamW moments)",
+            (12 + 4 * (lora_rank > 0)) * n_train // world)]
+    if reference_copy:
+        out.append(("float32 reference copy (full fine-tuning), sharded", 4 * n // world))
+    return out
+
+
+def gathered_bytes(counts: dict, dtype, lora_rank: int) -> int:
+    """Parameters FSDP holds unsharded during a forward/backward: the root's (kept for the backward) and two layers
+    (the one running and the one prefetched), with their adapters, in the compute dtype; with full fine-tuning also
+    two layers' unsharded float32 gradients before their reduce-scatter."""
+    layers = 2 * (counts["layer"] + counts["lora_layer"])
+    return (counts["root"] + layers) * elem_size(dtype) + (0 if lora_rank > 0 else 4 * layers)
+
+
+def usable_bytes(device: str, total: int) -> int:
+    return int(0.95 * total) if device == "cuda" else int(0.85 * total)
+
+
+def device_memory(device: str, local_world: int = 1) -> int:
+    """The card's memory, or on CPU the available RAM shared by the ranks on this machine."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    from adamame.generate import free_bytes
+
+    return (free_bytes("cpu") or 8 * GiB) // max(1, local_world)
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+def _update(cfg, counts, tokens, lora_rank, dtype, ckpt: bool, chunk, triton: bool):
+    """(activations, logits) bytes of one micro-batch's forward + backward."""
+    b, L, C = elem_size(dtype), cfg.num_hidden_layers, cfg.hidden_size
+    act = layer_activation_bytes(cfg, lora_rank, dtype)
+    shared = 2 * cfg.head_dim * b + 4 * C + 4  # rotary tables, the final norm's float32 input
+    if ckpt:  # each layer keeps its input; the layer being recomputed keeps everything, and its backward
+        saved = tokens * (L * C * b + 2 * act + shared)
+    else:
+        saved = tokens * (L * act + act + shared)
+    if chunk is None:
+        logits = logits_bytes(tokens, cfg.vocab_size, dtype, triton)
+    else:  # hidden states of the response positions + one chunk's logits
+        logits = tokens * C * b + logits_bytes(chunk, cfg.vocab_size, dtype, triton)
+    return saved, logits
+
+
+def _forward_only(cfg, tokens, dtype, chunk, triton: bool):
+    transient = tokens * layer_transient_bytes(cfg, dtype)
+    if chunk is None:
+        return transient + logits_bytes(tokens, cfg.vocab_size, dtype, triton)
+    return transient + tokens * cfg.hidden_size * elem_size(dtype) + logits_bytes(chunk, cfg.vocab_size, dtype, triton)
+
+
+def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int, group_size: int,
+              max_prompt_tokens: int, max_response_tokens: int, micro_batch_tokens: int, lora_rank: int,
+              beta: float, rollout_prompts="auto", activation_checkpointing="auto", top_k: int = 0,
+              top_p: float = 1.0) -> Plan:
+    """The GRPO plan for one device. prompts_per_step: the whole step's prompts (split over `world` ranks)."""
+    from adamame.generate import memory_needed
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    triton = device == "cuda"
+    plan = Plan(device, world, usable_bytes(device, total), total)
+    counts = parameter_counts(cfg, lora_rank)
+    weights = persistent_bytes(counts, world, lora_rank, reference_copy=lora_rank == 0 and beta > 0)
+    base = sum(nb for _, nb in weights)
+    plan.items += [("weights", what, nb) for what, nb in weights]
+    plan.phases["weights"] = base
+
+    # rollout: the largest prompts-per-call whose phase fits (capped by a number given on the command line)
+    copy = counts["total"] * elem_size(dtype)
+    gather = counts["largest"] * 4  # while the copy is built: one gathered float32 tensor (+ its LoRA product)
+    per_rank = max(1, prompts_per_step // world)
+    cap = per_rank if rollout_prompts == "auto" else min(per_rank, int(rollout_prompts))
+    slots = max_prompt_tokens + max_response_tokens
+
+    def rollout_peak(p):
+        return base + copy + memory_needed(cfg, p, group_size, max_prompt_tokens, max_response_tokens, dtype,
+                                           top_k, top_p)
+
+    p = cap
+    while p > 1 and rollout_peak(p) > plan.budget:
+        p -= 1
+    plan.rollout_prompts = p
+    rows = p * group_size
+    kv = KVCache.nbytes(cfg, rows, slots, dtype)
+    plan.sizes.update(rollout_copy=copy, kv_cache=kv)
+    plan.items += [("rollout", f"rollout copy ({dtype_name(dtype)}, LoRA merged)", copy),
+                   ("rollout", f"KV cache: {rows} rows x {slots} slots", kv),
+                   ("rollout", "prefill, decode step, sampler", rollout_peak(p) - base - copy - kv)]
+    plan.phases["rollout"] = max(rollout_peak(p), base + copy + 2 * gather)
+    calls = -(-per_rank // p)
+    plan.notes.append(f"rollout: {p} prompts x {group_size} = {rows} rows per generate call, {calls} call(s) for "
+                      f"this rank's {per_rank} prompts per step")
+    if rollout_peak(p) > plan.budget:
+        plan.advice = "a smaller --max-response-tokens or --group-size, or more GPUs"
+
+    # update and log-prob forwards: one micro-batch of at most micro_batch_tokens padded tokens. Prefer chunked
+    # logits (one extra lm_head matmul) to activation checkpointing (a second forward of every layer).
+    gathered = gathered_bytes(counts, dtype, lora_rank)
+    tokens = micro_batch_tokens
+    ckpts = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
+    options = [(c, k) for c in ckpts for k in (None, 8192, 2048, 512) if k is None or k < tokens]
+    costs = {o: _update(cfg, counts, tokens, lora_rank, dtype, *o, triton) for o in options}
+    ckpt, chunk = next((o for o in options if base + gathered + sum(costs[o]) <= plan.budget), options[-1])
+    saved, logits = costs[(ckpt, chunk)]
+    plan.activation_checkpointing, plan.logits_chunk = ckpt, chunk
+    if ckpt and activation_checkpointing == "auto":
+        plan.notes.append(f"activation checkpointing on: without it the update would need "
+                          f"{(base + gathered + sum(costs[(False, None)])) / GiB:.1f} GiB")
+    plan.sizes.update(logits=logits_tensor_bytes(tokens if chunk is None else chunk, cfg.vocab_size, dtype))
+    plan.items += [("update", f"gathered parameters (root + 2 layers, {dtype_name(dtype)})", gathered),
+                   ("update", f"activations, {tokens} tokens (checkpointing {'on' if ckpt else 'off'})", saved),
+                   ("update", "logits " + (f"{tokens} x {cfg.vocab_size}" if chunk is None else
+                                           f"in chunks of {chunk} tokens"), logits)]
+    plan.phases["logprobs"] = base + gathered + _forward_only(cfg, tokens, dtype, chunk, triton)
+    plan.phases["update"] = base + gathered + saved + logits
+    if chunk is not None:
+        plan.notes.append(f"log-probs: full logits of {tokens} tokens would not fit; chunks of {chunk} tokens")
+    if plan.phases["update"] > plan.budget and not plan.advice:
+        fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton)
+        plan.advice = f"--micro-batch-tokens {fit}" if fit else "more GPUs (--nproc-per-node) or LoRA"
+    if base > plan.budget:
+        plan.advice = "more GPUs (--nproc-per-node) or LoRA (--lora-rank)"
+    return plan
+
+
+def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank: int,
+             activation_checkpointing="auto") -> Plan:
+    """The SFT plan: weights + one micro-batch (micro_batch_size x max_length tokens) forward and backward."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    triton = device == "cuda"
+    plan = Plan(device, world, usable_bytes(device, total), total)
+    counts = parameter_counts(cfg, lora_rank)
+    weights = persistent_bytes(counts, world, lora_rank, reference_copy=False)
+    base = sum(nb for _, nb in weights)
+    plan.items += [("weights", what, nb) for what, nb in weights]
+    plan.phases["weights"] = base
+    gathered = gathered_bytes(counts, dtype, lora_rank)
+    for ckpt in ([False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]):
+        saved, logits = _update(cfg, counts, tokens, lora_rank, dtype, ckpt, None, triton)
+        if base + gathered + saved + logits <= plan.budget:
+            break
+    plan.activation_checkpointing = ckpt
+    if ckpt and activation_checkpointing == "auto":
+        off = sum(_update(cfg, counts, tokens, lora_rank, dtype, False, None, triton))
+        plan.notes.append(f"activation checkpointing on: without it the update would need "
+                          f"{(base + gathered + off) / GiB:.1f} GiB")
+    plan.items += [("update", f"gathered parameters (root + 2 layers, {dtype_name(dtype)})", gathered),
+                   ("update", f"activations, {tokens} tokens (checkpointing {'on' if ckpt else 'off'})", saved),
+                   ("update", f"logits {tokens} x {cfg.vocab_size}", logits)]
+    plan.phases["update"] = base + gathered + saved + logits
+    if plan.phases["update"] > plan.budget:
+        fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton, full=True)
+        plan.advice = f"--max-length {fit}" if fit else "more GPUs (--nproc-per-node) or LoRA (--lora-rank)"
+    return plan
+
+
+def _largest_fitting_tokens(cfg, counts, lora_rank, dtype, fixed, budget, triton, full=False):
+    """The largest micro-batch (a multiple of 256 tokens) whose update fits with checkpointing; 0 if none does."""
+    def fits(t):
+        saved, logits = _update(cfg, counts, t, lora_rank, dtype, True, None if full or t <= 512 else 512, triton)
+        return fixed + saved + logits <= budget
+    lo, hi = 0, 1 << 20
+    while hi - lo > 256:
+        mid = (lo + hi) // 2 // 256 * 256
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")

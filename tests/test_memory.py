@@ -1,0 +1,135 @@
+"""The memory plan against the tensors the code really allocates, and the plans of the paper's two models."""
+
+import os
+
+import pytest
+import torch
+
+from adamame.dist import rollout_copy
+from adamame.generate import generate
+from adamame.lora import apply_lora
+from adamame.memory import GiB, grpo_plan, layer_activation_bytes, logits_tensor_bytes
+from adamame.model import KVCache, ModelConfig, Transformer, load_model
+from tests.helpers import run_cli, save_tiny_hf
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def _cfg(model_type="qwen3", **extra):
+    d = dict(model_type=model_type, vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+             num_attention_heads=6, num_key_value_heads=2, head_dim=8)
+    return ModelConfig.from_dict({**d, **extra})
+
+
+def _saved_bytes_per_token(layer, model, T, dtype):
+    """Bytes of the distinct storages autograd saves in one decoder layer's forward, per token. The layer's input
+    counts (in float32 the first norm saves it; in a model it is the previous layer's output, kept for this layer
+    alone); the rotary tables (shared by all layers) and the parameters do not."""
+    x = torch.randn(1, T, model.config.hidden_size, dtype=dtype, requires_grad=True)
+    cos, sin = model.rope(torch.arange(T)[None], dtype)
+    skip = {t.untyped_storage().data_ptr() for t in [cos, sin, *model.parameters()]}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x, cos, sin, None)
+    return sum(seen.values()) / T
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("lora_rank", [0, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_activation_bytes_per_layer_are_what_autograd_saves(model_type, lora_rank, dtype):
+    torch.manual_seed(0)
+    cfg = _cfg(model_type)
+    model = Transformer(cfg).to(dtype)
+    if lora_rank:
+        apply_lora(model, lora_rank, 2 * lora_rank)
+    else:
+        model.requires_grad_(False)  # frozen weights save no inputs; x still needs its gradient
+    measured = _saved_bytes_per_token(model.model.layers[0], model, 16, dtype)
+    assert measured == layer_activation_bytes(cfg, lora_rank, dtype)
+
+
+def test_plan_sizes_are_the_bytes_really_allocated(tmp_path):
+    save_tiny_hf(tmp_path, "qwen3", num_attention_heads=4, num_key_value_heads=2)
+    model = load_model(str(tmp_path))
+    apply_lora(model, 4, 8)
+    G, prompt_len, new, tokens = 4, 9, 7, 30
+    plan = grpo_plan(model.config, world=1, total=64 * GiB, device="cpu", prompts_per_step=3, group_size=G,
+                     max_prompt_tokens=prompt_len, max_response_tokens=new, micro_batch_tokens=tokens, lora_rank=4,
+                     beta=0.001)
+    assert plan.fits and plan.rollout_prompts == 3
+    # the rollout copy: every parameter once, in the compute dtype (float32 on CPU)
+    copy = rollout_copy(model)
+    assert plan.sizes["rollout_copy"] == sum(p.numel() * p.element_size() for p in copy.parameters())
+    # the KV cache generate allocates for 3 prompts of the longest allowed length
+    sizes = []
+    real_allocate = KVCache.allocate.__func__
+
+    def spy(cls, cfg, batch, max_len, dtype, device):
+        cache = real_allocate(cls, cfg, batch, max_len, dtype, device)
+        sizes.append(sum(t.numel() * t.element_size() for t in cache.k + cache.v + [cache.valid]))
+        return cache
+
+    KVCache.allocate = classmethod(spy)
+    try:
+        generate(copy, [[5] * prompt_len] * 3, max_new_tokens=new, n=G, temperature=1.0, seed=0)
+    finally:
+        KVCache.allocate = classmethod(real_allocate)
+    assert max(sizes) == plan.sizes["kv_cache"]
+    # the logits of a micro-batch with `tokens` response positions
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[0, 2:17], mask[1, 5:20] = True, True
+    with torch.no_grad():
+        logits = copy(torch.randint(0, 97, (2, 20)), logits_at=mask)
+    assert logits.shape == (tokens, 97)
+    assert plan.sizes["logits"] == logits.numel() * logits.element_size() == logits_tensor_bytes(tokens, 97,
+                                                                                                  torch.float32)
+
+
+@pytest.mark.parametrize("name,limit", [("deepseek-r1-distill-qwen-1.5b", 76), ("qwen3-4b", 76)])
+def test_the_papers_models_fit_eight_80_gib_gpus_at_the_papers_settings(name, limit):
+    r = run_cli(["train_grpo.py", "--plan", "--model", os.path.join(FIXTURES, name), "--nproc-per-node", "8",
+                 "--gpu-memory-gib", "80"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("plan: peak ") and last.endswith(" GiB per GPU of 80.0 GiB: fits"), last
+    assert float(last.split()[2]) <= limit
+    assert "checkpointing on" in r.stdout  # 32k tokens without it would need ~84 GiB of activations
+    r = run_cli(["train_sft.py", "--plan", "--model", os.path.join(FIXTURES, name), "--nproc-per-node", "8",
+                 "--gpu-memory-gib", "80"])
+    assert r.returncode == 0 and r.stdout.strip().endswith(": fits"), r.stdout + r.stderr
+
+
+def test_a_plan_that_does_not_fit_names_the_knob():
+    model = os.path.join(FIXTURES, "deepseek-r1-distill-qwen-1.5b")
+    r = run_cli(["train_grpo.py", "--plan", "--model", model, "--nproc-per-node", "1", "--gpu-memory-gib", "24",
+                 "--micro-batch-tokens", "131072"])
+    assert r.returncode == 3
+    last = r.stdout.strip().splitlines()[-1]
+    assert "does not fit (try --micro-batch-tokens " in last, last
+    knob = int(last.split("--micro-batch-tokens ")[1].rstrip(")"))
+    r = run_cli(["train_grpo.py", "--plan", "--model", model, "--nproc-per-node", "1", "--gpu-memory-gib", "24",
+                 "--micro-batch-tokens", str(knob)])
+    assert r.returncode == 0, r.stdout  # the advice is right: that value fits
+
+
+def test_a_run_whose_plan_does_not_fit_stops_before_loading_weights(tmp_path):
+    from tests.helpers import save_tiny_tokenizer, write_rl_jsonl
+
+    save_tiny_hf(tmp_path / "model", "qwen3", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    save_tiny_tokenizer(tmp_path / "model", vocab_size=300)
+    os.remove(tmp_path / "model" / "model.safetensors")  # loading weights would fail with exit status 2
+    write_rl_jsonl(tmp_path / "rl.jsonl")
+    r = run_cli(["train_grpo.py", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "rl.jsonl"),
+                 "--out", str(tmp_path / "out"), "--batch-prompts", "4", "--mini-batch-prompts", "4",
+                 "--max-response-tokens", str(2**40)])
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "does not fit (try a smaller --max-response-tokens" in r.stderr
+    assert "Traceback" not in r.stderr
