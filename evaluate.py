@@ -36,6 +36,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=8192, help="response budget (paper: 8192)")
     ap.add_argument("--batch-prompts", type=int, default=32, help="prompts per generate call (memory knob)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N questions of each file")
+    ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
+                    help="answer checker: builtin (default) or math-verify (the paper's; pip install math-verify)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -110,7 +112,7 @@ def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", de
                             max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
                             seed=args.seed * 1000 + rank, progress=bar)
     bar.close()
-    recs = [score_record(r) for r in recs]
+    recs = [score_record(r, verifier=getattr(args, "verifier", "builtin")) for r in recs]
     if world > 1:
         import torch.distributed as tdist
 
@@ -135,7 +137,10 @@ def write_outputs(recs, k, out):
 
 
 def main(argv=None):
+    from adamame.answer import require_verifier
+
     args = parse_args(argv)
+    require_verifier(args.verifier)
     if args.score:
         from adamame.scoring import score_record
 
@@ -148,7 +153,7 @@ def main(argv=None):
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
-        recs = [score_record(r, count) for r in recs]
+        recs = [score_record(r, count, args.verifier) for r in recs]
         ks = {len(r["candidates"]) for r in recs}
         return write_outputs(recs, min(ks), args.out)
     if not args.model or not args.data:

@@ -50,6 +50,9 @@ def parse_args(argv=None):
     ap.add_argument("--bonus", type=float, default=2.0, help="B, the language bonus of adamame (paper: 2.0)")
     ap.add_argument("--lam", type=float, default=1.0, help="lambda of binary-lang (not in the paper; 1.0)")
     ap.add_argument("--alpha-floor", type=float, default=0.1, help="floor of the alignment factor (paper: 0.1)")
+    ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
+                    help="answer checker: builtin (default; safe, multilingual numbers) or math-verify (the paper's "
+                         "package, optional: pip install math-verify)")
     ap.add_argument("--lang-mode", choices=("prefix", "trace"), default="prefix",
                     help="what lang(o_i) reads: the first 500 characters (paper) or the whole trace")
     ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt G (paper: 8)")
@@ -359,7 +362,7 @@ def score_phase(rolls, qs, args, step, T):
     from adamame.rewards import advantages, alignment_factor, shaped_scores
     from adamame.rollout import score
 
-    score(rolls, qs, args.lang_mode)
+    score(rolls, qs, args.lang_mode, verifier=args.verifier)
     correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
     qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
     kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
@@ -406,7 +409,8 @@ def metrics_row(step, rolls, sc, up, times, languages, args, device):
     correct, langs, qlangs = sc["correct"], sc["langs"], sc["qlangs"]
     local = {"n": len(rolls), "reward": float(sc["scores"].sum()), "accuracy": sum(correct),
              "lang_match": sum(lg == q for lg, q in zip(langs, qlangs)), "adv_abs": float(abs(sc["adv"]).sum()),
-             "response_tokens": sum(len(r.tokens) for r in rolls)}
+             "response_tokens": sum(len(r.tokens) for r in rolls),
+             "verify_timeouts": sum(r.verify_timed_out for r in rolls)}
     by_lang = {lang: {"n": sum(q == lang for q in qlangs),
                       "accuracy": sum(c for c, q in zip(correct, qlangs) if q == lang),
                       "lang_match": sum(lg == q for lg, q in zip(langs, qlangs) if q == lang)} for lang in languages}
@@ -426,7 +430,7 @@ def metrics_row(step, rolls, sc, up, times, languages, args, device):
             "lang_match": tot["lang_match"] / n, "alignment_factor": sc["alpha"], "adv_abs_mean": tot["adv_abs"] / n,
             "loss": sum(up["losses"]) / n_updates, "losses": up["losses"], "grad_norm": max(up["grad_norms"]),
             "kl": kl, "clip_frac": clip_frac, "ratio": ratio, "logprob_diff": extra[0].item(),
-            "response_tokens": tot["response_tokens"] / n,
+            "response_tokens": tot["response_tokens"] / n, "verify_timeouts": int(tot["verify_timeouts"]),
             "lang_match_by_lang": {lg: tot[(lg, "lang_match")] / max(1, tot[(lg, "n")]) for lg in languages},
             "accuracy_by_lang": {lg: tot[(lg, "accuracy")] / max(1, tot[(lg, "n")]) for lg in languages},
             **{f"time_{k}": v for k, v in times.items()}, "time": sum(times.values()),
@@ -448,6 +452,9 @@ def main(argv=None):
     if args.plan:
         plan = plan_only(args)
         return 0 if plan.fits else 3
+    from adamame.answer import require_verifier
+
+    require_verifier(args.verifier)
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -510,7 +517,7 @@ def main(argv=None):
         qs, ids = val
         copy = dist.rollout_copy(model)
         rs = score(rollouts(copy, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
-                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode)
+                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode, verifier=args.verifier)
         del copy
         free_device_memory(device)
         acc = dist.all_sum(sum(r.correct for r in rs), device)

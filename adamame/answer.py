@@ -1,28 +1,43 @@
 """Answer extraction and safe math verification: the accuracy reward r_i of the recipe.
 
 Why this shape: the accuracy reward decides what the policy learns, and it reads untrusted model output on every
-rollout. So the checker never hands model text to `eval`, `sympify` or `parse_expr`. It normalises the text
-(strip `$`, `\\text{}`, units, thousands separators, ...), then parses it with the small grammar below into
-sympy numbers (exact integers and rationals, square roots, pi), refusing anything whose size could blow up
-(number literals over 200 digits, results over 10^1000, nesting over 60 levels, inputs over 2,000 characters
-after extraction). Every step checks a deadline, so a call returns within its time limit, and any failure is
-simply "not equal": `verify` never raises.
+rollout, where a policy will find any hole that pays. So the checker
+  * never hands model text to `eval`, `sympify` or `parse_expr`: its own lexer and recursive-descent grammar
+    build sympy expressions from a fixed vocabulary (numbers, single-letter and Greek symbols, + - * / ^, \\frac,
+    \\sqrt, \\pi, e, \\infty, sin/cos/tan/log/ln/exp);
+  * never joins numbers that words or separators keep apart: `6 or 7`, `3 and 4`, `10 minutes 30 seconds`, `1, 2`
+    are sets, and a set must equal the gold as a whole (`x = 5 or x = 7` is {5, 7}, not 7);
+  * is bounded: inputs over 2,000 characters, number literals over 200 digits, results over 10^1000 and nesting
+    over 60 levels are refused, every step checks a deadline, and symbolic expressions are compared by evaluating
+    both at random points with Python floats (a bounded computation) rather than by sympy's unbounded `simplify`,
+    which only runs, under a timer, when the points cannot decide; `verify` never raises.
 
-    expr   := term (('+' | '-') term)*
-    term   := unary (('*' | '/' | \\cdot | \\times | \\div | <implicit>) unary)*
-    unary  := ('-' | '+') unary | power
-    power  := atom ('^' unary)?                      right-associative: a^b^c = a^(b^c)
-    atom   := number ['%'] | '(' expr ')' | '{' expr '}' | '[' expr ']'
-            | \\frac{expr}{expr} | \\sqrt{expr} | \\sqrt[n]{expr} | \\pi
+What an answer may be (after unwrapping `\\text{}` and friends, dropping `$`, `\\left`, spacing commands, units
+and other words):
+    element  := expr | tuple | interval          a relation `x = e` or `x \\in e` stands for e
+    answer   := element (sep element)* | interval (\\cup interval)*
+    sep      := , ; | any word: connectives in every language (or, et, または, หรือ ...), units, the rest of a
+                sentence | several \\boxed{} in the answer part
+    expr     := term (('+' | '-' | \\pm) term)*          (\\pm makes the set {a + b, a - b})
+    term     := unary (('*' | '/' | \\cdot | \\times | \\div | implicit) unary)*   never between two numbers
+    unary    := ('-' | '+') unary | power
+    power    := atom ('^' unary)?                      right-associative: a^b^c = a^(b^c)
+    atom     := number ['%'] | symbol | (expr) | {expr} | [expr] | \\frac{expr}{expr} | \\sqrt[n]{expr} | \\pi
+              | \\infty | function [^ power] (argument)
+Sets are unordered, tuples ordered; `(a, b)` may also be an open interval and `[a, b]` a closed one. Localized
+numbers are read every way they can be (`1.000` is 1 or 1000, `2,5` is 2.5 or the set {2, 5}, `1 000` is 1000,
+`25%` is 25 or 0.25, `42 個` is 42): right for a multilingual reward even where Math-Verify reads them otherwise.
+Two scalars are equal when exactly equal (integers), within a relative 1e-6 (other numbers), or when they agree
+at 5 random points of their free symbols (expressions).
 
-A top-level comma list, or one wrapped in (), [] or \\{\\}, is a tuple (ordered) or a set (unordered, for \\{\\}
-and bare lists). Two scalars are equal when exactly equal or within a relative tolerance of 1e-6.
-
-Imports: sympy (numbers only; no parsing of text).
+Imports: sympy (numbers and expressions built here, never parsed from text).
 """
 
+import cmath
 import math
 import re
+import signal
+import threading
 import time
 from fractions import Fraction
 
@@ -33,120 +48,218 @@ MAX_ANSWER_CHARS = 2000
 MAX_DIGITS = 200
 MAX_RESULT_DIGITS = 1000
 MAX_DEPTH = 60
+MAX_READINGS = 16
 REL_TOL = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------- extraction
 
-def split_response(response: str) -> tuple[str, str]:
-    """(trace, answer): the reasoning before the first `</think>` and the text after it.
+def split_response(response: str, paper: bool = False) -> tuple[str, str]:
+    """(trace, answer) around the first `</think>`; `<think>` markers are removed from the trace.
 
-    The prompt usually ends in `<think>\\n`, so the response starts inside the trace; if the model writes
-    `<think>` itself, anything before it is dropped from the trace. Without `</think>` the whole response is
-    the trace and the answer part is empty.
+    Without `</think>`: the whole response is the trace (the reward's reading: a response cut off while
+    thinking), or with `paper=True` the whole response is the answer and the trace is empty (the paper's
+    evaluation script).
     """
     close = response.find(THINK_CLOSE)
     if close < 0:
-        trace, answer = response, ""
+        trace, answer = ("", response) if paper else (response, "")
     else:
         trace, answer = response[:close], response[close + len(THINK_CLOSE):]
-    open_ = trace.rfind(THINK_OPEN)
-    if open_ >= 0:
-        trace = trace[open_ + len(THINK_OPEN):]
+    if paper:
+        trace = trace.replace("<think>\n", "").replace(THINK_OPEN, "")
+    else:
+        open_ = trace.rfind(THINK_OPEN)
+        if open_ >= 0:
+            trace = trace[open_ + len(THINK_OPEN):]
     return trace.strip(), answer.strip()
 
 
+def _box_at(text: str, start: int):
+    """(contents, end) of the `\\boxed{...}` / `\\fbox{...}` starting at `start`, or (None, start + 1)."""
+    i = start + (6 if text.startswith("\\boxed", start) else 5)
+    if i < len(text) and text[i] == "{":
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1:j], j + 1
+        return None, start + 1
+    m = re.match(r" +([^\s$]+)", text[i:i + 200])  # "\boxed 5": the next whitespace-free token
+    return (m.group(1), i + m.end()) if m else (None, start + 1)
+
+
+def all_boxed(text: str) -> list:
+    """Contents of every top-level `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`), in order."""
+    out, pos = [], 0
+    while True:
+        starts = [s for s in (text.find("\\boxed", pos), text.find("\\fbox", pos)) if s >= 0]
+        if not starts:
+            return out
+        found, pos = _box_at(text, min(starts))
+        if found is not None:
+            out.append(found)
+
+
 def last_boxed(text: str) -> str | None:
-    """Contents of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced nested braces; `\\boxed 5` too."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    while start >= 0:
-        i = start + (6 if text.startswith("\\boxed", start) else 5)
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                c = text[j]
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1:j]
-        elif i < len(text) and text[i] == " ":  # "\boxed 5": the next whitespace-free token
-            m = re.match(r" +([^\s$]+)", text[i:i + 200])
-            if m:
-                return m.group(1)
-        # unbalanced or bare "\boxed": try an earlier occurrence
-        prev = text[:start]
-        start = max(prev.rfind("\\boxed"), prev.rfind("\\fbox"))
-    return None
+    boxes = all_boxed(text)
+    return boxes[-1] if boxes else None
+
+
+def first_boxed(text: str) -> str | None:
+    boxes = all_boxed(text)
+    return boxes[0] if boxes else None
 
 
 def extract_answer(response: str) -> str | None:
-    """The final answer of a response: the last boxed answer of the answer part, else of the trace."""
+    """The reward's final answer: the boxed answers of the answer part (several distinct ones form a set, written
+    "a, b"), else the last boxed answer of the trace; None if nothing is boxed."""
     trace, answer = split_response(response)
-    found = last_boxed(answer)
-    return found if found is not None else last_boxed(trace)
+    boxes = list(dict.fromkeys(b.strip() for b in all_boxed(answer)))
+    if boxes:
+        return boxes[0] if len(boxes) == 1 else ", ".join(boxes)
+    return last_boxed(trace)
+
+
+def paper_answers(response: str) -> tuple:
+    """The paper's evaluation: (first box of the answer part, first box of the trace), split the paper's way."""
+    trace, answer = split_response(response, paper=True)
+    return first_boxed(answer), first_boxed(trace)
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
 class _Reject(Exception):
-    """The text is not a number we accept (or is too big, too deep, or too slow to evaluate)."""
+    """Not an answer we can read (or too big, too deep, or too slow)."""
 
 
-_TEXT_CMDS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DROP = [
-    (re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle|,|;|:|!|quad|qquad)(?![a-zA-Z])"), " "),
-    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ"), ""),
-    (re.compile(r"\\[dt]frac"), r"\\frac"),
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|texttt|textsf|textup|textnormal|emph|mathrm|mathbf|mathit|mathsf|"
+                       r"mbox|operatorname)\s*\{([^{}]*)\}")
+_REPLACE = [
+    (re.compile(r"\\\\+(?=[a-zA-Z])"), r"\\"),  # a doubled backslash before a command (\\left): one
+    (re.compile(r"(?<=\d),\\!\s*(?=\d{3})|(?<=\d)\{,\}(?=\d{3})|(?<=\d)\\[,;: ](?=\d{3}(?!\d))"), ""),  # 1,\!000 14{,}916
+    (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg|displaystyle|textstyle)(?![a-zA-Z])"), ""),
+    (re.compile(r"\\(?:,|;|:|!|quad|qquad)(?![a-zA-Z])|~"), " "),
+    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree"), ""),
+    (re.compile(r"\\[dtc]frac"), r"\\frac"),
     (re.compile(r"\\%|％"), "%"),
-    (re.compile(r"\\\$|\$|€|£|¥|₩|฿|R\$"), ""),
+    (re.compile(r"\\\$|\$|€|£|¥|₩|฿|R\$|₹"), ""),
     (re.compile(r"[−–—]"), "-"),
-    (re.compile(r"\\(?:times|cdot)"), "*"),
-    (re.compile(r"×|·|⋅"), "*"),
-    (re.compile(r"\\div|÷"), "/"),
-    (re.compile(r"π"), r"\\pi "),
-    (re.compile(r"√"), r"\\sqrt"),
-    (re.compile(r"\\\{"), "⦃"),  # set braces, kept apart from grouping braces
-    (re.compile(r"\\\}"), "⦄"),
-    (re.compile(r"[\u00a0\u2009\u202f\u2007]"), " "),
+    (re.compile(r"\\(?:times|cdot|ast)(?![a-zA-Z])|×|·|⋅|∗"), "*"),
+    (re.compile(r"\\div(?![a-zA-Z])|÷"), "/"),
+    (re.compile(r"π"), r"\\pi "), (re.compile(r"√"), r"\\sqrt"), (re.compile(r"∞"), r"\\infty "),
+    (re.compile(r"±"), r"\\pm "), (re.compile(r"∪"), r"\\cup "),
+    (re.compile(r"\\\{|\\lbrace(?![a-zA-Z])"), "⦃"), (re.compile(r"\\\}|\\rbrace(?![a-zA-Z])"), "⦄"),  # set braces
+    (re.compile(r"\\[()\[\]]"), " "),  # \( \) \[ \] math delimiters
+    (re.compile(r"[\u00a0\u2009\u202f\u2007\u3000]"), " "),
+    (re.compile(r"\\in(?![a-zA-Z])"), "="),
 ]
 
 
 def normalize(text: str) -> str:
+    """The answer with its LaTeX decoration removed (one box's contents if boxed)."""
     s = text.strip()
     if "\\boxed" in s or "\\fbox" in s:
-        s = last_boxed(s) or ""
+        s = ", ".join(dict.fromkeys(b.strip() for b in all_boxed(s)))
     for _ in range(3):  # nested \text{\textbf{...}}
-        s = _TEXT_CMDS.sub(lambda m: m.group(1) if re.search(r"\d", m.group(1)) else " ", s)
-    for pat, rep in _DROP:
+        s = _TEXT_CMD.sub(lambda m: f" {m.group(1)} ", s)
+    for pat, rep in _REPLACE:
         s = pat.sub(rep, s)
-    s = s.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
-    if "=" in s:  # "x = 5", "n=12": keep the right-hand side
-        s = s.rsplit("=", 1)[1]
-    # units and words: letter runs that are not LaTeX commands (keep \frac, \sqrt, \pi)
-    unit_power = r"(?:\s*\^\s*\{?\s*\d\s*\}?)?"  # cm^2, m^{3}
-    s = re.sub(r"(?<![\\a-zA-Z])[^\W\d_]{2,}" + unit_power, " ", s)
-    s = re.sub(r"(?<=\d)\s*[^\W\d_](?![^\W\d_])" + unit_power, " ", s)  # "5m", "3 h": one-letter unit
-    s = s.strip().rstrip(".。").strip()
-    return s
+    return s.strip().rstrip(".。").strip()
 
 
-# ---------------------------------------------------------------------------------------------- numbers
+# ---------------------------------------------------------------------------------------------- lexer
 
-_NUM = re.compile(
-    r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)"          # 1,000 / 12,345.5
-    r"|\d{1,3}(?: \d{3})+(?:[.,]\d+)?(?!\d)"        # 1 000 / 1 000,5
-    r"|\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?(?!\d)"       # 1.000.000 / 1.000.000,5
-    r"|\d{1,3}(?:\.\d{3})+,\d+(?!\d)"               # 1.000,5
-    r"|\d+(?:[.,]\d+)?|\.\d+"                        # 12 / 1.5 / 1,5 / .5
-)
+_NUM = (r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)"           # 1,000 / 12,345.5
+        r"|\d{1,3}(?: \d{3})+(?:[.,]\d+)?(?![\d.,]?\d)"    # 1 000 / 1 000,5
+        r"|\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?(?!\d)"          # 1.000.000 / 1.000.000,5
+        r"|\d{1,3}(?:\.\d{3})+,\d+(?!\d)"                  # 1.000,5
+        r"|\d+(?:[.,]\d+)?|\.\d+")                         # 12 / 1.5 / 1,5 / .5
+FUNCS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec,
+         "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan, "sinh": sympy.sinh,
+         "cosh": sympy.cosh, "tanh": sympy.tanh, "ln": sympy.log, "log": sympy.log, "exp": sympy.exp}
+GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "iota",
+         "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi",
+         "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}
+KNOWN_FUNCS = set(FUNCS) | {"pi", "sqrt"}
+_LEX = re.compile(
+    r"(?P<num>" + _NUM + r")"
+    r"|\\(?P<cmd>[a-zA-Z]+)"
+    r"|(?P<sym>[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?)(?![a-zA-Z])"
+    r"|(?P<word>[^\W\d_]+)"
+    r"|(?P<op>[-+*/^(){}\[\]%,;=⦃⦄|!])"
+    r"|(?P<space>\s+)")
+
+
+def _lex(s: str, deadline: float, symbols: bool) -> list:
+    """[(kind, text)]: num, sym, cmd (\\frac, \\pi, functions, \\pm, \\cup, \\infty), word, op.
+
+    With `symbols` false (a numeric gold), letters are units or words. With it true, single letters are variables,
+    and a run of 2-3 Latin letters glued to a number, a variable or a bracket (2xy, ab^2) is their product; other
+    words (units, "and", "réponse", 個) are words either way.
+    """
+    toks, i, space = [], 0, True
+    while i < len(s):
+        if time.perf_counter() > deadline:
+            raise _Reject("time limit")
+        m = _LEX.match(s, i)
+        if not m:
+            raise _Reject(f"unexpected character {s[i]!r}")
+        kind, text = m.lastgroup, m.group(m.lastgroup)
+        i = m.end()
+        if kind == "space":
+            space = True
+            continue
+        if kind == "word" and text.lower() in KNOWN_FUNCS:
+            kind, text = "cmd", text.lower()
+        if kind == "cmd" and text in GREEK:
+            kind = "sym"
+        elif kind == "cmd" and text not in KNOWN_FUNCS and text not in ("frac", "infty", "pm", "mp", "cup"):
+            kind = "word"  # \mathbb{R} and other macros: noise, never an operator
+        glued = (not space and bool(toks) and (toks[-1][0] in ("num", "sym") or toks[-1] == ("op", ")"))) or \
+            (i < len(s) and s[i] in "^(")
+        if symbols and kind == "word" and text.isascii() and len(text) <= 3 and glued:
+            toks += [("sym", c) for c in text]
+        else:
+            if not symbols and kind == "sym":
+                kind = "word"
+            if kind == "word":  # a unit's power goes with it: cm^2, m^{3}
+                m2 = re.match(r"\s*\^\s*(?:\{\s*\d\s*\}|\d)", s[i:])
+                i += m2.end() if m2 else 0
+            toks.append((kind, text))
+        space = False
+    return toks
+
+
+def _split(toks: list, is_sep) -> list:
+    """Top-level pieces of a token list, cut where is_sep(token) (brackets protect what they hold)."""
+    parts, cur, depth = [], [], 0
+    for t in toks:
+        if t[0] == "op" and t[1] in "([{⦃":
+            depth += 1
+        elif t[0] == "op" and t[1] in ")]}⦄":
+            depth -= 1
+        if depth == 0 and is_sep(t):
+            parts.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    parts.append(cur)
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------- grammar
+
+def _to_sympy(f: Fraction):
+    return sympy.Rational(f.numerator, f.denominator)
 
 
 def _number_values(tok: str) -> list:
     """Exact values of a number literal; ambiguous separators ("1.000", "1,5") give every reading."""
-    digits = sum(c.isdigit() for c in tok)
-    if digits > MAX_DIGITS:
+    if sum(c.isdigit() for c in tok) > MAX_DIGITS:
         raise _Reject("number too long")
     if re.fullmatch(r"\d{1,3}(,\d{3})+(\.\d+)?", tok):
         return [Fraction(tok.replace(",", ""))]
@@ -159,36 +272,51 @@ def _number_values(tok: str) -> list:
     return [Fraction(tok.replace(",", "."))]
 
 
-# ---------------------------------------------------------------------------------------------- parser
-
-_TOKEN = re.compile(r"\s*(?:(\\frac|\\sqrt|\\pi)(?![a-zA-Z])|(" + _NUM.pattern + r")|([-+*/^(){}\[\]%⦃⦄,;]))")
-
-
-def _tokenize(s: str, deadline: float) -> list:
-    toks, i = [], 0
-    while i < len(s):
-        if time.perf_counter() > deadline:
-            raise _Reject("time limit")
-        m = _TOKEN.match(s, i)
-        if not m or m.end() == i:
-            if s[i:].strip() == "":
-                break
-            raise _Reject(f"unexpected text at {s[i:i + 10]!r}")
-        cmd, num, op = m.groups()
-        toks.append(("cmd", cmd) if cmd else ("num", num) if num else ("op", op))
-        i = m.end()
-    return toks
+def _check_size(v):
+    if v.is_Rational and max(len(str(abs(v.p))), len(str(v.q))) > MAX_RESULT_DIGITS:
+        raise _Reject("result too large")
+    return v
 
 
-def _to_sympy(f: Fraction):
-    return sympy.Rational(f.numerator, f.denominator)
+def _div(a, b):
+    if b == 0:
+        raise _Reject("division by zero")
+    return a / b
+
+
+def _pow(base, exp):
+    if base.is_number and exp.is_number:
+        e, b = complex(exp.evalf(15)), complex(base.evalf(15))
+        if abs(e.imag) > 0 or abs(e.real) > 10_000:
+            raise _Reject("exponent too large")
+        if abs(b) not in (0.0, 1.0) and abs(e.real) * abs(math.log10(abs(b))) > MAX_RESULT_DIGITS:
+            raise _Reject("result too large")
+        if b == 0 and e.real < 0:
+            raise _Reject("division by zero")
+    elif _height(exp) > 6 or _height(base) > 6:
+        raise _Reject("power tower")
+    return base ** exp
+
+
+def _height(x) -> int:
+    return 1 + max((_height(a) for a in x.args), default=0) if isinstance(x, sympy.Pow) else 0
+
+
+def _combine(xs, ys, op):
+    out = []
+    for x in xs:
+        for y in ys:
+            out.append(_check_size(op(x, y)))
+            if len(out) >= MAX_READINGS:  # ambiguous readings multiply; a handful is plenty
+                return out
+    return out
 
 
 class _Parser:
-    """Recursive descent over the token list; each method returns a list of candidate sympy values."""
+    """Recursive descent over tokens; every method returns a list of candidate readings (sympy expressions)."""
 
-    def __init__(self, toks, deadline):
-        self.t, self.i, self.deadline, self.depth = toks, 0, deadline, 0
+    def __init__(self, toks, deadline, symbols: bool):
+        self.t, self.i, self.deadline, self.depth, self.symbols = toks, 0, deadline, 0, symbols
 
     def peek(self):
         return self.t[self.i] if self.i < len(self.t) else (None, None)
@@ -200,15 +328,12 @@ class _Parser:
         self.i += 1
         return v
 
-    def check(self):
-        if time.perf_counter() > self.deadline:
-            raise _Reject("time limit")
-
     def enter(self):
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise _Reject("nested too deep")
-        self.check()
+        if time.perf_counter() > self.deadline:
+            raise _Reject("time limit")
 
     def expr(self):
         self.enter()
@@ -228,9 +353,9 @@ class _Parser:
                 self.take()
                 rhs = self.unary()
                 vals = _combine(vals, rhs, (lambda a, b: a * b) if v == "*" else _div)
-            elif k in ("num", "cmd") or (k, v) in (("op", "("), ("op", "{")):
-                vals = _combine(vals, self.unary(), lambda a, b: a * b)  # implicit: 2\pi, 3\sqrt{2}, 2(3)
-            else:
+            elif k in ("sym", "cmd") and v not in ("pm", "mp", "cup") or (k, v) in (("op", "("), ("op", "{")):
+                vals = _combine(vals, self.unary(), lambda a, b: a * b)  # implicit: 2x, 2\pi, 3\sqrt{2}, 2(3)
+            else:  # a number right after a value is never multiplied: "3 4" was cut into {3, 4} before
                 return vals
 
     def unary(self):
@@ -259,7 +384,6 @@ class _Parser:
         return vals
 
     def atom(self):
-        self.check()
         k, v = self.peek()
         if k == "num":
             self.take()
@@ -268,29 +392,42 @@ class _Parser:
                 self.take()
                 vals = vals + [x / 100 for x in vals]
             return vals
-        if (k, v) == ("op", "("):
-            return self.group("(", ")")
-        if (k, v) == ("op", "{"):
-            return self.group("{", "}")
-        if (k, v) == ("op", "["):
-            return self.group("[", "]")
-        if (k, v) == ("cmd", "\\pi"):
+        if k == "sym" and self.symbols:
             self.take()
-            return [sympy.pi]
-        if (k, v) == ("cmd", "\\frac"):
+            return [sympy.E if v == "e" else sympy.Symbol(v.replace("{", "").replace("}", ""))]
+        for open_, close in (("(", ")"), ("{", "}"), ("[", "]")):
+            if (k, v) == ("op", open_):
+                return self.group(open_, close)
+        if k == "cmd":
             self.take()
-            num, den = self._frac_arg(), self._frac_arg()
-            return _combine(num, den, _div)
-        if (k, v) == ("cmd", "\\sqrt"):
-            self.take()
-            index = [sympy.Integer(2)]
-            if self.peek() == ("op", "["):
-                index = self.group("[", "]")
-            radicand = self._frac_arg()
-            return _combine(radicand, index, lambda a, n: _pow(a, 1 / n))
+            if v == "pi":
+                return [sympy.pi]
+            if v == "infty":
+                return [sympy.oo]
+            if v == "frac":
+                return _combine(self.frac_arg(), self.frac_arg(), _div)
+            if v == "sqrt":
+                index = self.group("[", "]") if self.peek() == ("op", "[") else [sympy.Integer(2)]
+                return _combine(self.frac_arg(), index, lambda a, n: _pow(a, 1 / n))
+            if v in FUNCS:
+                return self.function(v)
         raise _Reject(f"unexpected {v!r}")
 
-    def _frac_arg(self):
+    def function(self, name):
+        power = None
+        if self.peek() == ("op", "^"):  # \sin^2 x = (\sin x)^2
+            self.take()
+            power = self.atom()
+        if self.peek() == ("op", "("):
+            arg = self.group("(", ")")
+        else:  # \sin b \cos a: the argument is the tight product of numbers and symbols that follows
+            arg = self.atom()
+            while self.peek()[0] == "sym":
+                arg = _combine(arg, self.atom(), lambda a, b: a * b)
+        vals = [FUNCS[name](a) for a in arg]
+        return _combine(vals, power, _pow) if power else vals
+
+    def frac_arg(self):
         # \frac{a}{b}, and the shorthand \frac12 = \frac{1}{2} (single digits)
         k, v = self.peek()
         if (k, v) == ("op", "{"):
@@ -304,114 +441,244 @@ class _Parser:
         return self.atom()
 
 
-def _div(a, b):
-    if b == 0:
-        raise _Reject("division by zero")
-    return a / b
-
-
-def _pow(base, exp):
-    if not exp.is_number or not base.is_number:
-        raise _Reject("not a number")
-    e, b = complex(exp.evalf(15)), complex(base.evalf(15))
-    if abs(e.imag) > 0 or abs(e.real) > 10_000:
-        raise _Reject("exponent too large")
-    if abs(b) not in (0.0, 1.0) and abs(e.real) * math.log10(abs(b)) > MAX_RESULT_DIGITS:
-        raise _Reject("result too large")
-    if b == 0 and e.real < 0:
-        raise _Reject("division by zero")
-    return base ** exp
-
-
-def _combine(xs, ys, op):
-    out = []
-    for x in xs:
-        for y in ys:
-            v = op(x, y)
-            if v.is_number and v.is_Rational and max(len(str(abs(v.p))), len(str(v.q))) > MAX_RESULT_DIGITS:
-                raise _Reject("result too large")
-            out.append(v)
-            if len(out) > 16:  # ambiguous readings multiply; a handful is plenty
-                return out
-    return out
-
-
-def _parse_scalar(s: str, deadline: float) -> list:
-    toks = _tokenize(s, deadline)
+def _expr(toks, deadline, symbols) -> list:
     if not toks:
         raise _Reject("empty")
-    p = _Parser(toks, deadline)
+    p = _Parser(list(toks), deadline, symbols)
     vals = p.expr()
     if p.i != len(p.t):
         raise _Reject("trailing text")
     return vals
 
 
-def _split_top(s: str, seps=",;") -> list:
-    parts, depth, cur = [], 0, []
-    for c in s:
-        if c in "({[⦃":
-            depth += 1
-        elif c in ")}]⦄":
-            depth -= 1
-        if c in seps and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts]
+# ---------------------------------------------------------------------------------------------- structures
+# A reading of an answer is ("set", [reading...]), ("tuple", [...]), ("interval", lo, hi, lo_closed, hi_closed,
+# tuple_too), ("union", [interval...]) or ("expr", sympy value); an answer has several readings when it is ambiguous.
+
+def _element(toks, deadline, symbols) -> list:
+    """Readings of one element: a relation's right-hand side, a set in braces, a tuple or interval, or an expr."""
+    sides = _split(toks, lambda t: t == ("op", "="))
+    toks = sides[-1]
+    if len(toks) >= 2 and toks[0] == ("op", "⦃") and toks[-1] == ("op", "⦄"):
+        items = [_element(p, deadline, symbols) for p in _split(toks[1:-1], lambda t: t[1] in (",", ";"))]
+        return [("set", c) for c in _choices(items)]
+    if len(toks) >= 2 and toks[0][0] == "op" and toks[0][1] in "([" and toks[-1][0] == "op" and toks[-1][1] in ")]":
+        inner = _split(toks[1:-1], lambda t: t[0] == "op" and t[1] in ",;")
+        if len(inner) >= 2 and all(inner):
+            lo_closed, hi_closed = toks[0][1] == "[", toks[-1][1] == "]"
+            out = []
+            for c in _choices([_element(p, deadline, symbols) for p in inner]):
+                if len(c) == 2 and c[0][0] == c[1][0] == "expr":  # (a, b) [a, b) ...: an interval
+                    out.append(("interval", c[0][1], c[1][1], lo_closed, hi_closed))
+                if not lo_closed and not hi_closed or len(c) != 2 and lo_closed and hi_closed:
+                    out.append(("tuple", c))  # (a, b) is also a pair; [a, b, c] a list
+            return out
+    return [("expr", v) for v in _expr(toks, deadline, symbols)]
 
 
-def _parse(s: str, deadline: float):
-    """('scalar', [values]) or ('tuple'|'set', [[values], ...])."""
-    s = s.strip()
-    wrapped = len(s) >= 2 and ((s[0], s[-1]) in (("(", ")"), ("[", "]"), ("⦃", "⦄"), ("{", "}")))
-    if wrapped and s[0] == "⦃":
-        inner = _split_top(s[1:-1])
-        return "set", [_parse_scalar(x, deadline) for x in inner]
-    if wrapped and "," in s[1:-1] or ";" in s:
-        inner = _split_top(s[1:-1] if wrapped else s)
-        thousands = re.fullmatch(r"\d{1,3}", inner[0]) and all(re.fullmatch(r"\d{3}", x) for x in inner[1:])
-        if len(inner) > 1 and all(inner) and not thousands:
-            kind = "tuple" if wrapped and s[0] in "([" else "set"
-            return kind, [_parse_scalar(x, deadline) for x in inner]
-    if re.search(r",\s", s):  # "2, 3" (comma then space): a bare list, not a thousands separator
-        inner = _split_top(s)
-        if len(inner) > 1 and all(inner):
-            return "set", [_parse_scalar(x, deadline) for x in inner]
-    return "scalar", _parse_scalar(s.replace("⦃", "{").replace("⦄", "}"), deadline)
+def _choices(items: list) -> list:
+    """The cartesian product of per-item readings, at most MAX_READINGS combinations."""
+    out = [[]]
+    for readings in items:
+        out = [c + [r] for c in out for r in readings][:MAX_READINGS]
+    return out
+
+
+def _expand_pm(toks: list) -> list:
+    """Token lists with every \\pm (\\mp) read as + and as - (at most 2 of them)."""
+    out = [toks]
+    for _ in range(2):
+        i = next((k for k, t in enumerate(out[0]) if t[0] == "cmd" and t[1] in ("pm", "mp")), None)
+        if i is None:
+            break
+        out = [t[:i] + [("op", sign)] + t[i + 1:] for t in out for sign in "+-"]
+    return out
+
+
+def _is_sep(t) -> bool:
+    return t[0] == "word" or (t[0] == "op" and t[1] in ",;")
+
+
+def _answer(toks, deadline, symbols) -> list:
+    """Readings of one token list: a union of intervals, or elements cut at separators (several make a set)."""
+    unions = _split(toks, lambda t: t == ("cmd", "cup"))
+    if len(unions) > 1:
+        parts = [[r for r in _element(u, deadline, symbols) if r[0] == "interval"] for u in unions]
+        return [("union", c) for c in _choices(parts) if len(c) == len(unions)]
+    sep = []  # two numbers side by side ("3 4", or "10 ... 30" once the words are gone) are two answers
+    for t in toks:
+        if sep and t[0] == "num" and sep[-1][0] == "num":
+            sep.append(("op", ","))
+        sep.append(t)
+    parts = [p for p in _split(sep, _is_sep) if p]
+    if not parts:
+        return []
+    items = [_element(p, deadline, symbols) for p in parts]
+    return [c[0] if len(c) == 1 else ("set", c) for c in _choices(items)]
+
+
+def readings(text: str, deadline: float, symbols: bool) -> list:
+    """Every reading of a normalized answer (see the module docstring). `symbols`: letters are variables."""
+    variants = [text]
+    if re.search(r"\d,\d", text):  # "2,5": a decimal comma, or the set {2, 5}
+        variants.append(re.sub(r"(?<=\d),(?=\d)", ", ", text))
+    out = []
+    for s in variants:
+        toks = _lex(s, deadline, symbols)
+        signs = _expand_pm(toks)
+        if len(signs) == 1:
+            try:
+                out += _answer(toks, deadline, symbols)
+            except _Reject as e:
+                if str(e) == "time limit" or s is variants[-1] and not out:
+                    raise
+        else:  # a ± b: the set of both values
+            per_sign = [_answer(t, deadline, symbols) for t in signs]
+            out += [("set", c) for c in _choices(per_sign)]
+    return out[:MAX_READINGS]
 
 
 # ---------------------------------------------------------------------------------------------- comparison
 
-def _num_equal(a, b) -> bool:
+_PROBES = [0.7132, -1.4417, 2.3185, -0.5589, 1.8864]  # values of the free symbols at the 5 probe points
+
+
+def _float(x, env):
+    """x (a sympy expression built here) as a complex float at symbol values `env`; bounded (no big numbers)."""
+    if x.is_Symbol:
+        return env[x]
+    if x.is_Number:
+        try:
+            return complex(float(x))
+        except (OverflowError, TypeError, ValueError):
+            return complex("nan")
+    if x is sympy.I:
+        return 1j
+    if x is sympy.pi:
+        return complex(math.pi)
+    if x is sympy.E:
+        return complex(math.e)
+    if isinstance(x, sympy.Add):
+        return sum(_float(a, env) for a in x.args)
+    if isinstance(x, sympy.Mul):
+        out = complex(1)
+        for a in x.args:
+            out *= _float(a, env)
+        return out
+    if isinstance(x, sympy.Pow):
+        b, e = _float(x.args[0], env), _float(x.args[1], env)
+        try:
+            return b ** e
+        except (OverflowError, ZeroDivisionError):
+            return complex("nan")
+    f = {sympy.sin: cmath.sin, sympy.cos: cmath.cos, sympy.tan: cmath.tan, sympy.asin: cmath.asin,
+         sympy.acos: cmath.acos, sympy.atan: cmath.atan, sympy.sinh: cmath.sinh, sympy.cosh: cmath.cosh,
+         sympy.tanh: cmath.tanh, sympy.exp: cmath.exp, sympy.log: cmath.log}.get(type(x))
+    if f is not None and len(x.args) == 1:
+        try:
+            return f(_float(x.args[0], env))
+        except (OverflowError, ValueError, ZeroDivisionError):
+            return complex("nan")
+    for name, g in (("cot", lambda z: 1 / cmath.tan(z)), ("sec", lambda z: 1 / cmath.cos(z)),
+                    ("csc", lambda z: 1 / cmath.sin(z))):
+        if type(x).__name__ == name:
+            try:
+                return g(_float(x.args[0], env))
+            except (OverflowError, ValueError, ZeroDivisionError):
+                return complex("nan")
+    raise _Reject(f"cannot evaluate {type(x).__name__}")
+
+
+def _close(x: complex, y: complex, tol: float) -> bool:
+    return abs(x - y) <= tol * max(abs(x), abs(y)) + 1e-12
+
+
+def _finite(z: complex) -> bool:
+    return math.isfinite(z.real) and math.isfinite(z.imag)
+
+
+def _scalar_equal(a, b, deadline) -> bool:
     if a == b:
         return True
+    if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+        return False
+    free = sorted(a.free_symbols | b.free_symbols, key=str)
+    if not free:
+        if a.is_Integer and b.is_Integer:
+            return False  # two different integers: no tolerance
+        x, y = _float(a, {}), _float(b, {})
+        return _finite(x) and _finite(y) and _close(x, y, REL_TOL)
+    agree = 0
+    for k in range(len(_PROBES)):  # a polynomial identity that holds at random points holds (Schwartz-Zippel)
+        if time.perf_counter() > deadline:
+            raise _Reject("time limit")
+        env = {s: complex(_PROBES[(k + j) % len(_PROBES)] * (1 + 0.37 * j)) for j, s in enumerate(free)}
+        x, y = _float(a, env), _float(b, env)
+        if not (_finite(x) and _finite(y)):
+            continue
+        if not _close(x, y, 1e-7):
+            return False
+        agree += 1
+    if agree >= 3:
+        return True
+    return _simplify_is_zero(a - b, deadline)
+
+
+def _simplify_is_zero(d, deadline) -> bool:
+    """sympy.simplify(d) == 0 under a real-time timer; only on the main thread (signals), else undecided."""
+    left = deadline - time.perf_counter()
+    if left <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return False
+
+    def stop(*_):
+        raise _Reject("time limit")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, left)
     try:
-        x, y = complex(a.evalf(30)), complex(b.evalf(30))
-    except (TypeError, ValueError):
-        return False
-    if not all(math.isfinite(v) for v in (x.real, x.imag, y.real, y.imag)):
-        return False
-    return abs(x - y) <= REL_TOL * max(abs(x), abs(y)) + 1e-12
+        return sympy.simplify(d) == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
-def _any_equal(xs, ys) -> bool:
-    return any(_num_equal(x, y) for x in xs for y in ys)
+def _equal(p, g, deadline) -> bool:
+    """Is reading p equal to reading g? Sets match one to one (duplicates collapse), a set of one is its element,
+    tuples match in order, a bare list matches a tuple in order, (a, b) / [a, b] match the interval too."""
+    if p[0] == "set" and len(_dedupe(p[1], deadline)) == 1 and g[0] != "set":
+        return _equal(_dedupe(p[1], deadline)[0], g, deadline)
+    if g[0] == "set" and len(_dedupe(g[1], deadline)) == 1 and p[0] != "set":
+        return _equal(p, _dedupe(g[1], deadline)[0], deadline)
+    if p[0] == "expr" and g[0] == "expr":
+        return _scalar_equal(p[1], g[1], deadline)
+    if p[0] == "set" and g[0] == "set":
+        a, b = _dedupe(p[1], deadline), _dedupe(g[1], deadline)
+        return len(a) == len(b) and _matching(a, b, deadline)
+    if {p[0], g[0]} <= {"tuple", "set"} and "tuple" in (p[0], g[0]):  # "3, -1" for (3, -1): in order
+        return len(p[1]) == len(g[1]) and all(_equal(x, y, deadline) for x, y in zip(p[1], g[1]))
+    if p[0] == "interval" and g[0] == "interval":
+        return p[3:5] == g[3:5] and _scalar_equal(p[1], g[1], deadline) and _scalar_equal(p[2], g[2], deadline)
+    if p[0] == "union" and g[0] == "union":
+        return len(p[1]) == len(g[1]) and _matching(p[1], g[1], deadline)
+    if p[0] == "union" and len(p[1]) == 1:
+        return _equal(p[1][0], g, deadline)
+    if g[0] == "union" and len(g[1]) == 1:
+        return _equal(p, g[1][0], deadline)
+    return False
 
 
-def _equal(p, g) -> bool:
-    (pk, pv), (gk, gv) = p, g
-    if pk == "scalar" or gk == "scalar":
-        return pk == gk and _any_equal(pv, gv)
-    if len(pv) != len(gv):
-        return False
-    if pk == "tuple" and gk == "tuple":
-        return all(_any_equal(a, b) for a, b in zip(pv, gv))
-    unmatched = list(gv)  # sets: a one-to-one matching, greedy is enough for numbers
-    for a in pv:
-        hit = next((k for k, b in enumerate(unmatched) if _any_equal(a, b)), None)
+def _dedupe(items, deadline):
+    out = []
+    for x in items:
+        if not any(_equal(x, y, deadline) for y in out):
+            out.append(x)
+    return out
+
+
+def _matching(a, b, deadline) -> bool:
+    unmatched = list(b)  # one-to-one; greedy is enough for values that are equal or not
+    for x in a:
+        hit = next((k for k, y in enumerate(unmatched) if _equal(x, y, deadline)), None)
         if hit is None:
             return False
         unmatched.pop(hit)
@@ -422,30 +689,108 @@ _PLAIN = re.compile(r"-?\d{1,30}(?:\.\d{1,30})?")
 _AMBIGUOUS = re.compile(r"-?\d{1,3}\.\d{3}")  # "1.000": one thousand in de/es/pt/fr, one elsewhere
 
 
-def verify(prediction: str, gold: str, timeout: float = 1.0) -> bool:
-    """True when the extracted answer `prediction` equals `gold` as a number, tuple or set.
+def _text_key(s: str) -> str:
+    return " ".join(re.sub(r"[{}\\]", " ", s).lower().split()).strip(" .,;:()")
 
-    Never evaluates the text as code and never raises; returns False past `timeout` seconds.
-    """
+
+def _readings_or_none(text, deadline, symbols) -> list:
+    try:
+        return readings(text, deadline, symbols)
+    except _Reject as e:
+        if str(e) == "time limit":
+            raise
+        return []
+
+
+def check(prediction: str, gold: str, timeout: float = 1.0) -> tuple:
+    """(equal, timed_out): is the extracted answer `prediction` equal to `gold`, and did the time limit cut the
+    comparison short. Never evaluates text as code and never raises."""
     try:
         if prediction is None or gold is None:
-            return False
+            return False, False
         p, g = prediction.strip(), gold.strip()
         if _PLAIN.fullmatch(p) and _PLAIN.fullmatch(g) and not _AMBIGUOUS.fullmatch(p):  # common case, no sympy
-            return Fraction(p) == Fraction(g)
+            return Fraction(p) == Fraction(g), False
         if not p or len(p) > MAX_ANSWER_CHARS or len(g) > MAX_ANSWER_CHARS:
-            return False
+            return False, False
         deadline = time.perf_counter() + timeout
         p, g = normalize(p), normalize(g)
         if not p or not g:
-            return False
-        return _equal(_parse(p, deadline), _parse(g, deadline)) and time.perf_counter() <= deadline
-    except (_Reject, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError, AttributeError):
-        return False
+            return False, False
+        try:
+            symbols = any(k == "sym" for k, _ in _lex(g, deadline, True))  # the gold uses letters as math
+        except _Reject as e:
+            if str(e) == "time limit":
+                raise
+            symbols = True
+        gold_readings = _readings_or_none(g, deadline, True)
+        pred_readings = _readings_or_none(p, deadline, symbols)
+        if not gold_readings or not pred_readings:  # text answers ("Evelyn", a matrix): the same text
+            return bool(_text_key(p)) and _text_key(p) == _text_key(g), False
+        for a in pred_readings:
+            for b in gold_readings:
+                if _equal(a, b, deadline):
+                    late = time.perf_counter() > deadline
+                    return not late, late
+        return False, False
+    except _Reject as e:
+        return False, str(e) == "time limit"
+    except (MemoryError, RecursionError):
+        return False, True
     except Exception:  # untrusted input: any other failure is "not equal", never a crash of the trainer
+        return False, False
+
+
+def verify(prediction: str, gold: str, timeout: float = 1.0) -> bool:
+    """True when the extracted answer `prediction` equals `gold` (see the module docstring). Never raises."""
+    return check(prediction, gold, timeout)[0]
+
+
+# ---------------------------------------------------------------------------------------------- verifiers
+# "builtin": this module. "math-verify": the Math-Verify package (an optional dependency), called as the paper's
+# code calls it, for runs that must match the paper exactly.
+
+VERIFIERS = ("builtin", "math-verify")
+
+
+def require_verifier(name: str) -> None:
+    """A clear error, before any work, for an unknown verifier or a missing math-verify package."""
+    if name not in VERIFIERS:
+        raise ValueError(f"unknown verifier {name!r} (choose from {', '.join(VERIFIERS)})")
+    if name == "math-verify":
+        try:
+            import math_verify  # noqa: F401
+        except ImportError:
+            raise ValueError("--verifier math-verify needs the math-verify package, which is not installed "
+                             "(pip install math-verify)") from None
+
+
+def _math_verify(gold: str, text: str) -> bool:
+    import math_verify
+
+    try:
+        return bool(math_verify.verify(math_verify.parse(gold), math_verify.parse(text)))
+    except Exception:  # Math-Verify's own time-outs and parse failures count as "not equal", as in the paper
         return False
 
 
-def accuracy(response: str, gold: str) -> float:
+def verify_with(prediction: str, gold: str, verifier: str = "builtin") -> bool:
+    """An extracted answer (a box's contents) against the gold answer, with the chosen verifier (the paper's
+    evaluation: parse both with Math-Verify, verify(gold, prediction))."""
+    if prediction is None:
+        return False
+    return verify(prediction, gold) if verifier == "builtin" else _math_verify(gold, prediction)
+
+
+def reward_check(response: str, gold: str, verifier: str = "builtin") -> tuple:
+    """(r_i, timed_out) for a whole response: the builtin checker on extract_answer(response), or Math-Verify on
+    the whole response (it finds the final boxed answer itself), as the paper's reward."""
+    if verifier == "builtin":
+        ok, timed_out = check(extract_answer(response), gold)
+        return (1.0 if ok else 0.0), timed_out
+    return (1.0 if _math_verify(gold, response) else 0.0), False
+
+
+def accuracy(response: str, gold: str, verifier: str = "builtin") -> float:
     """r_i: 1.0 when the response's final boxed answer verifies against `gold`, else 0.0."""
-    return 1.0 if verify(extract_answer(response), gold) else 0.0
+    return reward_check(response, gold, verifier)[0]

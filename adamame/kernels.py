@@ -232,7 +232,10 @@ def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None,
     n_valid = float(num_tokens) if num_tokens is not None else m.sum().clamp(min=1.0)
     n_seqs = float(num_seqs) if num_seqs is not None else logp.shape[0]
     old = logp.detach() if old_logprobs is None else old_logprobs.float()
-    ratio = torch.exp(logp - old)
+    # Mask before every exponential: off-response positions may hold anything (a padding log-prob of -89 against a
+    # stored 0 makes exp(89) = inf there, and 0 * inf = NaN in the backward even though the loss is finite).
+    keep = mask.bool()
+    ratio = torch.exp(torch.where(keep, logp - old, 0.0))
     adv = advantages.float().unsqueeze(-1)
     lo, hi = 1.0 - clip_eps, 1.0 + (clip_eps if clip_eps_high is None else clip_eps_high)
     pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
@@ -245,7 +248,7 @@ def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None,
     loss = pg_loss
     kl = torch.zeros((), device=logp.device)
     if ref_logprobs is not None:
-        d = ref_logprobs.float() - logp
+        d = torch.where(keep, ref_logprobs.float() - logp, 0.0)
         k3 = (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
         kl = (k3 * m).sum() / n_valid
         if beta:

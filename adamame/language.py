@@ -5,12 +5,14 @@ how faithfully traces stay in that language. Both use `langid`, restricted to th
 unrestricted identifier mislabels short math-heavy text as one of ~100 unrelated languages), on text with the
 math removed (formulas, LaTeX commands, numbers and operators carry no language).
 
-Per response (trace = reasoning before `</think>`, q = query language):
-    consistency   the whole trace is identified as q
-    line pass     every non-empty line of the trace is identified as q or carries no language
+Per response (trace = reasoning before `</think>`, q = query language), as the paper's evaluation script defines
+them (it uses lingua; this module langid, the design's choice):
+    consistency   the whole trace, as written (math included), is identified as q
+    line pass     every non-empty line of the trace, math removed, is identified as q or carries no language
                   (fewer than MIN_LETTERS letters after math removal)
     word pass     q in a non-Latin script: no run of >= 2 ASCII letters outside math;
-                  q in a Latin script: no letter outside the Latin Unicode blocks
+                  q in a Latin script: every letter outside math is Latin (code point <= U+024F, or in
+                  U+1E00-U+1EFF, Latin Extended Additional)
     code switch   two or more languages among the trace's lines (its sentences when it is one line)
 Over a set of responses:
     LPR  = mean(line pass)
@@ -21,7 +23,6 @@ Imports: langid.
 """
 
 import re
-import unicodedata
 from functools import lru_cache
 
 EVAL_LANGUAGES = ("en", "fr", "ja", "ko", "th", "bn", "de", "es", "ru", "sw", "te", "zh")
@@ -94,7 +95,8 @@ def reward_language(response: str, mode: str = "prefix", languages=None) -> str:
 
 
 def _is_latin_letter(c: str) -> bool:
-    return "LATIN" in unicodedata.name(c, "")
+    cp = ord(c)
+    return cp <= 0x024F or 0x1E00 <= cp <= 0x1EFF
 
 
 def _segments(trace: str) -> list:
@@ -119,7 +121,7 @@ def fidelity(trace: str, query_lang: str, languages=None) -> dict:
     else:
         word_pass = re.search(r"[A-Za-z]{2,}", clean) is None
     return {
-        "consistency": _classify(clean, languages) == query_lang,
+        "consistency": _classify(trace, languages) == query_lang,
         "line_pass": line_pass,
         "word_pass": word_pass,
         "code_switch": code_switch,

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from adamame.answer import accuracy, extract_answer, split_response, verify  # noqa: F401  (public API)
+from adamame.answer import accuracy, extract_answer, reward_check, split_response, verify  # noqa: F401
 from adamame.language import detect_language, fidelity, fidelity_rates, reward_language  # noqa: F401
 
 VARIANTS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from adamame.chat import encode_prompt
 from adamame.generate import generate
-from adamame.rewards import accuracy, reward_language
+from adamame.rewards import reward_check, reward_language
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Rollout:
     logprobs: list | None
     correct: float = 0.0
     lang: str = "unknown"
+    verify_timed_out: bool = False  # the answer checker hit its time limit (the rollout then counts as wrong)
 
 
 def stop_ids(tokenizer) -> list:
@@ -66,10 +67,10 @@ def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, to
     return out
 
 
-def score(rolls, questions, lang_mode="prefix", languages=None):
-    """Fill `correct` (r_i) and `lang` (lang(o_i)) of every rollout in place."""
+def score(rolls, questions, lang_mode="prefix", languages=None, verifier="builtin"):
+    """Fill `correct` (r_i), `lang` (lang(o_i)) and `verify_timed_out` of every rollout in place."""
     for r in rolls:
         q = questions[r.question]
-        r.correct = accuracy(r.text, q.answer)
+        r.correct, r.verify_timed_out = reward_check(r.text, q.answer, verifier)
         r.lang = reward_language(r.text, lang_mode, languages)
     return rolls

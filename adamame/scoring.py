@@ -1,34 +1,34 @@
 """The paper's evaluation metrics: accuracy (pass@1, pass@k), language fidelity (consistency, LPR, WPR, LCPR),
 code-switching and token use, per language and averaged over in-domain and out-of-domain languages.
 
-Why: the paper's claims are a three-way trade-off (accuracy, fidelity, tokens), and users compare checkpoints,
-and generations from other engines, on exactly these numbers. Everything here works on plain records, so any
-engine's outputs can be scored.
+Why: the paper's claims are a three-way trade-off (accuracy, fidelity, tokens), and users compare checkpoints, and
+generations from other engines, on exactly these numbers, so the definitions are those of the paper's evaluation
+script (3_eval/metrics.py of the released code); the README lists what still differs from it, and why.
 
+Per candidate: split at the first `</think>` into trace and answer (no `</think>`: an empty trace, the whole text is
+the answer; `<think>` markers dropped). correct = the first `\\boxed{}` of the answer part verifies against the
+gold answer, or the first `\\boxed{}` of the trace does. consistency, line_pass, word_pass, code_switch as in
+adamame/language.py; lang_match: the first 500 characters are the query language (the training-time rule);
+tokens = characters / 4 (the paper's measure); model_tokens = the tokenizer's count, when known.
 Per question with n candidates of which c are correct:
-    pass@1 = c / n
-    pass@k = 1 - C(n - c, k) / C(n, k)        (unbiased estimator; k = n: "at least one of the k is correct")
-Per candidate (trace = text before the first </think>, whole response if none): correct, consistency,
-line_pass, word_pass, code_switch (adamame/language.py), lang_match (language of the first 500 characters = the
-query language: the training-time rule) and its token count.
-Per language: means over questions (pass@1, pass@k) or over candidates (every rate), with
-    LPR  = mean line_pass,  WPR = mean word_pass over line-passing candidates,  LCPR = 2 LPR WPR / (LPR + WPR)
-    tokens = mean tokens per candidate,  tokens_correct = mean tokens per correct candidate.
+    pass@1 = c / n,   pass@k = 1 - C(n - c, k) / C(n, k)     (unbiased; k = n: at least one of the k is correct)
+and the mean over its candidates of every other flag. Per language, the mean over questions, except
+    WPR  = mean over questions that have a line-passing candidate of the mean word_pass of those candidates
+    LCPR = 2 LPR WPR / (LPR + WPR)
+    tokens_correct = mean tokens over the correct candidates.
 in_domain / out_of_domain: the unweighted mean of the per-language values over the languages present.
-An empty candidate is wrong, not consistent, has no code-switching and passes the line and word checks vacuously
-(it has no line in another language).
 
 Imports: adamame.answer, adamame.language.
 """
 
 from math import comb
 
-from adamame.answer import extract_answer, split_response, verify
+from adamame.answer import paper_answers, split_response, verify_with
 from adamame.language import PREFIX_CHARS, detect_language, fidelity
 
 IN_DOMAIN = ("fr", "ja", "ko", "pt", "th")
 METRICS = ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "lang_match", "tokens",
-           "tokens_correct")
+           "tokens_correct", "model_tokens")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,20 +40,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def score_candidate(text: str, gold: str, lang: str, tokens=None) -> dict:
-    trace, _ = split_response(text)
-    flags = fidelity(trace, lang)
-    pred = extract_answer(text)
-    return {"extracted": pred, "correct": bool(verify(pred, gold)), **flags,
-            "lang_match": detect_language(text[:PREFIX_CHARS]) == lang, "tokens": tokens}
+def score_candidate(text: str, gold: str, lang: str, model_tokens=None, verifier: str = "builtin") -> dict:
+    trace, _ = split_response(text, paper=True)
+    in_answer, in_trace = paper_answers(text)
+    correct = any(verify_with(box, gold, verifier) for box in (in_answer, in_trace) if box is not None)
+    return {"extracted": in_answer if in_answer is not None else in_trace, "correct": bool(correct),
+            **fidelity(trace, lang), "lang_match": detect_language(text[:PREFIX_CHARS]) == lang,
+            "tokens": len(text) / 4, "model_tokens": model_tokens}
 
 
-def score_record(rec: dict, count_tokens=None) -> dict:
+def score_record(rec: dict, count_tokens=None, verifier: str = "builtin") -> dict:
     """Add per-candidate scores to a record {lang, answer, candidates[, candidate_tokens]}."""
     cands = rec["candidates"]
     counts = rec.get("candidate_tokens") or [count_tokens(c) if count_tokens else None for c in cands]
     rec = dict(rec)
-    rec["scores"] = [score_candidate(c, rec["answer"], rec["lang"], t) for c, t in zip(cands, counts)]
+    rec["scores"] = [score_candidate(c, rec["answer"], rec["lang"], t, verifier) for c, t in zip(cands, counts)]
     return rec
 
 
@@ -63,21 +64,23 @@ def _mean(xs):
 
 
 def language_metrics(records: list, k: int) -> dict:
-    cands = [s for r in records for s in r["scores"]]
-    n_pass = [s for s in cands if s["line_pass"]]
-    lpr = _mean([float(s["line_pass"]) for s in cands]) or 0.0
-    wpr = _mean([float(s["word_pass"]) for s in n_pass]) or 0.0
+    def per_question(key):
+        return _mean([_mean([float(s[key]) if s[key] is not None else None for s in r["scores"]]) for r in records])
+
+    lpr = per_question("line_pass") or 0.0
+    wpr = _mean([_mean([float(s["word_pass"]) for s in r["scores"] if s["line_pass"]]) for r in records]) or 0.0
     return {
         "pass@1": _mean([sum(s["correct"] for s in r["scores"]) / len(r["scores"]) for r in records]),
         "pass@k": _mean([pass_at_k(len(r["scores"]), sum(s["correct"] for s in r["scores"]), k) for r in records]),
-        "consistency": _mean([float(s["consistency"]) for s in cands]),
+        "consistency": per_question("consistency"),
         "lpr": lpr,
         "wpr": wpr,
         "lcpr": 2 * lpr * wpr / (lpr + wpr) if lpr + wpr > 0 else 0.0,
-        "code_switch": _mean([float(s["code_switch"]) for s in cands]),
-        "lang_match": _mean([float(s["lang_match"]) for s in cands]),
-        "tokens": _mean([s["tokens"] for s in cands]),
-        "tokens_correct": _mean([s["tokens"] for s in cands if s["correct"]]),
+        "code_switch": per_question("code_switch"),
+        "lang_match": per_question("lang_match"),
+        "tokens": per_question("tokens"),
+        "tokens_correct": _mean([s["tokens"] for r in records for s in r["scores"] if s["correct"]]),
+        "model_tokens": per_question("model_tokens"),
     }
 
 
@@ -106,8 +109,8 @@ def format_table(summary: dict, metrics=METRICS) -> str:
         cells = []
         for c in cols:
             v = get(c).get(m)
-            cells.append("-" if v is None else (f"{v:.1f}" if m.startswith("tokens") else f"{100 * v:.1f}"))
-        label = m.replace("pass@k", f"pass@{summary['k']}") + ("" if m.startswith("tokens") else " %")
+            cells.append("-" if v is None else (f"{v:.1f}" if "tokens" in m else f"{100 * v:.1f}"))
+        label = m.replace("pass@k", f"pass@{summary['k']}") + ("" if "tokens" in m else " %")
         lines.append(f"{label:15}" + "".join(f"{x:>10}" for x in cells))
     return "\n".join(lines)
 

@@ -47,6 +47,24 @@ def make_response(rng, lang, pool):
     return "\n".join(lines) + f"\n</think>\nLa réponse est \\boxed{{{ans}}}.", str(ans if rng.random() < 0.5 else ans + 1)
 
 
+# boxed answers in the forms MATH-style golds take, right and wrong (the checker's slow paths: LaTeX, sets,
+# intervals, symbolic expressions); cycled to 1,000 answers
+FORMS = [("\\frac{14}{3}", "14/3"), ("\\frac{-1 \\pm \\sqrt{5}}{2}", "\\frac{-1+\\sqrt5}{2}, \\frac{-1-\\sqrt5}{2}"),
+         ("(-\\infty, 1) \\cup (2, \\infty)", "(2,\\infty)\\cup(-\\infty,1)"), ("2 \\sin b \\cos a", "\\sin(a+b)-\\sin(a-b)"),
+         ("(x+1)^2", "x^2+2x+1"), ("\\text{(C)}", "C"), ("6 or 7", "42"), ("11,\\!111,\\!100", "11111100"),
+         ("(7,11), (11,7)", "(11,7), (7,11)"), ("3\\sqrt{2}", "\\sqrt{18}"), ("x = 5", "5"), ("1 000", "1000"),
+         ("42 個", "42"), ("2,5", "2.5"), ("\\dfrac{3}{4}", "0.75"), ("2^{10}", "1023")]
+
+
+def time_forms(n=1000):
+    from adamame.answer import verify
+
+    items = [FORMS[i % len(FORMS)] for i in range(n)]
+    t0 = time.perf_counter()
+    ok = sum(verify(p, g) for p, g in items)
+    return time.perf_counter() - t0, ok
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4096, help="number of responses (default 4096)")
@@ -73,6 +91,9 @@ def main():
           f"(match {sum(a == lang for a, (lang, _, _) in zip(rl, items)) / len(rl):.2f})")
     print(f"fidelity flags (lines):    {t3 - t2:7.2f} s  {args.n / (t3 - t2):9.0f} responses/s  (LPR {rates['lpr']:.2f})")
     print(f"total:                     {total:7.2f} s  {args.n / total:9.0f} responses/s, single process")
+    dt, ok = time_forms()
+    print(f"checker on 1,000 LaTeX-form answers ({len(FORMS)} forms, {ok} equal): {dt:.2f} s, "
+          f"{dt:.3f} ms per answer")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ import time
 
 import pytest
 
+from adamame.answer import check, require_verifier, reward_check
 from adamame.rewards import accuracy, extract_answer, split_response, verify
 
 # ---- extraction ----
@@ -37,8 +38,11 @@ def test_falls_back_to_trace_when_answer_has_no_box():
     assert extract_answer("so \\boxed{3}\n</think>\nThe answer is three.") == "3"
 
 
-def test_last_box_wins():
-    assert extract_answer("</think> \\boxed{1} no wait \\boxed{2}") == "2"
+def test_last_box_of_the_trace_wins_and_boxes_of_the_answer_part_form_a_set():
+    assert extract_answer("\\boxed{1} no wait \\boxed{2}") == "2"
+    assert extract_answer("</think> \\boxed{1} and \\boxed{2}") == "1, 2"
+    assert extract_answer("</think> \\boxed{5}, so again \\boxed{5}") == "5"  # repeated: one answer
+    assert accuracy("</think> \\boxed{1} no wait \\boxed{2}", "2") == 0.0  # two answers are not the answer 2
 
 
 def test_no_box_gives_none():
@@ -75,6 +79,62 @@ def test_unequal_forms_do_not_verify(pred, gold):
     assert not verify(pred, gold), (pred, gold)
 
 
+# ---- no false positive from joining numbers; sets must match as a whole ----
+
+@pytest.mark.parametrize("response,gold", [
+    ("</think> \\boxed{6 or 7}", "42"), ("</think> \\boxed{3 and 4}", "12"),
+    ("</think> \\boxed{10 minutes 30 seconds}", "300"), ("</think> \\boxed{x=5 or x=7}", "7"),
+    ("</think> \\boxed{6 \\text{ or } 7}", "42"), ("</think> \\boxed{6, 7}", "42"), ("</think> \\boxed{3 4}", "34"),
+    ("</think> \\boxed{3 et 4}", "12"), ("</think> \\boxed{3 または 4}", "3"), ("</think> \\boxed{1}\\boxed{2}", "2"),
+    ("</think> \\boxed{(7,11)}", "(7,11), (11,7)"), ("</think> \\boxed{(2,5)}", "[2,5)"),
+    ("</think> \\boxed{5}", "2xy"), ("</think> \\boxed{2 \\sin a \\cos b}", "\\sin(a+b) - \\sin(a-b)"),
+    ("</think> \\boxed{\\sqrt{x^2}}", "x"), ("</think> \\boxed{1 \\pm \\sqrt{2}}", "1+\\sqrt{2}"),
+])
+def test_answers_that_only_look_right_are_wrong(response, gold):
+    assert accuracy(response, gold) == 0.0, (response, gold)
+
+
+# ---- forms Math-Verify accepts (golds written as the MATH and DAPO data write them) ----
+
+@pytest.mark.parametrize("response,gold", [
+    ("</think> \\boxed{\\text{(C)}}", "C"), ("</think> \\boxed{\\textbf{(C)}}", "\\text{(C)}"),
+    ("</think> \\boxed{11,\\!111,\\!111,\\!100}", "11111111100"), ("</think> \\boxed{14{,}916}", "14916"),
+    ("</think> \\boxed{1}\\boxed{2}", "1,2"), ("</think> \\boxed{1,2}", "\\boxed{1}\\boxed{2}"),
+    ("</think> \\boxed{(7,11), (11,7)}", "(11,7),(7,11)"), ("</think> \\boxed{1 \\pm \\sqrt{2}}", "1-\\sqrt{2}, 1+\\sqrt{2}"),
+    ("</think> \\boxed{\\frac{-1 \\pm \\sqrt{5}}{2}}", "\\frac{-1+\\sqrt{5}}{2}, \\frac{-1-\\sqrt{5}}{2}"),
+    ("</think> \\boxed{[2, 5)}", "[2,5)"), ("</think> \\boxed{(-\\infty, 1) \\cup (2, \\infty)}", "(2,\\infty)\\cup(-\\infty,1)"),
+    ("</think> \\boxed{\\tfrac{3}{4}}", "\\frac34"), ("</think> \\boxed{2 \\sin b \\cos a}", "\\sin(a+b) - \\sin(a-b)"),
+    ("</think> \\boxed{(x+1)^2}", "x^2+2x+1"), ("</think> \\boxed{\\frac{\\sqrt{3}}{3}}", "\\frac{1}{\\sqrt{3}}"),
+    ("</think> \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("</think> \\boxed{\\text{Evelyn}}", "\\text{Evelyn}"), ("</think> \\boxed{90^\\circ}", "90^\\circ"),
+    ("</think> \\boxed{12\\text{ and }13}", "12 \\text{ and } 13"), ("</think> \\boxed{2-2p}", "2-2p"),
+    ("</think> \\boxed{k = \\frac{1}{3}}", "\\frac13"), ("</think> \\boxed{3+4i}", "4i+3"),
+    ("</think> La réponse est \\boxed{42 個}", "42"), ("</think> \\boxed{2,5}", "2.5"), ("</think> \\boxed{1 000}", "1000"),
+])
+def test_forms_math_verify_accepts_are_accepted(response, gold):
+    assert accuracy(response, gold) == 1.0, (response, gold)
+
+
+def test_verify_timeouts_are_reported():
+    ok, timed_out = check("2 \\sin b \\cos a", "\\sin(a+b) - \\sin(a-b)", timeout=0.0)
+    assert not ok and timed_out
+    assert check("2 \\sin b \\cos a", "\\sin(a+b) - \\sin(a-b)") == (True, False)
+    assert check("41", "42") == (False, False)
+
+
+def test_math_verify_is_optional_and_named_when_missing():
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install math-verify"):
+            require_verifier("math-verify")
+    else:
+        require_verifier("math-verify")
+        assert reward_check("</think> \\boxed{\\frac{1}{2}}", "0.5", "math-verify") == (1.0, False)
+    with pytest.raises(ValueError, match="unknown verifier"):
+        require_verifier("sympy")
+
+
 def test_empty_box_is_wrong():
     assert accuracy("</think> \\boxed{}", "0") == 0.0
 
@@ -108,6 +168,16 @@ ADVERSARIAL = [
     "2^" * 600 + "2",
     "1/" * 10_000 + "1",
     "-" * 100_000 + "1",
+    "\\sin(" * 5000 + "x" + ")" * 5000,
+    "x^{x^{x^{x^{x^{x^{x^{x^{x}}}}}}}}",
+    "e^{e^{e^{e^{e^{e^{e^{99}}}}}}}",
+    "\\boxed{" * 10_000 + "1" + "}" * 10_000,
+    "open('/etc/passwd').read()",
+    "(lambda: __import__('os').system('touch /tmp/adamame_pwned'))()",
+    "1,2" * 5000,
+    "\\pm " * 1000 + "1",
+    "x" * 2000,
+    "(" + "x+" * 600 + "1)^{99}",
 ]
 
 
@@ -123,10 +193,10 @@ def test_adversarial_input_is_fast_safe_and_false(text, monkeypatch):
                       (sympy, "parse_expr")]:
         monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: calls.append(_n))
     t0 = time.perf_counter()
-    for gold in ("1", "0"):
+    for gold in ("1", "0", "x"):
         assert verify(text, gold, timeout=0.5) is False
         accuracy(f"</think> \\boxed{{{text}}}", gold)
-    assert time.perf_counter() - t0 < 10.0  # generous: the point is "no minutes-long hang", not a benchmark
+    assert time.perf_counter() - t0 < 5.0  # generous: the point is "no minutes-long hang", not a benchmark
     assert calls == []
     assert not os.path.exists("/tmp/adamame_pwned")
 

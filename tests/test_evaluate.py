@@ -39,9 +39,46 @@ def test_trace_switching_language_midway():
     assert s["correct"] and not s["line_pass"] and s["code_switch"]
 
 
-def test_response_without_close_think_is_all_trace_and_boxed_answer_still_counts():
+def test_response_without_close_think_has_an_empty_trace_and_is_all_answer():
+    """The paper's split: no </think> -> trace "" (not consistent, passes the line and word checks vacuously) and the
+    whole text is the answer part, whose first box counts."""
     s = _rec("fr", "9", [FR_TRACE + " Donc \\boxed{9}."])["scores"][0]
-    assert s["correct"] and s["line_pass"] and s["consistency"]
+    assert s["correct"] and s["line_pass"] and s["word_pass"] and not s["consistency"] and not s["code_switch"]
+
+
+def test_correct_when_the_trace_box_is_right_and_the_answer_box_wrong():
+    """The paper: the first box of the answer part, then the first of the trace; either verifying is correct."""
+    s = _rec("fr", "9", [FR_TRACE + " \\boxed{9}\n</think>\n\\boxed{8}"])["scores"][0]
+    assert s["correct"]
+    s = _rec("fr", "9", [FR_TRACE + " \\boxed{8}\n</think>\n\\boxed{9}"])["scores"][0]
+    assert s["correct"]
+    s = _rec("fr", "9", [FR_TRACE + " \\boxed{7} \\boxed{9}\n</think>\n\\boxed{8} \\boxed{9}"])["scores"][0]
+    assert not s["correct"]  # only the first box of each part is read
+
+
+def test_tokens_are_characters_over_four_and_model_tokens_the_tokenizers():
+    text = "abcdefghij\n</think>\n\\boxed{1}"
+    r = score_record({"lang": "en", "answer": "1", "candidates": [text, text + "xx"], "candidate_tokens": [7, 9]})
+    m = summarize([r], 2)["languages"]["en"]
+    assert m["tokens"] == pytest.approx((len(text) + len(text) + 2) / 8)
+    assert m["model_tokens"] == pytest.approx(8.0)
+
+
+def test_wpr_is_a_mean_over_questions_of_line_passing_candidates_only():
+    """Question 1: two line-passing candidates, one with an English word in a Japanese trace (word rate 1/2);
+    question 2: none passes the line check (excluded from WPR); question 3: one passing candidate, clean (1).
+    WPR = (1/2 + 1) / 2 = 0.75, not the candidate-level 2/3; LPR = mean of per-question rates (1 + 0 + 1/2) / 3."""
+    ja = "朝食に三個食べて、残りを市場で売ります。毎日卵を産みます。"
+    ja_word = "朝食に三個食べて、muffins を焼きます。残りを市場で売ります。"
+    en = "She eats three for breakfast and bakes muffins every single day."
+    end = "\n</think>\n\\boxed{1}"
+    q1 = _rec("ja", "1", [ja + end, ja_word + end])
+    q2 = _rec("ja", "1", [en + end, en + end])
+    q3 = _rec("ja", "1", [ja + end, en + end])
+    m = summarize([q1, q2, q3], 2)["languages"]["ja"]
+    assert m["wpr"] == pytest.approx(0.75)
+    assert m["lpr"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert m["lcpr"] == pytest.approx(2 * 0.5 * 0.75 / 1.25)
 
 
 def test_empty_candidates():

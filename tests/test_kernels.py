@@ -204,6 +204,22 @@ def test_policy_loss_equals_per_token_loop(aggregation):
     assert got.item() == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("aggregation", ["dr_grpo", "token_mean", "seq_mean"])
+def test_off_response_log_probs_cannot_poison_the_gradient(aggregation):
+    """A masked position holding logp = -89 against stored old/ref log-probs of 0 (what pack fills in) must leave
+    every gradient finite: exp(0 - (-89)) overflows float32, and 0 * inf would be NaN."""
+    logp = torch.tensor([[-0.5, -1.0, -89.0], [-2.0, -89.0, -95.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    zeros = torch.zeros(2, 3)
+    old = torch.where(mask, logp.detach() + 0.1, zeros)
+    loss, st = policy_loss(logp, torch.tensor([1.0, -1.0]), mask, old_logprobs=old, ref_logprobs=zeros, beta=0.04,
+                           aggregation=aggregation, max_tokens=3)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert (logp.grad[~mask] == 0).all() and (logp.grad[mask] != 0).all()
+    assert all(torch.isfinite(v) for v in st.values())
+
+
 def test_on_policy_ratio_is_one_and_gradient_is_advantage_weighted():
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.1, -4.0]], requires_grad=True)
     adv = torch.tensor([2.0, -1.0])

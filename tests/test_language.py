@@ -88,6 +88,22 @@ def test_word_pass_non_latin_rejects_ascii_words_outside_math():
     assert fidelity("朝食に三個食べて、$x^2$ を計算します。残りを市場で売ります。", "ja")["word_pass"]
 
 
+def test_latin_letters_are_code_points_up_to_u024f_or_latin_extended_additional():
+    """The paper's rule: ě (U+011B) and ạ (U+1EA1, Vietnamese) are Latin; ɐ (U+0250, IPA) and Cyrillic а are not."""
+    assert fidelity("Elle mange trois œufs, ě et ạ, au petit déjeuner chaque matin.", "fr")["word_pass"]
+    assert not fidelity("Elle mange trois œufs ɐ au petit déjeuner chaque matin.", "fr")["word_pass"]
+    assert not fidelity("Elle mange trois œufs а au petit déjeuner chaque matin.", "fr")["word_pass"]
+
+
+def test_consistency_reads_the_trace_as_written_math_included():
+    """The paper identifies the raw trace: English words inside $\\text{}$ count for consistency (the line check
+    still strips the math and sees French)."""
+    trace = "La réponse est simple et claire.\n" + "$\\text{the total number of apples that she has is}$ " * 3
+    f = fidelity(trace, "fr")
+    assert not f["consistency"] and f["line_pass"]
+    assert fidelity("La réponse est simple et claire, elle a donc seize pommes.", "fr")["consistency"]
+
+
 def test_word_pass_latin_rejects_non_latin_letters():
     assert not fidelity("Elle mange trois œufs 朝食 au petit déjeuner chaque matin.", "fr")["word_pass"]
     assert fidelity("Elle mange trois œufs au petit déjeuner chaque matin, ça coûte 2 €.", "fr")["word_pass"]
