@@ -139,9 +139,12 @@ def write_outputs(recs, k, out):
 def main(argv=None):
     from adamame.answer import require_verifier
 
+    from adamame.checkpoint import lock_output
+
     args = parse_args(argv)
     require_verifier(args.verifier)
     if args.score:
+        lock_output(args.out)
         from adamame.scoring import score_record
 
         recs = read_generations(args.score)
@@ -166,6 +169,7 @@ def main(argv=None):
     for f in data_files(args.data):
         questions += read_questions(f)[:args.limit]
     rank, world, device = dist.setup()
+    lock_output(args.out)
     recs = evaluate_model(args.model, questions, args, rank, world, device)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None
     dist.cleanup()

@@ -469,6 +469,7 @@ def main(argv=None):
     toy = args.model is None and args.data is None
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
+    checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
     model_dir, data_path = (args.model, args.data) if not toy else prepare_default(args, argv, rank)
     G, W = args.group_size, world
     if args.batch_prompts % W or args.mini_batch_prompts % W or args.batch_prompts % args.mini_batch_prompts:
@@ -529,10 +530,12 @@ def main(argv=None):
     bar = tqdm(total=T, initial=start, desc=f"grpo ({args.reward})", disable=rank != 0, dynamic_ncols=True)
     end = min(T, args.stop_after) if args.stop_after else T
     order = {}
-    for step in range(start, end):
+    def rl_step(step):
+        """One RL step's five phases; returns its metrics row and the rollout records of every rank."""
         epoch, idx = divmod(step, steps_per_epoch)
-        if epoch not in order:
-            order = {epoch: balanced_batches(questions, args.batch_prompts, args.seed, epoch)}
+        if epoch not in order:  # one epoch's batch order at a time
+            order.clear()
+            order[epoch] = balanced_batches(questions, args.batch_prompts, args.seed, epoch)
         mine = order[epoch][idx][rank::W]  # this rank's prompts; a prompt's whole group stays on one rank
         qs, ids = [questions[i] for i in mine], [prompt_ids[i] for i in mine]
         times, t0 = {}, time.perf_counter()
@@ -553,18 +556,23 @@ def main(argv=None):
         logged = [None] * W
         torch.distributed.all_gather_object(logged, rollout_records(step, rank, rolls, qs, sc, old_lp,
                                                                     max(0, args.log_rollouts // W), T))
-        if rank == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            with open(rollouts_path, "a", encoding="utf-8") as f:
-                for rows in logged:
-                    for r in rows:
-                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        bar.update(1)
-        bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}",
-                        alpha=f"{row['alignment_factor']:.2f}", kl=f"{row['kl']:.1e}")
-        if (step + 1) % args.save_every == 0 or step + 1 == end:
-            checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
+        return row, logged
+
+    for step in range(start, end):
+        with dist.stop_if_a_rank_is_lost(rank, step + 1):
+            row, logged = rl_step(step)
+            if rank == 0:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                with open(rollouts_path, "a", encoding="utf-8") as f:
+                    for rows in logged:
+                        for r in rows:
+                            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            bar.update(1)
+            bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}",
+                            alpha=f"{row['alignment_factor']:.2f}", kl=f"{row['kl']:.1e}")
+            if (step + 1) % args.save_every == 0 or step + 1 == end:
+                checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
 
     if end == T:
@@ -588,7 +596,7 @@ def cli():
     except PlanDoesNotFit as e:
         print(str(e), file=sys.stderr)
         sys.exit(3)
-    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
+    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

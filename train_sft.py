@@ -145,6 +145,7 @@ def main(argv=None, keep_process_group=False):
 
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
+    checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
     model_dir, data_path = (args.model, args.data) if args.model else prepare_default(args, argv, rank)
     if args.batch_size % world or (args.batch_size // world) % args.micro_batch_size:
         raise DataError(f"--batch-size {args.batch_size} must split into {world} ranks x whole micro-batches of "
@@ -201,11 +202,14 @@ def main(argv=None, keep_process_group=False):
     bar = tqdm(total=total, initial=start, desc="sft", disable=rank != 0, dynamic_ncols=True)
     losses, order = [], {}
     end = min(total, args.stop_after) if args.stop_after else total
-    for step in range(start, end):
+
+    def sft_step(step):
+        """One optimizer step over the global batch of `step`; returns its metrics row."""
         t0 = time.perf_counter()
         epoch, idx = divmod(step, steps_per_epoch)
-        if epoch not in order:
-            order = {epoch: length_grouped_batches([len(e[0]) for e in kept], args.batch_size, args.seed, epoch)}
+        if epoch not in order:  # one epoch's batch order at a time
+            order.clear()
+            order[epoch] = length_grouped_batches([len(e[0]) for e in kept], args.batch_size, args.seed, epoch)
         batch = [kept[j] for j in order[epoch][idx]]
         n_target = sum(len(seq) - n_prompt for seq, n_prompt in batch)  # the whole global batch
         mine = batch[rank::world]
@@ -231,16 +235,20 @@ def main(argv=None, keep_process_group=False):
             raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping "
                                              f"(last good checkpoint: {ckpt_path})")
         dt = time.perf_counter() - t0
-        row = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
-               "tokens_per_s": sum(len(s) for s, _ in batch) / dt, "time": dt}
-        losses.append(loss)
-        if rank == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if (step + 1) % args.save_every == 0 or step + 1 == end:
-            checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
+        return {"step": step + 1, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": sum(len(s) for s, _ in batch) / dt, "time": dt}
+
+    for step in range(start, end):
+        with dist.stop_if_a_rank_is_lost(rank, step + 1):
+            row = sft_step(step)
+            losses.append(row["loss"])
+            if rank == 0:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if (step + 1) % args.save_every == 0 or step + 1 == end:
+                checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
 
     if end == total:
@@ -259,7 +267,7 @@ def cli():
     except PlanDoesNotFit as e:
         print(str(e), file=sys.stderr)
         sys.exit(3)
-    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
+    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -19,9 +19,17 @@ def load_tokenizer(path: str):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: model folder not found")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    files = [os.path.join(path, f) for f in ("tokenizer.json", "tokenizer_config.json")]
+    if not any(os.path.isfile(f) for f in files):
         raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    for f in files:
+        if os.path.isfile(f) and os.path.getsize(f) == 0:
+            raise ValueError(f"{f}: empty file (the tokenizer cannot be read)")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # a corrupt or foreign tokenizer file: name the folder, not a stack trace
+        raise ValueError(f"{path}: the tokenizer cannot be read ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})") from None
 
 
 def render_prompt(tokenizer, prompt: str) -> str:

@@ -20,6 +20,52 @@ class TrainingStopped(RuntimeError):
     """A run stopped on purpose (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
+class OutputInUse(ValueError):
+    """Another live run holds the output folder."""
+
+
+_LOCKS = {}  # path -> open lock file: held for the life of the process, released by the kernel when it dies
+
+
+def lock_output(out_dir: str) -> None:
+    """One run per output folder: an exclusive fcntl lock on out_dir/.lock, held until the process exits (a killed
+    run releases it at once, a live one, even an orphaned rank, keeps it). Every rank calls this; rank 0 takes the
+    lock and all ranks raise OutputInUse if another process holds it."""
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():  # evaluate.py --score: a single process
+        err = _take_lock(out_dir)
+    else:
+        box = [_take_lock(out_dir) if tdist.get_rank() == 0 else None]
+        tdist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err:
+        raise OutputInUse(err)
+
+
+def _take_lock(out_dir: str):
+    import fcntl
+
+    path = os.path.abspath(out_dir)
+    if path in _LOCKS:
+        return None
+    os.makedirs(path, exist_ok=True)
+    f = open(os.path.join(path, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        return f"{out_dir} is in use by another run (pid {pid})"
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _LOCKS[path] = f
+    return None
+
+
 def atomic_save(obj, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"

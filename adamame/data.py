@@ -48,18 +48,26 @@ def localized_prompt(lang: str, question: str) -> str:
 
 
 def read_jsonl(path: str) -> list:
-    """[(line_number, dict)] for every non-empty line; a clear DataError for anything else."""
+    """[(line_number, dict)] for every non-empty line; a clear DataError naming the file and line for anything else
+    (not UTF-8, malformed or too deeply nested JSON, not an object)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{i}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
+                    from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{i}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
             rows.append((i, obj))

@@ -10,14 +10,23 @@ Imports: torch.
 """
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
+TIMEOUT_S = float(os.environ.get("ADAMAME_DIST_TIMEOUT", 1800))  # a collective waiting longer means a rank is gone
+
+
 def setup() -> tuple:
-    """(rank, world_size, device). Initialises the process group from torchrun's variables, or a 1-rank group."""
+    """(rank, world_size, device). Initialises the process group from torchrun's variables, or a 1-rank group.
+
+    Under torchrun each rank dies with its launcher (a `kill -9` of torchrun must not leave ranks training and
+    writing into --out), and every collective gives up after ADAMAME_DIST_TIMEOUT seconds (default 1800) instead
+    of hanging when a rank has died.
+    """
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if "RANK" not in os.environ:  # plain `python train_x.py`: a one-process group on a free local port
@@ -28,12 +37,62 @@ def setup() -> tuple:
                 port = s.getsockname()[1]
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(port))
+        else:
+            die_with_parent()
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
+        from datetime import timedelta
+
+        dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return rank, world, device
+
+
+def die_with_parent():
+    """Ask the kernel to kill this process when its parent (the torchrun launcher) dies (Linux PR_SET_PDEATHSIG);
+    elsewhere a daemon thread polls the parent. Exits now if the parent is already gone."""
+    import signal
+    import sys
+
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        import threading
+        import time
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent or parent == 1:
+        sys.exit("error: the launcher of this rank is gone")
+
+
+class RankLost(RuntimeError):
+    """A collective failed or timed out: another rank died (or hangs). The message names this rank and the step."""
+
+
+@contextmanager
+def stop_if_a_rank_is_lost(rank: int, step: int):
+    """Turn a failed collective inside one training step into RankLost naming the rank and the step."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = str(e)
+        if not (isinstance(e, dist.DistError) or any(k in msg for k in ("Connection closed", "Timed out", "timed out",
+                                                                          "NCCL", "gloo", "Connection reset"))):
+            raise
+        first = msg.strip().splitlines()[0][:200] if msg.strip() else type(e).__name__
+        raise RankLost(f"rank {rank}, step {step}: a collective failed ({first}); another rank probably died or "
+                       f"hangs (timeout {TIMEOUT_S:.0f} s, ADAMAME_DIST_TIMEOUT)") from None
 
 
 def cleanup():

@@ -348,18 +348,33 @@ def read_config(path: str) -> ModelConfig:
             d = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{cfg_file}: unreadable ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object")
     return ModelConfig.from_dict(d, source=cfg_file)
+
+
+def _open_safetensors(fn: str):
+    """safe_open with one clear error naming the file when it is truncated or not a safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(fn, framework="pt")
+    except Exception as e:  # SafetensorError, OSError
+        raise ValueError(f"{fn}: unreadable safetensors file ({str(e).strip().splitlines()[0][:160]})") from None
 
 
 def _weight_files(path: str) -> dict:
     """{tensor name: file} for a single or sharded safetensors checkpoint."""
-    from safetensors import safe_open
-
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map")
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map")
+        except (ValueError, AttributeError, RecursionError) as e:
+            raise ValueError(f"{index}: unreadable index ({type(e).__name__})") from None
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: missing field 'weight_map'")
         files = {name: os.path.join(path, fn) for name, fn in weight_map.items()}
@@ -368,7 +383,7 @@ def _weight_files(path: str) -> dict:
                 raise FileNotFoundError(f"{fn}: listed in {index} but not found")
         return files
     if os.path.isfile(single):
-        with safe_open(single, framework="pt") as f:
+        with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (no weights found)")
 
@@ -394,8 +409,6 @@ def load_model(path: str, dtype=torch.float32, device="cpu", meta: bool = False)
 
 def load_weights(model: Transformer, path: str) -> None:
     """Copy the checkpoint at `path` into `model` after checking every name and shape."""
-    from safetensors import safe_open
-
     files = _weight_files(path)
     params = dict(model.named_parameters(remove_duplicate=True))  # tied lm_head.weight appears once
     expected = {n: tuple(p.shape) for n, p in params.items()}
@@ -408,7 +421,7 @@ def load_weights(model: Transformer, path: str) -> None:
         if name not in expected:
             problems.append(f"{fn}: unexpected tensor '{name}'")
             continue
-        with safe_open(fn, framework="pt") as f:
+        with _open_safetensors(fn) as f:
             if name not in f.keys():
                 problems.append(f"{fn}: tensor '{name}' listed in the index is missing from the file")
                 continue
@@ -427,9 +440,13 @@ def load_weights(model: Transformer, path: str) -> None:
         by_file.setdefault(files[name], []).append(name)
     with torch.no_grad():
         for fn, names in by_file.items():
-            with safe_open(fn, framework="pt") as f:
+            with _open_safetensors(fn) as f:
                 for name in names:
-                    params[name].copy_(f.get_tensor(name))
+                    try:
+                        params[name].copy_(f.get_tensor(name))
+                    except Exception as e:  # data cut short after a valid header
+                        raise ValueError(f"{fn}: tensor '{name}' could not be read ({type(e).__name__}: "
+                                         f"{str(e).strip()[:120]})") from None
 
 
 def save_model(model: Transformer, path: str, state_dict: dict | None = None, dtype=None,

@@ -24,7 +24,7 @@ class Rollout:
     logprobs: list | None
     correct: float = 0.0
     lang: str = "unknown"
-    verify_timed_out: bool = False  # the answer checker hit its time limit (the rollout then counts as wrong)
+    verify_timed_out: bool = False  # the checker (or the language identifier) ran out of time or memory: r_i = 0
 
 
 def stop_ids(tokenizer) -> list:
@@ -72,5 +72,8 @@ def score(rolls, questions, lang_mode="prefix", languages=None, verifier="builti
     for r in rolls:
         q = questions[r.question]
         r.correct, r.verify_timed_out = reward_check(r.text, q.answer, verifier)
-        r.lang = reward_language(r.text, lang_mode, languages)
+        try:
+            r.lang = reward_language(r.text, lang_mode, languages)
+        except (MemoryError, RecursionError):  # one pathological response must not stop the run
+            r.correct, r.lang, r.verify_timed_out = 0.0, "unknown", True
     return rolls
