@@ -253,38 +253,57 @@ TOY_GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, 
                          save_every=20, micro_batch_tokens=8192)
 
 
-def demo_report(args, rank, world, device):
-    """The toy demo's before/after: SFT and RL models on held-out toy prompts, scored by evaluate.py's code."""
+def held_out_questions(out_dir, per_language=100):
+    """The toy demo's evaluation set: the first `per_language` held-out prompts of each language."""
+    from adamame.data import read_questions
+
+    held_out = read_questions(os.path.join(out_dir, "toy_rl_test.jsonl"))
+    langs = sorted({q.lang for q in held_out})
+    return [q for lang in langs for q in [x for x in held_out if x.lang == lang][:per_language]]
+
+
+def evaluate_toy(model_dir, questions, temperature, max_new_tokens, seed, rank=0, world=1, device="cpu", desc="eval"):
+    """evaluate.py's generation and scoring on the toy held-out prompts (4 samples each); the summary on rank 0."""
     from types import SimpleNamespace
 
-    from adamame.data import read_questions
-    from adamame.scoring import format_table, summarize
+    from adamame.scoring import summarize
     from evaluate import evaluate_model
 
-    held_out = read_questions(os.path.join(args.out, "toy_rl_test.jsonl"))
-    questions = []  # the first 100 held-out prompts of each language
-    for lang in sorted({q.lang for q in held_out}):
-        questions += [q for q in held_out if q.lang == lang][:100]
-    ev = SimpleNamespace(k=4, temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_response_tokens,
-                         batch_prompts=64, seed=args.seed)
-    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": ev.k, "temperature": ev.temperature}
+    ev = SimpleNamespace(k=4, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, batch_prompts=64,
+                         seed=seed)
+    recs = evaluate_model(model_dir, questions, ev, rank, world, device, desc=desc)
+    return summarize(recs, ev.k) if rank == 0 else None
+
+
+def demo_report(args, rank, world, device, seconds):
+    """The toy demo's before/after: SFT and RL models on held-out toy prompts, scored by evaluate.py's code; the
+    README's demo block is rendered from the summary.json written here (bench/readme_table.py demo)."""
+    from adamame.scoring import format_table
+
+    questions = held_out_questions(args.out)
+    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": args.temperature,
+              "rl_steps": args.max_steps, "sft_steps": args.sft_steps, "world": world}
     for name, path in (("sft", os.path.join(args.out, "sft", "final")), ("rl", os.path.join(args.out, "final"))):
-        recs = evaluate_model(path, questions, ev, rank, world, device, desc=f"eval {name}")
+        summ = evaluate_toy(path, questions, args.temperature, args.max_response_tokens, args.seed, rank, world,
+                            device, desc=f"eval {name}")
         if rank == 0:
-            summ = summarize(recs, ev.k)
             result[name] = {"accuracy": summ["in_domain"]["pass@1"], "lang_match": summ["in_domain"]["lang_match"],
-                            "lcpr": summ["in_domain"]["lcpr"], "tokens": summ["in_domain"]["tokens"],
-                            "languages": summ["languages"]}
-            print(f"\n{name.upper()} model on {len(questions)} held-out toy prompts ({ev.k} samples each, "
-                  f"temperature {ev.temperature}):")
-            print(format_table(summ, metrics=("pass@1", "lang_match", "lcpr", "tokens")))
+                            "lcpr": summ["in_domain"]["lcpr"], "tokens": summ["in_domain"]["model_tokens"],
+                            "summary": summ}
+            print(f"\n{name.upper()} model on {len(questions)} held-out toy prompts (4 samples each, "
+                  f"temperature {args.temperature}):")
+            print(format_table(summ, metrics=DEMO_METRICS))
     if rank == 0:
+        result["seconds"] = time.perf_counter() - seconds
         with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
         sft, rl = result["sft"], result["rl"]
         print(f"\nreward {args.reward}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, "
               f"query-language match {sft['lang_match']:.3f} -> {rl['lang_match']:.3f} "
               f"(summary in {os.path.join(args.out, 'summary.json')})")
+
+
+DEMO_METRICS = ("pass@1", "lang_match", "lcpr", "model_tokens")
 
 
 # ---------------------------------------------------------------------------------------------- the memory plan
@@ -448,6 +467,7 @@ def rollout_records(step, rank, rolls, qs, sc, old_lp, n_log, T):
 
 
 def main(argv=None):
+    t_main = time.perf_counter()
     args = parse_args(argv)
     if args.plan:
         plan = plan_only(args)
@@ -579,7 +599,7 @@ def main(argv=None):
         checkpoint.export_hf(model, tok, os.path.join(args.out, "final"))
         say(f"exported {os.path.join(args.out, 'final')}")
         if toy:
-            demo_report(args, rank, world, device)
+            demo_report(args, rank, world, device, t_main)
     if rank == 0 and os.path.exists(metrics_path):
         rows = [json.loads(r) for r in open(metrics_path, encoding="utf-8")]
         if rows:

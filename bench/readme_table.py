@@ -1,7 +1,10 @@
-"""The README's measured GPU table, rendered from a results file of the GPU check (bench/results/*.json).
+"""The README's measured blocks, rendered from the files the runs write, so the README never quotes an older run.
 
-    python bench/readme_table.py [RESULTS_FILE]            # print it (default: the newest bench/results/*.json)
-    python bench/readme_table.py [RESULTS_FILE] --write    # replace the block between the README's markers
+    python bench/readme_table.py gpu [RESULTS_FILE] [--write]      # the GPU check (default: newest bench/results/)
+    python bench/readme_table.py demo runs/grpo/summary.json [--write]        # the toy demo (train_grpo.py)
+    python bench/readme_table.py ablation runs/ablation/ablation.json [--write]   # bench/ablation.py
+
+--write replaces the block between the README's markers (<!-- NAME-results --> ... <!-- /NAME-results -->).
 """
 
 import glob
@@ -10,7 +13,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BEGIN, END = "<!-- gpu-results -->", "<!-- /gpu-results -->"
+sys.path.insert(0, os.path.dirname(HERE))
 
 
 def _f(v, fmt, none="-"):
@@ -74,31 +77,71 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def demo(res: dict) -> str:
+    """The toy demo's two tables and its one-line summary, from train_grpo.py's summary.json."""
+    from adamame.scoring import format_table
+    from train_grpo import DEMO_METRICS
+
+    out = ["```"]
+    for name in ("sft", "rl"):
+        out += [f"{name.upper()} model on {res['held_out_prompts']} held-out toy prompts ({res['k']} samples each, "
+                f"temperature {res['temperature']}):", format_table(res[name]["summary"], metrics=DEMO_METRICS), ""]
+    sft, rl = res["sft"], res["rl"]
+    out += [f"reward {res['reward']}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, query-language match "
+            f"{sft['lang_match']:.3f} -> {rl['lang_match']:.3f}", "```", "",
+            f"({res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in all: "
+            f"{res['sft_steps']} SFT steps, {res['rl_steps']} RL steps of 16 prompts x 8 rollouts, two evaluations; "
+            f"the run is deterministic for a given seed.) The SFT model answers {100 * sft['accuracy']:.0f}% of the "
+            f"held-out prompts correctly but reasons in the query language only {100 * sft['lang_match']:.0f}% of the "
+            f"time; AdaMame-GRPO raises that to {100 * rl['lang_match']:.0f}%, with accuracy "
+            f"{'down' if rl['accuracy'] < sft['accuracy'] else 'up'} "
+            f"{100 * abs(rl['accuracy'] - sft['accuracy']):.1f} points."]
+    return "\n".join(out)
+
+
+def ablation(res: dict) -> str:
+    """bench/ablation.py's table (mean ± std over seeds) and its settings, from ablation.json."""
+    from bench.ablation import table as ablation_table
+
+    st = res["settings"]
+    return "\n".join(["```", ablation_table(res), "```", "",
+                      f"(In-domain held-out toy prompts, {st['held_out_prompts']} prompts x {st['k']} samples; mean ± "
+                      f"standard deviation over {st['seeds']} RL seeds of {st['rl_steps']} steps each from one SFT "
+                      f"model; tokens are the tokenizer's; {res['seconds'] / 60:.0f} min on this project's 2-core CPU "
+                      f"machine: `python bench/ablation.py`.)"])
+
+
 def newest() -> str | None:
     return max(glob.glob(os.path.join(HERE, "results", "*.json")), default=None, key=os.path.getmtime)
 
 
-def write_readme(text: str, readme=os.path.join(HERE, "..", "README.md")) -> None:
+def write_readme(name: str, text: str, readme=os.path.join(HERE, "..", "README.md")) -> None:
+    begin, end = f"<!-- {name}-results -->", f"<!-- /{name}-results -->"
     with open(readme, encoding="utf-8") as f:
         s = f.read()
-    if BEGIN not in s or END not in s:
-        raise SystemExit(f"{readme}: no {BEGIN} ... {END} block to replace")
-    head, rest = s.split(BEGIN, 1)
+    if begin not in s or end not in s:
+        raise SystemExit(f"{readme}: no {begin} ... {end} block to replace")
+    head, rest = s.split(begin, 1)
     with open(readme, "w", encoding="utf-8") as f:
-        f.write(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+        f.write(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    files = [a for a in argv if not a.startswith("--")]
-    path = files[0] if files else newest()
+    words = [a for a in argv if not a.startswith("--")]
+    if not words or words[0] not in ("gpu", "demo", "ablation"):
+        raise SystemExit("usage: readme_table.py gpu|demo|ablation [FILE] [--write]")
+    kind = words[0]
+    path = words[1] if len(words) > 1 else (newest() if kind == "gpu" else None)
     if path is None:
-        print("no results in bench/results yet")
-        return
+        raise SystemExit(f"no results file for {kind}" + (" in bench/results yet" if kind == "gpu" else ""))
     with open(path) as f:
-        text = table(json.load(f))
+        res = json.load(f)
+    text = {"gpu": table, "demo": demo, "ablation": ablation}[kind](res)
+    if kind == "gpu":
+        text = f"From `{os.path.relpath(path, os.path.join(HERE, '..'))}`:\n\n{text}"
     if "--write" in argv:
-        write_readme(f"From `{os.path.relpath(path, os.path.join(HERE, '..'))}`:\n\n{text}")
+        write_readme(kind, text)
     print(text)
 
 

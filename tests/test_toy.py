@@ -54,7 +54,11 @@ def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
     assert s["reward"] == "adamame"
     for stage in ("sft", "rl"):
         assert 0.0 <= s[stage]["accuracy"] <= 1.0 and 0.0 <= s[stage]["lang_match"] <= 1.0
-        assert set(s[stage]["languages"]) == set(toy.LANGS)
+        assert set(s[stage]["summary"]["languages"]) == set(toy.LANGS)
+    from bench.readme_table import demo
+
+    block = demo(s)  # the README's demo block is rendered from this file
+    assert f"accuracy {s['sft']['accuracy']:.3f} -> {s['rl']['accuracy']:.3f}" in block and "30 SFT steps" in block
     assert os.path.exists(out / "toy_model" / "tokenizer.json") and os.path.exists(out / "final" / "config.json")
     assert "query-language match" in r.stdout and "lang_match" in r.stdout
     # a second run reuses the toy model and the SFT result
