@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from adamame import checkpoint, dist
+from adamame import checkpoint, dist, memory
 from adamame.data import DataError
 
 REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
@@ -146,9 +146,10 @@ def micro_batches(items, budget, length, device):
     bins += [cur] if cur else []
     n = int(dist.all_max(len(bins), device))
     while len(bins) < n:
-        i = max(range(len(bins)), key=lambda j: len(bins[j]) * length(bins[j][-1]))
-        if len(bins[i]) < 2:
+        splittable = [j for j in range(len(bins)) if len(bins[j]) > 1]
+        if not splittable:
             raise RuntimeError("micro_batches: ranks hold different numbers of sequences")
+        i = max(splittable, key=lambda j: len(bins[j]) * length(bins[j][-1]))
         half = len(bins[i]) // 2
         bins[i:i + 1] = [bins[i][:half], bins[i][half:]]
     return bins
@@ -308,10 +309,6 @@ DEMO_METRICS = ("pass@1", "lang_match", "lcpr", "model_tokens")
 
 # ---------------------------------------------------------------------------------------------- the memory plan
 
-class PlanDoesNotFit(RuntimeError):
-    """The memory plan's peak exceeds the device: the run stops before loading weights (exit status 3)."""
-
-
 def make_plan(args, cfg, world, device_type, total):
     from adamame.memory import grpo_plan
 
@@ -352,7 +349,7 @@ def planned(args, model_dir, rank, world, device):
     if rank == 0:
         print(plan)
     if not plan.fits:
-        raise PlanDoesNotFit(plan.verdict())
+        raise memory.PlanDoesNotFit(plan.verdict())
     return plan
 
 
@@ -418,7 +415,9 @@ def update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan
         raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {losses}; stopping without saving "
                                          f"(last good checkpoint: {ckpt})")
     if args.old_logprobs == "recompute":  # pi_old is the trainer's own: measure the sampler against it
-        logprob_diff = max((abs(a - b) for o, r in zip(old_lp, rolls) for a, b in zip(o, r.logprobs)), default=0.0)
+        old = torch.tensor([x for o in old_lp for x in o])
+        sampled = torch.tensor([x for r in rolls for x in r.logprobs])
+        logprob_diff = (old - sampled).abs().max().item() if old.numel() else 0.0
     free_device_memory(device)
     return {"losses": losses, "grad_norms": grad_norms, "sums": sums, "logprob_diff": logprob_diff}
 
@@ -584,7 +583,7 @@ def main(argv=None):
             if rank == 0:
                 with open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
-                with open(rollouts_path, "a", encoding="utf-8") as f:
+                with open(rollouts_path, "a", encoding="utf-8", errors="replace") as f:
                     for rows in logged:
                         for r in rows:
                             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -613,7 +612,7 @@ def main(argv=None):
 def cli():
     try:
         sys.exit(main())
-    except PlanDoesNotFit as e:
+    except memory.PlanDoesNotFit as e:
         print(str(e), file=sys.stderr)
         sys.exit(3)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:

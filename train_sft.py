@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from adamame import checkpoint, dist
+from adamame import checkpoint, dist, memory
 from adamame.data import DataError, length_grouped_batches, read_sft, tokenize_sft
 
 
@@ -103,10 +103,6 @@ def prepare_default(args, argv, rank):
     return paths["model"], paths["sft"]
 
 
-class PlanDoesNotFit(RuntimeError):
-    """The memory plan's peak exceeds the device: the run stops before loading weights (exit status 3)."""
-
-
 def make_plan(args, model_dir, world, device_type, total):
     from adamame.memory import sft_plan
     from adamame.model import read_config
@@ -175,7 +171,7 @@ def main(argv=None, keep_process_group=False):
     plan = box[0]
     say(plan)
     if not plan.fits:
-        raise PlanDoesNotFit(plan.verdict())
+        raise memory.PlanDoesNotFit(plan.verdict())
     model = load_model(model_dir)
     if args.lora_rank > 0:
         apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
@@ -264,7 +260,7 @@ def main(argv=None, keep_process_group=False):
 def cli():
     try:
         sys.exit(main())
-    except PlanDoesNotFit as e:
+    except memory.PlanDoesNotFit as e:
         print(str(e), file=sys.stderr)
         sys.exit(3)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:

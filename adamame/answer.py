@@ -49,6 +49,7 @@ MAX_DIGITS = 200
 MAX_RESULT_DIGITS = 1000
 MAX_DEPTH = 60
 MAX_READINGS = 16
+MAX_SET = 64  # more elements than this in one answer is not an answer
 REL_TOL = 1e-6
 
 
@@ -75,33 +76,42 @@ def split_response(response: str, paper: bool = False) -> tuple[str, str]:
     return trace.strip(), answer.strip()
 
 
-def _box_at(text: str, start: int):
-    """(contents, end) of the `\\boxed{...}` / `\\fbox{...}` starting at `start`, or (None, start + 1)."""
+def _box_at(text: str, start: int, closing: dict):
+    """(contents, end) of the `\\boxed{...}` / `\\fbox{...}` starting at `start`, or (None, start + 1).
+    `closing` maps each "{" to its matching "}" (all_boxed finds them in one pass)."""
     i = start + (6 if text.startswith("\\boxed", start) else 5)
     if i < len(text) and text[i] == "{":
-        depth = 0
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1:j], j + 1
-        return None, start + 1
+        j = closing.get(i)
+        return (text[i + 1:j], j + 1) if j is not None else (None, start + 1)
     m = re.match(r" +([^\s$]+)", text[i:i + 200])  # "\boxed 5": the next whitespace-free token
     return (m.group(1), i + m.end()) if m else (None, start + 1)
 
 
+def _closing_braces(text: str) -> dict:
+    """{position of "{": position of its matching "}"}, in one pass over the braces (linear, any input)."""
+    stack, match = [], {}
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            match[stack.pop()] = m.start()
+    return match
+
+
 def all_boxed(text: str) -> list:
     """Contents of every top-level `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`), in order."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    closing = _closing_braces(text)
     out, pos = [], 0
-    while True:
-        starts = [s for s in (text.find("\\boxed", pos), text.find("\\fbox", pos)) if s >= 0]
-        if not starts:
-            return out
-        found, pos = _box_at(text, min(starts))
+    for m in re.finditer(r"\\boxed|\\fbox", text):  # every start found in one pass
+        if m.start() < pos:
+            continue  # inside a box already read
+        found, end = _box_at(text, m.start(), closing)
         if found is not None:
             out.append(found)
+            pos = end
+    return out
 
 
 def last_boxed(text: str) -> str | None:
@@ -185,12 +195,18 @@ GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "et
          "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi",
          "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}
 KNOWN_FUNCS = set(FUNCS) | {"pi", "sqrt"}
+# a relation other than = or a negation makes the answer something else than its number: no reading at all
+REFUSED = {"neq", "ne", "not", "le", "leq", "leqslant", "ge", "geq", "geqslant", "lt", "gt", "neg", "lnot", "approx",
+           "sim", "simeq", "nless", "ngtr", "notin", "subset", "subseteq", "supset", "ll", "gg"}
+NEGATIONS = {"not", "no", "non", "nicht", "kein", "keine", "pas", "ne", "não", "nao", "nunca", "ni", "нет", "не",
+             "不", "不是", "没有", "非", "ない", "ではない", "아니", "않", "아님", "ไม่", "ไม่ใช่", "hapana", "si", "না", "కాదు"}
 _LEX = re.compile(
     r"(?P<num>" + _NUM + r")"
     r"|\\(?P<cmd>[a-zA-Z]+)"
     r"|(?P<sym>[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?)(?![a-zA-Z])"
     r"|(?P<word>[^\W\d_]+)"
     r"|(?P<op>[-+*/^(){}\[\]%,;=⦃⦄|!])"
+    r"|(?P<rel>[<>≤≥≠≈¬∉⊂⊆])"
     r"|(?P<space>\s+)")
 
 
@@ -213,6 +229,8 @@ def _lex(s: str, deadline: float, symbols: bool) -> list:
         if kind == "space":
             space = True
             continue
+        if kind == "rel" or (kind == "cmd" and text in REFUSED) or (kind == "word" and text.lower() in NEGATIONS):
+            raise _Reject(f"a relation or negation: {text!r}")
         if kind == "word" and text.lower() in KNOWN_FUNCS:
             kind, text = "cmd", text.lower()
         if kind == "cmd" and text in GREEK:
@@ -353,7 +371,7 @@ class _Parser:
                 self.take()
                 rhs = self.unary()
                 vals = _combine(vals, rhs, (lambda a, b: a * b) if v == "*" else _div)
-            elif k in ("sym", "cmd") and v not in ("pm", "mp", "cup") or (k, v) in (("op", "("), ("op", "{")):
+            elif k in ("sym", "cmd") and v not in ("pm", "mp", "cup") or (k, v) == ("op", "("):
                 vals = _combine(vals, self.unary(), lambda a, b: a * b)  # implicit: 2x, 2\pi, 3\sqrt{2}, 2(3)
             else:  # a number right after a value is never multiplied: "3 4" was cut into {3, 4} before
                 return vals
@@ -456,8 +474,11 @@ def _expr(toks, deadline, symbols) -> list:
 # tuple_too), ("union", [interval...]) or ("expr", sympy value); an answer has several readings when it is ambiguous.
 
 def _element(toks, deadline, symbols) -> list:
-    """Readings of one element: a relation's right-hand side, a set in braces, a tuple or interval, or an expr."""
+    """Readings of one element: `x = v` (the variable's name kept), a relation's right-hand side, a set in braces, a
+    tuple or an interval, or an expr."""
     sides = _split(toks, lambda t: t == ("op", "="))
+    if len(sides) > 1 and len(sides[-2]) == 1 and sides[-2][0][0] == "sym":
+        return [("assign", sides[-2][0][1], r) for r in _element(sides[-1], deadline, symbols)]
     toks = sides[-1]
     if len(toks) >= 2 and toks[0] == ("op", "⦃") and toks[-1] == ("op", "⦄"):
         items = [_element(p, deadline, symbols) for p in _split(toks[1:-1], lambda t: t[1] in (",", ";"))]
@@ -517,11 +538,30 @@ def _answer(toks, deadline, symbols) -> list:
     return [c[0] if len(c) == 1 else ("set", c) for c in _choices(items)]
 
 
-def readings(text: str, deadline: float, symbols: bool) -> list:
-    """Every reading of a normalized answer (see the module docstring). `symbols`: letters are variables."""
-    variants = [text]
-    if re.search(r"\d,\d", text):  # "2,5": a decimal comma, or the set {2, 5}
-        variants.append(re.sub(r"(?<=\d),(?=\d)", ", ", text))
+_THOUSANDS = r"(?=\d{3}(?!\d))"
+
+
+def _comma_variants(text: str, strict: bool) -> list:
+    """The ways to read the commas between digits: inside brackets always separators ((1,100) is a pair); outside
+    them a thousands group (1,000) stays a number, and another one (2,5) is a separator, or, for a prediction, also a
+    decimal comma (2.5). The gold is read strictly: no decimal commas."""
+    out, depth = [], 0
+    for i, c in enumerate(text):
+        depth += c in "([{⦃"
+        depth -= c in ")]}⦄"
+        glued = c == "," and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
+        out.append(", " if glued and depth > 0 else c)
+    inside = "".join(out)
+    if not re.search(r"\d,\d", inside):
+        return [inside]
+    separated = re.sub(r"(?<=\d),(?=\d)(?!\d{3}(?!\d))", ", ", inside)
+    return [separated] if strict else [inside, separated]
+
+
+def readings(text: str, deadline: float, symbols: bool, strict: bool = False) -> list:
+    """Every reading of a normalized answer (see the module docstring). `symbols`: letters are variables;
+    `strict`: the gold's reading (no decimal commas)."""
+    variants = _comma_variants(text, strict)
     out = []
     for s in variants:
         toks = _lex(s, deadline, symbols)
@@ -604,8 +644,8 @@ def _scalar_equal(a, b, deadline) -> bool:
         return False
     free = sorted(a.free_symbols | b.free_symbols, key=str)
     if not free:
-        if a.is_Integer and b.is_Integer:
-            return False  # two different integers: no tolerance
+        if a.is_Rational and b.is_Rational and (a.is_Integer or b.is_Integer):
+            return False  # exact values, one of them an integer: no tolerance (1000000.5 is not 1000000)
         x, y = _float(a, {}), _float(b, {})
         return _finite(x) and _finite(y) and _close(x, y, REL_TOL)
     agree = 0
@@ -644,16 +684,24 @@ def _simplify_is_zero(d, deadline) -> bool:
 
 def _equal(p, g, deadline) -> bool:
     """Is reading p equal to reading g? Sets match one to one (duplicates collapse), a set of one is its element,
-    tuples match in order, a bare list matches a tuple in order, (a, b) / [a, b] match the interval too."""
-    if p[0] == "set" and len(_dedupe(p[1], deadline)) == 1 and g[0] != "set":
-        return _equal(_dedupe(p[1], deadline)[0], g, deadline)
-    if g[0] == "set" and len(_dedupe(g[1], deadline)) == 1 and p[0] != "set":
-        return _equal(p, _dedupe(g[1], deadline)[0], deadline)
-    if p[0] == "expr" and g[0] == "expr":
-        return _scalar_equal(p[1], g[1], deadline)
+    tuples match in order, a bare list matches a tuple in order; `x = v` equals `x = v` or the bare value v."""
+    if time.perf_counter() > deadline:
+        raise _Reject("time limit")
     if p[0] == "set" and g[0] == "set":
         a, b = _dedupe(p[1], deadline), _dedupe(g[1], deadline)
         return len(a) == len(b) and _matching(a, b, deadline)
+    if p[0] == "set":
+        a = _dedupe(p[1], deadline)
+        return len(a) == 1 and _equal(a[0], g, deadline)
+    if g[0] == "set":
+        b = _dedupe(g[1], deadline)
+        return len(b) == 1 and _equal(p, b[0], deadline)
+    if p[0] == "assign" and g[0] == "assign":
+        return p[1] == g[1] and _equal(p[2], g[2], deadline)
+    if p[0] == "assign" or g[0] == "assign":  # "x = 5" for the gold 5 (and the other way round)
+        return _equal(p[2] if p[0] == "assign" else p, g[2] if g[0] == "assign" else g, deadline)
+    if p[0] == "expr" and g[0] == "expr":
+        return _scalar_equal(p[1], g[1], deadline)
     if {p[0], g[0]} <= {"tuple", "set"} and "tuple" in (p[0], g[0]):  # "3, -1" for (3, -1): in order
         return len(p[1]) == len(g[1]) and all(_equal(x, y, deadline) for x, y in zip(p[1], g[1]))
     if p[0] == "interval" and g[0] == "interval":
@@ -668,6 +716,8 @@ def _equal(p, g, deadline) -> bool:
 
 
 def _dedupe(items, deadline):
+    if len(items) > MAX_SET:
+        raise _Reject("set too large")
     out = []
     for x in items:
         if not any(_equal(x, y, deadline) for y in out):
@@ -693,9 +743,9 @@ def _text_key(s: str) -> str:
     return " ".join(re.sub(r"[{}\\]", " ", s).lower().split()).strip(" .,;:()")
 
 
-def _readings_or_none(text, deadline, symbols) -> list:
+def _readings_or_none(text, deadline, symbols, strict=False) -> list:
     try:
-        return readings(text, deadline, symbols)
+        return readings(text, deadline, symbols, strict)
     except _Reject as e:
         if str(e) == "time limit":
             raise
@@ -723,7 +773,7 @@ def check(prediction: str, gold: str, timeout: float = 1.0) -> tuple:
             if str(e) == "time limit":
                 raise
             symbols = True
-        gold_readings = _readings_or_none(g, deadline, True)
+        gold_readings = _readings_or_none(g, deadline, True, strict=True)
         pred_readings = _readings_or_none(p, deadline, symbols)
         if not gold_readings or not pred_readings:  # text answers ("Evelyn", a matrix): the same text
             return bool(_text_key(p)) and _text_key(p) == _text_key(g), False

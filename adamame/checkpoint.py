@@ -141,11 +141,21 @@ def resume_training_state(path, model, optimizer, args, must_match, logs=()) -> 
     set_rng_state(meta["rng"][rank])
     for log in logs:
         if rank == 0 and os.path.exists(log):
-            with open(log, encoding="utf-8") as f:
-                rows = [r for r in f if json.loads(r)["step"] <= meta["step"]]
+            with open(log, encoding="utf-8", errors="replace") as f:
+                rows = [r for r in f if _step_of(r) is not None and _step_of(r) <= meta["step"]]
             with open(log, "w", encoding="utf-8") as f:
                 f.writelines(rows)
     return meta["step"]
+
+
+def _step_of(line: str):
+    """The step of a JSONL log row, or None for a line a kill cut short."""
+    import json
+
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def start_fresh(logs=()):

@@ -103,12 +103,15 @@ def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
             + rows * rep * prompt_len * prompt_len)
 
 
-def memory_needed(cfg, prompts: int, n: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0) -> int:
-    """Bytes one generate call allocates beyond the weights: KV cache, prefill, one decode step, the sampler."""
+def memory_needed(cfg, prompts: int, n: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0,
+                  graphs: bool = False) -> int:
+    """Bytes one generate call allocates beyond the weights: KV cache, prefill, one decode step, the sampler, and
+    with CUDA graphs the static float32 logits buffer plus the float32 copy a captured step makes into it."""
     rows = prompts * n
     return (KVCache.nbytes(cfg, rows, prompt_len + max_new_tokens, dtype)
             + prefill_bytes(cfg, min(prompts * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
-            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p))
+            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
+            + (2 * 4 * rows * cfg.vocab_size if graphs else 0))
 
 
 def free_bytes(device) -> int | None:
@@ -167,14 +170,19 @@ class Decoder:
         self.logits[:rows] = self._run(rows, slots)
 
     def _capture(self, rows, slots):
+        """Warm up, then capture, on a side stream. As torch.cuda.graph does, minus its gc.collect() and
+        empty_cache() per capture: one rollout captures a few dozen buckets, and those cost ~0.1 s each."""
         graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph (it writes the same values the replay will)
-            self._run_into_buffer(rows, slots)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(graph, pool=self.pool):
-            self._run_into_buffer(rows, slots)
+        self.stream = getattr(self, "stream", None) or torch.cuda.Stream()
+        torch.cuda.synchronize()
+        with torch.cuda.stream(self.stream):
+            self._run_into_buffer(rows, slots)  # warm-up (it writes the same values the replay will)
+            graph.capture_begin(pool=self.pool)
+            try:
+                self._run_into_buffer(rows, slots)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self.stream)
         self.pool = self.pool or graph.pool()
         return graph
 
@@ -195,6 +203,24 @@ class Decoder:
         return self.logits[:live]
 
 
+def make_decoder(model, prompts: int, n: int, prompt_len: int, max_new_tokens: int, cuda_graphs=None,
+                 slot_bucket: int = SLOT_BUCKET, top_k: int = 0, top_p: float = 1.0) -> Decoder:
+    """A KV cache for `prompts` x `n` rows of up to prompt_len + max_new_tokens slots and its decode step, checked
+    against the free memory first. Pass it to several generate calls (a rollout's chunks) to capture their CUDA
+    graphs once."""
+    param = next(model.parameters())
+    dev, rows, slots = param.device, prompts * n, prompt_len + max_new_tokens
+    use_graphs = dev.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+    need = memory_needed(model.config, prompts, n, prompt_len, max_new_tokens, param.dtype, top_k, top_p, use_graphs)
+    free = free_bytes(dev)
+    if free is not None and need > free:
+        raise MemoryError(f"generate: {rows} rows x {slots} cache slots need {need / 2**30:.2f} GiB, "
+                          f"{free / 2**30:.2f} GiB free on {dev}: use fewer prompts per call (--rollout-prompts), "
+                          f"smaller n or max_new_tokens")
+    cache = KVCache.allocate(model.config, rows, slots, param.dtype, dev)
+    return Decoder(model, cache, use_graphs, slot_bucket)
+
+
 def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
     """Move cache rows `keep` (ascending indices) to rows [0, len(keep)) in place, one layer at a time, so the extra
     memory is one layer's kept rows (no second cache). Only slots [0, used_slots) hold anything worth moving."""
@@ -209,13 +235,13 @@ def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
 @torch.no_grad()
 def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
              seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
-             slot_bucket=SLOT_BUCKET, stats=None):
+             slot_bucket=SLOT_BUCKET, stats=None, decoder=None):
     """Sample n continuations of every prompt (lists of token ids, any lengths).
 
     Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
     `model` is a plain Transformer (for training, the rollout copy of adamame.dist.rollout_copy). cuda_graphs:
     None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the graphs captured and
-    the seconds spent capturing them.
+    the seconds spent capturing them. `decoder` (make_decoder) reuses a cache and its graphs from an earlier call.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
@@ -231,17 +257,17 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     dev, dtype = param.device, param.dtype
     P, Tp = len(prompts), max(len(p) for p in prompts)
     B, S = P * n, Tp + max_new_tokens
-    need = memory_needed(cfg, P, n, Tp, max_new_tokens, dtype, top_k, top_p)
-    free = free_bytes(dev)
-    if free is not None and need > free:
-        raise MemoryError(f"generate: {B} rows x {S} cache slots need {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB "
-                          f"free on {dev}: use fewer prompts per call (--rollout-prompts), smaller n or "
-                          f"max_new_tokens")
+    if decoder is None:
+        decoder = make_decoder(model, P, n, Tp, max_new_tokens, cuda_graphs, slot_bucket, top_k, top_p)
+    elif decoder.cache.valid.shape[0] < B or decoder.cache.valid.shape[1] < S:
+        raise ValueError(f"generate: the decoder's cache holds {tuple(decoder.cache.valid.shape)} rows x slots, "
+                         f"this call needs {B} x {S}")
     gen = torch.Generator(dev).manual_seed(seed) if seed is not None else None
     if gen is None:
         gen = torch.Generator(dev)
         gen.seed()
-    cache = KVCache.allocate(cfg, B, S, dtype, dev)
+    cache = decoder.cache
+    cache.valid.zero_()  # slots of an earlier call are stale: invisible until written again
 
     # prefill: each distinct prompt once, left-padded, logits only at the last position; its cache rows are
     # copied to its n samples (a broadcasting copy, no repeated tensor)
@@ -266,8 +292,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     logits = logits.repeat_interleave(n, 0)  # [B, V]
     plen = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n, 0)
 
-    use_graphs = dev.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
-    decode = Decoder(model, cache, use_graphs, slot_bucket)
+    decode = decoder
     eos = torch.tensor(list(eos_token_ids) or [-1], device=dev)
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)

@@ -36,6 +36,10 @@ from adamame.model import KVCache
 GiB = 2**30
 
 
+class PlanDoesNotFit(RuntimeError):
+    """The plan's peak exceeds the device: a run stops before loading weights (exit status 3)."""
+
+
 @dataclass
 class Plan:
     device: str  # "cuda" or "cpu"
@@ -119,6 +123,11 @@ def layer_activation_bytes(cfg, lora_rank: int, dtype) -> int:
     return n
 
 
+def checkpointed_layer_bytes(cfg, dtype) -> int:
+    """Bytes autograd keeps per token for a layer under activation checkpointing: its input, nothing else."""
+    return cfg.hidden_size * elem_size(dtype)
+
+
 def layer_transient_bytes(cfg, dtype) -> int:
     """Per token, the largest set of temporaries alive inside one layer's forward (no autograd)."""
     return (3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim) \
@@ -172,11 +181,12 @@ def device_memory(device: str, local_world: int = 1) -> int:
 
 def _update(cfg, counts, tokens, lora_rank, dtype, ckpt: bool, chunk, triton: bool):
     """(activations, logits) bytes of one micro-batch's forward + backward."""
-    b, L, C = elem_size(dtype), cfg.num_hidden_layers, cfg.hidden_size
+    b, L = elem_size(dtype), cfg.num_hidden_layers
     act = layer_activation_bytes(cfg, lora_rank, dtype)
+    C = cfg.hidden_size
     shared = 2 * cfg.head_dim * b + 4 * C + 4  # rotary tables, the final norm's float32 input
     if ckpt:  # each layer keeps its input; the layer being recomputed keeps everything, and its backward
-        saved = tokens * (L * C * b + 2 * act + shared)
+        saved = tokens * (L * checkpointed_layer_bytes(cfg, dtype) + 2 * act + shared)
     else:
         saved = tokens * (L * act + act + shared)
     if chunk is None:
@@ -218,7 +228,7 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
 
     def rollout_peak(p):
         return base + copy + memory_needed(cfg, p, group_size, max_prompt_tokens, max_response_tokens, dtype,
-                                           top_k, top_p)
+                                           top_k, top_p, graphs=device == "cuda")
 
     p = cap
     while p > 1 and rollout_peak(p) > plan.budget:
@@ -240,7 +250,9 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     # update and log-prob forwards: one micro-batch of at most micro_batch_tokens padded tokens. Prefer chunked
     # logits (one extra lm_head matmul) to activation checkpointing (a second forward of every layer).
     gathered = gathered_bytes(counts, dtype, lora_rank)
-    tokens = micro_batch_tokens
+    if lora_rank == 0:  # without gradient sync between micro-batches FSDP keeps every layer's float32 gradient
+        gathered += 4 * counts["total"]
+    tokens = max(micro_batch_tokens, max_prompt_tokens + max_response_tokens)  # a micro-batch holds >= 1 sequence
     ckpts = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
     options = [(c, k) for c in ckpts for k in (None, 8192, 2048, 512) if k is None or k < tokens]
     costs = {o: _update(cfg, counts, tokens, lora_rank, dtype, *o, triton) for o in options}
@@ -251,7 +263,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
         plan.notes.append(f"activation checkpointing on: without it the update would need "
                           f"{(base + gathered + sum(costs[(False, None)])) / GiB:.1f} GiB")
     plan.sizes.update(logits=logits_tensor_bytes(tokens if chunk is None else chunk, cfg.vocab_size, dtype))
-    plan.items += [("update", f"gathered parameters (root + 2 layers, {dtype_name(dtype)})", gathered),
+    plan.items += [("update", f"gathered parameters (root + 2 layers, {dtype_name(dtype)})"
+                    + (" + accumulated float32 gradients" if lora_rank == 0 else ""), gathered),
                    ("update", f"activations, {tokens} tokens (checkpointing {'on' if ckpt else 'off'})", saved),
                    ("update", "logits " + (f"{tokens} x {cfg.vocab_size}" if chunk is None else
                                            f"in chunks of {chunk} tokens"), logits)]
@@ -261,7 +274,9 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
         plan.notes.append(f"log-probs: full logits of {tokens} tokens would not fit; chunks of {chunk} tokens")
     if plan.phases["update"] > plan.budget and not plan.advice:
         fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton)
-        plan.advice = f"--micro-batch-tokens {fit}" if fit else "more GPUs (--nproc-per-node) or LoRA"
+        longest = max_prompt_tokens + max_response_tokens
+        plan.advice = f"--micro-batch-tokens {fit}" if fit >= longest else \
+            "a smaller --max-response-tokens, more GPUs (--nproc-per-node) or LoRA"
     if base > plan.budget:
         plan.advice = "more GPUs (--nproc-per-node) or LoRA (--lora-rank)"
     return plan

@@ -10,7 +10,7 @@ Imports: torch, adamame (chat, generate, rewards).
 from dataclasses import dataclass
 
 from adamame.chat import encode_prompt
-from adamame.generate import generate
+from adamame.generate import generate, make_decoder
 from adamame.rewards import reward_check, reward_language
 
 
@@ -51,13 +51,19 @@ def encode_questions(tokenizer, questions, max_prompt_tokens=None):
 def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, top_p=1.0, top_k=0, seed=None,
              chunk_prompts=64, return_logprobs=False, progress=None):
     """n samples for every prompt (prompt-major order), generated chunk_prompts prompts at a time."""
+    if not prompt_ids:
+        return []
     stops = stop_ids(tokenizer)
     out = []
+    # one cache (and one set of CUDA graphs) for every chunk
+    decoder = make_decoder(model, min(chunk_prompts, len(prompt_ids)), n, max(map(len, prompt_ids)), max_new_tokens,
+                           top_k=top_k, top_p=top_p)
     for c in range(0, len(prompt_ids), chunk_prompts):
         chunk = prompt_ids[c:c + chunk_prompts]
         samples = generate(model, chunk, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
-                           top_k=top_k, eos_token_ids=stops, seed=None if seed is None else seed + c,
-                           return_logprobs=return_logprobs)
+                           top_k=top_k, eos_token_ids=stops,
+                           seed=None if seed is None else seed + c * 1_000_000_007,  # chunks never share a stream
+                           return_logprobs=return_logprobs, decoder=decoder)
         for j, s in enumerate(samples):
             body = s.tokens[:-1] if s.finish_reason == "stop" else s.tokens
             text = tokenizer.decode(body, skip_special_tokens=False)

@@ -4,8 +4,8 @@
 
 Trains the toy SFT model once (train_sft.py's default; reused when --out already holds it), then runs
 AdaMame-GRPO (train_grpo.py, the toy demo's RL settings, 2 ranks) with each reward variant and each seed, evaluates
-every RL model on the held-out toy prompts with evaluate.py's code (4 samples per prompt, the demo's 500 prompts),
-and prints one table: per variant the in-domain accuracy (pass@1), query-language match, LCPR and tokens (the
+every RL model on the held-out toy prompts with evaluate.py's code (4 samples per prompt, the demo's set: up to 100
+held-out prompts per language), and prints one table: per variant the in-domain accuracy (pass@1), query-language match, LCPR and tokens (the
 tokenizer's count), each as mean ± standard deviation over seeds, with the SFT model as the first row. Writes
 --out/ablation.json (the table, every run's figures, and the per-step curves of reward, accuracy and language match
 from each run's metrics.jsonl) and, when matplotlib is installed, --out/ablation.png of the curves.

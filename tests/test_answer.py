@@ -94,6 +94,52 @@ def test_answers_that_only_look_right_are_wrong(response, gold):
     assert accuracy(response, gold) == 0.0, (response, gold)
 
 
+@pytest.mark.parametrize("pred,gold", [
+    ("(0,1)", "[0,1]"), ("(-1,1)", "[-1,1]"), ("(1,100)", "[1,100]"), ("\\{0,1\\}", "[0,1]"), ("0.1", "[0,1]"),
+    ("\\frac{17}{5}", "(3,4)"), ("[2,3]", "2.3"), ("(1,100)", "1100"),
+    ("x \\neq 42", "42"), ("x \\ne 42", "42"), ("x \\not= 42", "42"), ("x \\le 42", "42"), ("x \\geq 42", "42"),
+    ("x < 42", "42"), ("x ≠ 42", "42"), ("\\neg 42", "42"), ("\\lnot 42", "42"), ("\\text{not } 42", "42"),
+    ("\\text{pas } 42", "42"), ("1000000.5 \\text{ dollars}", "1000000"), ("1,000,000.5", "1000000"),
+    ("\\frac{100000001}{10}", "1000000"), ("a=2, b=3", "a=3, b=2"), ("{6}{7}", "42"), ("{6}{7}", "67"),
+])
+def test_brackets_relations_negations_and_near_integers_are_not_the_answer(pred, gold):
+    assert not verify(pred, gold), (pred, gold)
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("(1,100)", "(1, 100)"), ("[1,100]", "[1,100]"), ("a=2, b=3", "b=3, a=2"), ("5", "x=5"), ("x=5", "5"),
+    ("x = 5 or x = 7", "x=7, x=5"), ("0.333333", "1/3"), ("1,000", "1000"), ("2,5", "2.5"), ("2,5", "2, 5"),
+])
+def test_the_same_forms_written_right_still_verify(pred, gold):
+    assert verify(pred, gold), (pred, gold)
+
+
+def test_huge_sets_and_unclosed_boxes_stay_bounded():
+    t0 = time.perf_counter()
+    many = ", ".join("%d.%03d" % (i % 999 + 1, i % 1000) for i in range(300))[:1990]
+    assert check(many, "\\{1,2,3\\}") == (False, False)
+    assert not verify(", ".join(str(i) for i in range(400)), "\\{1,2,3\\}")
+    assert accuracy("</think>" + "\\boxed{" * 200_000, "1") == 0.0
+    assert accuracy("</think>" + "\\boxed{1} " * 50_000, "1") == 1.0  # one answer, repeated
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_the_checker_calls_no_evaluator_of_text():
+    """No eval/exec/compile, and none of sympy's string parsers, anywhere in answer.py (however imported)."""
+    import ast
+    import inspect
+
+    import adamame.answer as answer
+
+    tree = ast.parse(inspect.getsource(answer))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    parsers = {"sympify", "parse_expr", "parse_latex", "lambdify", "S", "simplify_logic"}
+    assert not names & {"eval", "exec", "compile", "__import__"}
+    assert not (names | attrs | imported) & parsers
+
+
 # ---- forms Math-Verify accepts (golds written as the MATH and DAPO data write them) ----
 
 @pytest.mark.parametrize("response,gold", [

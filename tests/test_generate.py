@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from adamame.generate import Decoder, compact, generate, sample_next
+from adamame.generate import Decoder, compact, generate, make_decoder, sample_next
 from adamame.model import KVCache
 from adamame.model import load_model
 from tests.helpers import save_tiny_hf
@@ -293,3 +293,17 @@ def test_merged_bf16_rollout_copy_gives_the_lora_models_greedy_tokens(tmp_path):
             assert have.tokens == want.tokens, p
     assert clear >= 8
     assert sum(a.tokens == b.tokens for a, b in zip(lora, got)) >= 0.8 * len(prompts)
+
+
+def test_a_decoder_reused_across_calls_gives_the_samples_of_fresh_ones(tmp_path):
+    """A rollout's chunks share one cache (and on a GPU one set of graphs): stale rows and slots of the first call
+    must not leak into the second."""
+    _, m = _models(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
+    dec = make_decoder(m, prompts=2, n=3, prompt_len=11, max_new_tokens=12)
+    kw = dict(max_new_tokens=12, n=3, temperature=1.0, return_logprobs=True, eos_token_ids=[5, 9], check_every=2)
+    shared = generate(m, PROMPTS[3:], seed=1, decoder=dec, **kw) + generate(m, PROMPTS[:2], seed=2, decoder=dec, **kw)
+    fresh = generate(m, PROMPTS[3:], seed=1, **kw) + generate(m, PROMPTS[:2], seed=2, **kw)
+    assert [s.tokens for s in shared] == [s.tokens for s in fresh]
+    assert max(abs(x - y) for s, t in zip(shared, fresh) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-6
+    with pytest.raises(ValueError, match="this call needs"):
+        generate(m, PROMPTS, n=3, decoder=dec, max_new_tokens=12)

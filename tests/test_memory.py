@@ -8,7 +8,8 @@ import torch
 from adamame.dist import rollout_copy
 from adamame.generate import generate
 from adamame.lora import apply_lora
-from adamame.memory import GiB, grpo_plan, layer_activation_bytes, logits_tensor_bytes
+from adamame.memory import (GiB, checkpointed_layer_bytes, grpo_plan, layer_activation_bytes, logits_tensor_bytes,
+                            parameter_counts)
 from adamame.model import KVCache, ModelConfig, Transformer, load_model
 from tests.helpers import run_cli, save_tiny_hf
 
@@ -54,6 +55,10 @@ def test_activation_bytes_per_layer_are_what_autograd_saves(model_type, lora_ran
         model.requires_grad_(False)  # frozen weights save no inputs; x still needs its gradient
     measured = _saved_bytes_per_token(model.model.layers[0], model, 16, dtype)
     assert measured == layer_activation_bytes(cfg, lora_rank, dtype)
+    from adamame.dist import _checkpoint_forward
+
+    _checkpoint_forward(model.model.layers[1])  # under checkpointing a layer keeps only its input
+    assert _saved_bytes_per_token(model.model.layers[1], model, 16, dtype) == checkpointed_layer_bytes(cfg, dtype)
 
 
 def test_plan_sizes_are_the_bytes_really_allocated(tmp_path):
@@ -83,14 +88,61 @@ def test_plan_sizes_are_the_bytes_really_allocated(tmp_path):
     finally:
         KVCache.allocate = classmethod(real_allocate)
     assert max(sizes) == plan.sizes["kv_cache"]
-    # the logits of a micro-batch with `tokens` response positions
+    # the logits: the plan's figure is the [tokens, V] tensor the model returns for `tokens` selected positions...
     mask = torch.zeros(2, 20, dtype=torch.bool)
     mask[0, 2:17], mask[1, 5:20] = True, True
     with torch.no_grad():
         logits = copy(torch.randint(0, 97, (2, 20)), logits_at=mask)
-    assert logits.shape == (tokens, 97)
-    assert plan.sizes["logits"] == logits.numel() * logits.element_size() == logits_tensor_bytes(tokens, 97,
-                                                                                                  torch.float32)
+    assert plan.sizes["logits"] == logits.numel() * logits.element_size() == logits_tensor_bytes(30, 97, torch.float32)
+    # ... and no micro-batch the trainer forms from rollouts filling the budget has more: it is the worst case
+    from adamame.rollout import Rollout
+    from train_grpo import sequence_logprobs
+
+    seen = []
+    hook = copy.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.numel() * o.element_size()))
+    g = torch.Generator().manual_seed(0)
+    rolls = [Rollout(0, [3], torch.randint(1, 97, (int(k),), generator=g).tolist(), "", "length", None)
+             for k in (14, 14, 9, 5, 3, 1)]
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        sequence_logprobs(copy, rolls, "cpu", 1.0, budget=tokens)
+    finally:
+        torch.distributed.destroy_process_group()
+    hook.remove()
+    assert len(seen) >= 2 and max(seen) <= plan.sizes["logits"]
+
+
+def test_gathered_parameters_are_what_fsdp_unshards(tmp_path):
+    """The parameters a forward under FSDP2 holds unsharded, measured inside it (a 1-rank group): the root's while
+    the lm_head runs, one layer's while it runs. The plan's gathered row is built from exactly these counts."""
+    from adamame import dist
+
+    save_tiny_hf(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        model = load_model(str(tmp_path))
+        apply_lora(model, 4, 8)
+        counts = parameter_counts(model.config, 4)
+        dist.shard_model(model, torch.device("cpu"))
+        seen = {}
+
+        def nbytes(module):
+            return sum(p.numel() * p.element_size() for p in module.parameters())
+
+        def on_layer(m, args):
+            seen["layer"] = nbytes(m)
+
+        def on_head(m, args):
+            seen["root"] = nbytes(m) + nbytes(model.model.embed_tokens) + nbytes(model.model.norm)
+
+        model.model.layers[0].register_forward_pre_hook(on_layer)
+        model.lm_head.register_forward_pre_hook(on_head)
+        with torch.no_grad():
+            model(torch.randint(0, 97, (1, 5)))
+    finally:
+        torch.distributed.destroy_process_group()
+    assert seen["layer"] == 4 * (counts["layer"] + counts["lora_layer"])
+    assert seen["root"] == 4 * counts["root"]
 
 
 @pytest.mark.parametrize("name,limit", [("deepseek-r1-distill-qwen-1.5b", 76), ("qwen3-4b", 76)])
