@@ -114,15 +114,11 @@ def make_plan(args, model_dir, world, device_type, total):
 
 def plan_only(args):
     """--plan: the plan from config.json alone (no process group, no weights), then exit 0 or 3."""
-    from adamame.memory import GiB, device_memory
-
     if not args.model:
         raise DataError("--plan needs --model (a folder with config.json)")
-    cuda = args.gpu_memory_gib is not None or torch.cuda.is_available()
-    world = args.nproc_per_node or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
-    total = int(args.gpu_memory_gib * GiB) if args.gpu_memory_gib else device_memory("cuda" if cuda else "cpu", world)
-    plan = make_plan(args, args.model, world, "cuda" if cuda else "cpu", total)
-    print(f"memory plan for {args.model} on {world} {'GPU(s)' if cuda else 'process(es)'}")
+    device, world, total = memory.plan_target(args.nproc_per_node, args.gpu_memory_gib)
+    plan = make_plan(args, args.model, world, device, total)
+    print(f"memory plan for {args.model} on {world} {'GPU(s)' if device == 'cuda' else 'process(es)'}")
     print(plan)
     return plan
 

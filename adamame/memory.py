@@ -168,6 +168,15 @@ def usable_bytes(device: str, total: int) -> int:
     return int(0.95 * total) if device == "cuda" else int(0.85 * total)
 
 
+def plan_target(nproc_per_node=None, gpu_memory_gib=None) -> tuple:
+    """(device type, ranks, bytes per device) that `--plan` plans for: GPUs when --gpu-memory-gib is given or a GPU
+    is visible (default: all visible GPUs, with this card's memory), else this machine's RAM for one process."""
+    cuda = gpu_memory_gib is not None or torch.cuda.is_available()
+    world = nproc_per_node or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    total = int(gpu_memory_gib * GiB) if gpu_memory_gib else device_memory("cuda" if cuda else "cpu", world)
+    return ("cuda" if cuda else "cpu"), world, total
+
+
 def device_memory(device: str, local_world: int = 1) -> int:
     """The card's memory, or on CPU the available RAM shared by the ranks on this machine."""
     if device == "cuda":

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -88,14 +89,15 @@ def demo(res: dict) -> str:
                 f"temperature {res['temperature']}):", format_table(res[name]["summary"], metrics=DEMO_METRICS), ""]
     sft, rl = res["sft"], res["rl"]
     out += [f"reward {res['reward']}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, query-language match "
-            f"{sft['lang_match']:.3f} -> {rl['lang_match']:.3f}", "```", "",
+            f"{sft['lang_match']:.3f} -> {rl['lang_match']:.3f}", "```", ""]
+    out += textwrap.wrap(
             f"({res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in all: "
             f"{res['sft_steps']} SFT steps, {res['rl_steps']} RL steps of 16 prompts x 8 rollouts, two evaluations; "
             f"the run is deterministic for a given seed.) The SFT model answers {100 * sft['accuracy']:.0f}% of the "
             f"held-out prompts correctly but reasons in the query language only {100 * sft['lang_match']:.0f}% of the "
             f"time; AdaMame-GRPO raises that to {100 * rl['lang_match']:.0f}%, with accuracy "
             f"{'down' if rl['accuracy'] < sft['accuracy'] else 'up'} "
-            f"{100 * abs(rl['accuracy'] - sft['accuracy']):.1f} points."]
+            f"{100 * abs(rl['accuracy'] - sft['accuracy']):.1f} points.", 116)
     return "\n".join(out)
 
 
@@ -104,11 +106,11 @@ def ablation(res: dict) -> str:
     from bench.ablation import table as ablation_table
 
     st = res["settings"]
-    return "\n".join(["```", ablation_table(res), "```", "",
-                      f"(In-domain held-out toy prompts, {st['held_out_prompts']} prompts x {st['k']} samples; mean ± "
-                      f"standard deviation over {st['seeds']} RL seeds of {st['rl_steps']} steps each from one SFT "
-                      f"model; tokens are the tokenizer's; {res['seconds'] / 60:.0f} min on this project's 2-core CPU "
-                      f"machine: `python bench/ablation.py`.)"])
+    return "\n".join(["```", ablation_table(res), "```", ""] + textwrap.wrap(
+        f"(In-domain held-out toy prompts, {st['held_out_prompts']} prompts x {st['k']} samples; mean ± standard "
+        f"deviation over {st['seeds']} RL seeds of {st['rl_steps']} steps each from one SFT model; tokens are the "
+        f"tokenizer's; {res['seconds'] / 60:.0f} min on this project's 2-core CPU machine: "
+        f"`python bench/ablation.py`.)", 116))
 
 
 def newest() -> str | None:
