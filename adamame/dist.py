@@ -29,21 +29,20 @@ def setup() -> tuple:
     """
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if "RANK" not in os.environ:  # plain `python train_x.py`: a one-process group on a free local port
-            import socket
+        init = "env://"
+        if "RANK" not in os.environ:  # plain `python train_x.py`: a one-process group on a file store (no port race)
+            import tempfile
 
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(port))
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            init = "file://" + os.path.join(tempfile.mkdtemp(prefix="adamame-"), "store")
         else:
             die_with_parent()
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         from datetime import timedelta
 
-        dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
+        dist.init_process_group(backend, init_method=init, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=TIMEOUT_S))
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return rank, world, device

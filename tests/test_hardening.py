@@ -78,7 +78,7 @@ def _processes_mentioning(text):
 def test_a_second_run_on_the_same_output_folder_is_refused(tiny, tmp_path):
     out = tmp_path / "shared"
     first = _start(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), "--out",
-                    str(out), *SMALL, "--max-steps", "200"])
+                    str(out), *SMALL, "--max-steps", "100000"])  # still running when the test ends
     try:
         _wait_for_rows(out / "metrics.jsonl", 1, first)
         for args in (["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), *SMALL],
