@@ -332,24 +332,6 @@ def plan_only(args):
     return plan
 
 
-def planned(args, model_dir, rank, world, device):
-    """The run's plan, made on rank 0 (on CPU the RAM it sees decides) and shared, so every rank obeys the same one."""
-    from adamame.memory import device_memory
-    from adamame.model import read_config
-
-    box = [None]
-    if rank == 0:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        box[0] = make_plan(args, read_config(model_dir), world, device.type, device_memory(device.type, local))
-    torch.distributed.broadcast_object_list(box, src=0)
-    plan = box[0]
-    if rank == 0:
-        print(plan)
-    if not plan.fits:
-        raise memory.PlanDoesNotFit(plan.verdict())
-    return plan
-
-
 # ---------------------------------------------------------------------------------------------- the RL step's phases
 
 def free_device_memory(device):
@@ -379,8 +361,8 @@ def score_phase(rolls, qs, args, step, T):
     correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
     qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
     kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
-    alpha = {"adamame": alignment_factor(step, T, args.alpha_floor), "adamame-diversity":
-             alignment_factor(step, T, args.alpha_floor), "adamame-const": 1.0}.get(args.reward, 0.0)
+    alpha = (alignment_factor(step, T, args.alpha_floor) if args.reward in ("adamame", "adamame-diversity")
+             else 1.0 if args.reward == "adamame-const" else 0.0)  # logged; shaped_scores computes its own
     return {"correct": correct, "langs": langs, "qlangs": qlangs, "alpha": alpha,
             "scores": shaped_scores(correct, langs, qlangs, gids, step, T, **kw),
             "adv": advantages(correct, langs, qlangs, gids, step, T, **kw)}
@@ -479,7 +461,7 @@ def main(argv=None):
     from adamame.chat import load_tokenizer
     from adamame.data import read_questions
     from adamame.lora import apply_lora
-    from adamame.model import load_model
+    from adamame.model import load_model, read_config
     from adamame.rollout import encode_questions, rollouts, score
 
     toy = args.model is None and args.data is None
@@ -491,7 +473,8 @@ def main(argv=None):
     if args.batch_prompts % W or args.mini_batch_prompts % W or args.batch_prompts % args.mini_batch_prompts:
         raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
                         f"must split evenly over {W} ranks, and the first into whole mini-batches")
-    plan = planned(args, model_dir, rank, world, device)
+    cfg = read_config(model_dir)
+    plan = memory.shared_plan(lambda w, dev, total: make_plan(args, cfg, w, dev, total), rank, world, device)
 
     tok = load_tokenizer(model_dir)
     questions, prompt_ids, dropped = encode_questions(tok, read_questions(data_path), args.max_prompt_tokens)

@@ -157,17 +157,7 @@ def main(argv=None, keep_process_group=False):
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     # the memory plan (made on rank 0, shared), then the model: load on CPU, add adapters, shard (layers, then root)
-    from adamame.memory import device_memory
-
-    box = [None]
-    if rank == 0:
-        box[0] = make_plan(args, model_dir, world, device.type,
-                           device_memory(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    torch.distributed.broadcast_object_list(box, src=0)
-    plan = box[0]
-    say(plan)
-    if not plan.fits:
-        raise memory.PlanDoesNotFit(plan.verdict())
+    plan = memory.shared_plan(lambda w, dev, total: make_plan(args, model_dir, w, dev, total), rank, world, device)
     model = load_model(model_dir)
     if args.lora_rank > 0:
         apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)

@@ -581,6 +581,11 @@ def readings(text: str, deadline: float, symbols: bool, strict: bool = False) ->
 # ---------------------------------------------------------------------------------------------- comparison
 
 _PROBES = [0.7132, -1.4417, 2.3185, -0.5589, 1.8864]  # values of the free symbols at the 5 probe points
+_COMPLEX_FUNCS = {sympy.sin: cmath.sin, sympy.cos: cmath.cos, sympy.tan: cmath.tan, sympy.asin: cmath.asin,
+                  sympy.acos: cmath.acos, sympy.atan: cmath.atan, sympy.sinh: cmath.sinh, sympy.cosh: cmath.cosh,
+                  sympy.tanh: cmath.tanh, sympy.exp: cmath.exp, sympy.log: cmath.log,
+                  sympy.cot: lambda z: 1 / cmath.tan(z), sympy.sec: lambda z: 1 / cmath.cos(z),
+                  sympy.csc: lambda z: 1 / cmath.sin(z)}
 
 
 def _float(x, env):
@@ -611,21 +616,12 @@ def _float(x, env):
             return b ** e
         except (OverflowError, ZeroDivisionError):
             return complex("nan")
-    f = {sympy.sin: cmath.sin, sympy.cos: cmath.cos, sympy.tan: cmath.tan, sympy.asin: cmath.asin,
-         sympy.acos: cmath.acos, sympy.atan: cmath.atan, sympy.sinh: cmath.sinh, sympy.cosh: cmath.cosh,
-         sympy.tanh: cmath.tanh, sympy.exp: cmath.exp, sympy.log: cmath.log}.get(type(x))
+    f = _COMPLEX_FUNCS.get(type(x))
     if f is not None and len(x.args) == 1:
         try:
             return f(_float(x.args[0], env))
         except (OverflowError, ValueError, ZeroDivisionError):
             return complex("nan")
-    for name, g in (("cot", lambda z: 1 / cmath.tan(z)), ("sec", lambda z: 1 / cmath.cos(z)),
-                    ("csc", lambda z: 1 / cmath.sin(z))):
-        if type(x).__name__ == name:
-            try:
-                return g(_float(x.args[0], env))
-            except (OverflowError, ValueError, ZeroDivisionError):
-                return complex("nan")
     raise _Reject(f"cannot evaluate {type(x).__name__}")
 
 

@@ -142,7 +142,7 @@ def resume_training_state(path, model, optimizer, args, must_match, logs=()) -> 
     for log in logs:
         if rank == 0 and os.path.exists(log):
             with open(log, encoding="utf-8", errors="replace") as f:
-                rows = [r for r in f if _step_of(r) is not None and _step_of(r) <= meta["step"]]
+                rows = [r for r in f if (step := _step_of(r)) is not None and step <= meta["step"]]
             with open(log, "w", encoding="utf-8") as f:
                 f.writelines(rows)
     return meta["step"]

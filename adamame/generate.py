@@ -84,22 +84,25 @@ def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0) -> 
     return rows * vocab * per_elem
 
 
-def step_bytes(cfg, rows: int, dtype) -> int:
-    """Activations of one decode step of `rows` rows (the largest live at once: MLP gate, up and product, q/k/v/o,
-    the bf16 logits before their float32 copy). Small next to the cache; counted for completeness."""
-    elem = torch.empty((), dtype=dtype).element_size()
+def layer_transient_bytes(cfg, dtype) -> int:
+    """Per token, the largest set of temporaries alive inside one layer's forward without autograd: the MLP's gate,
+    up and product, and the attention's q/k/v/o."""
     width = 3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim
-    return rows * (width + cfg.vocab_size) * elem
+    return width * dtype.itemsize
+
+
+def step_bytes(cfg, rows: int, dtype) -> int:
+    """Activations of one decode step of `rows` rows: one layer's temporaries and the logits before their float32
+    copy. Small next to the cache; counted for completeness."""
+    return rows * (layer_transient_bytes(cfg, dtype) + cfg.vocab_size * dtype.itemsize)
 
 
 def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
-    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, per-layer activations and
+    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, one layer's temporaries and
     the bool attention mask of the folded query heads."""
-    elem = torch.empty((), dtype=dtype).element_size()
     rows = max(1, tokens // max(1, prompt_len))
-    width = 3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim
     rep = cfg.num_attention_heads // cfg.num_key_value_heads
-    return (KVCache.nbytes(cfg, rows, prompt_len, dtype) + tokens * width * elem
+    return (KVCache.nbytes(cfg, rows, prompt_len, dtype) + tokens * layer_transient_bytes(cfg, dtype)
             + rows * rep * prompt_len * prompt_len)
 
 
@@ -156,7 +159,7 @@ class Decoder:
         self.positions = torch.zeros(B, dtype=torch.long, device=dev)
         self.slot = torch.zeros((), dtype=torch.long, device=dev)
         self.logits = torch.zeros(B, model.config.vocab_size, dtype=torch.float32, device=dev) if cuda_graphs else None
-        self.graphs, self.pool, self.capture_seconds = {}, None, 0.0
+        self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
     def buckets(self, live: int, slot: int) -> tuple:
         rows = min(_pow2(live), self.cache.valid.shape[0]) if self.pad_rows else live
@@ -170,10 +173,10 @@ class Decoder:
         self.logits[:rows] = self._run(rows, slots)
 
     def _capture(self, rows, slots):
-        """Warm up, then capture, on a side stream. As torch.cuda.graph does, minus its gc.collect() and
-        empty_cache() per capture: one rollout captures a few dozen buckets, and those cost ~0.1 s each."""
+        """Warm up, then capture, on a side stream: what torch.cuda.graph does, minus the full garbage collection
+        and empty_cache() it runs before each capture (a rollout captures a few dozen buckets)."""
         graph = torch.cuda.CUDAGraph()
-        self.stream = getattr(self, "stream", None) or torch.cuda.Stream()
+        self.stream = self.stream or torch.cuda.Stream()
         torch.cuda.synchronize()
         with torch.cuda.stream(self.stream):
             self._run_into_buffer(rows, slots)  # warm-up (it writes the same values the replay will)
@@ -262,10 +265,8 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     elif decoder.cache.valid.shape[0] < B or decoder.cache.valid.shape[1] < S:
         raise ValueError(f"generate: the decoder's cache holds {tuple(decoder.cache.valid.shape)} rows x slots, "
                          f"this call needs {B} x {S}")
-    gen = torch.Generator(dev).manual_seed(seed) if seed is not None else None
-    if gen is None:
-        gen = torch.Generator(dev)
-        gen.seed()
+    gen = torch.Generator(dev)
+    gen.manual_seed(seed) if seed is not None else gen.seed()
     cache = decoder.cache
     cache.valid.zero_()  # slots of an earlier call are stale: invisible until written again
 
@@ -292,7 +293,6 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     logits = logits.repeat_interleave(n, 0)  # [B, V]
     plen = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n, 0)
 
-    decode = decoder
     eos = torch.tensor(list(eos_token_ids) or [-1], device=dev)
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
@@ -322,10 +322,10 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                 keep = (~done).nonzero()[:, 0]
                 compact(cache, keep, Tp + t)
                 live, done, tok, plen = live[keep], done[keep], tok[keep], plen[keep]
-        logits = decode(tok, plen + t, Tp + t)
+        logits = decoder(tok, plen + t, Tp + t)
 
     if stats is not None:
-        stats.update(steps=t + 1, graphs=len(decode.graphs), capture_seconds=decode.capture_seconds)
+        stats.update(steps=t + 1, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds)
     out, out_lp, lengths, stopped = out.cpu(), out_lp.cpu(), lengths.cpu(), stopped.cpu()
     samples = []
     for r in range(B):

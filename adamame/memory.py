@@ -17,20 +17,22 @@ Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, b
                moments 8n / W; a frozen float32 reference copy 4N / W with full fine-tuning and beta > 0
     rollout    weights + the plain rollout copy (N b, LoRA merged) + generate's KV cache, prefill, decode step and
                sampler for the rows of one generate call
-    logprobs   weights + gathered parameters (root + 2 layers, FSDP prefetches one) + one layer's transient
-               activations and the logits of one micro-batch (no autograd)
-    update     weights + gathered parameters + saved activations of one micro-batch (all layers, or only the layer
-               inputs with checkpointing plus one layer recomputed) + a backward workspace (one layer) + the logits
+    logprobs   weights + unsharded parameters (root + 2 layers, FSDP prefetches one) and float32 gradients + one
+               layer's transient activations and the logits of one micro-batch (no autograd)
+    update     the same + saved activations of one micro-batch (all layers, or only the layer inputs with
+               checkpointing plus one layer recomputed) + a backward workspace (one layer) + the logits
 The peak is the largest phase; a plan fits when the peak is at most the usable memory (95% of a GPU, for the CUDA
 context, communication buffers and fragmentation; on CPU 85% of the available RAM shared by the local ranks).
 
 Imports: torch, adamame (model, lora, generate).
 """
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 
+from adamame.generate import free_bytes, layer_transient_bytes, memory_needed
 from adamame.model import KVCache
 
 GiB = 2**30
@@ -84,10 +86,6 @@ class Plan:
 
 # ---------------------------------------------------------------------------------------------- sizes
 
-def elem_size(dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def parameter_counts(cfg, lora_rank: int = 0) -> dict:
     """Exact parameter counts from a meta-device model: total N (tied weights once), largest tensor, one decoder
     layer, the root (embedding, final norm, untied lm_head) and the LoRA adapters."""
@@ -112,7 +110,7 @@ def layer_activation_bytes(cfg, lora_rank: int, dtype) -> int:
     two RMSNorms (their float32 input and 1/rms), attention's q, k, v, output and float32 log-sum-exp, the MLP's gate,
     up and SiLU outputs; with LoRA also the inputs of the adapters (the normed inputs of q/k/v and of gate/up, the
     MLP product for down_proj) and the rank-r intermediate of each of the 7 adapters."""
-    b = elem_size(dtype)
+    b = dtype.itemsize
     C, I = cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     n = 2 * (4 * C + 4) + (2 * q + 2 * kv) * b + 4 * cfg.num_attention_heads + 3 * I * b
@@ -125,18 +123,12 @@ def layer_activation_bytes(cfg, lora_rank: int, dtype) -> int:
 
 def checkpointed_layer_bytes(cfg, dtype) -> int:
     """Bytes autograd keeps per token for a layer under activation checkpointing: its input, nothing else."""
-    return cfg.hidden_size * elem_size(dtype)
-
-
-def layer_transient_bytes(cfg, dtype) -> int:
-    """Per token, the largest set of temporaries alive inside one layer's forward (no autograd)."""
-    return (3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim) \
-        * elem_size(dtype)
+    return cfg.hidden_size * dtype.itemsize
 
 
 def logits_tensor_bytes(tokens: int, vocab: int, dtype) -> int:
     """The [tokens, V] logits the model returns for `tokens` response positions."""
-    return tokens * vocab * elem_size(dtype)
+    return tokens * vocab * dtype.itemsize
 
 
 def logits_bytes(tokens: int, vocab: int, dtype, triton: bool) -> int:
@@ -157,11 +149,12 @@ def persistent_bytes(counts: dict, world: int, lora_rank: int, reference_copy: b
 
 
 def gathered_bytes(counts: dict, dtype, lora_rank: int) -> int:
-    """Parameters FSDP holds unsharded during a forward/backward: the root's (kept for the backward) and two layers
-    (the one running and the one prefetched), with their adapters, in the compute dtype; with full fine-tuning also
-    two layers' unsharded float32 gradients before their reduce-scatter."""
-    layers = 2 * (counts["layer"] + counts["lora_layer"])
-    return (counts["root"] + layers) * elem_size(dtype) + (0 if lora_rank > 0 else 4 * layers)
+    """What FSDP holds unsharded during a forward/backward: the root's parameters (kept for the backward) and two
+    layers' (the one running and the one prefetched), with their adapters, in the compute dtype; and the trainable
+    parameters' float32 gradients, which the trainers accumulate unsharded across a step's micro-batches (gradient
+    sync off until the last): every parameter's with full fine-tuning, the adapters' with LoRA."""
+    trainable = counts["lora"] if lora_rank > 0 else counts["total"]
+    return (counts["root"] + 2 * (counts["layer"] + counts["lora_layer"])) * dtype.itemsize + 4 * trainable
 
 
 def usable_bytes(device: str, total: int) -> int:
@@ -181,16 +174,30 @@ def device_memory(device: str, local_world: int = 1) -> int:
     """The card's memory, or on CPU the available RAM shared by the ranks on this machine."""
     if device == "cuda":
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    from adamame.generate import free_bytes
-
     return (free_bytes("cpu") or 8 * GiB) // max(1, local_world)
+
+
+def shared_plan(make, rank: int, world: int, device) -> "Plan":
+    """A run's plan, made on rank 0 by make(world, device type, bytes per device) (on CPU the RAM rank 0 sees
+    decides) and broadcast, so every rank obeys the same one; printed by rank 0; PlanDoesNotFit when it does not."""
+    box = [None]
+    if rank == 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        box[0] = make(world, device.type, device_memory(device.type, local))
+    torch.distributed.broadcast_object_list(box, src=0)
+    plan = box[0]
+    if rank == 0:
+        print(plan)
+    if not plan.fits:
+        raise PlanDoesNotFit(plan.verdict())
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------- phases
 
 def _update(cfg, counts, tokens, lora_rank, dtype, ckpt: bool, chunk, triton: bool):
     """(activations, logits) bytes of one micro-batch's forward + backward."""
-    b, L = elem_size(dtype), cfg.num_hidden_layers
+    b, L = dtype.itemsize, cfg.num_hidden_layers
     act = layer_activation_bytes(cfg, lora_rank, dtype)
     C = cfg.hidden_size
     shared = 2 * cfg.head_dim * b + 4 * C + 4  # rotary tables, the final norm's float32 input
@@ -209,7 +216,19 @@ def _forward_only(cfg, tokens, dtype, chunk, triton: bool):
     transient = tokens * layer_transient_bytes(cfg, dtype)
     if chunk is None:
         return transient + logits_bytes(tokens, cfg.vocab_size, dtype, triton)
-    return transient + tokens * cfg.hidden_size * elem_size(dtype) + logits_bytes(chunk, cfg.vocab_size, dtype, triton)
+    return transient + tokens * cfg.hidden_size * dtype.itemsize + logits_bytes(chunk, cfg.vocab_size, dtype, triton)
+
+
+def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
+    """The plan's start, common to GRPO and SFT: (plan with its weights phase, parameter counts, the weights' bytes,
+    the compute dtype, whether the Triton log-prob kernel runs)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    plan = Plan(device, world, usable_bytes(device, total), total)
+    counts = parameter_counts(cfg, lora_rank)
+    weights = persistent_bytes(counts, world, lora_rank, reference_copy)
+    plan.items += [("weights", what, nb) for what, nb in weights]
+    plan.phases["weights"] = sum(nb for _, nb in weights)
+    return plan, counts, plan.phases["weights"], dtype, device == "cuda"
 
 
 def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int, group_size: int,
@@ -217,19 +236,11 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
               beta: float, rollout_prompts="auto", activation_checkpointing="auto", top_k: int = 0,
               top_p: float = 1.0) -> Plan:
     """The GRPO plan for one device. prompts_per_step: the whole step's prompts (split over `world` ranks)."""
-    from adamame.generate import memory_needed
-
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    triton = device == "cuda"
-    plan = Plan(device, world, usable_bytes(device, total), total)
-    counts = parameter_counts(cfg, lora_rank)
-    weights = persistent_bytes(counts, world, lora_rank, reference_copy=lora_rank == 0 and beta > 0)
-    base = sum(nb for _, nb in weights)
-    plan.items += [("weights", what, nb) for what, nb in weights]
-    plan.phases["weights"] = base
+    plan, counts, base, dtype, triton = _weights_phase(cfg, world, total, device, lora_rank,
+                                                       reference_copy=lora_rank == 0 and beta > 0)
 
     # rollout: the largest prompts-per-call whose phase fits (capped by a number given on the command line)
-    copy = counts["total"] * elem_size(dtype)
+    copy = counts["total"] * dtype.itemsize
     gather = counts["largest"] * 4  # while the copy is built: one gathered float32 tensor (+ its LoRA product)
     per_rank = max(1, prompts_per_step // world)
     cap = per_rank if rollout_prompts == "auto" else min(per_rank, int(rollout_prompts))
@@ -259,8 +270,6 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     # update and log-prob forwards: one micro-batch of at most micro_batch_tokens padded tokens. Prefer chunked
     # logits (one extra lm_head matmul) to activation checkpointing (a second forward of every layer).
     gathered = gathered_bytes(counts, dtype, lora_rank)
-    if lora_rank == 0:  # without gradient sync between micro-batches FSDP keeps every layer's float32 gradient
-        gathered += 4 * counts["total"]
     tokens = max(micro_batch_tokens, max_prompt_tokens + max_response_tokens)  # a micro-batch holds >= 1 sequence
     ckpts = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
     options = [(c, k) for c in ckpts for k in (None, 8192, 2048, 512) if k is None or k < tokens]
@@ -272,8 +281,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
         plan.notes.append(f"activation checkpointing on: without it the update would need "
                           f"{(base + gathered + sum(costs[(False, None)])) / GiB:.1f} GiB")
     plan.sizes.update(logits=logits_tensor_bytes(tokens if chunk is None else chunk, cfg.vocab_size, dtype))
-    plan.items += [("update", f"gathered parameters (root + 2 layers, {dtype_name(dtype)})"
-                    + (" + accumulated float32 gradients" if lora_rank == 0 else ""), gathered),
+    plan.items += [("update", f"unsharded {dtype_name(dtype)} parameters (root + 2 layers), fp32 gradients",
+                    gathered),
                    ("update", f"activations, {tokens} tokens (checkpointing {'on' if ckpt else 'off'})", saved),
                    ("update", "logits " + (f"{tokens} x {cfg.vocab_size}" if chunk is None else
                                            f"in chunks of {chunk} tokens"), logits)]
@@ -294,14 +303,7 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
 def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank: int,
              activation_checkpointing="auto") -> Plan:
     """The SFT plan: weights + one micro-batch (micro_batch_size x max_length tokens) forward and backward."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    triton = device == "cuda"
-    plan = Plan(device, world, usable_bytes(device, total), total)
-    counts = parameter_counts(cfg, lora_rank)
-    weights = persistent_bytes(counts, world, lora_rank, reference_copy=False)
-    base = sum(nb for _, nb in weights)
-    plan.items += [("weights", what, nb) for what, nb in weights]
-    plan.phases["weights"] = base
+    plan, counts, base, dtype, triton = _weights_phase(cfg, world, total, device, lora_rank, reference_copy=False)
     gathered = gathered_bytes(counts, dtype, lora_rank)
     for ckpt in ([False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]):
         saved, logits = _update(cfg, counts, tokens, lora_rank, dtype, ckpt, None, triton)
@@ -312,7 +314,8 @@ def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank
         off = sum(_update(cfg, counts, tokens, lora_rank, dtype, False, None, triton))
         plan.notes.append(f"activation checkpointing on: without it the update would need "
                           f"{(base + gathered + off) / GiB:.1f} GiB")
-    plan.items += [("update", f"gathered parameters (root + 2 layers, {dtype_name(dtype)})", gathered),
+    plan.items += [("update", f"unsharded {dtype_name(dtype)} parameters (root + 2 layers), fp32 gradients",
+                    gathered),
                    ("update", f"activations, {tokens} tokens (checkpointing {'on' if ckpt else 'off'})", saved),
                    ("update", f"logits {tokens} x {cfg.vocab_size}", logits)]
     plan.phases["update"] = base + gathered + saved + logits

@@ -165,8 +165,8 @@ class KVCache:
 
     @staticmethod
     def nbytes(cfg: ModelConfig, batch: int, max_len: int, dtype) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * elem + batch * max_len
+        return (2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * dtype.itemsize
+                + batch * max_len)
 
 
 class Attention(nn.Module):

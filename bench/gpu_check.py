@@ -1,4 +1,4 @@
-"""The one prepared GPU check: GPU tests, kernel / generation / memory benchmarks and a GRPO smoke run, in ~5 minutes.
+"""The one prepared GPU check: GPU tests, kernel / generation / memory benchmarks and a GRPO smoke run.
 
     bash bench/gpu_check.sh OUT_DIR            # on the lent GPU machine (no network; carried wheels in .whl/)
     python bench/gpu_check.py --cpu --out D    # reduced mode (tiny shapes, Triton interpreter): what CI runs
