@@ -100,12 +100,12 @@ def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", de
     from tqdm import tqdm
 
     from adamame.chat import load_tokenizer
+    from adamame.dist import compute_dtype
     from adamame.model import load_model
     from adamame.scoring import score_record
 
     tok = load_tokenizer(model_dir)
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model = load_model(model_dir, dtype=dtype, device=device).eval()
+    model = load_model(model_dir, dtype=compute_dtype(device), device=device).eval()
     mine = questions[rank::world]
     bar = tqdm(total=len(mine), desc=desc, disable=rank != 0, dynamic_ncols=True)
     recs = generate_records(model, tok, mine, k=args.k, temperature=args.temperature, top_p=args.top_p,

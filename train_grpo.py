@@ -162,8 +162,9 @@ def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
 
     if chunk is None:
         return token_logprobs(model(ids, logits_at=mask), targets[mask], temperature)
-    hidden = model(ids, return_hidden=True)[mask]
-    return token_logprobs_from_hidden(hidden, model.lm_head.weight, targets[mask], temperature, chunk)
+    return model(ids, logits_at=mask,  # inside the forward, where FSDP holds the lm_head weight gathered
+                 head=lambda hidden, weight: token_logprobs_from_hidden(hidden, weight, targets[mask], temperature,
+                                                                        chunk))
 
 
 @torch.no_grad()

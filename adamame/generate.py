@@ -35,6 +35,7 @@ from adamame.model import KVCache
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds the prefill's activations)
 SLOT_BUCKET = 256  # the decode step attends to the cache in multiples of this many slots
+COMPACT_AT = 0.75  # finished rows are dropped once the live ones are at most this share of the batch
 
 
 @dataclass
@@ -78,9 +79,10 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniforms=None):
 
 def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0) -> int:
     """Peak temporaries of one decode step's logits and sample_next for `rows` rows: [rows, V] buffers (the step's
-    float32 logits, log-probs, probabilities and their float64 CDF), plus top-k's masked copy and top-p's sort
-    (values, int64 order, cumulative sums, masks)."""
-    per_elem = 3 * 4 + 8 + (4 if top_k else 0) + (8 + 4 * 5 + 2 if top_p < 1.0 else 0)
+    float32 logits, log-probs, probabilities, and the float64 CDF with the float64 copy of the probabilities that
+    cumsum(dtype=float64) makes first), plus top-k's masked copy and top-p's sort (values, int64 order, cumulative
+    sums, masks)."""
+    per_elem = 3 * 4 + 8 + 8 + (4 if top_k else 0) + (8 + 4 * 5 + 2 if top_p < 1.0 else 0)
     return rows * vocab * per_elem
 
 
@@ -98,23 +100,43 @@ def step_bytes(cfg, rows: int, dtype) -> int:
 
 
 def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
-    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, one layer's temporaries and
-    the bool attention mask of the folded query heads."""
+    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, one layer's temporaries, the
+    bool mask [rows, T, T] and the additive bias of the folded query heads (model.attention_bias: rows x rep x T x
+    T rounded up to 16, in the compute dtype)."""
     rows = max(1, tokens // max(1, prompt_len))
     rep = cfg.num_attention_heads // cfg.num_key_value_heads
     return (KVCache.nbytes(cfg, rows, prompt_len, dtype) + tokens * layer_transient_bytes(cfg, dtype)
-            + rows * rep * prompt_len * prompt_len)
+            + rows * prompt_len * prompt_len + rows * rep * prompt_len * (-(-prompt_len // 16) * 16) * dtype.itemsize)
+
+
+def cache_slots(prompt_len: int, max_new_tokens: int) -> int:
+    """Slots of a generate call's KV cache: prompt and response, rounded up to a multiple of 16 so that every decode
+    step's bias rows are aligned as the memory-efficient attention kernel needs (else it pads a copy per layer)."""
+    return -(-(prompt_len + max_new_tokens) // 16) * 16
+
+
+def compaction_bytes(cfg, rows: int, slots: int, dtype) -> int:
+    """compact's temporary: one layer's K (or V) for the kept rows, at most 3/4 of the rows (it runs when a quarter
+    have finished), over every slot."""
+    return int(COMPACT_AT * rows) * cfg.num_key_value_heads * slots * cfg.head_dim * dtype.itemsize
+
+
+def graph_bytes(cfg, rows: int, dtype) -> int:
+    """With CUDA graphs: the static float32 logits buffer and the float32 copy a captured step makes into it, and the
+    blocks the warm-up run (on the capture stream, outside the graphs' pool) leaves cached there: one step's
+    activations and its float32 logits."""
+    return 2 * 4 * rows * cfg.vocab_size + step_bytes(cfg, rows, dtype) + 4 * rows * cfg.vocab_size
 
 
 def memory_needed(cfg, prompts: int, n: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0,
                   graphs: bool = False) -> int:
-    """Bytes one generate call allocates beyond the weights: KV cache, prefill, one decode step, the sampler, and
-    with CUDA graphs the static float32 logits buffer plus the float32 copy a captured step makes into it."""
-    rows = prompts * n
-    return (KVCache.nbytes(cfg, rows, prompt_len + max_new_tokens, dtype)
+    """Bytes one generate call allocates beyond the weights: KV cache, prefill, one decode step, the sampler,
+    compaction's temporary and, with CUDA graphs, their buffers (graph_bytes)."""
+    rows, slots = prompts * n, cache_slots(prompt_len, max_new_tokens)
+    return (KVCache.nbytes(cfg, rows, slots, dtype)
             + prefill_bytes(cfg, min(prompts * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
             + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
-            + (2 * 4 * rows * cfg.vocab_size if graphs else 0))
+            + compaction_bytes(cfg, rows, slots, dtype) + (graph_bytes(cfg, rows, dtype) if graphs else 0))
 
 
 def free_bytes(device) -> int | None:
@@ -200,10 +222,22 @@ class Decoder:
             return self._run(rows, slots)[:live]
         if (rows, slots) not in self.graphs:
             t0 = time.perf_counter()
-            self.graphs[(rows, slots)] = self._capture(rows, slots)
+            try:
+                self.graphs[(rows, slots)] = self._capture(rows, slots)
+            except RuntimeError as e:
+                raise RuntimeError(f"CUDA graph capture of the decode step ({rows} rows x {slots} slots) failed: "
+                                   f"{str(e).strip()[:300]}; ADAMAME_CUDA_GRAPHS=0 runs the same step eagerly") from e
             self.capture_seconds += time.perf_counter() - t0
         self.graphs[(rows, slots)].replay()
         return self.logits[:live]
+
+
+def graphs_default(device) -> bool:
+    """CUDA graphs for the decode step: on for CUDA devices unless ADAMAME_CUDA_GRAPHS=0 (the eager escape hatch)."""
+    flag = os.environ.get("ADAMAME_CUDA_GRAPHS", "1")
+    if flag not in ("0", "1"):
+        raise ValueError(f"ADAMAME_CUDA_GRAPHS={flag!r}: use 0 (eager decode) or 1")
+    return torch.device(device).type == "cuda" and flag == "1"
 
 
 def make_decoder(model, prompts: int, n: int, prompt_len: int, max_new_tokens: int, cuda_graphs=None,
@@ -212,8 +246,8 @@ def make_decoder(model, prompts: int, n: int, prompt_len: int, max_new_tokens: i
     against the free memory first. Pass it to several generate calls (a rollout's chunks) to capture their CUDA
     graphs once."""
     param = next(model.parameters())
-    dev, rows, slots = param.device, prompts * n, prompt_len + max_new_tokens
-    use_graphs = dev.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+    dev, rows, slots = param.device, prompts * n, cache_slots(prompt_len, max_new_tokens)
+    use_graphs = graphs_default(dev) if cuda_graphs is None else bool(cuda_graphs)
     need = memory_needed(model.config, prompts, n, prompt_len, max_new_tokens, param.dtype, top_k, top_p, use_graphs)
     free = free_bytes(dev)
     if free is not None and need > free:
@@ -234,6 +268,34 @@ def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- generate
+
+@dataclass
+class Rows:
+    """generate's per-call state on the device: per original row the tokens out [B, L], their log-probs out_lp,
+    lengths and stopped [B]; per live row (after compaction) its original row `live` and whether it is done."""
+    out: torch.Tensor
+    out_lp: torch.Tensor
+    lengths: torch.Tensor
+    stopped: torch.Tensor
+    live: torch.Tensor
+    done: torch.Tensor
+
+
+def token_step(st: Rows, logits, t: int, gen, temperature, top_k, top_p, eos, pad_token_id) -> torch.Tensor:
+    """Token t of every live row from its logits [live, V], and the stop bookkeeping, on the device: no host sync.
+    One uniform per original row and step, whether or not the row is still in the batch, so the samples depend
+    neither on compaction nor on the buckets. Returns the tokens [live] (pad for rows already done)."""
+    B = st.out.shape[0]
+    u = torch.rand(B, generator=gen, dtype=torch.float64, device=gen.device)[st.live] if temperature else None
+    tok, lp = sample_next(logits, temperature, top_k, top_p, u)
+    tok = torch.where(st.done, pad_token_id, tok)
+    st.out[st.live, t], st.out_lp[st.live, t] = tok, lp
+    st.lengths[st.live] += (~st.done).long()
+    hit = torch.isin(tok, eos) & ~st.done
+    st.stopped[st.live] |= hit
+    st.done |= hit
+    return tok
+
 
 @torch.no_grad()
 def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
@@ -294,39 +356,27 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     plen = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n, 0)
 
     eos = torch.tensor(list(eos_token_ids) or [-1], device=dev)
-    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
-    out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
-    lengths = torch.zeros(B, dtype=torch.long, device=dev)
-    stopped = torch.zeros(B, dtype=torch.bool, device=dev)
-    live = torch.arange(B, device=dev)  # original row of each row still in the batch
-    done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
-
+    st = Rows(out=torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
+              out_lp=torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev),
+              lengths=torch.zeros(B, dtype=torch.long, device=dev), stopped=torch.zeros(B, dtype=torch.bool, device=dev),
+              live=torch.arange(B, device=dev), done=torch.zeros(B, dtype=torch.bool, device=dev))
     for t in range(max_new_tokens):
-        # one uniform per original row and step, whether or not the row is still in the batch: the samples do not
-        # depend on compaction or on the buckets
-        u = torch.rand(B, generator=gen, dtype=torch.float64, device=dev)[live] if temperature else None
-        tok, lp = sample_next(logits, temperature, top_k, top_p, u)
-        tok = torch.where(done, pad_token_id, tok)
-        out[live, t], out_lp[live, t] = tok, lp
-        lengths[live] += (~done).long()
-        hit = torch.isin(tok, eos) & ~done
-        stopped[live] |= hit
-        done |= hit
+        tok = token_step(st, logits, t, gen, temperature, top_k, top_p, eos, pad_token_id)
         if t + 1 == max_new_tokens:
             break
         if (t + 1) % check_every == 0:  # the only host syncs: stop, or drop finished rows
-            n_live = int((~done).sum())
+            n_live = int((~st.done).sum())
             if n_live == 0:
                 break
-            if n_live <= 0.75 * len(live):
-                keep = (~done).nonzero()[:, 0]
+            if n_live <= COMPACT_AT * len(st.live):
+                keep = (~st.done).nonzero()[:, 0]
                 compact(cache, keep, Tp + t)
-                live, done, tok, plen = live[keep], done[keep], tok[keep], plen[keep]
+                st.live, st.done, tok, plen = st.live[keep], st.done[keep], tok[keep], plen[keep]
         logits = decoder(tok, plen + t, Tp + t)
 
     if stats is not None:
         stats.update(steps=t + 1, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds)
-    out, out_lp, lengths, stopped = out.cpu(), out_lp.cpu(), lengths.cpu(), stopped.cpu()
+    out, out_lp, lengths, stopped = st.out.cpu(), st.out_lp.cpu(), st.lengths.cpu(), st.stopped.cpu()
     samples = []
     for r in range(B):
         k = int(lengths[r])

@@ -92,6 +92,18 @@ if triton is not None:
             tl.store(gbase + offs, d.to(gbase.dtype.element_ty), mask=offs < V)
 
 
+NUM_WARPS = 8
+
+
+def _launch(kernel, programs: int, *args):
+    """One program per token; a failure to compile or launch names the escape hatch."""
+    try:
+        kernel[(programs,)](*args, BLOCK=BLOCK_V, num_warps=NUM_WARPS)
+    except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
+        raise RuntimeError(f"Triton kernel {kernel.fn.__name__} failed ({type(e).__name__}: {str(e).strip()[:300]}); "
+                           f"ADAMAME_KERNELS=torch runs the PyTorch reference instead") from e
+
+
 def _as_3d(x: torch.Tensor) -> torch.Tensor:
     """[..., V] -> [B, L, V] as a view where possible (a sliced [B, L, V] keeps its strides, no copy)."""
     if x.stride(-1) != 1:
@@ -114,8 +126,7 @@ class _TritonLogProb(torch.autograd.Function):
         logp = torch.empty(B * L, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(logp)
         if B * L:
-            _logprob_fwd_kernel[(B * L,)](z, z.stride(0), z.stride(1), L, tgt, logp, lse, V, 1.0 / temperature,
-                                          BLOCK=BLOCK_V, num_warps=8)
+            _launch(_logprob_fwd_kernel, B * L, z, z.stride(0), z.stride(1), L, tgt, logp, lse, V, 1.0 / temperature)
         ctx.save_for_backward(z, tgt, lse)
         ctx.temperature, ctx.inplace, ctx.shape = temperature, inplace, logits.shape
         return logp.view(targets.shape)
@@ -126,9 +137,8 @@ class _TritonLogProb(torch.autograd.Function):
         B, L, V = z.shape
         grad = z if ctx.inplace else torch.empty_like(z)
         if B * L:
-            _logprob_bwd_kernel[(B * L,)](z, z.stride(0), z.stride(1), grad, grad.stride(0), grad.stride(1), L, tgt,
-                                          lse, dlogp.reshape(-1).float().contiguous(), V, 1.0 / ctx.temperature,
-                                          BLOCK=BLOCK_V, num_warps=8)
+            _launch(_logprob_bwd_kernel, B * L, z, z.stride(0), z.stride(1), grad, grad.stride(0), grad.stride(1), L,
+                    tgt, lse, dlogp.reshape(-1).float().contiguous(), V, 1.0 / ctx.temperature)
         return grad.view(ctx.shape), None, None, None
 
 

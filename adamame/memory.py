@@ -21,8 +21,14 @@ Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, b
                layer's transient activations and the logits of one micro-batch (no autograd)
     update     the same + saved activations of one micro-batch (all layers, or only the layer inputs with
                checkpointing plus one layer recomputed) + a backward workspace (one layer) + the logits
-The peak is the largest phase; a plan fits when the peak is at most the usable memory (95% of a GPU, for the CUDA
-context, communication buffers and fragmentation; on CPU 85% of the available RAM shared by the local ranks).
+The rollout also counts what only a GPU adds: compaction's temporary (one layer's kept rows), the float64 copy that
+`cumsum(dtype=float64)` makes of the sampler's probabilities, and with CUDA graphs the static logits buffer and the
+blocks the warm-up run leaves cached on the capture stream.
+The peak is the largest phase; a plan fits when the peak is at most the usable memory. On a GPU that is the card's
+memory less a fixed reserve for what lives outside PyTorch's allocator (CUDA context ~0.6 GiB, NCCL's buffers ~1 GiB
+on 8 ranks, cuBLAS/cuBLASLt workspaces, together RESERVE_GIB = 2 GiB) and less 3% for fragmentation (the trainers turn
+on expandable segments, which keeps it small); this replaces the flat 5% margin of earlier versions. On CPU: 85% of
+the available RAM shared by the local ranks.
 
 Imports: torch, adamame (model, lora, generate).
 """
@@ -32,7 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adamame.generate import free_bytes, layer_transient_bytes, memory_needed
+from adamame.generate import (cache_slots, compaction_bytes, free_bytes, graph_bytes, layer_transient_bytes,
+                              memory_needed, sampler_bytes)
 from adamame.model import KVCache
 
 GiB = 2**30
@@ -77,7 +84,10 @@ class Plan:
         lines.append("-" * 82)
         for phase, nbytes in self.phases.items():
             lines.append(f"{phase:10} {'peak':62} {nbytes / GiB:8.2f}")
-        lines += [f"usable: {self.budget / GiB:.1f} GiB"] + self.notes
+        usable = f"usable: {self.budget / GiB:.1f} GiB"
+        if self.device == "cuda":
+            usable += f" ({self.total / GiB:.1f} less {RESERVE_GIB:.1f} outside the allocator and 3% for fragmentation)"
+        lines += [usable] + self.notes
         return "\n".join(lines)
 
     def __str__(self):
@@ -157,8 +167,12 @@ def gathered_bytes(counts: dict, dtype, lora_rank: int) -> int:
     return (counts["root"] + 2 * (counts["layer"] + counts["lora_layer"])) * dtype.itemsize + 4 * trainable
 
 
+RESERVE_GIB = 2.0  # per GPU, outside the allocator: CUDA context, NCCL buffers, cuBLAS workspaces
+
+
 def usable_bytes(device: str, total: int) -> int:
-    return int(0.95 * total) if device == "cuda" else int(0.85 * total)
+    """What the allocator may hold: a GPU's memory less RESERVE_GIB and 3% for fragmentation, or 85% of the RAM."""
+    return int(0.97 * total - RESERVE_GIB * GiB) if device == "cuda" else int(0.85 * total)
 
 
 def plan_target(nproc_per_node=None, gpu_memory_gib=None) -> tuple:
@@ -222,7 +236,9 @@ def _forward_only(cfg, tokens, dtype, chunk, triton: bool):
 def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
     """The plan's start, common to GRPO and SFT: (plan with its weights phase, parameter counts, the weights' bytes,
     the compute dtype, whether the Triton log-prob kernel runs)."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    from adamame.dist import compute_dtype
+
+    dtype = compute_dtype(device)
     plan = Plan(device, world, usable_bytes(device, total), total)
     counts = parameter_counts(cfg, lora_rank)
     weights = persistent_bytes(counts, world, lora_rank, reference_copy)
@@ -244,7 +260,7 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     gather = counts["largest"] * 4  # while the copy is built: one gathered float32 tensor (+ its LoRA product)
     per_rank = max(1, prompts_per_step // world)
     cap = per_rank if rollout_prompts == "auto" else min(per_rank, int(rollout_prompts))
-    slots = max_prompt_tokens + max_response_tokens
+    slots = cache_slots(max_prompt_tokens, max_response_tokens)
 
     def rollout_peak(p):
         return base + copy + memory_needed(cfg, p, group_size, max_prompt_tokens, max_response_tokens, dtype,
@@ -257,9 +273,17 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     rows = p * group_size
     kv = KVCache.nbytes(cfg, rows, slots, dtype)
     plan.sizes.update(rollout_copy=copy, kv_cache=kv)
+    graphs = graph_bytes(cfg, rows, dtype) if device == "cuda" else 0
+    sampler = sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
+    compaction = compaction_bytes(cfg, rows, slots, dtype)
     plan.items += [("rollout", f"rollout copy ({dtype_name(dtype)}, LoRA merged)", copy),
                    ("rollout", f"KV cache: {rows} rows x {slots} slots", kv),
-                   ("rollout", "prefill, decode step, sampler", rollout_peak(p) - base - copy - kv)]
+                   ("rollout", "sampler: float32 and float64 buffers of rows x vocabulary", sampler),
+                   ("rollout", "compaction: one layer's kept rows", compaction)]
+    if graphs:
+        plan.items.append(("rollout", "CUDA graphs: static logits, warm-up blocks", graphs))
+    plan.items.append(("rollout", "prefill, decode step", rollout_peak(p) - base - copy - kv - sampler - compaction
+                       - graphs))
     plan.phases["rollout"] = max(rollout_peak(p), base + copy + 2 * gather)
     calls = -(-per_rank // p)
     plan.notes.append(f"rollout: {p} prompts x {group_size} = {rows} rows per generate call, {calls} call(s) for "
@@ -270,7 +294,9 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     # update and log-prob forwards: one micro-batch of at most micro_batch_tokens padded tokens. Prefer chunked
     # logits (one extra lm_head matmul) to activation checkpointing (a second forward of every layer).
     gathered = gathered_bytes(counts, dtype, lora_rank)
-    tokens = max(micro_batch_tokens, max_prompt_tokens + max_response_tokens)  # a micro-batch holds >= 1 sequence
+    # a micro-batch holds at least one sequence, and never more tokens than this rank's rollouts of the step
+    longest = max_prompt_tokens + max_response_tokens
+    tokens = min(max(micro_batch_tokens, longest), per_rank * group_size * longest)
     ckpts = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
     options = [(c, k) for c in ckpts for k in (None, 8192, 2048, 512) if k is None or k < tokens]
     costs = {o: _update(cfg, counts, tokens, lora_rank, dtype, *o, triton) for o in options}
@@ -292,7 +318,6 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
         plan.notes.append(f"log-probs: full logits of {tokens} tokens would not fit; chunks of {chunk} tokens")
     if plan.phases["update"] > plan.budget and not plan.advice:
         fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton)
-        longest = max_prompt_tokens + max_response_tokens
         plan.advice = f"--micro-batch-tokens {fit}" if fit >= longest else \
             "a smaller --max-response-tokens, more GPUs (--nproc-per-node) or LoRA"
     if base > plan.budget:

@@ -19,6 +19,13 @@ Attention for one layer, with h the input and (cos, sin) the rotary tables at ea
     q, k    = rope(q), rope(k)          rope(x) = x * cos + rotate_half(x) * sin
     out     = W_o softmax(q k^T / sqrt(d) + mask) v
 
+On CUDA every attention call runs with its SDPA backends pinned (`sdpa_backends`): the training forward's plain
+causal call to the fused kernels (flash, cuDNN, memory-efficient; never the math backend, whose [B, H, T, T] scores
+would not fit), the masked prefill and the decode step to the memory-efficient kernel, the one that takes an
+arbitrary mask. An input a fused kernel cannot take then fails loudly instead of silently running the math backend.
+ADAMAME_SDPA=any lets torch choose (the math backend included); ADAMAME_SDPA=math runs only the math backend.
+The attention output is never `.view`ed: CUDA backends return it in layouts the CPU never produces.
+
 Imports: torch, safetensors (for load_model / save_model).
 """
 
@@ -32,6 +39,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+SDPA_MODES = ("pinned", "any", "math")
+
+
+def sdpa_backends(masked: bool) -> list | None:
+    """The SDPA backends a CUDA attention call may use (None: torch's own choice), from ADAMAME_SDPA."""
+    from torch.nn.attention import SDPBackend
+
+    mode = os.environ.get("ADAMAME_SDPA", "pinned")
+    if mode not in SDPA_MODES:
+        raise ValueError(f"ADAMAME_SDPA={mode!r}: use one of {', '.join(SDPA_MODES)}")
+    if mode == "any":
+        return None
+    if mode == "math":
+        return [SDPBackend.MATH]
+    if masked:
+        return [SDPBackend.EFFICIENT_ATTENTION]
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def attention(q, k, v, mask=None, enable_gqa=False):
+    """scaled_dot_product_attention, plain causal when mask is None; on CUDA with the backends of sdpa_backends."""
+    kw = dict(is_causal=True, enable_gqa=enable_gqa) if mask is None else dict(attn_mask=mask)
+    backends = sdpa_backends(mask is not None) if q.is_cuda else None
+    if backends is None:
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+    from torch.nn.attention import sdpa_kernel
+
+    try:
+        with sdpa_kernel(backends):
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+    except RuntimeError as e:
+        if "No available kernel" not in str(e):
+            raise
+        raise RuntimeError(f"attention: no SDPA backend among {[b.name for b in backends]} takes q {tuple(q.shape)} "
+                           f"{q.dtype}, k {tuple(k.shape)}, mask {None if mask is None else (tuple(mask.shape), mask.dtype)}"
+                           f" (torch's warnings above say why); ADAMAME_SDPA=any lets torch fall back to the math "
+                           f"backend") from e
 
 
 @dataclass
@@ -182,11 +226,12 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
-        # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal), a bool mask [B, 1, T, S], or for a decode
-        # step (T = 1) an additive bias [B, 1, 1, S]. cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys
-        # and values go to slots [start, start + T), or to slot `start` when it is a 0-dim tensor (decode step).
+        # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal) or an additive bias over the folded query
+        # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts).
+        # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or
+        # to slot `start` when it is a 0-dim tensor (decode step).
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # a Linear's output is contiguous on every device
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
         if hasattr(self, "q_norm"):
@@ -205,18 +250,26 @@ class Attention(nn.Module):
                 cv[:, :, start:start + T] = v
                 k, v = ck[:, :, :start + T], cv[:, :, :start + T]
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+            y = attention(q, k, v, enable_gqa=self.n_kv != self.n_heads)
         else:
-            # Grouped-query attention without copying k/v: fold the n_heads/n_kv query heads that share a kv head
-            # into the query-length axis, so every SDPA backend that takes a mask can run it. A decode step's bias
-            # [B, 1, 1, S] broadcasts over the folded axis; a bool mask [B, 1, T, S] is repeated along it.
-            rep = self.n_heads // self.n_kv
-            qg = q.reshape(B, self.n_kv, rep * T, self.hd)
-            if mask.dtype == torch.bool and rep > 1:
-                mask = mask.repeat(1, 1, rep, 1)
-            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)
-            y = y.view(B, self.n_heads, T, self.hd)
+            # Grouped-query attention without copying k/v: the rep = n_heads / n_kv query heads that share a kv head
+            # are folded into the query-length axis, so the kernel that takes a mask runs it as plain attention.
+            qg = q.reshape(B, self.n_kv, self.n_heads // self.n_kv * T, self.hd)
+            y = attention(qg, k, v, mask).reshape(B, self.n_heads, T, self.hd)  # a copy when the layout needs one
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+def attention_bias(allowed: torch.Tensor, rep: int, dtype) -> torch.Tensor:
+    """The additive attention bias for `allowed` [B, T, S] (True: the query may see the key): [B, 1, rep * T, S], 0 or
+    -inf, one row per folded query head (Attention folds the rep query heads of a kv head into the query axis).
+
+    Built once per forward in the compute dtype, its rows 16-element aligned: the memory-efficient kernel takes exactly
+    this, where a bool mask is converted and an unaligned bias padded by a copy inside every layer's call."""
+    B, T, S = allowed.shape
+    padded = -(-S // 16) * 16
+    bias = torch.full((B, 1, rep, T, padded), float("-inf"), dtype=dtype, device=allowed.device)[..., :S]
+    bias.masked_fill_(allowed[:, None, None], 0.0)
+    return bias.view(B, 1, rep * T, S)
 
 
 class MLP(nn.Module):
@@ -278,15 +331,17 @@ class Transformer(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start=0,
-                return_hidden: bool = False, logits_at=slice(None)):
+                logits_at=slice(None), head=None):
         """input_ids, positions, mask: [B, T] (mask: bool, True = real token; left padding = False).
 
         positions default to 0..T-1 (or start..start+T-1 with a cache). With `cache`, the T tokens are written
         to cache slots [start, start + T) and attend to every valid slot before them. Returns logits in the
-        parameters' dtype, or the final normalised hidden states [B, T, C] when `return_hidden` (the chunked
-        log-prob path takes those with the lm_head weight). `logits_at` picks the positions that get logits: a
-        slice of the T axis ([B, T', V], e.g. slice(-1, None) for a prefill) or a bool mask [B, T] (the trainer's
-        response positions: [N, V] for its N True entries), so no logits are made for positions nobody reads.
+        parameters' dtype. `logits_at` picks the positions that get logits: a slice of the T axis ([B, T', V], e.g.
+        slice(-1, None) for a prefill) or a bool mask [B, T] (the trainer's response positions: [N, V] for its N True
+        entries), so no logits are made for positions nobody reads. `head(hidden, weight)` replaces the lm_head: it
+        gets the final normalised hidden states at those positions and the lm_head weight [V, C] and its result is
+        returned (the chunked log-prob path). It runs inside this forward on purpose: under FSDP the root's
+        parameters, lm_head included, are gathered only while the root's forward runs.
         """
         B, T = input_ids.shape
         dev = input_ids.device
@@ -295,26 +350,27 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope(positions, x.dtype)
 
-        attn_mask = None
+        allowed = None  # [B, T, S]: which keys each query sees; a query always sees itself, so padded rows stay finite
         if cache is not None:
             new_valid = torch.ones(B, T, dtype=torch.bool, device=dev) if mask is None else mask
             cache.valid[:, start:start + T] = new_valid
             valid = cache.valid[:, :start + T]
             q_slot = (start + torch.arange(T, device=dev))[:, None]
             k_slot = torch.arange(valid.shape[1], device=dev)[None, :]
-            # a query sees valid earlier slots; it always sees itself so padded rows stay finite
-            attn_mask = (valid[:, None, None, :] & (k_slot <= q_slot)) | (k_slot == q_slot)
+            allowed = (valid[:, None, :] & (k_slot <= q_slot)) | (k_slot == q_slot)
         elif mask is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
-            attn_mask = (mask[:, None, None, :] & causal) | torch.eye(T, dtype=torch.bool, device=dev)
+            allowed = (mask[:, None, :] & causal) | torch.eye(T, dtype=torch.bool, device=dev)
+        cfg = self.config
+        attn_mask = None if allowed is None else \
+            attention_bias(allowed, cfg.num_attention_heads // cfg.num_key_value_heads, x.dtype)
 
         for i, layer in enumerate(self.model.layers):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             x = layer(x, cos, sin, attn_mask, kv, start)
         x = self.model.norm(x)
-        if return_hidden:
-            return x
-        return self.lm_head(x[logits_at] if isinstance(logits_at, torch.Tensor) else x[:, logits_at])
+        x = x[logits_at] if isinstance(logits_at, torch.Tensor) else x[:, logits_at]
+        return self.lm_head(x) if head is None else head(x, self.lm_head.weight)
 
     def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int):
         """One generated token for each of the first `rows` cache rows, attending to cache slots [0, slots).

@@ -1,9 +1,13 @@
 """The one prepared GPU check: GPU tests, kernel / generation / memory benchmarks and a GRPO smoke run.
 
     bash bench/gpu_check.sh OUT_DIR            # on the lent GPU machine (no network; carried wheels in .whl/)
+    bash bench/gpu_check.sh OUT_DIR --only kernels generate   # a rerun of the failed steps (within 150 s)
     python bench/gpu_check.py --cpu --out D    # reduced mode (tiny shapes, Triton interpreter): what CI runs
 
-Steps, in this order, each in a subprocess with its own time budget (and the whole under --budget seconds):
+Steps, in this order, each in a subprocess with its own time limit; the limits add up to the whole budget (360 s,
+or 150 s with --only), so a step that runs to its limit never starves the next:
+    preflight       imports, one Triton launch, each SDPA call site's backend, one CUDA-graph capture, each failure
+                    named with its escape hatch (bench/preflight.py)
     tests           the GPU tests (tests/test_gpu.py, tests/test_kernels.py compiled by Triton)
     kernels         log-prob forward and GRPO loss forward + backward at 32,768 x 151,936 bf16: ours, eager,
                     Liger-Kernel's Triton GRPO loss, torch.compile (bench/kernels.py)
@@ -14,7 +18,9 @@ Steps, in this order, each in a subprocess with its own time budget (and the who
     grpo_smoke      train_grpo.py for 3 steps of a tiny model, logprob_diff in bf16 (bench/grpo_smoke.py)
 OUT_DIR/gpu_check.json is rewritten before and after every step: {"gpu", "date", "commit", "torch", "triton",
 "cuda", "nvidia_smi", "mode", "seconds", "steps": {name: {"status": "ok"|"failed"|"skipped"|"running",
-"seconds", ...the step's figures, "log_tail"}}}, so a time-out of the whole command keeps every finished step.
+"seconds", ...the step's figures, "log_tail"}}}, so a time-out of the whole command keeps every finished step. The
+steps write their figures to a scratch folder and the check folds them into gpu_check.json: OUT_DIR holds at most
+gpu_check.json and gpu_check.sh's nvidia-smi.txt (the GPU machine sends back no more than 8 files).
 """
 
 import argparse
@@ -27,27 +33,31 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ("tests", "kernels", "generate", "rollout_memory", "update_memory", "grpo_smoke")
+STEPS = ("preflight", "tests", "kernels", "generate", "rollout_memory", "update_memory", "grpo_smoke")
+BUDGET_S, RERUN_BUDGET_S = 360, 150
+# seconds per step on a GPU (they add up to BUDGET_S) and in the CPU mode (CI, no budget pressure)
+LIMITS_GPU = dict(preflight=30, tests=75, kernels=70, generate=75, rollout_memory=40, update_memory=40, grpo_smoke=30)
+LIMITS_CPU = dict(preflight=120, tests=240, kernels=120, generate=120, rollout_memory=60, update_memory=90,
+                  grpo_smoke=120)
 
 
-def steps(cpu: bool, out: str):
+def steps(cpu: bool, scratch: str):
     """(name, command, seconds, figures file) for each step."""
     py = sys.executable
-    j = lambda name: os.path.join(out, f"{name}.json")  # noqa: E731
+    j = lambda name: os.path.join(scratch, f"{name}.json")  # noqa: E731
     tiny = ["--tiny"] if cpu else []
     tests = (["tests/test_gpu.py", "tests/test_kernels.py", "-k", "1009 or poison or cuda"] if cpu
              else ["tests/test_gpu.py", "tests/test_kernels.py"])
-    return [
-        ("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], 240 if cpu else 90, None),
-        ("kernels", [py, "bench/kernels.py", *tiny, "--json", j("kernels")], 120 if cpu else 90, j("kernels")),
-        ("generate", [py, "bench/generate.py", *(tiny or ["--gpu"]), "--json", j("generate")], 120 if cpu else 110,
-         j("generate")),
-        ("rollout_memory", [py, "bench/memory_check.py", "rollout", *tiny, "--json", j("rollout_memory")], 60,
-         j("rollout_memory")),
-        ("update_memory", [py, "bench/memory_check.py", "update", *tiny, "--json", j("update_memory")], 90 if cpu
-         else 75, j("update_memory")),
-        ("grpo_smoke", [py, "bench/grpo_smoke.py", "--json", j("grpo_smoke")], 120 if cpu else 60, j("grpo_smoke")),
-    ]
+    commands = dict(
+        preflight=[py, "bench/preflight.py", *tiny, "--json", j("preflight")],
+        tests=[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        kernels=[py, "bench/kernels.py", *tiny, "--json", j("kernels")],
+        generate=[py, "bench/generate.py", *(tiny or ["--gpu"]), "--json", j("generate")],
+        rollout_memory=[py, "bench/memory_check.py", "rollout", *tiny, "--json", j("rollout_memory")],
+        update_memory=[py, "bench/memory_check.py", "update", *tiny, "--json", j("update_memory")],
+        grpo_smoke=[py, "bench/grpo_smoke.py", "--json", j("grpo_smoke")])
+    limits = LIMITS_CPU if cpu else LIMITS_GPU
+    return [(name, commands[name], limits[name], None if name == "tests" else j(name)) for name in STEPS]
 
 
 def _run(cmd, timeout=30):
@@ -87,10 +97,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/out"), help="results folder (default $OUT)")
     ap.add_argument("--cpu", action="store_true", help="reduced mode for machines without a GPU (CI)")
-    ap.add_argument("--budget", type=float, default=420, help="total seconds; steps past it are skipped")
+    ap.add_argument("--budget", type=float, help=f"total seconds; steps past it are skipped (default {BUDGET_S}, "
+                    f"{RERUN_BUDGET_S} with --only)")
     ap.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps")
     args = ap.parse_args(argv)
+    if args.budget is None:
+        args.budget = RERUN_BUDGET_S if args.only else BUDGET_S
     os.makedirs(args.out, exist_ok=True)
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="gpu_check-")
     t_start = time.time()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     if args.cpu:
@@ -104,7 +120,7 @@ def main(argv=None):
             json.dump(result, f, indent=2)
         os.replace(path + ".tmp", path)
 
-    for name, cmd, limit, figures in steps(args.cpu, args.out):
+    for name, cmd, limit, figures in steps(args.cpu, scratch):
         left = args.budget - (time.time() - t_start)
         if (args.only and name not in args.only) or left < 15:
             result["steps"][name] = {"status": "skipped", "seconds": 0.0,

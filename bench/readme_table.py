@@ -27,6 +27,13 @@ def table(res: dict) -> str:
              f"{res.get('torch')}, CUDA {res.get('cuda')}, Triton {res.get('triton')}; the whole check "
              f"{res.get('seconds')} s", "",
              "| step | measurement | result | reference |", "|---|---|---|---|"]
+    for name, c in steps.get("preflight", {}).get("checks", {}).items():
+        detail = c.get("error", "")[:80] if c["status"] == "failed" else ""
+        if name == "sdpa" and c.get("sites"):
+            detail = "; ".join(f"{site}: {'/'.join(v.get('backend', [])) or v.get('error', '')[:40]}"
+                               for site, v in c["sites"].items())
+        lines.append(f"| preflight | {name} | {c['status']}{': ' + detail if detail else ''} | "
+                     f"{c.get('hatch', '-')} |")
     t = steps.get("tests", {})
     if t.get("status") in ("ok", "failed"):
         lines.append(f"| tests | GPU tests | {t.get('passed', 0)} passed, {t.get('failed', 0)} failed, "

@@ -5,7 +5,14 @@ import json
 
 from tests.helpers import run_cli
 
-STEPS = ("tests", "kernels", "generate", "rollout_memory", "update_memory", "grpo_smoke")
+STEPS = ("preflight", "tests", "kernels", "generate", "rollout_memory", "update_memory", "grpo_smoke")
+
+
+def test_the_step_limits_add_up_to_the_budget():
+    from bench.gpu_check import BUDGET_S, LIMITS_GPU, RERUN_BUDGET_S
+
+    assert list(LIMITS_GPU) == list(STEPS) and sum(LIMITS_GPU.values()) == BUDGET_S <= 360
+    assert LIMITS_GPU["preflight"] <= 30 and RERUN_BUDGET_S <= 150
 
 
 def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
@@ -19,8 +26,12 @@ def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
         step = res["steps"][name]
         assert step["status"] == "ok", (name, step.get("reason"), step.get("log_tail", "")[-1500:])
         assert {"seconds", "log_tail", "command"} <= set(step)
+    assert len(list(tmp_path.iterdir())) <= 8  # what the GPU machine sends back
     steps = res["steps"]
     assert steps["tests"]["passed"] > 0 and steps["tests"]["failed"] == 0
+    checks = steps["preflight"]["checks"]
+    assert [checks[c]["status"] for c in ("imports", "triton", "sdpa", "cuda_graph")] == ["ok", "ok", "ok", "skipped"]
+    assert {"prefill (float32)", "decode step (bfloat16)", "training forward (bfloat16)"} <= set(checks["sdpa"]["sites"])
     rows = steps["kernels"]["rows"]
     assert {(r["impl"], r["kernel"]) for r in rows} >= {("ours", "logprob_fwd"), ("ours", "loss_fwd_bwd"),
                                                         ("eager", "logprob_fwd"), ("eager", "loss_fwd_bwd")}

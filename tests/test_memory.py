@@ -185,3 +185,57 @@ def test_a_run_whose_plan_does_not_fit_stops_before_loading_weights(tmp_path):
     assert r.returncode == 3, r.stderr[-2000:]
     assert "does not fit (try a smaller --max-response-tokens" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_micro_batch_is_planned_at_no_more_tokens_than_the_step_holds():
+    """2 prompts x 2 rollouts of at most 512 + 256 tokens hold 3,072 tokens: the plan must not budget a 32k-token
+    micro-batch the run never forms (it did, and refused this run on a 24 GiB machine)."""
+    from adamame.memory import grpo_plan
+    from adamame.model import read_config
+
+    cfg = read_config(os.path.join(FIXTURES, "deepseek-r1-distill-qwen-1.5b"))
+    kw = dict(world=1, total=24 * GiB, device="cpu", group_size=2, max_prompt_tokens=512, max_response_tokens=256,
+              micro_batch_tokens=32768, lora_rank=32, beta=0.001)
+    small = grpo_plan(cfg, prompts_per_step=2, **kw)
+    assert any("activations, 3072 tokens" in what for _, what, _ in small.items)
+    assert small.fits, small
+    big = grpo_plan(cfg, prompts_per_step=64, **kw)  # 128 rows x 768 tokens: the 32k micro-batch is formed
+    assert any("activations, 32768 tokens" in what for _, what, _ in big.items)
+
+
+def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
+    """Compaction's temporary is one layer's kept rows, the sampler's [rows, V] buffers fit its term with room for the
+    float64 copy CUDA's cumsum makes, and the plan's usable GPU memory is the card less the stated reserve and 3%."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from adamame.generate import COMPACT_AT, compaction_bytes, sample_next, sampler_bytes
+    from adamame.memory import RESERVE_GIB, usable_bytes
+    from adamame.model import KVCache
+
+    save_tiny_hf(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
+    cfg = load_model(str(tmp_path)).config
+    rows, slots = 16, 48
+    cache = KVCache.allocate(cfg, rows, slots, torch.float32, "cpu")
+    keep = torch.arange(int(COMPACT_AT * rows))
+    temp = cache.k[0][keep, :, :slots]  # what compact() makes for each layer's k and v, one at a time
+    assert temp.numel() * temp.element_size() == compaction_bytes(cfg, rows, slots, torch.float32)
+
+    class Outputs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.out = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == rows * 97 and func._schema.name != "aten::view":
+                self.out.append((func._schema.name, out.dtype, out.numel() * out.element_size()))
+            return out
+
+    logits, u, rec = torch.randn(rows, 97), torch.rand(rows, dtype=torch.float64), Outputs()
+    with rec:
+        sample_next(logits, 0.8, uniforms=u)
+    assert ("aten::cumsum", torch.float64, rows * 97 * 8) in rec.out
+    # even if every buffer stayed alive at once, with room for the float64 copy of the probabilities that CUDA's
+    # cumsum(dtype=float64) makes first (the CPU kernel casts as it goes: only the GPU check can see that one)
+    assert sum(nb for _, _, nb in rec.out) + rows * 97 * 8 <= sampler_bytes(rows, 97)
+    assert usable_bytes("cuda", 80 * GiB) == int(0.97 * 80 * GiB - RESERVE_GIB * GiB)

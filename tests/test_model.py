@@ -30,14 +30,15 @@ def test_unpadded_forward_matches_and_public_api(tmp_path, name, model_type, ext
         assert (load_model(str(tmp_path))(ids) - hf(ids).logits).abs().max() <= 1e-4
 
 
-def test_return_hidden_gives_lm_head_input(tmp_path):
+def test_head_gets_the_lm_head_input_and_weight(tmp_path):
     save_tiny_hf(tmp_path, "qwen3", num_attention_heads=4, num_key_value_heads=2)
     m = load_model(str(tmp_path))
     ids = torch.randint(0, 97, (2, 5))
+    at = torch.tensor([[False, True, True, False, True], [True, False, False, False, True]])
     with torch.no_grad():
-        h = m(ids, return_hidden=True)
-        assert h.shape == (2, 5, 48)
-        torch.testing.assert_close(m.lm_head(h), m(ids))
+        h, w = m(ids, logits_at=at, head=lambda hidden, weight: (hidden, weight))
+        assert h.shape == (5, 48) and w is m.lm_head.weight
+        torch.testing.assert_close(h @ w.t(), m(ids)[at])
 
 
 @pytest.mark.parametrize("decode_step", [False, True], ids=["forward", "decode-step"])

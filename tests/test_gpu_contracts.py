@@ -1,0 +1,471 @@
+"""What a GPU does differently, checked on the CPU: one test per contract the GPU path relies on.
+
+A CPU run never produces the output layouts of the CUDA attention kernels, never checks their input constraints,
+never captures a CUDA graph and never compiles a Triton kernel for real hardware; each test below makes one of those
+visible here. What only a GPU can answer is in bench/gpu_check.py (its preflight step).
+"""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from adamame.generate import Rows, generate, make_decoder, token_step
+from adamame.model import KVCache, Transformer, load_model, read_config
+from tests.helpers import left_padded_batch, run_cli, save_tiny_hf, save_tiny_tokenizer, write_rl_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = [os.path.join(ROOT, "tests", "fixtures", n) for n in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b")]
+ORDERS = list(itertools.permutations(range(4)))  # the 24 memory orders of a 4-d tensor
+
+
+def _gqa_model(tmp_path, dtype=torch.float32, **extra):
+    """A tiny qwen2 with grouped-query attention (6 query heads, 2 kv heads) and head_dim 16 (a multiple of 8, as the
+    fused kernels need)."""
+    cfg = dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, **extra)
+    save_tiny_hf(tmp_path, "qwen2", **cfg)
+    return load_model(str(tmp_path), dtype=dtype).eval()
+
+
+# ---------------------------------------------------------------------------------------------- SDPA output layouts
+
+def _laid_out(order):
+    """scaled_dot_product_attention returning the same values in memory order `order` (outermost dimension first),
+    as CUDA backends do: flash and memory-efficient give [B, T, H, D] memory viewed as [B, H, T, D]."""
+    real = F.scaled_dot_product_attention
+    inverse = [order.index(d) for d in range(4)]
+
+    def sdpa(*args, **kwargs):
+        return real(*args, **kwargs).permute(order).contiguous().permute(inverse)
+    return sdpa
+
+
+def _every_attention_path(model):
+    """Outputs of each path that calls SDPA: the masked prefill, a decode step, generate (sampled, with compaction),
+    the training forward with and without a mask, and the training backward's gradients."""
+    torch.manual_seed(0)
+    ids, mask, pos = left_padded_batch([7, 3, 5], 97, seed=1)
+    with torch.no_grad():
+        cache = KVCache.allocate(model.config, 3, 16, torch.float32, "cpu")
+        prefill = model(ids, positions=pos, mask=mask, cache=cache, logits_at=slice(-1, None))
+        slot = torch.tensor(7)
+        step = model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, slot, 3, 16)
+        masked = model(ids, positions=pos, mask=mask)
+    samples = generate(model, [[5, 17, 3], [60], [33, 2, 71, 4]], max_new_tokens=12, n=2, temperature=1.0, seed=0,
+                       eos_token_ids=[9], check_every=2, return_logprobs=True)
+    model.zero_grad()
+    causal = model(ids)
+    causal.float().square().mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    return {"prefill": prefill, "decode": step, "masked": masked, "causal": causal.detach(),
+            "tokens": [s.tokens for s in samples], "logprobs": torch.tensor([x for s in samples for x in s.logprobs]),
+            "grads": grads}
+
+
+def test_sdpa_output_in_any_memory_order_gives_the_same_results(tmp_path, monkeypatch):
+    model = _gqa_model(tmp_path)
+    want = _every_attention_path(model)
+    for order in ORDERS:
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", _laid_out(order))
+        got = _every_attention_path(model)
+        assert got["tokens"] == want["tokens"], order
+        for key in ("prefill", "decode", "masked", "causal", "logprobs"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5, msg=f"{key}, memory order {order}")
+        for a, b in zip(got["grads"], want["grads"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"gradients, memory order {order}")
+
+
+# ---------------------------------------------------------------------------------------------- SDPA backend inputs
+
+class _SdpaCalls:
+    """Records the inputs of every scaled_dot_product_attention call."""
+
+    def __init__(self, monkeypatch):
+        self.calls, real = [], F.scaled_dot_product_attention
+
+        def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+            self.calls.append(dict(q=q, k=k, v=v, mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa,
+                                   dropout=dropout_p))
+            return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                        enable_gqa=enable_gqa)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+
+
+def _memory_efficient_violations(c) -> list:
+    """The documented input constraints of the memory-efficient kernel on sm80+ (torch's sdp_utils.cpp and
+    attention.cpp), restated: 4-d dense q, k, v of one dtype (fp16, bf16, fp32), stride 1 in the last dimension,
+    head_dim a multiple of 8 (16-bit) or 4 (fp32), storage offsets aligned to 16 bytes, equal batch and head counts
+    (the folded query heads need no GQA support); a mask of the query's dtype (a bool one is converted by a copy per
+    call) whose strides, but the last (1), are multiples of 16, broadcastable to [B, H, Tq, Tk]."""
+    q, k, v, mask = c["q"], c["k"], c["v"], c["mask"]
+    bad = []
+    if not (q.dim() == k.dim() == v.dim() == 4):
+        bad.append("q, k, v must be 4-d")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        bad.append(f"dtypes {q.dtype}, {k.dtype}, {v.dtype}")
+    align = 8 if q.element_size() == 2 else 4
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            bad.append(f"{name} last-dim stride {t.stride(-1)}")
+        if (t.storage_offset() * t.element_size()) % 16:
+            bad.append(f"{name} storage offset {t.storage_offset()} not 16-byte aligned")
+    if q.shape[-1] % align or v.shape[-1] % align or q.shape[-1] != k.shape[-1]:
+        bad.append(f"head_dim {q.shape[-1]} not a multiple of {align}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0] and q.shape[1] == k.shape[1] == v.shape[1]):
+        bad.append(f"batch/heads differ: q {tuple(q.shape)}, k {tuple(k.shape)} (fold the query heads)")
+    if c["is_causal"] or c["dropout"]:
+        bad.append("a masked call must not also be causal or use dropout")
+    if mask is not None:
+        if mask.dtype != q.dtype:
+            bad.append(f"mask dtype {mask.dtype} (query {q.dtype}): converted by a copy in every call")
+        if mask.stride(-1) != 1 or any(s % 16 for s in mask.stride()[:-1]):
+            bad.append(f"mask strides {mask.stride()} not 16-aligned: padded by a copy in every call")
+        want = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        if any(m not in (1, w) for m, w in zip(mask.shape, want)):
+            bad.append(f"mask {tuple(mask.shape)} does not broadcast to {want}")
+    return bad
+
+
+def _flash_violations(c) -> list:
+    """The flash kernel's constraints (the training forward's causal call; cuDNN's are no stricter for it): 4-d q, k,
+    v in fp16/bf16, no mask, head_dim <= 256 and a multiple of 8, equal query and key lengths with is_causal, stride 1
+    in the last dimension, equal batch, query heads a multiple of the kv heads (GQA)."""
+    q, k, v = c["q"], c["k"], c["v"]
+    bad = []
+    if c["mask"] is not None:
+        bad.append("flash takes no mask")
+    if q.dtype not in (torch.float16, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
+        bad.append(f"dtype {q.dtype}: flash needs fp16/bf16")
+    if q.shape[-1] > 256 or q.shape[-1] % 8 or q.shape[-1] != k.shape[-1]:
+        bad.append(f"head_dim {q.shape[-1]}")
+    if c["is_causal"] and q.shape[2] != k.shape[2]:
+        bad.append("causal with different query and key lengths")
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
+        bad.append("last-dim stride is not 1")
+    if q.shape[0] != k.shape[0] or q.shape[1] % k.shape[1] or (q.shape[1] != k.shape[1] and not c["enable_gqa"]):
+        bad.append(f"heads: q {q.shape[1]}, k {k.shape[1]}, enable_gqa {c['enable_gqa']}")
+    return bad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_each_sdpa_call_site_meets_the_constraints_of_its_gpu_backend(tmp_path, monkeypatch, dtype):
+    model = _gqa_model(tmp_path, dtype)
+    rec = _SdpaCalls(monkeypatch)
+    ids, mask, pos = left_padded_batch([7, 3, 5], 97, seed=1)
+    sites = {}
+    with torch.no_grad():
+        decoder = make_decoder(model, 3, 1, 7, 40)  # cache slots rounded up as the engine does
+        model(ids, positions=pos, mask=mask, cache=KVCache.allocate(model.config, 3, 7, dtype, "cpu"))
+        sites["prefill"] = rec.calls[-1]
+        cache = decoder.cache
+        model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.tensor(7), 3,
+                          decoder.buckets(3, 7)[1])
+        sites["decode step"] = rec.calls[-1]
+        model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.tensor(44), 3,
+                          decoder.buckets(3, 44)[1])  # the last bucket: the cache's own (rounded) length
+        sites["decode step, last bucket"] = rec.calls[-1]
+        model(ids, positions=pos, mask=mask)
+        sites["masked forward"] = rec.calls[-1]
+    model(ids)  # the training forward
+    sites["training forward"] = rec.calls[-1]
+    for site, c in sites.items():
+        if site == "training forward":
+            assert c["is_causal"] and c["mask"] is None
+            if dtype == torch.bfloat16:  # on a GPU the forward is bf16: flash (or cuDNN) must take it
+                assert not _flash_violations(c), (site, _flash_violations(c))
+        else:
+            assert not _memory_efficient_violations(c), (site, _memory_efficient_violations(c))
+    bias = sites["decode step"]["mask"]
+    assert bias.shape[1:3] == (1, 1) and bias.shape[0] == 3  # one bias row per cache row, broadcast over the
+    assert sites["decode step"]["q"].shape[2] == 3  # ... folded query heads (rep = 3 per kv head)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=os.path.basename)
+def test_the_papers_models_have_head_dims_every_fused_backend_takes(path):
+    cfg = read_config(path)
+    assert cfg.head_dim % 8 == 0 and cfg.head_dim <= 256  # flash, cuDNN (<= 128 before cuDNN 9.2) and mem-efficient
+    assert cfg.num_attention_heads % cfg.num_key_value_heads == 0
+
+
+def test_training_attention_is_pinned_to_fused_backends_on_cuda(monkeypatch):
+    """On CUDA, the plain causal call may use flash, cuDNN or memory-efficient attention, never the math backend; a
+    masked call only the memory-efficient kernel; ADAMAME_SDPA=any lets torch choose, =math forces the math backend."""
+    from torch.nn.attention import SDPBackend
+
+    from adamame.model import sdpa_backends
+
+    assert SDPBackend.MATH not in sdpa_backends(masked=False)
+    assert sdpa_backends(masked=True) == [SDPBackend.EFFICIENT_ATTENTION]
+    monkeypatch.setenv("ADAMAME_SDPA", "any")
+    assert sdpa_backends(masked=False) is None
+    monkeypatch.setenv("ADAMAME_SDPA", "math")
+    assert sdpa_backends(masked=True) == [SDPBackend.MATH]
+    monkeypatch.setenv("ADAMAME_SDPA", "flash")
+    with pytest.raises(ValueError, match="ADAMAME_SDPA"):
+        sdpa_backends(masked=False)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA-graph rules
+
+SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.is_nonzero", "aten.equal",
+            "aten.item", "aten.unique", "aten._unique", "aten._unique2", "aten.unique_consecutive", "aten.unique_dim",
+            "aten.allclose", "aten.masked_scatter_", "aten.lift_fresh", "aten.tolist"}
+FACTORIES = {"aten.zeros", "aten.ones", "aten.empty", "aten.full", "aten.arange", "aten.rand", "aten.randn",
+             "aten.scalar_tensor", "aten.empty_strided"}
+
+
+class OpRecorder(TorchDispatchMode):
+    """Every aten op with its tensors' (shape, stride, dtype, device) and its other arguments; `syncs` lists the ops
+    that make the host wait for the device or whose output shape depends on data (a CUDA graph can capture neither),
+    with the line of adamame/ that called them."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.syncs = [], []
+
+    @staticmethod
+    def _sig(x):
+        if isinstance(x, torch.Tensor):
+            return ("T", tuple(x.shape), x.stride(), x.dtype, x.device.type)
+        if isinstance(x, (list, tuple)):
+            return tuple(OpRecorder._sig(y) for y in x)
+        if isinstance(x, dict):
+            return tuple((k, OpRecorder._sig(v)) for k, v in sorted(x.items()))
+        return x
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name.replace("::", ".")
+        why = None
+        if name in SYNC_OPS:
+            why = name
+        elif name in ("aten.index", "aten.index_put", "aten.index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())):
+            why = f"{name} with a bool index (nonzero inside)"
+        elif name == "aten.repeat_interleave" and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.long:
+            why = "repeat_interleave with a tensor of counts"
+        elif name in ("aten._to_copy", "aten.to") and kwargs.get("device") is not None:
+            why = f"a copy to {kwargs['device']}"
+        elif name in FACTORIES and kwargs.get("device") is None:
+            why = f"{name} without a device (made on the CPU)"
+        if why:
+            here = [f for f in traceback.extract_stack() if os.sep + "adamame" + os.sep in f.filename]
+            self.syncs.append((why, f"{os.path.basename(here[-1].filename)}:{here[-1].lineno}" if here else "?",
+                               here[-1].line if here else ""))
+        out = func(*args, **kwargs)
+        self.ops.append((name, self._sig(args), self._sig(kwargs), self._sig(out)))
+        return out
+
+
+def _step_setup(model, rows=5, slots=64):
+    cache = KVCache.allocate(model.config, rows, slots, next(model.parameters()).dtype, next(model.parameters()).device)
+    cache.valid[:, :6] = True
+    return cache, torch.arange(rows) + 3, torch.arange(rows) + 6
+
+
+def test_decode_step_runs_no_host_sync_and_makes_nothing_on_another_device(tmp_path):
+    """On the meta device (like a GPU, not the CPU, and it has no data): an `.item()`, a nonzero or a tensor made on the
+    CPU raises there; the recorder also names every op that would need the host."""
+    cfg = _gqa_model(tmp_path).config
+    with torch.device("meta"):
+        model = Transformer(cfg)
+        cache, tokens, positions = _step_setup(model)
+        slot = torch.tensor(6)
+    rec = OpRecorder()
+    with rec, torch.no_grad():
+        logits = model.decode_step(tokens, positions, cache, slot, 5, 32)
+    assert logits.device.type == "meta" and logits.shape == (5, cfg.vocab_size)
+    assert rec.syncs == [], rec.syncs
+    assert {sig[-1] for op in rec.ops for sig in [op[3]] if isinstance(sig, tuple) and sig and sig[0] == "T"} \
+        <= {"meta"}
+
+
+def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_path):
+    """A CUDA graph replays what it captured: two steps at different slots of one (rows, slots) bucket must issue the
+    same ops with the same shapes, strides and non-tensor arguments (the slot lives in a device tensor)."""
+    model = _gqa_model(tmp_path)
+    cache, tokens, positions = _step_setup(model)
+    recs = []
+    for slot in (6, 9):
+        pos, slot_t, rec = positions + (slot - 6), torch.tensor(slot), OpRecorder()
+        with rec, torch.no_grad():
+            model.decode_step(tokens, pos, cache, slot_t, 5, 32)
+        recs.append(rec.ops)
+    assert len(recs[0]) == len(recs[1]) > 50
+    for i, (a, b) in enumerate(zip(*recs)):
+        assert a == b, f"op {i}: {a[0]} differs between the two steps"
+
+
+def test_the_sampling_step_has_no_host_sync(tmp_path):
+    """token_step (sample_next, the done/EOS bookkeeping) with top-k and top-p on: nothing waits for the device."""
+    B, V = 6, 97
+    st = Rows(out=torch.zeros(B, 8, dtype=torch.long), out_lp=torch.zeros(B, 8), lengths=torch.zeros(B, dtype=torch.long),
+              stopped=torch.zeros(B, dtype=torch.bool), live=torch.tensor([0, 2, 3, 5]),
+              done=torch.tensor([False, True, False, False]))
+    gen = torch.Generator().manual_seed(0)
+    eos = torch.tensor([3, 9])
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 20, 0.9), (0.0, 0, 1.0)):
+        rec = OpRecorder()
+        with rec:
+            token_step(st, torch.randn(4, V), 1, gen, temperature, top_k, top_p, eos, 0)
+        assert rec.syncs == [], (temperature, top_k, top_p, rec.syncs)
+
+
+def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, capsys):
+    """Every host sync of a whole generate call, by line: inside the token loop only the check_every look (the stop
+    test and, when rows finished, compaction's nonzero), before and after it the prefill and the results' copy."""
+    import inspect
+
+    from adamame import generate as gen_mod
+
+    model = _gqa_model(tmp_path)
+    rec = OpRecorder()
+    steps, every = 24, 4
+    with rec:
+        generate(model, [[5, 17, 3], [60], [33, 2, 71, 4]], max_new_tokens=steps, n=2, temperature=1.0, seed=0,
+                 eos_token_ids=[9, 11, 20], check_every=every)
+    lines, first = inspect.getsourcelines(gen_mod.generate)
+    src = "".join(lines)
+    loop_start = first + src[:src.index("    for t in range(max_new_tokens):")].count("\n")
+    loop_end = first + src[:src.index("    if stats is not None:")].count("\n")
+    in_loop = [s for s in rec.syncs if s[1].startswith("generate.py:") and loop_start <= int(s[1].split(":")[1])
+               < loop_end]
+    allowed = ("n_live = int((~st.done).sum())", "keep = (~st.done).nonzero()[:, 0]")
+    assert in_loop and all(s[2].strip() in allowed for s in in_loop), in_loop
+    assert len(in_loop) <= 2 * (steps // every)
+    with capsys.disabled():
+        table = {}
+        for why, where, line in rec.syncs:
+            table[(why, where, line.strip())] = table.get((why, where, line.strip()), 0) + 1
+        print(f"\nhost syncs of one generate call ({steps} tokens, check_every {every}):")
+        for (why, where, line), n in sorted(table.items(), key=lambda kv: kv[0][1]):
+            print(f"  {n:4d} x {where:18} {why:45} {line[:60]}")
+
+
+# ---------------------------------------------------------------------------------------------- Triton for the GPU
+
+_AOT = r'''
+import json, os, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+sys.path.insert(0, sys.argv[1])
+from adamame import kernels
+from triton.runtime.jit import JITFunction
+
+kernels_found = {n: f for n, f in vars(kernels).items() if isinstance(f, JITFunction)}
+sigs = json.loads(sys.argv[2])
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+out = {"triton": triton.__version__, "kernels": sorted(kernels_found), "rows": []}
+for name, fn in sorted(kernels_found.items()):
+    for cc in (80, 90):
+        for dtype in ("bf16", "fp32"):
+            sig = {a: t.replace("DTYPE", dtype) for a, t in sigs[name]["args"].items()}
+            src = ASTSource(fn, sig, constexprs=sigs[name]["constexprs"])
+            k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": sigs[name]["num_warps"]})
+            with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+                f.write(k.asm["cubin"])
+            usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+            os.unlink(f.name)
+            line = next(l for l in usage.splitlines() if "REG:" in l)
+            fields = dict(p.split(":", 1) for p in line.split() if ":" in p)
+            out["rows"].append({"kernel": name, "sm": cc, "dtype": dtype, "registers": int(fields["REG"]),
+                                "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
+                                "shared": int(fields["SHARED"])})
+print(json.dumps(out))
+'''
+
+# Each @triton.jit kernel of adamame/kernels.py as the trainers launch it: DTYPE is the logits' dtype (bf16 on a GPU,
+# fp32 on the reference path); a new kernel fails this test until its signature is listed here.
+TRITON_SIGNATURES = {
+    "_logprob_fwd_kernel": {
+        "args": {"logits_ptr": "*DTYPE", "stride_b": "i64", "stride_l": "i64", "L": "i32", "targets_ptr": "*i64",
+                 "logp_ptr": "*fp32", "lse_ptr": "*fp32", "V": "i32", "inv_temp": "fp32", "BLOCK": "constexpr"},
+        "constexprs": {"BLOCK": 4096}, "num_warps": 8},
+    "_logprob_bwd_kernel": {
+        "args": {"logits_ptr": "*DTYPE", "stride_b": "i64", "stride_l": "i64", "grad_ptr": "*DTYPE",
+                 "gstride_b": "i64", "gstride_l": "i64", "L": "i32", "targets_ptr": "*i64", "lse_ptr": "*fp32",
+                 "dlogp_ptr": "*fp32", "V": "i32", "inv_temp": "fp32", "BLOCK": "constexpr"},
+        "constexprs": {"BLOCK": 4096}, "num_warps": 8},
+}
+
+
+def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
+    """Compiled ahead of time for real GPUs (in a subprocess: under TRITON_INTERPRET triton.compile cannot take a
+    kernel); the cubin's resource usage, read with the cuobjdump the triton wheel ships, must show no local memory
+    (register spills)."""
+    pytest.importorskip("triton")
+    from adamame import kernels
+
+    assert kernels.NUM_WARPS == 8 and kernels.BLOCK_V == 4096  # what the signatures above compile
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _AOT, ROOT, json.dumps(TRITON_SIGNATURES)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(TRITON_SIGNATURES) == res["kernels"], "list every @triton.jit kernel's signature here"
+    assert len(res["rows"]) == 4 * len(res["kernels"])
+    with capsys.disabled():
+        print(f"\ntriton {res['triton']}, num_warps 8:")
+        for row in res["rows"]:
+            print(f"  {row['kernel']:22} sm_{row['sm']} {row['dtype']:5} registers {row['registers']:3} "
+                  f"local {row['local']} shared {row['shared']}")
+    for row in res["rows"]:
+        assert row["local"] == 0 and row["stack"] == 0, row
+        assert row["registers"] <= 255, row
+
+
+# ---------------------------------------------------------------------------------------------- bf16 end to end
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tmp_path_factory):
+    from tests.helpers import write_sft_jsonl
+
+    root = tmp_path_factory.mktemp("bf16")
+    save_tiny_hf(root / "model", "qwen3", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    save_tiny_tokenizer(root / "model", vocab_size=300)
+    write_rl_jsonl(root / "rl.jsonl", n=20)
+    write_sft_jsonl(root / "sft.jsonl", n=12)
+    return root
+
+
+BF16 = {"ADAMAME_COMPUTE_DTYPE": "bfloat16"}
+
+
+def test_grpo_step_in_the_gpus_mixed_precision_on_two_ranks(tiny_bf16, tmp_path, capsys):
+    """bf16 compute, float32 master weights and gradient reduction, a bf16 rollout copy: finite, and the
+    sampler/trainer log-prob gap in bf16 (it is ~1e-7 in float32)."""
+    out = tmp_path / "grpo"
+    r = run_cli(["train_grpo.py", "--model", str(tiny_bf16 / "model"), "--data", str(tiny_bf16 / "rl.jsonl"),
+                 "--out", str(out), "--batch-prompts", "4", "--mini-batch-prompts", "2", "--group-size", "4",
+                 "--max-response-tokens", "8", "--lora-rank", "4", "--max-steps", "2", "--temperature", "1.0",
+                 "--reward", "binary-lang"],  # a random model answers nothing: the language term gives advantages
+                nproc=2, env=BF16)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "bfloat16 parameters" in r.stdout  # the plan is made for the dtype the run computes in
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    for row in rows:
+        for key in ("loss", "grad_norm", "kl", "ratio", "logprob_diff"):
+            assert torch.isfinite(torch.tensor(row[key])), (key, row[key])
+    assert 0 < rows[0]["logprob_diff"] < 0.5 and rows[0]["grad_norm"] > 0
+    with capsys.disabled():
+        diffs = ", ".join(f"{row['logprob_diff']:.4f}" for row in rows)
+        norms = ", ".join(f"{row['grad_norm']:.2e}" for row in rows)
+        print(f"\nbf16 GRPO on 2 ranks: logprob_diff (max |sampler - trainer|) per step {diffs}; grad_norm {norms}")
+
+
+def test_sft_step_in_the_gpus_mixed_precision_on_two_ranks(tiny_bf16, tmp_path):
+    out = tmp_path / "sft"
+    r = run_cli(["train_sft.py", "--model", str(tiny_bf16 / "model"), "--data", str(tiny_bf16 / "sft.jsonl"), "--out",
+                 str(out), "--batch-size", "4", "--micro-batch-size", "1", "--lora-rank", "4", "--max-steps", "2"],
+                nproc=2, env=BF16)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor([row["loss"], row["grad_norm"]])).all() for row in rows)
