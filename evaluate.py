@@ -38,6 +38,12 @@ def parse_args(argv=None):
     ap.add_argument("--limit", type=int, help="evaluate only the first N questions of each file")
     ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
                     help="answer checker: builtin (default) or math-verify (the paper's; pip install math-verify)")
+    ap.add_argument("--lang-id", choices=("langid", "lingua"), default="langid",
+                    help="language identifier: langid (default) or lingua (the paper's; pip install "
+                         "lingua-language-detector)")
+    ap.add_argument("--benchmark", choices=("mgsm", "msvamp"),
+                    help="restrict the evaluation's identifier to the paper's language set for this benchmark "
+                         "(default: the 13 languages this project knows)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -57,9 +63,18 @@ def data_files(paths):
     return files
 
 
+def detectors(args):
+    """(the evaluation's identifier, the training-time rule's identifier) for --lang-id and --benchmark."""
+    from adamame.language import BENCHMARK_LANGUAGES, EVAL_LANGUAGES, TRAIN_LANGUAGES, get_detector
+
+    name = getattr(args, "lang_id", "langid")
+    languages = BENCHMARK_LANGUAGES[args.benchmark] if getattr(args, "benchmark", None) else EVAL_LANGUAGES
+    return get_detector(name, tuple(languages)), get_detector(name, TRAIN_LANGUAGES)
+
+
 def read_generations(path):
     from adamame.data import read_jsonl
-    from adamame.language import DEFAULT_LANGUAGES
+    from adamame.language import KNOWN_LANGUAGES
 
     recs = []
     for i, obj in read_jsonl(path):
@@ -70,7 +85,7 @@ def read_generations(path):
             raise DataError(f"{path}:{i}: field 'candidates' must be a list of strings")
         if not obj["candidates"]:
             raise DataError(f"{path}:{i}: field 'candidates' is empty")
-        if obj["lang"] not in DEFAULT_LANGUAGES:
+        if obj["lang"] not in KNOWN_LANGUAGES:
             raise DataError(f"{path}:{i}: field 'lang': unknown language code {obj['lang']!r}")
         obj["answer"] = str(obj["answer"])
         recs.append(obj)
@@ -112,7 +127,9 @@ def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", de
                             max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
                             seed=args.seed * 1000 + rank, progress=bar)
     bar.close()
-    recs = [score_record(r, verifier=getattr(args, "verifier", "builtin")) for r in recs]
+    detector, train_detector = detectors(args)
+    recs = [score_record(r, verifier=getattr(args, "verifier", "builtin"), detector=detector,
+                         train_detector=train_detector) for r in recs]
     if world > 1:
         import torch.distributed as tdist
 
@@ -123,7 +140,7 @@ def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", de
 
 
 def write_outputs(recs, k, out):
-    from adamame.scoring import format_table, summarize, write_summary
+    from adamame.scoring import format_table, summarize, write_paper_csv, write_summary
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "generations.jsonl"), "w", encoding="utf-8") as f:
@@ -131,8 +148,9 @@ def write_outputs(recs, k, out):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     summary = summarize(recs, k)
     write_summary(summary, out)
+    write_paper_csv(recs, os.path.join(out, "paper_summary.csv"))
     print(format_table(summary))
-    print(f"wrote {out}/generations.jsonl, summary.json, summary.csv")
+    print(f"wrote {out}/generations.jsonl, summary.json, summary.csv, paper_summary.csv")
     return summary
 
 
@@ -143,6 +161,8 @@ def main(argv=None):
 
     args = parse_args(argv)
     require_verifier(args.verifier)
+    detector, train_detector = detectors(args)  # a missing lingua is reported before any work
+    print(f"language identifier: {detector.version}, evaluation languages {' '.join(detector.languages)}")
     if args.score:
         lock_output(args.out)
         from adamame.scoring import score_record
@@ -156,7 +176,7 @@ def main(argv=None):
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
-        recs = [score_record(r, count, args.verifier) for r in recs]
+        recs = [score_record(r, count, args.verifier, detector, train_detector) for r in recs]
         ks = {len(r["candidates"]) for r in recs}
         return write_outputs(recs, min(ks), args.out)
     if not args.model or not args.data:

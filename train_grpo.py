@@ -55,12 +55,19 @@ def parse_args(argv=None):
                          "package, optional: pip install math-verify)")
     ap.add_argument("--lang-mode", choices=("prefix", "trace"), default="prefix",
                     help="what lang(o_i) reads: the first 500 characters (paper) or the whole trace")
+    ap.add_argument("--lang-id", choices=("langid", "lingua"), default="langid",
+                    help="language identifier for lang(o_i), over the released reward's 14 languages: langid "
+                         "(default) or lingua (the paper's; pip install lingua-language-detector)")
+    ap.add_argument("--format-reward", action="store_true",
+                    help="r_i + 1 for a <think> block then \\boxed{} (the released code's reward; not in the paper)")
     ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt G (paper: 8)")
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (paper: 0.8)")
     ap.add_argument("--batch-prompts", type=int, default=512, help="prompts per RL step (paper: 512)")
     ap.add_argument("--mini-batch-prompts", type=int, default=256, help="prompts per optimizer step (paper: 256)")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's rollouts (paper: 1)")
     ap.add_argument("--lr", type=float, default=1e-5, help="constant learning rate (paper: 1e-5)")
+    ap.add_argument("--weight-decay", type=float, default=0.01,
+                    help="AdamW weight decay (the released trainer's AdamW default: 0.01; 0 turns it off)")
     ap.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (paper: 1.0)")
     ap.add_argument("--beta", type=float, default=0.001, help="k3 KL coefficient (paper: 0.001)")
     ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip epsilon (paper: 0.2)")
@@ -69,6 +76,9 @@ def parse_args(argv=None):
                     help="policy-loss aggregation (paper: dr_grpo, normaliser --max-response-tokens)")
     ap.add_argument("--lora-rank", type=int, default=32, help="LoRA rank; 0 = full fine-tuning (paper: 32)")
     ap.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (paper: 64)")
+    ap.add_argument("--export-lora-scale", type=float,
+                    help="scale of the LoRA update merged into final/ (default: the training scale alpha / r; 1.0 "
+                         "reproduces the released models, whose merge never got --lora_alpha)")
     ap.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts are dropped (paper: 512)")
     ap.add_argument("--max-response-tokens", type=int, default=4096, help="rollout length limit (paper: 4096)")
     ap.add_argument("--old-logprobs", choices=("recompute", "sampler"), default="recompute",
@@ -353,12 +363,19 @@ def rollout_phase(model, tok, prompt_ids, args, plan, seed, device, *, n, temper
     return rolls
 
 
+def lang_detector(args):
+    """lang(o_i)'s identifier: --lang-id over the released reward's 14 languages."""
+    from adamame.language import TRAIN_LANGUAGES, get_detector
+
+    return get_detector(args.lang_id, TRAIN_LANGUAGES)
+
+
 def score_phase(rolls, qs, args, step, T):
     """Phase 2: r_i, lang(o_i), shaped scores s_i and advantages A_i (groups never straddle ranks: local)."""
     from adamame.rewards import advantages, alignment_factor, shaped_scores
     from adamame.rollout import score
 
-    score(rolls, qs, args.lang_mode, verifier=args.verifier)
+    score(rolls, qs, args.lang_mode, lang_detector(args), args.verifier, args.format_reward)
     correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
     qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
     kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
@@ -454,6 +471,7 @@ def main(argv=None):
     from adamame.answer import require_verifier
 
     require_verifier(args.verifier)
+    detector = lang_detector(args)  # a missing lingua is reported before any work
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -498,7 +516,8 @@ def main(argv=None):
         ref_model = dist.shard_model(load_model(model_dir).requires_grad_(False), device)
     dist.shard_model(model, device, plan.activation_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    say(f"language identifier: {detector.version} over {' '.join(detector.languages)}; verifier {args.verifier}")
     say(f"{len(questions)} prompts, {W} rank(s), T = {T} steps, reward {args.reward}, "
         f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
 
@@ -518,7 +537,8 @@ def main(argv=None):
         qs, ids = val
         copy = dist.rollout_copy(model)
         rs = score(rollouts(copy, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
-                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode, verifier=args.verifier)
+                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode, lang_detector(args), args.verifier,
+                   args.format_reward)
         del copy
         free_device_memory(device)
         acc = dist.all_sum(sum(r.correct for r in rs), device)
@@ -576,7 +596,7 @@ def main(argv=None):
     bar.close()
 
     if end == T:
-        checkpoint.export_hf(model, tok, os.path.join(args.out, "final"))
+        checkpoint.export_hf(model, tok, os.path.join(args.out, "final"), args.export_lora_scale)
         say(f"exported {os.path.join(args.out, 'final')}")
         if toy:
             demo_report(args, rank, world, device, t_main)

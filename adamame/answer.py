@@ -125,19 +125,44 @@ def first_boxed(text: str) -> str | None:
 
 
 def extract_answer(response: str) -> str | None:
-    """The reward's final answer: the boxed answers of the answer part (several distinct ones form a set, written
-    "a, b"), else the last boxed answer of the trace; None if nothing is boxed."""
-    trace, answer = split_response(response)
+    """The reward's final answer: the set of the boxed answers of the answer part (after `</think>`, or the whole
+    response when there is none, as the evaluation splits it), written "a, b" when there are several distinct ones,
+    so a hedge (`\\boxed{40}, non: \\boxed{42}`) is the set {40, 42}; when the answer part after a `</think>` boxes
+    nothing, the last boxed answer of the trace; None if nothing is boxed."""
+    close = response.find(THINK_CLOSE)
+    answer = response if close < 0 else response[close + len(THINK_CLOSE):]
     boxes = list(dict.fromkeys(b.strip() for b in all_boxed(answer)))
     if boxes:
         return boxes[0] if len(boxes) == 1 else ", ".join(boxes)
-    return last_boxed(trace)
+    return last_boxed(response[:close]) if close >= 0 else None
+
+
+def think_format_ok(text: str) -> bool:
+    """The released reward's format check: a `<think>` block of at least 10 characters, then `\\boxed{` after its
+    `</think>` (text: the decoded prompt and response, as there)."""
+    m = re.search(r"<think>([\s\S]+?)</think>([\s\S]+)", text)
+    return bool(m) and len(m.group(1).strip()) >= 10 and re.search(r"\\boxed\{", m.group(2)) is not None
+
+
+def paper_boxed(text: str) -> str:
+    """The paper's evaluation script's extract_boxed, rule for rule: the contents of the first `\\boxed{` by brace
+    counting (to the end of the text, less its last character, when the braces never close), stripped; "" if none."""
+    idx = text.find("\\boxed{")
+    if idx == -1:
+        return ""
+    start = i = idx + len("\\boxed{")
+    depth = 1
+    while i < len(text) and depth > 0:
+        depth += (text[i] == "{") - (text[i] == "}")
+        i += 1
+    return text[start:i - 1].strip()
 
 
 def paper_answers(response: str) -> tuple:
-    """The paper's evaluation: (first box of the answer part, first box of the trace), split the paper's way."""
+    """The paper's evaluation: (first box of the answer part, first box of the trace), split the paper's way; ""
+    where there is none."""
     trace, answer = split_response(response, paper=True)
-    return first_boxed(answer), first_boxed(trace)
+    return paper_boxed(answer), paper_boxed(trace)
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
@@ -152,7 +177,7 @@ _REPLACE = [
     (re.compile(r"\\\\+(?=[a-zA-Z])"), r"\\"),  # a doubled backslash before a command (\\left): one
     (re.compile(r"(?<=\d),\\!\s*(?=\d{3})|(?<=\d)\{,\}(?=\d{3})|(?<=\d)\\[,;: ](?=\d{3}(?!\d))"), ""),  # 1,\!000 14{,}916
     (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg|displaystyle|textstyle)(?![a-zA-Z])"), ""),
-    (re.compile(r"\\(?:,|;|:|!|quad|qquad)(?![a-zA-Z])|~"), " "),
+    (re.compile(r"\\(?:,|;|:|!| )|\\q?quad|~"), " "),  # spacing (\\quad glued to a name too: \\quadx_2)
     (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree"), ""),
     (re.compile(r"\\[dtc]frac"), r"\\frac"),
     (re.compile(r"\\%|％"), "%"),
@@ -480,9 +505,9 @@ def _element(toks, deadline, symbols) -> list:
     if len(sides) > 1 and len(sides[-2]) == 1 and sides[-2][0][0] == "sym":
         return [("assign", sides[-2][0][1], r) for r in _element(sides[-1], deadline, symbols)]
     toks = sides[-1]
-    if len(toks) >= 2 and toks[0] == ("op", "⦃") and toks[-1] == ("op", "⦄"):
+    if _enclosed(toks, "⦃", "⦄") or _enclosed(toks, "{", "}") and any(t == ("op", ",") for t in toks):
         items = [_element(p, deadline, symbols) for p in _split(toks[1:-1], lambda t: t[1] in (",", ";"))]
-        return [("set", c) for c in _choices(items)]
+        return [("set", c) for c in _choices(items)]  # \\{1, 2\\}, or {1, 2} (a LaTeX group that lists values)
     if len(toks) >= 2 and toks[0][0] == "op" and toks[0][1] in "([" and toks[-1][0] == "op" and toks[-1][1] in ")]":
         inner = _split(toks[1:-1], lambda t: t[0] == "op" and t[1] in ",;")
         if len(inner) >= 2 and all(inner):
@@ -495,6 +520,19 @@ def _element(toks, deadline, symbols) -> list:
                     out.append(("tuple", c))  # (a, b) is also a pair; [a, b, c] a list
             return out
     return [("expr", v) for v in _expr(toks, deadline, symbols)]
+
+
+def _enclosed(toks, open_, close) -> bool:
+    """Is the whole token list one bracket pair `open_ ... close` (not `{a} + {b}`)?"""
+    if len(toks) < 2 or toks[0] != ("op", open_) or toks[-1] != ("op", close):
+        return False
+    depth = 0
+    for k, t in enumerate(toks):
+        depth += t == ("op", open_)
+        depth -= t == ("op", close)
+        if depth == 0 and k < len(toks) - 1:
+            return False
+    return True
 
 
 def _choices(items: list) -> list:
@@ -828,13 +866,21 @@ def verify_with(prediction: str, gold: str, verifier: str = "builtin") -> bool:
     return verify(prediction, gold) if verifier == "builtin" else _math_verify(gold, prediction)
 
 
-def reward_check(response: str, gold: str, verifier: str = "builtin") -> tuple:
-    """(r_i, timed_out) for a whole response: the builtin checker on extract_answer(response), or Math-Verify on
-    the whole response (it finds the final boxed answer itself), as the paper's reward."""
+def reward_check(response: str, gold: str, verifier: str = "builtin", sequence: str | None = None) -> tuple:
+    """(r_i, timed_out) for a whole response: the builtin checker on extract_answer(response), or Math-Verify as the
+    paper's reward calls it: verify(parse(sequence), parse(gold)), the prediction first, on `sequence` = the decoded
+    prompt and response together (the response alone when not given); Math-Verify finds the final answer itself."""
     if verifier == "builtin":
         ok, timed_out = check(extract_answer(response), gold)
         return (1.0 if ok else 0.0), timed_out
-    return (1.0 if _math_verify(gold, response) else 0.0), False
+    import math_verify
+
+    try:
+        ok = math_verify.verify(math_verify.parse(sequence if sequence is not None else response),
+                                math_verify.parse(gold))
+    except Exception:  # its own time-outs and parse failures score 0, as in the paper's reward
+        ok = False
+    return (1.0 if ok else 0.0), False
 
 
 def accuracy(response: str, gold: str, verifier: str = "builtin") -> float:

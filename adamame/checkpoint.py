@@ -168,9 +168,9 @@ def start_fresh(logs=()):
                 os.remove(log)
 
 
-def export_hf(model, tokenizer, out_dir):
-    """The final Hugging Face folder: LoRA merged with alpha / rank, weights in the base checkpoint's dtype, plus
-    the tokenizer. Returns when the folder exists for every rank."""
+def export_hf(model, tokenizer, out_dir, lora_scale=None):
+    """The final Hugging Face folder: LoRA merged with alpha / rank (or `lora_scale` for every adapter), weights in
+    the base checkpoint's dtype, plus the tokenizer. Returns when the folder exists for every rank."""
     import torch.distributed as tdist
 
     from adamame import dist
@@ -180,6 +180,8 @@ def export_hf(model, tokenizer, out_dir):
     full = dist.full_state_dict(model)
     if tdist.get_rank() == 0:
         scales = lora_scales(model)
+        if lora_scale is not None:
+            scales = {name: float(lora_scale) for name in scales}
         sd = merged_state_dict(full, scales) if scales else full
         raw = model.config.raw
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(raw.get("torch_dtype") or raw.get("dtype"),

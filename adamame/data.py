@@ -19,7 +19,7 @@ import os
 import random
 from dataclasses import dataclass
 
-from adamame.language import DEFAULT_LANGUAGES
+from adamame.language import EVAL_LANGUAGES
 
 INSTRUCTIONS = {
     "fr": "Veuillez raisonner étape par étape et placer votre réponse finale dans \\boxed{}.",
@@ -36,7 +36,7 @@ INSTRUCTIONS = {
     "te": "దయచేసి దశలవారీగా ఆలోచించండి, మరియు మీ తుది సమాధానాన్ని \\boxed{} లో వ్రాయండి.",
     "zh": "请逐步推理，并将最终答案写在 \\boxed{} 中。",
 }
-assert set(INSTRUCTIONS) == set(DEFAULT_LANGUAGES)
+assert set(INSTRUCTIONS) == set(EVAL_LANGUAGES)
 
 
 class DataError(ValueError):

@@ -28,10 +28,7 @@ def setup() -> tuple:
     of hanging when a rank has died. On CUDA the allocator gets expandable segments unless PYTORCH_ALLOC_CONF (or the
     older PYTORCH_CUDA_ALLOC_CONF) is set.
     """
-    if not (os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF")):
-        # read at the first CUDA allocation, which comes later: segments that grow in place keep the fragmentation
-        # between the rollout's KV cache and the update's activations small (the memory plan allows 3%)
-        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    allocator_defaults()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         init = "env://"
@@ -51,6 +48,14 @@ def setup() -> tuple:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return rank, world, device
+
+
+def allocator_defaults():
+    """Expandable segments for the CUDA allocator unless PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF is set: segments
+    that grow in place keep the fragmentation between the rollout's KV cache and the update's activations small (the
+    memory plan allows 3%). Read at the first CUDA allocation, so call it before any (torch >= 2.9 reads this name)."""
+    if not (os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF")):
+        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
 
 
 def die_with_parent():

@@ -282,11 +282,12 @@ class Rows:
 
 
 def token_step(st: Rows, logits, t: int, gen, temperature, top_k, top_p, eos, pad_token_id) -> torch.Tensor:
+    # gen: the call's generator on st's device (None: torch's default one)
     """Token t of every live row from its logits [live, V], and the stop bookkeeping, on the device: no host sync.
     One uniform per original row and step, whether or not the row is still in the batch, so the samples depend
     neither on compaction nor on the buckets. Returns the tokens [live] (pad for rows already done)."""
     B = st.out.shape[0]
-    u = torch.rand(B, generator=gen, dtype=torch.float64, device=gen.device)[st.live] if temperature else None
+    u = torch.rand(B, generator=gen, dtype=torch.float64, device=st.out.device)[st.live] if temperature else None
     tok, lp = sample_next(logits, temperature, top_k, top_p, u)
     tok = torch.where(st.done, pad_token_id, tok)
     st.out[st.live, t], st.out_lp[st.live, t] = tok, lp

@@ -1,146 +1,223 @@
-"""Reasoning-language identification and the paper's language-fidelity metrics.
+"""Reasoning-language identification: the training-time rule and the paper's language-fidelity metrics.
 
-Why: the alignment bonus goes to rollouts whose reasoning is in the query language, and the paper is judged on
-how faithfully traces stay in that language. Both use `langid`, restricted to the languages in play (an
-unrestricted identifier mislabels short math-heavy text as one of ~100 unrelated languages), on text with the
-math removed (formulas, LaTeX commands, numbers and operators carry no language).
+Why: the alignment bonus goes to rollouts whose reasoning is in the query language, and the paper is judged on how
+faithfully traces stay in that language, so both must follow the paper's released code (2_rl reward, 3_eval/metrics.py)
+to give numbers that stand beside the paper's.
 
-Per response (trace = reasoning before `</think>`, q = query language), as the paper's evaluation script defines
-them (it uses lingua; this module langid, the design's choice):
-    consistency   the whole trace, as written (math included), is identified as q
-    line pass     every non-empty line of the trace, math removed, is identified as q or carries no language
-                  (fewer than MIN_LETTERS letters after math removal)
-    word pass     q in a non-Latin script: no run of >= 2 ASCII letters outside math;
-                  q in a Latin script: every letter outside math is Latin (code point <= U+024F, or in
-                  U+1E00-U+1EFF, Latin Extended Additional)
-    code switch   two or more languages among the trace's lines (its sentences when it is one line)
-Over a set of responses:
-    LPR  = mean(line pass)
-    WPR  = mean(word pass over the responses that pass the line check)  (0 when none does)
-    LCPR = 2 * LPR * WPR / (LPR + WPR)                                   (harmonic mean; 0 when both are 0)
+Detectors (DETECTORS), each restricted to a language set (an unrestricted identifier mislabels short, math-heavy
+text as one of ~100 unrelated languages):
+    langid   the default (the design's package). It always answers for non-empty text, so a math-only prefix gets
+             some language; `detect` gives None only for empty text.
+    lingua   the paper's (optional: pip install lingua-language-detector). It gives None when it cannot decide.
+Language sets: TRAIN_LANGUAGES, the 14 of the released reward; BENCHMARK_LANGUAGES, the released evaluation's set per
+benchmark; EVAL_LANGUAGES, the languages this project knows (12 evaluation languages + pt), used without a benchmark.
 
-Imports: langid.
+Training-time rule (`reward_language`): lang(o_i) = detect(the first 500 characters of the decoded response), raw,
+nothing stripped; "unknown" where the detector gives no answer; "unknown" never matches a query language.
+
+Evaluation, per candidate trace (the text before `</think>`) and query language q, as 3_eval/metrics.py defines it:
+    strip_math    display math ($$..$$, \\[..\\]), inline math ($..$, \\(..\\)), \\begin{..}..\\end{..}, \\cmd{arg} with
+                  its argument, runs of digits/operators/brackets not glued to a letter or digit
+    consistency   detect(trace) == q, the whole trace as written
+    line pass     every line that is non-empty after strip_math is detected as q or as no language
+    word pass     q in a non-Latin script (ar bn hi ja ko ru te th zh): no run of >= 2 ASCII letters in
+                  strip_math(trace); q in a Latin script (de en es fr id it pt sw tr vi): every letter is Latin
+                  (<= U+024F or U+1E00-U+1EFF); other q: passes
+    code switch   lingua's detect_multiple_languages_of(strip_math(trace)) finds >= 2 languages
+With langid, which never abstains and cannot segment a text, two of these can only be analogues: a line is "no
+language" when it has fewer than MIN_LETTERS letters, and code switch means >= 2 languages among the line check's
+decisions for the trace's lines (for a one-line trace, among its sentences, read the same way).
+
+Imports: langid; lingua (optional).
 """
 
 import re
 from functools import lru_cache
 
-EVAL_LANGUAGES = ("en", "fr", "ja", "ko", "th", "bn", "de", "es", "ru", "sw", "te", "zh")
-DEFAULT_LANGUAGES = EVAL_LANGUAGES + ("pt",)
-TRAIN_LANGUAGES = ("fr", "ja", "ko", "pt", "th")
-LATIN_SCRIPT = {"en", "fr", "de", "es", "pt", "sw"}
-PREFIX_CHARS = 500  # the released code identified the first 500 characters of the response
-MIN_LETTERS = 8  # fewer letters (after math removal) carry no language: langid guesses on short phrases
+DETECTORS = ("langid", "lingua")
+TRAIN_LANGUAGES = ("fr", "ja", "ko", "th", "pt", "ar", "en", "es", "vi", "zh", "bn", "sw", "te", "de")
+BENCHMARK_LANGUAGES = {"mgsm": ("bn", "de", "en", "es", "fr", "ja", "ko", "ru", "sw", "te", "th", "zh"),
+                       "msvamp": ("ar", "en", "es", "fr", "ja", "ko", "pt", "th", "vi", "zh")}
+EVAL_LANGUAGES = ("en", "fr", "ja", "ko", "th", "bn", "de", "es", "ru", "sw", "te", "zh", "pt")
+KNOWN_LANGUAGES = tuple(sorted(set(TRAIN_LANGUAGES + EVAL_LANGUAGES) | {c for v in BENCHMARK_LANGUAGES.values()
+                                                                           for c in v}))
+LATIN_SCRIPT = {"de", "en", "es", "fr", "id", "it", "pt", "sw", "tr", "vi"}
+NON_LATIN_SCRIPT = {"ar", "bn", "hi", "ja", "ko", "ru", "te", "th", "zh"}
+PREFIX_CHARS = 500  # the released reward identifies the first 500 characters of the response
+MIN_LETTERS = 8  # langid's stand-in for "no language": a line with fewer letters
 
 _MATH = [
-    re.compile(r"\$\$.*?\$\$", re.S),
-    re.compile(r"\$[^$\n]*\$"),
-    re.compile(r"\\\(.*?\\\)", re.S),
-    re.compile(r"\\\[.*?\\\]", re.S),
-    re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.S),
-    re.compile(r"\\(?:boxed|fbox)\s*\{[^{}]*\}"),
-    re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|operatorname)(?=\s*\{)"),  # keep the words inside \text{}
-    re.compile(r"\\[a-zA-Z]+"),
-    re.compile(r"[A-Za-z]?\d+(?:[.,]\d+)*[A-Za-z]?"),  # 3x, x2, 1,000.5 (single letters next to digits are math)
-    re.compile(r"[\\{}_^=+\-*/<>|()\[\]%$&#~`]"),
+    (re.compile(r"\$\$.*?\$\$", re.S), " "),
+    (re.compile(r"\\\[.*?\\\]", re.S), " "),
+    (re.compile(r"\$[^\$]+?\$"), " "),
+    (re.compile(r"\\\(.*?\\\)", re.S), " "),
+    (re.compile(r"\\begin\{[^}]+\}.*?\\end\{[^}]+\}", re.S), " "),
+    (re.compile(r"\\[a-zA-Z]+\{[^}]*\}"), " "),
+    (re.compile(r"(?<!\w)[\d\+\-\*\/\=\^\.\,\(\)\[\]\{\}\%\_]+(?!\w)"), " "),
 ]
 
 
 def strip_math(text: str) -> str:
-    """The text with formulas, LaTeX commands, numbers and operators removed; whitespace collapsed per line."""
-    for pat in _MATH:
-        text = pat.sub(" ", text)
-    return "\n".join(" ".join(line.split()) for line in text.split("\n"))
+    """The paper's math removal (3_eval/metrics.py), rule for rule; the result is stripped of outer whitespace."""
+    for pat, rep in _MATH:
+        text = pat.sub(rep, text)
+    return text.strip()
 
 
 def _letters(text: str) -> int:
     return sum(1 for c in text if c.isalpha())
 
 
+class Detector:
+    """A language identifier restricted to `languages`: detect(text) -> ISO 639-1 code, or None for no answer."""
+
+    name = "?"
+
+    def __init__(self, languages):
+        self.languages = tuple(languages)
+
+    def detect(self, text: str):
+        raise NotImplementedError
+
+    def line_language(self, text: str):
+        """A stripped line's language for the line check; None passes."""
+        return self.detect(text)
+
+    def languages_in(self, text: str, line_languages=None) -> list:
+        """The languages of the parts of a math-stripped trace, for code switching; line_languages: the line check's
+        decisions for its lines (a detector that cannot segment a text may use them)."""
+        raise NotImplementedError
+
+
+class Langid(Detector):
+    name = "langid"
+
+    def __init__(self, languages):
+        super().__init__(languages)
+        from langid.langid import LanguageIdentifier, model
+
+        self.ident = LanguageIdentifier.from_modelstring(model, norm_probs=False)
+        unknown = [c for c in self.languages if c not in self.ident.nb_classes]
+        if unknown:
+            raise ValueError(f"unknown language code {unknown[0]!r} (langid knows {len(self.ident.nb_classes)} "
+                             f"ISO 639-1 codes)")
+        self.ident.set_languages(list(self.languages))
+        import langid
+
+        self.version = f"langid {getattr(langid, '__version__', '1.1.6')}"
+
+    def detect(self, text):
+        return self.ident.classify(text)[0] if text.strip() else None
+
+    def line_language(self, text):
+        return self.detect(text) if _letters(text) >= MIN_LETTERS else None
+
+    def languages_in(self, text, line_languages=None):
+        if line_languages is not None and len(line_languages) >= 2:  # the lines, as the line check read them
+            return [lang for lang in line_languages if lang is not None]
+        parts = [s for s in re.split(r"(?<=[.!?。！？])\s*", text) if s.strip()]  # one line: its sentences
+        return [lang for lang in map(self.line_language, parts) if lang is not None]
+
+
+class Lingua(Detector):
+    name = "lingua"
+
+    def __init__(self, languages):
+        super().__init__(languages)
+        try:
+            import lingua
+        except ImportError:
+            raise ValueError("--lang-id lingua needs the lingua package, which is not installed "
+                             "(pip install lingua-language-detector)") from None
+        from importlib.metadata import version
+
+        picked = []
+        for code in self.languages:
+            try:
+                picked.append(lingua.Language.from_iso_code_639_1(getattr(lingua.IsoCode639_1, code.upper())))
+            except (AttributeError, ValueError):
+                raise ValueError(f"unknown language code {code!r} for lingua") from None
+        self.detector = lingua.LanguageDetectorBuilder.from_languages(*picked).build()
+        self.version = f"lingua-language-detector {version('lingua-language-detector')}"
+
+    @staticmethod
+    def _code(lang):
+        return lang.iso_code_639_1.name.lower() if lang is not None else None
+
+    def detect(self, text):
+        return self._code(self.detector.detect_language_of(text)) if text else None
+
+    def languages_in(self, text, line_languages=None):
+        return [self._code(r.language) for r in self.detector.detect_multiple_languages_of(text)] if text else []
+
+
 @lru_cache(maxsize=None)
-def _identifier(languages: tuple):
-    from langid.langid import LanguageIdentifier, model
-
-    ident = LanguageIdentifier.from_modelstring(model, norm_probs=False)
-    unknown = [code for code in languages if code not in ident.nb_classes]
-    if unknown:
-        raise ValueError(f"unknown language code {unknown[0]!r} (langid knows {len(ident.nb_classes)} ISO 639-1 codes)")
-    ident.set_languages(list(languages))
-    return ident
+def get_detector(name: str = "langid", languages: tuple = TRAIN_LANGUAGES) -> Detector:
+    """The detector `name` restricted to `languages` (built once per pair: lingua's models take seconds)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown language identifier {name!r} (choose from {', '.join(DETECTORS)})")
+    return (Langid if name == "langid" else Lingua)(tuple(languages))
 
 
-def _classify(clean: str, languages) -> str:
-    if _letters(clean) < MIN_LETTERS:
-        return "unknown"
-    return _identifier(tuple(languages or DEFAULT_LANGUAGES)).classify(clean)[0]
-
-
-def detect_language(text: str, languages=None) -> str:
-    """ISO 639-1 code of `text` with math removed, among `languages` (default: the 12 evaluation languages
-    plus pt); "unknown" when fewer than MIN_LETTERS letters remain."""
-    _identifier(tuple(languages or DEFAULT_LANGUAGES))  # validates the codes even for math-only text
-    return _classify(strip_math(text), languages)
-
-
-def reward_language(response: str, mode: str = "prefix", languages=None) -> str:
-    """lang(o_i) for the reward: the first 500 characters of the response (the paper's training-time rule,
-    mode="prefix") or the whole reasoning trace (mode="trace")."""
+def reward_language(response: str, mode: str = "prefix", detector: Detector | None = None) -> str:
+    """lang(o_i) for the reward: the detector on the first 500 characters of the decoded response, raw (the paper's
+    training-time rule, mode="prefix"), or on the whole reasoning trace (mode="trace"); "unknown" for no answer."""
     from adamame.answer import split_response
 
+    detector = detector or get_detector()
     if mode == "prefix":
-        return detect_language(response[:PREFIX_CHARS], languages)
-    if mode == "trace":
-        return detect_language(split_response(response)[0], languages)
-    raise ValueError(f"unknown language mode {mode!r} (use 'prefix' or 'trace')")
+        text = response[:PREFIX_CHARS]
+    elif mode == "trace":
+        text = split_response(response)[0]
+    else:
+        raise ValueError(f"unknown language mode {mode!r} (use 'prefix' or 'trace')")
+    return detector.detect(text) or "unknown"
 
 
 def _is_latin_letter(c: str) -> bool:
     cp = ord(c)
-    return cp <= 0x024F or 0x1E00 <= cp <= 0x1EFF
+    return not c.isalpha() or cp <= 0x024F or 0x1E00 <= cp <= 0x1EFF
 
 
-def _segments(trace: str) -> list:
-    lines = [ln for ln in trace.split("\n") if ln.strip()]
-    if len(lines) >= 2:
-        return lines
-    return [s for s in re.split(r"(?<=[.!?。！？])\s*", trace) if s.strip()]
-
-
-def fidelity(trace: str, query_lang: str, languages=None) -> dict:
-    """Per-response flags: consistency, line_pass, word_pass, code_switch (see the module docstring)."""
-    languages = tuple(languages or DEFAULT_LANGUAGES)
-    if query_lang not in languages:
-        raise ValueError(f"unknown language code {query_lang!r} (known: {', '.join(languages)})")
-    clean = strip_math(trace)
-    line_langs = [_classify(strip_math(ln), languages) for ln in trace.split("\n") if ln.strip()]
-    line_pass = all(lang in (query_lang, "unknown") for lang in line_langs)
-    seg_langs = line_langs if len(line_langs) >= 2 else [_classify(strip_math(s), languages) for s in _segments(trace)]
-    code_switch = len({lang for lang in seg_langs if lang != "unknown"}) >= 2
+def word_pass(trace: str, query_lang: str) -> bool:
+    text = strip_math(trace)
+    if query_lang in NON_LATIN_SCRIPT:
+        return re.search(r"[a-zA-Z]{2,}", text) is None
     if query_lang in LATIN_SCRIPT:
-        word_pass = all(_is_latin_letter(c) for c in clean if c.isalpha())
-    else:
-        word_pass = re.search(r"[A-Za-z]{2,}", clean) is None
+        return all(_is_latin_letter(c) for c in text)
+    return True
+
+
+def fidelity(trace: str, query_lang: str, detector: Detector) -> dict:
+    """Per-candidate flags (see the module docstring): consistency, line_pass, word_pass (None when the line check
+    fails: the paper scores words only of line-passing traces), code_switch, and cs_languages (sorted)."""
+    line_langs = [detector.line_language(clean) for clean in map(strip_math, trace.split("\n")) if clean]
+    line_pass = all(lang is None or lang == query_lang for lang in line_langs)
+    stripped = strip_math(trace)
+    cs_languages = sorted(set(detector.languages_in(stripped, line_langs))) if stripped else []
     return {
-        "consistency": _classify(trace, languages) == query_lang,
+        "consistency": detector.detect(trace) == query_lang,
         "line_pass": line_pass,
-        "word_pass": word_pass,
-        "code_switch": code_switch,
+        "word_pass": word_pass(trace, query_lang) if line_pass else None,
+        "code_switch": len(cs_languages) >= 2,
+        "cs_languages": cs_languages,
     }
 
 
+def detect_language(text: str, languages=EVAL_LANGUAGES, detector: str = "langid") -> str:
+    """ISO 639-1 code of `text`, raw, among `languages`; "unknown" when the detector gives no answer."""
+    return get_detector(detector, tuple(languages)).detect(text) or "unknown"
+
+
 def fidelity_rates(flags: list) -> dict:
-    """Aggregate per-response `fidelity` dicts into consistency, LPR, WPR, LCPR and code-switching rate."""
+    """Consistency, LPR, WPR (over the line-passing candidates), LCPR and code-switching rate of `fidelity` flags
+    pooled over candidates (scoring.py averages per question first, as the paper's script does)."""
     n = len(flags)
     if n == 0:
         return {"consistency": 0.0, "lpr": 0.0, "wpr": 0.0, "lcpr": 0.0, "code_switch": 0.0}
     passed = [f for f in flags if f["line_pass"]]
     lpr = len(passed) / n
-    wpr = sum(f["word_pass"] for f in passed) / len(passed) if passed else 0.0
-    lcpr = 2 * lpr * wpr / (lpr + wpr) if lpr + wpr > 0 else 0.0
-    return {
-        "consistency": sum(f["consistency"] for f in flags) / n,
-        "lpr": lpr,
-        "wpr": wpr,
-        "lcpr": lcpr,
-        "code_switch": sum(f["code_switch"] for f in flags) / n,
-    }
+    wpr = sum(bool(f["word_pass"]) for f in passed) / len(passed) if passed else 0.0
+    return {"consistency": sum(f["consistency"] for f in flags) / n, "lpr": lpr, "wpr": wpr,
+            "lcpr": 2 * lpr * wpr / (lpr + wpr) if lpr + wpr > 0 else 0.0,
+            "code_switch": sum(f["code_switch"] for f in flags) / n}

@@ -25,10 +25,10 @@ The rollout also counts what only a GPU adds: compaction's temporary (one layer'
 `cumsum(dtype=float64)` makes of the sampler's probabilities, and with CUDA graphs the static logits buffer and the
 blocks the warm-up run leaves cached on the capture stream.
 The peak is the largest phase; a plan fits when the peak is at most the usable memory. On a GPU that is the card's
-memory less a fixed reserve for what lives outside PyTorch's allocator (CUDA context ~0.6 GiB, NCCL's buffers ~1 GiB
-on 8 ranks, cuBLAS/cuBLASLt workspaces, together RESERVE_GIB = 2 GiB) and less 3% for fragmentation (the trainers turn
-on expandable segments, which keeps it small); this replaces the flat 5% margin of earlier versions. On CPU: 85% of
-the available RAM shared by the local ranks.
+memory less a fixed reserve for what lives outside PyTorch's allocator (the CUDA context and kernel images ~0.6 GiB,
+NCCL's buffers ~1 GiB on 8 ranks, library handles; together RESERVE_GIB = 2 GiB, a stated estimate that the GPU
+check measures) and less 3% for fragmentation (the trainers turn on expandable segments, which keeps it small); this
+replaces the flat 5% margin of earlier versions. On CPU: 85% of the available RAM shared by the local ranks.
 
 Imports: torch, adamame (model, lora, generate).
 """
@@ -167,7 +167,7 @@ def gathered_bytes(counts: dict, dtype, lora_rank: int) -> int:
     return (counts["root"] + 2 * (counts["layer"] + counts["lora_layer"])) * dtype.itemsize + 4 * trainable
 
 
-RESERVE_GIB = 2.0  # per GPU, outside the allocator: CUDA context, NCCL buffers, cuBLAS workspaces
+RESERVE_GIB = 2.0  # per GPU, outside the allocator: CUDA context and kernels, NCCL buffers, library handles
 
 
 def usable_bytes(device: str, total: int) -> int:

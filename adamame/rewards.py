@@ -5,7 +5,8 @@ that grows over training, so the policy first explores whichever language solves
 For prompt q with query language l_q and rollouts o_1..o_G (t = RL step, T = total RL steps):
 
     alpha(t) = max( 1/2 * (1 - cos(pi * t / T)), floor )                 floor = 0.1
-    r_i      = 1 if the final answer of o_i verifies against the gold answer, else 0
+    r_i      = 1 if the final answer of o_i verifies against the gold answer, else 0   (train_grpo --format-reward:
+               + 1 for the released reward's <think>/\\boxed format, as its code does)
     s_i      = r_i * (1 + B * alpha(t) * 1[lang(o_i) = l_q])               B = 2.0        ("adamame")
     A_i      = (s_i - mean_j s_j) / (std_j s_j + eps)                      unbiased std, eps = 1e-6
 
@@ -30,8 +31,8 @@ import math
 
 import numpy as np
 
-from adamame.answer import accuracy, extract_answer, reward_check, split_response, verify  # noqa: F401
-from adamame.language import detect_language, fidelity, fidelity_rates, reward_language  # noqa: F401
+from adamame.answer import accuracy, extract_answer, reward_check, split_response, think_format_ok, verify  # noqa: F401
+from adamame.language import detect_language, fidelity, fidelity_rates, get_detector, reward_language  # noqa: F401
 
 VARIANTS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
 

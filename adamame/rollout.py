@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from adamame.chat import encode_prompt
 from adamame.generate import generate, make_decoder
-from adamame.rewards import reward_check, reward_language
+from adamame.rewards import reward_check, reward_language, think_format_ok
 
 
 @dataclass
@@ -22,6 +22,8 @@ class Rollout:
     text: str  # decoded response, without the stop token
     finish_reason: str
     logprobs: list | None
+    raw: str = ""  # decoded response with the stop token, as the released reward decodes it
+    prompt_text: str = ""  # decoded prompt (chat template included)
     correct: float = 0.0
     lang: str = "unknown"
     verify_timed_out: bool = False  # the checker (or the language identifier) ran out of time or memory: r_i = 0
@@ -54,7 +56,7 @@ def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, to
     if not prompt_ids:
         return []
     stops = stop_ids(tokenizer)
-    out = []
+    out, prompt_texts = [], {}
     # one cache (and one set of CUDA graphs) for every chunk
     decoder = make_decoder(model, min(chunk_prompts, len(prompt_ids)), n, max(map(len, prompt_ids)), max_new_tokens,
                            top_k=top_k, top_p=top_p)
@@ -65,21 +67,34 @@ def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, to
                            seed=None if seed is None else seed + c * 1_000_000_007,  # chunks never share a stream
                            return_logprobs=return_logprobs, decoder=decoder)
         for j, s in enumerate(samples):
+            q = c + j // n
+            if q not in prompt_texts:
+                prompt_texts[q] = tokenizer.decode(chunk[j // n], skip_special_tokens=False)
             body = s.tokens[:-1] if s.finish_reason == "stop" else s.tokens
             text = tokenizer.decode(body, skip_special_tokens=False)
-            out.append(Rollout(c + j // n, chunk[j // n], s.tokens, text, s.finish_reason, s.logprobs))
+            raw = text + tokenizer.decode(s.tokens[-1:], skip_special_tokens=False) if len(body) < len(s.tokens) \
+                else text
+            out.append(Rollout(q, chunk[j // n], s.tokens, text, s.finish_reason, s.logprobs, raw, prompt_texts[q]))
         if progress is not None:
             progress.update(len(chunk))
     return out
 
 
-def score(rolls, questions, lang_mode="prefix", languages=None, verifier="builtin"):
-    """Fill `correct` (r_i), `lang` (lang(o_i)) and `verify_timed_out` of every rollout in place."""
+def score(rolls, questions, lang_mode="prefix", detector=None, verifier="builtin", format_reward=False):
+    """Fill `correct` (r_i), `lang` (lang(o_i)) and `verify_timed_out` of every rollout in place.
+
+    r_i: the verifier on the response (builtin), or on the decoded prompt + response (math-verify, as the paper's
+    reward); with format_reward, + 1 when the prompt + response has the released reward's think/boxed format.
+    lang(o_i): the detector (default: langid over the 14 training languages) on the raw response (stop token
+    included, as the released reward decodes it)."""
     for r in rolls:
         q = questions[r.question]
-        r.correct, r.verify_timed_out = reward_check(r.text, q.answer, verifier)
+        sequence = r.prompt_text + (r.raw or r.text)
+        r.correct, r.verify_timed_out = reward_check(r.text, q.answer, verifier, sequence=sequence)
+        if format_reward:
+            r.correct += float(think_format_ok(sequence))
         try:
-            r.lang = reward_language(r.text, lang_mode, languages)
+            r.lang = reward_language(r.raw or r.text, lang_mode, detector)
         except (MemoryError, RecursionError):  # one pathological response must not stop the run
             r.correct, r.lang, r.verify_timed_out = 0.0, "unknown", True
     return rolls

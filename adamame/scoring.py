@@ -3,32 +3,50 @@ code-switching and token use, per language and averaged over in-domain and out-o
 
 Why: the paper's claims are a three-way trade-off (accuracy, fidelity, tokens), and users compare checkpoints, and
 generations from other engines, on exactly these numbers, so the definitions are those of the paper's evaluation
-script (3_eval/metrics.py of the released code); the README lists what still differs from it, and why.
+script (3_eval/metrics.py of the released code), and `paper_rows` reproduces that script's CSV cell for cell.
 
 Per candidate: split at the first `</think>` into trace and answer (no `</think>`: an empty trace, the whole text is
 the answer; `<think>` markers dropped). correct = the first `\\boxed{}` of the answer part verifies against the
 gold answer, or the first `\\boxed{}` of the trace does. consistency, line_pass, word_pass, code_switch as in
-adamame/language.py; lang_match: the first 500 characters are the query language (the training-time rule);
-tokens = characters / 4 (the paper's measure); model_tokens = the tokenizer's count, when known.
+adamame/language.py, with the evaluation's detector; trace_lang: the training-time rule (the first 500 characters,
+with the training detector), and lang_match = (trace_lang is the query language); tokens = characters / 4 (the
+paper's measure); model_tokens = the tokenizer's count, when known.
 Per question with n candidates of which c are correct:
     pass@1 = c / n,   pass@k = 1 - C(n - c, k) / C(n, k)     (unbiased; k = n: at least one of the k is correct)
 and the mean over its candidates of every other flag. Per language, the mean over questions, except
     WPR  = mean over questions that have a line-passing candidate of the mean word_pass of those candidates
     LCPR = 2 LPR WPR / (LPR + WPR)
-    tokens_correct = mean tokens over the correct candidates.
-in_domain / out_of_domain: the unweighted mean of the per-language values over the languages present.
+    tokens_correct = mean tokens over the correct candidates
+    acc_query / acc_english / acc_other = accuracy of the candidates whose trace_lang is the query language /
+        English / anything else, pooled over candidates (n_query, n_english, n_other count them): it tells a
+        model that prefers English from one that is less able in the query language.
+in_domain / out_of_domain: the unweighted mean of the per-language values over the languages present (counts
+summed).
 
-Imports: adamame.answer, adamame.language.
+The paper's CSV (`paper_rows`): pass@1 = the first candidate's correctness, pass@4 = any candidate's; the
+per-question means averaged with numpy and rounded as the script rounds (3 places, avg_time 2), languages in its
+order (fr ja ko th bn en es ru sw te zh de), then any others; ttc_rate = mean over questions of (mean characters / 4
+over candidates) / 8192; avg_time from a record's "MM:SS" `time` field (0 without); cs_mixtures: per question the
+most common set of languages among its code-switching candidates, counted over questions.
+
+Imports: numpy, adamame.answer, adamame.language.
 """
 
+from collections import Counter
 from math import comb
 
 from adamame.answer import paper_answers, split_response, verify_with
-from adamame.language import PREFIX_CHARS, detect_language, fidelity
+from adamame.language import EVAL_LANGUAGES, TRAIN_LANGUAGES, fidelity, get_detector, reward_language
 
 IN_DOMAIN = ("fr", "ja", "ko", "pt", "th")
 METRICS = ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "lang_match", "tokens",
-           "tokens_correct", "model_tokens")
+           "tokens_correct", "model_tokens", "acc_query", "acc_english", "acc_other", "n_query", "n_english",
+           "n_other")
+COUNTS = ("n_query", "n_english", "n_other")
+PAPER_ORDER = ("fr", "ja", "ko", "th", "bn", "en", "es", "ru", "sw", "te", "zh", "de")
+PAPER_COLUMNS = ("language", "pass@1", "pass@4", "language_consistency", "code_switch_rate", "LPR", "WPR", "LCPR",
+                 "ttc_rate", "avg_time", "cs_mixtures")
+TOKEN_BUDGET = 8192  # the paper's ttc_rate divides characters / 4 by it
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,21 +58,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def score_candidate(text: str, gold: str, lang: str, model_tokens=None, verifier: str = "builtin") -> dict:
+def score_candidate(text: str, gold: str, lang: str, model_tokens=None, verifier: str = "builtin", detector=None,
+                    train_detector=None) -> dict:
+    """One candidate's flags. detector: the evaluation's (default langid over EVAL_LANGUAGES); train_detector: the
+    training-time rule's (default langid over TRAIN_LANGUAGES)."""
+    detector = detector or get_detector("langid", EVAL_LANGUAGES)
     trace, _ = split_response(text, paper=True)
     in_answer, in_trace = paper_answers(text)
-    correct = any(verify_with(box, gold, verifier) for box in (in_answer, in_trace) if box is not None)
-    return {"extracted": in_answer if in_answer is not None else in_trace, "correct": bool(correct),
-            **fidelity(trace, lang), "lang_match": detect_language(text[:PREFIX_CHARS]) == lang,
-            "tokens": len(text) / 4, "model_tokens": model_tokens}
+    correct = any(verify_with(box, gold, verifier) for box in (in_answer, in_trace) if box)
+    trace_lang = reward_language(text, "prefix", train_detector or get_detector("langid", TRAIN_LANGUAGES))
+    return {"extracted": in_answer or in_trace or None, "correct": bool(correct), **fidelity(trace, lang, detector),
+            "trace_lang": trace_lang, "lang_match": trace_lang == lang, "chars": len(text), "tokens": len(text) / 4,
+            "model_tokens": model_tokens}
 
 
-def score_record(rec: dict, count_tokens=None, verifier: str = "builtin") -> dict:
+def score_record(rec: dict, count_tokens=None, verifier: str = "builtin", detector=None, train_detector=None) -> dict:
     """Add per-candidate scores to a record {lang, answer, candidates[, candidate_tokens]}."""
     cands = rec["candidates"]
     counts = rec.get("candidate_tokens") or [count_tokens(c) if count_tokens else None for c in cands]
     rec = dict(rec)
-    rec["scores"] = [score_candidate(c, rec["answer"], rec["lang"], t, verifier) for c, t in zip(cands, counts)]
+    rec["scores"] = [score_candidate(c, rec["answer"], rec["lang"], t, verifier, detector, train_detector)
+                     for c, t in zip(cands, counts)]
     return rec
 
 
@@ -63,10 +87,14 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def language_metrics(records: list, k: int) -> dict:
+def language_metrics(records: list, k: int, lang: str) -> dict:
     def per_question(key):
         return _mean([_mean([float(s[key]) if s[key] is not None else None for s in r["scores"]]) for r in records])
 
+    cands = [s for r in records for s in r["scores"]]
+    split = {"query": [s for s in cands if s["trace_lang"] == lang],
+             "english": [s for s in cands if s["trace_lang"] == "en" != lang],
+             "other": [s for s in cands if s["trace_lang"] not in (lang, "en")]}
     lpr = per_question("line_pass") or 0.0
     wpr = _mean([_mean([float(s["word_pass"]) for s in r["scores"] if s["line_pass"]]) for r in records]) or 0.0
     return {
@@ -79,8 +107,10 @@ def language_metrics(records: list, k: int) -> dict:
         "code_switch": per_question("code_switch"),
         "lang_match": per_question("lang_match"),
         "tokens": per_question("tokens"),
-        "tokens_correct": _mean([s["tokens"] for r in records for s in r["scores"] if s["correct"]]),
+        "tokens_correct": _mean([s["tokens"] for s in cands if s["correct"]]),
         "model_tokens": per_question("model_tokens"),
+        **{f"acc_{name}": _mean([float(s["correct"]) for s in group]) for name, group in split.items()},
+        **{f"n_{name}": len(group) for name, group in split.items()},
     }
 
 
@@ -89,11 +119,13 @@ def summarize(records: list, k: int) -> dict:
     by_lang = {}
     for r in records:
         by_lang.setdefault(r["lang"], []).append(r)
-    langs = {lang: language_metrics(rs, k) for lang, rs in sorted(by_lang.items())}
+    langs = {lang: language_metrics(rs, k, lang) for lang, rs in sorted(by_lang.items())}
 
     def average(names):
         sel = [langs[lang] for lang in names]
-        return {m: _mean([x[m] for x in sel]) for m in METRICS} if sel else {}
+        if not sel:
+            return {}
+        return {m: sum(x[m] for x in sel) if m in COUNTS else _mean([x[m] for x in sel]) for m in METRICS}
 
     return {"languages": langs, "in_domain": average([lg for lg in langs if lg in IN_DOMAIN]),
             "out_of_domain": average([lg for lg in langs if lg not in IN_DOMAIN]), "k": k}
@@ -109,8 +141,10 @@ def format_table(summary: dict, metrics=METRICS) -> str:
         cells = []
         for c in cols:
             v = get(c).get(m)
-            cells.append("-" if v is None else (f"{v:.1f}" if "tokens" in m else f"{100 * v:.1f}"))
-        label = m.replace("pass@k", f"pass@{summary['k']}") + ("" if "tokens" in m else " %")
+            plain = "tokens" in m or m in COUNTS
+            cells.append("-" if v is None else (f"{v:.0f}" if m in COUNTS else f"{v:.1f}" if plain
+                                                 else f"{100 * v:.1f}"))
+        label = m.replace("pass@k", f"pass@{summary['k']}") + ("" if "tokens" in m or m in COUNTS else " %")
         lines.append(f"{label:15}" + "".join(f"{x:>10}" for x in cells))
     return "\n".join(lines)
 
@@ -129,3 +163,72 @@ def write_summary(summary: dict, out_dir: str) -> None:
         w.writerow(["metric"] + cols)
         for m in METRICS:
             w.writerow([m] + [(summary["languages"].get(c) or summary[c]).get(m) for c in cols])
+
+
+# ---------------------------------------------------------------------------------------------- the paper's CSV
+
+def _seconds(t):
+    """A "MM:SS" time as the paper's script reads it, else None."""
+    if not t or not isinstance(t, str):
+        return None
+    try:
+        parts = t.split(":")
+        if len(parts) == 2:
+            minutes, seconds = map(int, parts)
+            return minutes * 60 + seconds
+    except ValueError:
+        pass
+    return None
+
+
+def paper_rows(records: list) -> list:
+    """The rows of the paper script's summary CSV for scored records (see the module docstring), one per language,
+    with numpy means and the script's rounding, so every cell prints as the script prints it."""
+    import numpy as np
+
+    by_lang = {}
+    for r in records:
+        by_lang.setdefault(r["lang"], []).append(r)
+    order = [lg for lg in PAPER_ORDER if lg in by_lang] + sorted(lg for lg in by_lang if lg not in PAPER_ORDER)
+    rows = []
+    for lang in order:
+        acc, pass_k, ttc, times, cs, consistency, lpr_q, wpr_q, mixtures = [], [], [], [], [], [], [], [], Counter()
+        for r in by_lang[lang]:
+            sc = r["scores"]
+            ttc.append(np.mean([len(c) / 4 for c in r["candidates"]]) / TOKEN_BUDGET)
+            accs = [1 if s["correct"] else 0 for s in sc]
+            pass_k.append(1 if any(a == 1 for a in accs) else 0)
+            acc.append(accs[0])
+            cs.append(np.mean([1 if s["code_switch"] else 0 for s in sc]))
+            consistency.append(np.mean([1 if s["consistency"] else 0 for s in sc]))
+            lpr_q.append(np.mean([1 if s["line_pass"] else 0 for s in sc]))
+            words = [s["word_pass"] for s in sc if s["word_pass"] is not None]
+            if words:
+                wpr_q.append(np.mean([1 if w else 0 for w in words]))
+            top = Counter(tuple(s["cs_languages"]) for s in sc if s["code_switch"]).most_common(1)
+            if top:
+                mixtures[top[0][0]] += 1
+            t = _seconds(r.get("time", ""))
+            if t is not None:
+                times.append(t)
+        mean = lambda xs: np.mean(xs) if xs else 0.0  # noqa: E731
+        lpr, wpr = mean(lpr_q), mean(wpr_q)
+        lcpr = (2 * lpr * wpr / (lpr + wpr)) if (lpr + wpr) > 0 else 0.0
+        mix = "{" + ", ".join(f"{'+'.join(k)}: {v}" for k, v in mixtures.most_common()) + "}" if mixtures else "{}"
+        rows.append({"language": lang, "pass@1": round(mean(acc), 3), "pass@4": round(mean(pass_k), 3),
+                     "language_consistency": round(mean(consistency), 3), "code_switch_rate": round(mean(cs), 3),
+                     "LPR": round(lpr, 3), "WPR": round(wpr, 3), "LCPR": round(lcpr, 3),
+                     "ttc_rate": round(mean(ttc), 3), "avg_time": round(mean(times), 2), "cs_mixtures": mix})
+    return rows
+
+
+def write_paper_csv(records: list, path: str) -> list:
+    """paper_summary.csv: the paper script's CSV for these records (csv.DictWriter, its columns)."""
+    import csv
+
+    rows = paper_rows(records)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(PAPER_COLUMNS))
+        w.writeheader()
+        w.writerows(rows)
+    return rows

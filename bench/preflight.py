@@ -195,6 +195,9 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--tiny", action="store_true", help="CPU mode: small shapes, CUDA-only checks skipped")
     args = ap.parse_args(argv)
+    from adamame.dist import allocator_defaults
+
+    allocator_defaults()  # the allocator the trainers run with (expandable segments), before any CUDA allocation
     import torch
 
     cuda = torch.cuda.is_available() and not args.tiny
@@ -213,9 +216,14 @@ def main(argv=None):
             failed.append(name)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         result["checks"][name] = entry
+        result["failed"] = failed
+        if args.json:  # after every check: a time-out keeps what finished
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(result, f, indent=2)
+            os.replace(args.json + ".tmp", args.json)
         print(f"[preflight] {name}: {entry['status']}" + (f" ({entry['error'][:200]}; try {entry['hatch']})"
                                                            if entry["status"] == "failed" else ""), flush=True)
-    result["failed"] = failed
+    result["allocator"] = os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -38,11 +38,31 @@ def test_falls_back_to_trace_when_answer_has_no_box():
     assert extract_answer("so \\boxed{3}\n</think>\nThe answer is three.") == "3"
 
 
-def test_last_box_of_the_trace_wins_and_boxes_of_the_answer_part_form_a_set():
-    assert extract_answer("\\boxed{1} no wait \\boxed{2}") == "2"
+def test_the_boxes_of_the_answer_part_form_a_set_and_a_hedge_is_not_the_answer():
+    assert extract_answer("\\boxed{1} no wait \\boxed{2}") == "1, 2"  # no </think>: the whole text is the answer
+    assert extract_answer("<think> \\boxed{1} no wait \\boxed{2} </think> done") == "2"  # nothing after: the trace's last
     assert extract_answer("</think> \\boxed{1} and \\boxed{2}") == "1, 2"
     assert extract_answer("</think> \\boxed{5}, so again \\boxed{5}") == "5"  # repeated: one answer
     assert accuracy("</think> \\boxed{1} no wait \\boxed{2}", "2") == 0.0  # two answers are not the answer 2
+    assert accuracy("\\boxed{40}, non: \\boxed{42}", "42") == 0.0
+    assert accuracy("\\boxed{42} donc \\boxed{42.0}", "42") == 1.0  # equal boxes are one answer
+
+
+# Math-Verify's own regression cases (tests/test_open_thoughts.py, tests/test_numina_cases.py) where an answer is a set
+# written as several boxes or as a list, with the verdict Math-Verify's tests expect.
+@pytest.mark.parametrize("gold,response", [
+    ("$$(2, 2), (6, 2)$$", "$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$"),
+    ("$${1,2,3}$$", "\\boxed{1},\\boxed{2},\\boxed{3}"),
+    ("$${1,2,3}$$", "\\boxed{1} and \\boxed{2} and \\boxed{3}"),
+    ("$$k = 45, n = 2$$", "$$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$$"),
+    ("\\boxed{x = -5,\\ p = \\frac{14}{3}} ", "$\\boxed{-5, \\frac{14}{3}}$"),
+    ("$x_{1}=\\frac{1}{2}+\\frac{31\\sqrt{5}}{216},\\quadx_{2}=\\frac{1}{2}-\\frac{31\\sqrt{5}}{216}$",
+     "$\\boxed{\\dfrac{108 + 31\\sqrt{5}}{216}} \\quad \\text{and} \\quad \\boxed{\\dfrac{108 - 31\\sqrt{5}}{216}}$"),
+])
+def test_math_verify_set_answers_are_read_as_sets(gold, response):
+    assert accuracy(response, gold) == 1.0
+    assert accuracy(response.replace("2)}", "3)}").replace("{3}", "{4}").replace("= 2}", "= 3}").replace("{14}", "{15}")
+                    .replace("108 - ", "107 - "), gold) == 0.0  # one element changed: not equal
 
 
 def test_no_box_gives_none():

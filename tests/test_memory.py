@@ -215,10 +215,7 @@ def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
     save_tiny_hf(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
     cfg = load_model(str(tmp_path)).config
     rows, slots = 16, 48
-    cache = KVCache.allocate(cfg, rows, slots, torch.float32, "cpu")
-    keep = torch.arange(int(COMPACT_AT * rows))
-    temp = cache.k[0][keep, :, :slots]  # what compact() makes for each layer's k and v, one at a time
-    assert temp.numel() * temp.element_size() == compaction_bytes(cfg, rows, slots, torch.float32)
+    from adamame.generate import compact
 
     class Outputs(TorchDispatchMode):
         def __init__(self):
@@ -230,6 +227,24 @@ def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
             if isinstance(out, torch.Tensor) and out.numel() == rows * 97 and func._schema.name != "aten::view":
                 self.out.append((func._schema.name, out.dtype, out.numel() * out.element_size()))
             return out
+
+    class Allocated(TorchDispatchMode):  # every tensor compact() creates, by size
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            if isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in inputs:  # new memory only
+                self.sizes.append(out.untyped_storage().nbytes())
+            return out
+
+    cache = KVCache.allocate(cfg, rows, slots, torch.float32, "cpu")
+    keep, alloc = torch.arange(int(COMPACT_AT * rows)), Allocated()
+    with alloc:
+        compact(cache, keep, slots)
+    assert max(alloc.sizes) == compaction_bytes(cfg, rows, slots, torch.float32)  # one layer's K or V, kept rows
 
     logits, u, rec = torch.randn(rows, 97), torch.rand(rows, dtype=torch.float64), Outputs()
     with rec:

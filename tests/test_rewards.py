@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import numpy as np
@@ -112,3 +113,37 @@ def test_group_of_one_and_zero_variance_are_finite():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError, match="same length"):
         advantages([1, 0], ["fr"], ["fr", "fr"], [0, 0], 0, 10)
+
+
+def test_the_released_format_reward_by_hand():
+    from adamame.answer import think_format_ok
+
+    assert think_format_ok("<|im_start|>assistant\n<think>\nten letters here\n</think>\nso \\boxed{4}")
+    assert not think_format_ok("<think>\nshort\n</think>\n\\boxed{4}")  # fewer than 10 characters of thinking
+    assert not think_format_ok("<think>\nlong enough thinking\n</think>\nfour")  # no box after </think>
+    assert not think_format_ok("long enough thinking \\boxed{4}")  # no think block
+
+
+def test_score_adds_the_format_reward_and_reads_the_raw_response():
+    from adamame.data import Question
+    from adamame.rollout import Rollout, score
+
+    qs = [Question(id="q", lang="fr", prompt="p", answer="4")]
+    fr = "Il faut additionner deux et deux pour trouver la réponse demandée. " * 3
+    roll = lambda text: Rollout(0, [1], [2], text, "stop", None, raw=text + "<|im_end|>",  # noqa: E731
+                                prompt_text="<|im_start|>assistant\n<think>\n")
+    good, wrong = roll(fr + "\n</think>\n\\boxed{4}"), roll(fr + "\n</think>\n\\boxed{5}")
+    score([good, wrong], qs, format_reward=True)
+    assert (good.correct, wrong.correct) == (2.0, 1.0) and good.lang == wrong.lang == "fr"
+    score([good, wrong], qs)
+    assert (good.correct, wrong.correct) == (1.0, 0.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("math_verify") is None, reason="math-verify is not installed")
+def test_math_verify_reward_reads_the_prompt_and_response_with_the_prediction_first():
+    from adamame.answer import reward_check
+
+    prompt = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    assert reward_check("two and two\n</think>\n\\boxed{4}", "4", "math-verify",
+                        sequence=prompt + "two and two\n</think>\n\\boxed{4}")[0] == 1.0
+    assert reward_check("x", "4", "math-verify", sequence=prompt + "so \\boxed{5}")[0] == 0.0

@@ -176,3 +176,37 @@ def test_bad_rl_data_names_file_line_and_field(tmp_path, content, match):
 def test_recomputed_old_logprobs_agree_with_the_sampler(tiny, tmp_path):
     rows, _ = _grpo(tiny, tmp_path / "re", "--max-steps", "1", "--old-logprobs", "recompute")
     assert rows[0]["logprob_diff"] < 1e-4 and rows[0]["ratio"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_export_lora_scale_sets_the_merged_update(tiny, tmp_path):
+    """final/ carries W + s B A: s = alpha / r by default, 1.0 with --export-lora-scale 1.0 (the released merge)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from adamame import dist
+    from adamame.chat import load_tokenizer
+    from adamame.checkpoint import export_hf
+    from adamame.lora import apply_lora
+    from adamame.model import load_model
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        model = load_model(str(tiny / "model"))
+        apply_lora(model, 4, 8)  # scale 2
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("lora_B"):
+                    p.normal_()
+        base = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("q_proj.weight")}
+        dist.shard_model(model, torch.device("cpu"))
+        tok = load_tokenizer(str(tiny / "model"))
+        export_hf(model, tok, str(tmp_path / "train_scale"))
+        export_hf(model, tok, str(tmp_path / "scale_1"), lora_scale=1.0)
+    finally:
+        torch.distributed.destroy_process_group()
+    a, b = load_file(str(tmp_path / "train_scale" / "model.safetensors")), load_file(str(tmp_path / "scale_1" /
+                                                                                          "model.safetensors"))
+    for name, w in base.items():
+        d2, d1 = a[name].float() - w, b[name].float() - w
+        assert d1.abs().max() > 1e-3
+        torch.testing.assert_close(d2, 2 * d1, rtol=1e-4, atol=1e-5)
