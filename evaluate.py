@@ -24,10 +24,10 @@ from adamame.data import DataError
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model folder (HF format) to generate with")
+    ap.add_argument("--model", help="model to generate with: a folder (HF format) or a hub id")
     ap.add_argument("--data", nargs="+", help="JSONL files or folders of them ({id, lang, question, answer})")
     ap.add_argument("--score", help="score existing generations (JSONL records with lang, answer, candidates)")
-    ap.add_argument("--tokenizer", help="with --score: tokenizer folder to count response tokens")
+    ap.add_argument("--tokenizer", help="with --score: tokenizer folder or hub id, to count response tokens")
     ap.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ap.add_argument("--k", type=int, default=4, help="candidates per question (paper: 4)")
     ap.add_argument("--temperature", type=float, default=0.6,
@@ -63,15 +63,6 @@ def data_files(paths):
     return files
 
 
-def detectors(args):
-    """(the evaluation's identifier, the training-time rule's identifier) for --lang-id and --benchmark."""
-    from adamame.language import BENCHMARK_LANGUAGES, EVAL_LANGUAGES, TRAIN_LANGUAGES, get_detector
-
-    name = getattr(args, "lang_id", "langid")
-    languages = BENCHMARK_LANGUAGES[args.benchmark] if getattr(args, "benchmark", None) else EVAL_LANGUAGES
-    return get_detector(name, tuple(languages)), get_detector(name, TRAIN_LANGUAGES)
-
-
 def read_generations(path):
     from adamame.data import read_jsonl
     from adamame.language import KNOWN_LANGUAGES
@@ -89,53 +80,6 @@ def read_generations(path):
             raise DataError(f"{path}:{i}: field 'lang': unknown language code {obj['lang']!r}")
         obj["answer"] = str(obj["answer"])
         recs.append(obj)
-    return recs
-
-
-def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_tokens, batch_prompts, seed,
-                     progress=None):
-    """One record per question with its k decoded candidates and their token counts."""
-    from adamame.rollout import encode_questions, rollouts
-
-    qs, ids, _ = encode_questions(tok, questions)
-    rolls = rollouts(model, tok, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     seed=seed, chunk_prompts=batch_prompts, progress=progress)
-    recs = [{"id": q.id, "lang": q.lang, "question": q.prompt, "answer": q.answer, "candidates": [],
-             "candidate_tokens": [], "finish_reasons": []} for q in qs]
-    for r in rolls:
-        recs[r.question]["candidates"].append(r.text)
-        recs[r.question]["candidate_tokens"].append(len(r.tokens))
-        recs[r.question]["finish_reasons"].append(r.finish_reason)
-    return recs
-
-
-def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", desc="eval"):
-    """Generate on this rank's share of the questions and gather every scored record on rank 0."""
-    import torch
-    from tqdm import tqdm
-
-    from adamame.chat import load_tokenizer
-    from adamame.dist import compute_dtype
-    from adamame.model import load_model
-    from adamame.scoring import score_record
-
-    tok = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=compute_dtype(device), device=device).eval()
-    mine = questions[rank::world]
-    bar = tqdm(total=len(mine), desc=desc, disable=rank != 0, dynamic_ncols=True)
-    recs = generate_records(model, tok, mine, k=args.k, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
-                            seed=args.seed * 1000 + rank, progress=bar)
-    bar.close()
-    detector, train_detector = detectors(args)
-    recs = [score_record(r, verifier=getattr(args, "verifier", "builtin"), detector=detector,
-                         train_detector=train_detector) for r in recs]
-    if world > 1:
-        import torch.distributed as tdist
-
-        parts = [None] * world
-        tdist.all_gather_object(parts, recs)
-        recs = [r for p in parts for r in p]
     return recs
 
 
@@ -161,6 +105,8 @@ def main(argv=None):
 
     args = parse_args(argv)
     require_verifier(args.verifier)
+    from adamame.rollout import detectors
+
     detector, train_detector = detectors(args)  # a missing lingua is reported before any work
     print(f"language identifier: {detector.version}, evaluation languages {' '.join(detector.languages)}")
     if args.score:
@@ -172,7 +118,9 @@ def main(argv=None):
         if args.tokenizer:
             from adamame.chat import load_tokenizer
 
-            tok = load_tokenizer(args.tokenizer)
+            from adamame.hub import resolve
+
+            tok = load_tokenizer(resolve(args.tokenizer, "--tokenizer"))
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
@@ -190,7 +138,11 @@ def main(argv=None):
         questions += read_questions(f)[:args.limit]
     rank, world, device = dist.setup()
     lock_output(args.out)
-    recs = evaluate_model(args.model, questions, args, rank, world, device)
+    from adamame.rollout import evaluate_model
+
+    from adamame.hub import resolve
+
+    recs = evaluate_model(resolve(args.model), questions, args, rank, world, device)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None
     dist.cleanup()
     return summary

@@ -17,8 +17,8 @@ checkpointing and the log-prob path. Then one RL step (t = step, T = total steps
      clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
   5. log: one metrics.jsonl row (global means over ranks), a few prompt groups to rollouts.jsonl, a checkpoint.
 
-Defaults are the paper's settings (recipe.md). With no --model/--data it runs the built-in toy demo: SFT on the
-toy task if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after evaluation table.
+Defaults are the paper's settings (recipe.md). With no --model/--data it runs the built-in toy demo: the toy task's two
+SFT stages if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after table (adamame/toy.py).
 """
 
 import argparse
@@ -31,14 +31,17 @@ import time
 import torch
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError
+from adamame.data import DataError, balanced_batches
+from adamame.hub import resolve
+from adamame.model import read_config
+from adamame.rollout import encode_questions, rollouts, score
 
 REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="the SFT model folder (HF format); default: the toy demo under --out")
+    ap.add_argument("--model", help="the SFT model: a folder (HF format) or hub id; default: the toy demo under --out")
     ap.add_argument("--data", help="RL prompts, JSON Lines with id, lang, prompt, answer")
     ap.add_argument("--val-data", help="validation prompts (same format), evaluated greedily every --eval-every steps")
     ap.add_argument("--out", default="runs/grpo",
@@ -98,7 +101,11 @@ def parse_args(argv=None):
     ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps (default 10)")
     ap.add_argument("--log-rollouts", type=int, default=8, help="prompt groups per step written to rollouts.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    ap.add_argument("--sft-steps", type=int, default=660, help="toy demo only: steps of its SFT stage (default 660)")
+    ap.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none",
+                    help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
+                         "(optional packages; default none)")
+    ap.add_argument("--sft-steps", type=int, help="toy demo only: steps of each of its two SFT stages (default: "
+                                                   "train_sft.py's toy settings)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -109,20 +116,6 @@ def _auto_or_positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
     return int(text)
-
-
-def balanced_batches(questions, batch_prompts, seed, epoch):
-    """Batches of question indices for one epoch, each drawing the languages in turn (so each is balanced when the
-    languages are); deterministic in (seed, epoch); the last incomplete batch is dropped."""
-    import random
-
-    rng = random.Random(seed * 100_003 + epoch)
-    by_lang = {}
-    for i, q in enumerate(questions):
-        by_lang.setdefault(q.lang, []).append(i)
-    queues = [rng.sample(v, len(v)) for _, v in sorted(by_lang.items())]
-    order = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
-    return [order[b:b + batch_prompts] for b in range(0, len(order) - batch_prompts + 1, batch_prompts)]
 
 
 def pack(rolls, device, extra=()):
@@ -243,79 +236,20 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
 
 
 def prepare_default(args, argv, rank):
-    """The toy demo: SFT the toy model if not done yet, then RL on toy prompts with toy-sized settings."""
-    from adamame.toy import apply_settings, build_toy
+    """The toy demo: its two SFT stages if not done yet (train_sft.py's default), then RL on toy prompts."""
+    from adamame.toy import GRPO_SETTINGS, apply_settings, build_toy
 
-    apply_settings(args, argv, TOY_GRPO_SETTINGS)
+    apply_settings(args, argv, GRPO_SETTINGS)
     paths = build_toy(args.out, rank)
     sft_dir = os.path.join(args.out, "sft")
     if not os.path.exists(os.path.join(sft_dir, "final", "config.json")):
         import train_sft
 
         torch.distributed.barrier()
-        train_sft.main(["--out", sft_dir, "--seed", str(args.seed), "--max-steps", str(args.sft_steps)],
-                       keep_process_group=True)
+        steps = ["--max-steps", str(args.sft_steps)] if args.sft_steps else []
+        train_sft.main(["--out", sft_dir, "--seed", str(args.seed), *steps], keep_process_group=True)
     args.val_data = args.val_data or paths["test"]
     return os.path.join(sft_dir, "final"), paths["train"]
-
-
-# The embedded default's RL settings: the paper's recipe with sizes for a ~1M-parameter model on a laptop CPU.
-TOY_GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, temperature=1.0, lr=1e-4,
-                         lora_rank=0, max_steps=90, max_prompt_tokens=64, max_response_tokens=32, eval_every=0,
-                         save_every=20, micro_batch_tokens=8192)
-
-
-def held_out_questions(out_dir, per_language=100):
-    """The toy demo's evaluation set: the first `per_language` held-out prompts of each language."""
-    from adamame.data import read_questions
-
-    held_out = read_questions(os.path.join(out_dir, "toy_rl_test.jsonl"))
-    langs = sorted({q.lang for q in held_out})
-    return [q for lang in langs for q in [x for x in held_out if x.lang == lang][:per_language]]
-
-
-def evaluate_toy(model_dir, questions, temperature, max_new_tokens, seed, rank=0, world=1, device="cpu", desc="eval"):
-    """evaluate.py's generation and scoring on the toy held-out prompts (4 samples each); the summary on rank 0."""
-    from types import SimpleNamespace
-
-    from adamame.scoring import summarize
-    from evaluate import evaluate_model
-
-    ev = SimpleNamespace(k=4, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, batch_prompts=64,
-                         seed=seed)
-    recs = evaluate_model(model_dir, questions, ev, rank, world, device, desc=desc)
-    return summarize(recs, ev.k) if rank == 0 else None
-
-
-def demo_report(args, rank, world, device, seconds):
-    """The toy demo's before/after: SFT and RL models on held-out toy prompts, scored by evaluate.py's code; the
-    README's demo block is rendered from the summary.json written here (bench/readme_table.py demo)."""
-    from adamame.scoring import format_table
-
-    questions = held_out_questions(args.out)
-    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": args.temperature,
-              "rl_steps": args.max_steps, "sft_steps": args.sft_steps, "world": world}
-    for name, path in (("sft", os.path.join(args.out, "sft", "final")), ("rl", os.path.join(args.out, "final"))):
-        summ = evaluate_toy(path, questions, args.temperature, args.max_response_tokens, args.seed, rank, world,
-                            device, desc=f"eval {name}")
-        if rank == 0:
-            result[name] = {"accuracy": summ["in_domain"]["pass@1"], "lang_match": summ["in_domain"]["lang_match"],
-                            "lcpr": summ["in_domain"]["lcpr"], "tokens": summ["in_domain"]["model_tokens"],
-                            "summary": summ}
-            print(f"\n{name.upper()} model on {len(questions)} held-out toy prompts (4 samples each, "
-                  f"temperature {args.temperature}):")
-            print(format_table(summ, metrics=DEMO_METRICS))
-    if rank == 0:
-        result["seconds"] = time.perf_counter() - seconds
-        with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        sft, rl = result["sft"], result["rl"]
-        print(f"\nreward {args.reward}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, "
-              f"query-language match {sft['lang_match']:.3f} -> {rl['lang_match']:.3f} "
-              f"(summary in {os.path.join(args.out, 'summary.json')})")
-
-
-DEMO_METRICS = ("pass@1", "lang_match", "lcpr", "model_tokens")
 
 
 # ---------------------------------------------------------------------------------------------- the memory plan
@@ -332,12 +266,10 @@ def make_plan(args, cfg, world, device_type, total):
 
 def plan_only(args):
     """--plan: the plan from config.json alone (no process group, no weights, no tokenizer), then exit 0 or 3."""
-    from adamame.model import read_config
-
     if not args.model:
         raise DataError("--plan needs --model (a folder with config.json)")
     device, world, total = memory.plan_target(args.nproc_per_node, args.gpu_memory_gib)
-    plan = make_plan(args, read_config(args.model), world, device, total)
+    plan = make_plan(args, read_config(resolve(args.model)), world, device, total)
     print(f"memory plan for {args.model} on {world} {'GPU(s)' if device == 'cuda' else 'process(es)'}")
     print(plan)
     return plan
@@ -345,45 +277,30 @@ def plan_only(args):
 
 # ---------------------------------------------------------------------------------------------- the RL step's phases
 
-def free_device_memory(device):
-    """Give cached blocks back between phases, so the next phase (update after rollout) can use them."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def rollout_phase(model, tok, prompt_ids, args, plan, seed, device, *, n, temperature):
     """Phase 1: samples from a plain copy of the current policy (built now, freed after)."""
-    from adamame.rollout import rollouts
-
     copy = dist.rollout_copy(model)
     rolls = rollouts(copy, tok, prompt_ids, n=n, max_new_tokens=args.max_response_tokens, temperature=temperature,
                      seed=seed, chunk_prompts=plan.rollout_prompts * args.group_size // n, return_logprobs=True)
     del copy
-    free_device_memory(device)
+    dist.free_cached_memory(device)
     return rolls
 
 
-def lang_detector(args):
-    """lang(o_i)'s identifier: --lang-id over the released reward's 14 languages."""
-    from adamame.language import TRAIN_LANGUAGES, get_detector
-
-    return get_detector(args.lang_id, TRAIN_LANGUAGES)
-
-
-def score_phase(rolls, qs, args, step, T):
+def score_phase(rolls, qs, args, step, T, detector):
     """Phase 2: r_i, lang(o_i), shaped scores s_i and advantages A_i (groups never straddle ranks: local)."""
     from adamame.rewards import advantages, alignment_factor, shaped_scores
-    from adamame.rollout import score
 
-    score(rolls, qs, args.lang_mode, lang_detector(args), args.verifier, args.format_reward)
+    score(rolls, qs, args.lang_mode, detector, args.verifier)
     correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
+    r_i = [r.correct + float(r.format_ok) for r in rolls] if args.format_reward else correct
     qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
     kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
     alpha = (alignment_factor(step, T, args.alpha_floor) if args.reward in ("adamame", "adamame-diversity")
              else 1.0 if args.reward == "adamame-const" else 0.0)  # logged; shaped_scores computes its own
     return {"correct": correct, "langs": langs, "qlangs": qlangs, "alpha": alpha,
-            "scores": shaped_scores(correct, langs, qlangs, gids, step, T, **kw),
-            "adv": advantages(correct, langs, qlangs, gids, step, T, **kw)}
+            "scores": shaped_scores(r_i, langs, qlangs, gids, step, T, **kw),
+            "adv": advantages(r_i, langs, qlangs, gids, step, T, **kw)}
 
 
 def logprob_phase(model, ref_model, rolls, args, plan, device):
@@ -415,7 +332,7 @@ def update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan
         old = torch.tensor([x for o in old_lp for x in o])
         sampled = torch.tensor([x for r in rolls for x in r.logprobs])
         logprob_diff = (old - sampled).abs().max().item() if old.numel() else 0.0
-    free_device_memory(device)
+    dist.free_cached_memory(device)
     return {"losses": losses, "grad_norms": grad_norms, "sums": sums, "logprob_diff": logprob_diff}
 
 
@@ -468,26 +385,28 @@ def main(argv=None):
     if args.plan:
         plan = plan_only(args)
         return 0 if plan.fits else 3
-    from adamame.answer import require_verifier
+    from tqdm import tqdm
 
+    from adamame.answer import require_verifier
+    from adamame.chat import load_tokenizer
+    from adamame.data import read_questions
+    from adamame.language import TRAIN_LANGUAGES, get_detector
+    from adamame.lora import apply_lora
+    from adamame.model import load_model
+    from adamame.report import Reporter, require_reporter
+
+    require_reporter(args.report_to)  # a missing optional package stops here, before any work
     require_verifier(args.verifier)
-    detector = lang_detector(args)  # a missing lingua is reported before any work
+    detector = get_detector(args.lang_id, TRAIN_LANGUAGES)  # lang(o_i)'s identifier
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)
     say = print if rank == 0 else (lambda *a, **k: None)
-    from tqdm import tqdm
-
-    from adamame.chat import load_tokenizer
-    from adamame.data import read_questions
-    from adamame.lora import apply_lora
-    from adamame.model import load_model, read_config
-    from adamame.rollout import encode_questions, rollouts, score
 
     toy = args.model is None and args.data is None
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
     checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    model_dir, data_path = (args.model, args.data) if not toy else prepare_default(args, argv, rank)
+    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, argv, rank)
     G, W = args.group_size, world
     if args.batch_prompts % W or args.mini_batch_prompts % W or args.batch_prompts % args.mini_batch_prompts:
         raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
@@ -532,15 +451,15 @@ def main(argv=None):
     else:
         start = 0
         checkpoint.start_fresh([metrics_path, rollouts_path])
+    reporter = Reporter(args.report_to, args.out, vars(args), rank)
 
     def evaluate_val():
         qs, ids = val
         copy = dist.rollout_copy(model)
         rs = score(rollouts(copy, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
-                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode, lang_detector(args), args.verifier,
-                   args.format_reward)
+                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode, detector, args.verifier)
         del copy
-        free_device_memory(device)
+        dist.free_cached_memory(device)
         acc = dist.all_sum(sum(r.correct for r in rs), device)
         match = dist.all_sum(sum(r.lang == qs[r.question].lang for r in rs), device)
         n = dist.all_sum(len(rs), device)
@@ -562,7 +481,7 @@ def main(argv=None):
         rolls = rollout_phase(model, tok, ids, args, plan, args.seed * 1_000_003 + step * 1_009 + rank, device,
                               n=G, temperature=args.temperature)
         times["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
-        sc = score_phase(rolls, qs, args, step, T)
+        sc = score_phase(rolls, qs, args, step, T, detector)
         times["scoring"], t0 = time.perf_counter() - t0, time.perf_counter()
         old_lp, ref_lp = logprob_phase(model, ref_model, rolls, args, plan, device)
         times["logprobs"], t0 = time.perf_counter() - t0, time.perf_counter()
@@ -584,6 +503,7 @@ def main(argv=None):
             if rank == 0:
                 with open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+                reporter.log(row)
                 with open(rollouts_path, "a", encoding="utf-8", errors="replace") as f:
                     for rows in logged:
                         for r in rows:
@@ -594,11 +514,14 @@ def main(argv=None):
             if (step + 1) % args.save_every == 0 or step + 1 == end:
                 checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
+    reporter.close()
 
     if end == T:
         checkpoint.export_hf(model, tok, os.path.join(args.out, "final"), args.export_lora_scale)
         say(f"exported {os.path.join(args.out, 'final')}")
         if toy:
+            from adamame.toy import demo_report
+
             demo_report(args, rank, world, device, t_main)
     if rank == 0 and os.path.exists(metrics_path):
         rows = [json.loads(r) for r in open(metrics_path, encoding="utf-8")]

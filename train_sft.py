@@ -10,9 +10,10 @@ a metrics row, and an atomic checkpoint every --save-every steps. At the end the
 alpha / rank) is exported to --out/final as a Hugging Face folder with the tokenizer.
 
 Defaults are the paper's settings (LoRA rank 8 / alpha 16 on all linear layers, lr 2e-4 cosine with 10% warm-up,
-4 epochs, max length 8192, effective batch 8). With no --model/--data it runs the built-in toy task (adamame/toy.py):
-a ~1M-parameter model learns multilingual arithmetic whose traces are ~78% English (the "collapse"), in about a
-minute on a laptop CPU.
+4 epochs, max length 8192, effective batch 8). With no --model/--data it runs the built-in toy task (adamame/toy.py) in
+two stages on a laptop CPU: a base stage that reasons in English unless asked otherwise (what a base reasoning model
+does), then Stage 1 on traces of which 30% are in the query language; the result still reasons in English ~70% of the
+time (the collapse AdaMame-GRPO then repairs), and is about as accurate when it does not.
 """
 
 import argparse
@@ -30,7 +31,7 @@ from adamame.data import DataError, length_grouped_batches, read_sft, tokenize_s
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="Hugging Face model folder (config.json, safetensors, tokenizer); "
+    ap.add_argument("--model", help="Hugging Face model folder (config.json, safetensors, tokenizer) or hub id; "
                                     "default: a tiny model built into --out")
     ap.add_argument("--data", help="SFT JSON Lines: lang, prompt|question, response|trace+answer; "
                                    "default: a small built-in multilingual set")
@@ -60,6 +61,9 @@ def parse_args(argv=None):
                     help="with --plan: GiB per GPU (default: this machine's GPU; without a GPU, its RAM)")
     ap.add_argument("--save-every", type=int, default=200, help="checkpoint every K steps (default 200)")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none",
+                    help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
+                         "(optional packages; default none)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -88,19 +92,29 @@ def collate(encoded, pad_id):
     return ids, torch.cat([ids[:, 1:], torch.full((len(encoded), 1), pad_id)], 1), mask
 
 
-# The embedded default (no --model/--data): the toy task of adamame/toy.py, with sizes for a laptop CPU. Flags given
-# on the command line still win.
-TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, max_steps=660, max_length=128,
+# The embedded default (no --model/--data): the toy task of adamame/toy.py in two stages, sized for a laptop CPU. A
+# base stage stands in for the base reasoning model (it answers a plain question in English and a "reason in
+# <language>" request in that language: a preference, not an inability); Stage 1 is the paper's SFT on plain questions
+# with 30% of the traces in the query language. Flags given on the command line still win (--max-steps: both stages).
+TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, max_steps=120, max_length=128,
                     warmup_ratio=0.05, save_every=200)
+TOY_BASE_STEPS = 550
 
 
 def prepare_default(args, argv, rank):
-    """Build (once) the toy model folder and SFT data under --out; apply TOY_SETTINGS to flags not given."""
+    """Build (once) the toy model folder and data under --out, train its base stage (once) into --out/base; apply
+    TOY_SETTINGS to flags not given. Stage 1 then starts from the base stage's model."""
     from adamame.toy import apply_settings, build_toy
 
+    given_steps = args.max_steps  # None unless given on the command line
     apply_settings(args, argv, TOY_SETTINGS)
     paths = build_toy(args.out, rank)
-    return paths["model"], paths["sft"]
+    base = os.path.join(args.out, "base")
+    if not os.path.exists(os.path.join(base, "final", "config.json")):
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in TOY_SETTINGS.items() if k != "max_steps"]
+        main(["--model", paths["model"], "--data", paths["base"], "--out", base, "--seed", str(args.seed),
+              "--max-steps", str(given_steps or TOY_BASE_STEPS), *flags], keep_process_group=True)
+    return os.path.join(base, "final"), paths["sft"]
 
 
 def make_plan(args, model_dir, world, device_type, total):
@@ -117,7 +131,9 @@ def plan_only(args):
     if not args.model:
         raise DataError("--plan needs --model (a folder with config.json)")
     device, world, total = memory.plan_target(args.nproc_per_node, args.gpu_memory_gib)
-    plan = make_plan(args, args.model, world, device, total)
+    from adamame.hub import resolve
+
+    plan = make_plan(args, resolve(args.model), world, device, total)
     print(f"memory plan for {args.model} on {world} {'GPU(s)' if device == 'cuda' else 'process(es)'}")
     print(plan)
     return plan
@@ -127,6 +143,9 @@ def main(argv=None, keep_process_group=False):
     args = parse_args(argv)
     if args.plan:
         return 0 if plan_only(args).fits else 3
+    from adamame.report import require_reporter
+
+    require_reporter(args.report_to)
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)  # identical LoRA initialisation on every rank and for every world size
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -138,7 +157,9 @@ def main(argv=None, keep_process_group=False):
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
     checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    model_dir, data_path = (args.model, args.data) if args.model else prepare_default(args, argv, rank)
+    from adamame.hub import resolve
+
+    model_dir, data_path = (resolve(args.model), args.data) if args.model else prepare_default(args, argv, rank)
     if args.batch_size % world or (args.batch_size // world) % args.micro_batch_size:
         raise DataError(f"--batch-size {args.batch_size} must split into {world} ranks x whole micro-batches of "
                         f"{args.micro_batch_size}")
@@ -178,6 +199,9 @@ def main(argv=None, keep_process_group=False):
     else:
         start = 0
         checkpoint.start_fresh([metrics_path])
+    from adamame.report import Reporter
+
+    reporter = Reporter(args.report_to, args.out, vars(args), rank)
 
     from tqdm import tqdm
 
@@ -227,11 +251,13 @@ def main(argv=None, keep_process_group=False):
             if rank == 0:
                 with open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+                reporter.log(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
             if (step + 1) % args.save_every == 0 or step + 1 == end:
                 checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
     bar.close()
+    reporter.close()
 
     if end == total:
         checkpoint.export_hf(model, tok, os.path.join(args.out, "final"))

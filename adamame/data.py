@@ -171,3 +171,15 @@ def length_grouped_batches(lengths, batch_size, seed, epoch, group=50):
     batches = [grouped[b:b + batch_size] for b in range(0, len(grouped) - batch_size + 1, batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def balanced_batches(questions, batch_prompts, seed, epoch):
+    """Batches of question indices for one epoch, each drawing the languages in turn (so each is balanced when the
+    languages are); deterministic in (seed, epoch); the last incomplete batch is dropped."""
+    rng = random.Random(seed * 100_003 + epoch)
+    by_lang = {}
+    for i, q in enumerate(questions):
+        by_lang.setdefault(q.lang, []).append(i)
+    queues = [rng.sample(v, len(v)) for _, v in sorted(by_lang.items())]
+    order = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
+    return [order[b:b + batch_prompts] for b in range(0, len(order) - batch_prompts + 1, batch_prompts)]

@@ -213,6 +213,13 @@ def rollout_copy(model, dtype=None):
     return copy.eval()
 
 
+def free_cached_memory(device):
+    """Give the allocator's cached blocks back between phases, so the next phase (the update after the rollout)
+    can use them."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def all_max(x: float, device) -> float:
     t = torch.tensor([float(x)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

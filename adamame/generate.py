@@ -359,7 +359,8 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     eos = torch.tensor(list(eos_token_ids) or [-1], device=dev)
     st = Rows(out=torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
               out_lp=torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev),
-              lengths=torch.zeros(B, dtype=torch.long, device=dev), stopped=torch.zeros(B, dtype=torch.bool, device=dev),
+              lengths=torch.zeros(B, dtype=torch.long, device=dev),
+              stopped=torch.zeros(B, dtype=torch.bool, device=dev),
               live=torch.arange(B, device=dev), done=torch.zeros(B, dtype=torch.bool, device=dev))
     for t in range(max_new_tokens):
         tok = token_step(st, logits, t, gen, temperature, top_k, top_p, eos, pad_token_id)

@@ -148,7 +148,10 @@ class Lingua(Detector):
         return self._code(self.detector.detect_language_of(text)) if text else None
 
     def languages_in(self, text, line_languages=None):
-        return [self._code(r.language) for r in self.detector.detect_multiple_languages_of(text)] if text else []
+        try:
+            return [self._code(r.language) for r in self.detector.detect_multiple_languages_of(text)] if text else []
+        except Exception:  # noqa: BLE001  (the paper's script counts a failure as no code switching)
+            return []
 
 
 @lru_cache(maxsize=None)

@@ -72,10 +72,10 @@ def attention(q, k, v, mask=None, enable_gqa=False):
     except RuntimeError as e:
         if "No available kernel" not in str(e):
             raise
+        m = None if mask is None else (tuple(mask.shape), mask.dtype)
         raise RuntimeError(f"attention: no SDPA backend among {[b.name for b in backends]} takes q {tuple(q.shape)} "
-                           f"{q.dtype}, k {tuple(k.shape)}, mask {None if mask is None else (tuple(mask.shape), mask.dtype)}"
-                           f" (torch's warnings above say why); ADAMAME_SDPA=any lets torch fall back to the math "
-                           f"backend") from e
+                           f"{q.dtype}, k {tuple(k.shape)}, mask {m} (torch's warnings above say why); ADAMAME_SDPA=any "
+                           f"lets torch fall back to the math backend") from e
 
 
 @dataclass

@@ -4,7 +4,9 @@ Why: GRPO rollouts and evaluation candidates are the same operation (render the 
 template, sample k continuations, decode, score accuracy and reasoning language), and both must score with
 exactly the same code so training rewards and reported metrics cannot drift apart.
 
-Imports: torch, adamame (chat, generate, rewards).
+The evaluation's generation lives here too (`evaluate_model`), so evaluate.py and the toy demo run the same code.
+
+Imports: torch, tqdm, adamame (chat, generate, rewards, model, dist, language, scoring).
 """
 
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ class Rollout:
     logprobs: list | None
     raw: str = ""  # decoded response with the stop token, as the released reward decodes it
     prompt_text: str = ""  # decoded prompt (chat template included)
-    correct: float = 0.0
+    correct: float = 0.0  # the accuracy reward: 1 when the final answer verifies
+    format_ok: bool = False  # the released reward's <think> / \\boxed format check (--format-reward adds it to r_i)
     lang: str = "unknown"
     verify_timed_out: bool = False  # the checker (or the language identifier) ran out of time or memory: r_i = 0
 
@@ -80,21 +83,77 @@ def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, to
     return out
 
 
-def score(rolls, questions, lang_mode="prefix", detector=None, verifier="builtin", format_reward=False):
-    """Fill `correct` (r_i), `lang` (lang(o_i)) and `verify_timed_out` of every rollout in place.
+def score(rolls, questions, lang_mode="prefix", detector=None, verifier="builtin"):
+    """Fill `correct`, `format_ok`, `lang` (lang(o_i)) and `verify_timed_out` of every rollout in place.
 
-    r_i: the verifier on the response (builtin), or on the decoded prompt + response (math-verify, as the paper's
-    reward); with format_reward, + 1 when the prompt + response has the released reward's think/boxed format.
-    lang(o_i): the detector (default: langid over the 14 training languages) on the raw response (stop token
-    included, as the released reward decodes it)."""
+    correct: the verifier on the response (builtin), or on the decoded prompt + response (math-verify, as the
+    paper's reward); format_ok: the released reward's think/boxed check on the prompt + response. lang(o_i): the
+    detector (default: langid over the 14 training languages) on the raw response (stop token included, as the
+    released reward decodes it)."""
     for r in rolls:
         q = questions[r.question]
         sequence = r.prompt_text + (r.raw or r.text)
         r.correct, r.verify_timed_out = reward_check(r.text, q.answer, verifier, sequence=sequence)
-        if format_reward:
-            r.correct += float(think_format_ok(sequence))
+        r.format_ok = think_format_ok(sequence)
         try:
             r.lang = reward_language(r.raw or r.text, lang_mode, detector)
         except (MemoryError, RecursionError):  # one pathological response must not stop the run
             r.correct, r.lang, r.verify_timed_out = 0.0, "unknown", True
     return rolls
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def detectors(args):
+    """(the evaluation's identifier, the training-time rule's identifier) for --lang-id and --benchmark."""
+    from adamame.language import BENCHMARK_LANGUAGES, EVAL_LANGUAGES, TRAIN_LANGUAGES, get_detector
+
+    name = getattr(args, "lang_id", "langid")
+    languages = BENCHMARK_LANGUAGES[args.benchmark] if getattr(args, "benchmark", None) else EVAL_LANGUAGES
+    return get_detector(name, tuple(languages)), get_detector(name, TRAIN_LANGUAGES)
+
+
+def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_tokens, batch_prompts, seed,
+                     progress=None):
+    """One record per question with its k decoded candidates and their token counts."""
+    qs, ids, _ = encode_questions(tok, questions)
+    rolls = rollouts(model, tok, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                     seed=seed, chunk_prompts=batch_prompts, progress=progress)
+    recs = [{"id": q.id, "lang": q.lang, "question": q.prompt, "answer": q.answer, "candidates": [],
+             "candidate_tokens": [], "finish_reasons": []} for q in qs]
+    for r in rolls:
+        recs[r.question]["candidates"].append(r.text)
+        recs[r.question]["candidate_tokens"].append(len(r.tokens))
+        recs[r.question]["finish_reasons"].append(r.finish_reason)
+    return recs
+
+
+def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", desc="eval"):
+    """evaluate.py's generation and scoring: k candidates for this rank's share of the questions, scored, every
+    record gathered on every rank. args: k, temperature, top_p, max_new_tokens, batch_prompts, seed, and optionally
+    verifier, lang_id, benchmark (evaluate.py's flags)."""
+    from tqdm import tqdm
+
+    from adamame.chat import load_tokenizer
+    from adamame.dist import compute_dtype
+    from adamame.model import load_model
+    from adamame.scoring import score_record
+
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=compute_dtype(device), device=device).eval()
+    mine = questions[rank::world]
+    bar = tqdm(total=len(mine), desc=desc, disable=rank != 0, dynamic_ncols=True)
+    recs = generate_records(model, tok, mine, k=args.k, temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
+                            seed=args.seed * 1000 + rank, progress=bar)
+    bar.close()
+    detector, train_detector = detectors(args)
+    recs = [score_record(r, verifier=getattr(args, "verifier", "builtin"), detector=detector,
+                         train_detector=train_detector) for r in recs]
+    if world > 1:
+        import torch.distributed as tdist
+
+        parts = [None] * world
+        tdist.all_gather_object(parts, recs)
+        recs = [r for p in parts for r in p]
+    return recs

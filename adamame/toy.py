@@ -5,16 +5,20 @@ exactly the code a real checkpoint goes through: chat template, loading, generat
 export. So the toy model is a real Qwen3-architecture folder (config.json + safetensors + tokenizer.json with a
 chat template whose generation prompt ends in `<think>\\n`), written by this project's own code.
 
-The task: one-step additions and subtractions of small numbers in natural template sentences, in the paper's
-five training languages (fr, ja, ko, pt, th), with the localized instruction of the recipe. A reasoning trace is
-one sentence restating the problem and the arithmetic, then "the answer is \\boxed{N}", written either in the
-query language or in English; the SFT mix puts most traces in English regardless of the query language (the
-collapse that GRPO then has to undo). Train and held-out questions are disjoint by construction (`problems`): a
-held-out question asks arithmetic that training asks in the same language, but about another person and object.
+The task: one-step additions and subtractions of numbers 1-5 in natural template sentences, in the paper's five
+training languages (fr, ja, ko, pt, th), with the localized instruction of the recipe. A reasoning trace is one
+sentence restating the problem and the arithmetic, then "the answer is \\boxed{N}", written in the query language or
+in English. Two SFT stages (train_sft.py's default) make the collapse a preference, not an inability, as it is in a
+real base model: the base stage (`base_rows`) answers a plain question in English and a question that asks "reason in
+<language>" in that language, so both kinds of trace get the same practice; Stage 1 (`sft_rows`, the paper's SFT)
+trains plain questions with 30% of the traces in the query language. The result
+reasons in the query language ~30% of the time and is about as accurate when it does. Train and held-out questions
+are disjoint by construction (`problems`): a held-out question asks arithmetic that training asks in the same
+language, but about another person and object, and is never trained on, with or without a request.
 
 The tokenizer is a BPE without whitespace pre-splitting (so template phrases merge into few tokens) in which
-digit runs are their own pre-tokens (every number 0-100 becomes one token); with it questions are a handful of
-tokens and traces about a dozen, which a ~1M-parameter model learns in a minute.
+digit runs are their own pre-tokens (every number becomes one token); with it questions are a handful of tokens
+and traces about a dozen, which a ~1M-parameter model learns in a few minutes.
 
 Imports: torch, tokenizers, transformers (to save the tokenizer folder), adamame.
 """
@@ -72,7 +76,11 @@ TRACES = {
         "en": "{n} has {a} {o} and gives {b} to a friend, so {n} has {a} - {b} = {c} {o} left. The answer is \\boxed{{{c}}}.",
     },
 }
-MAX_N = 12
+# "reason in <language>" requests: the base stage answers a request in its language, a plain question in English
+REQUESTS = {"fr": "Raisonne en français.", "ja": "日本語で考えてください。", "ko": "한국어로 생각해 주세요.",
+            "pt": "Raciocine em português.", "th": "กรุณาคิดเป็นภาษาไทย"}
+MAX_N = 5
+QUERY_FRACTION = 0.3  # Stage 1's share of query-language traces
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
@@ -83,17 +91,12 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"
 COMBOS = [(name_idx, obj) for name_idx in range(4) for obj in OBJECTS]  # who and what a question is about
 
 
-def held_out(op: str, lang: str, a: int, b: int) -> bool:
-    """A third of the (op, language, a, b) also get a held-out question."""
-    return (a + 3 * b + LANGS.index(lang) + (op == "sub")) % 3 == 0
-
-
 def problems(split: str):
     """(op, lang, name index, object, a, b) tuples; sub keeps a >= b so answers are >= 0.
 
-    Training has one question for every (op, lang, a, b). A held-out question asks the same arithmetic in the same
-    language about another person and object, so its text never occurs in training while everything it needs
-    (the sum, the phrasing, the names) does."""
+    Every (op, lang, a, b) is asked twice in training and twice held out, each time about another person and object:
+    a held-out question's text never occurs in training, while everything it needs (the sum, the phrasing, the
+    names) does."""
     out = []
     for op in ("add", "sub"):
         for lang in LANGS:
@@ -102,10 +105,8 @@ def problems(split: str):
                     if op == "sub" and b > a:
                         continue
                     k = (a + 2 * b + LANGS.index(lang)) % len(COMBOS)
-                    if split == "train":
-                        out.append((op, lang, *COMBOS[k], a, b))
-                    elif held_out(op, lang, a, b):
-                        out.append((op, lang, *COMBOS[(k + len(COMBOS) // 2) % len(COMBOS)], a, b))
+                    picks = (k, k + 1) if split == "train" else (k + 6, k + 7)
+                    out += [(op, lang, *COMBOS[j % len(COMBOS)], a, b) for j in picks]
     return out
 
 
@@ -120,13 +121,28 @@ def render(op, lang, name_idx, obj, a, b, trace_lang=None):
     return q, t, str(c)
 
 
-def sft_rows(english_fraction=0.78, seed=0):
-    """SFT JSONL rows over the train split: each trace in English with probability english_fraction."""
+def base_rows(seed=0):
+    """The base stage's rows: every training problem twice, the plain question with an English trace and the
+    question with a "reason in <language>" request with a trace in that language. The model it makes reasons in
+    English by default and in the query language when asked: a preference, not an inability, as in a base LRM."""
+    rows = []
+    for p in problems("train"):
+        lang = p[1]
+        for trace_lang, request in (("en", ""), (lang, " " + REQUESTS[lang])):
+            q, t, c = render(*p, trace_lang=trace_lang)
+            rows.append({"lang": lang, "question": q + request, "trace": t, "answer": f"\\boxed{{{c}}}"})
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def sft_rows(query_fraction=QUERY_FRACTION, seed=0):
+    """Stage 1's rows (the paper's SFT): the plain training questions, each with its trace in the query language
+    with probability query_fraction, else in English; so most traces still start in English."""
     rng = random.Random(seed)
     rows = []
     for p in problems("train"):
         lang = p[1]
-        q, t, c = render(*p, trace_lang="en" if rng.random() < english_fraction else lang)
+        q, t, c = render(*p, trace_lang=lang if rng.random() < query_fraction else "en")
         rows.append({"lang": lang, "question": q, "trace": t, "answer": f"\\boxed{{{c}}}"})
     rng.shuffle(rows)
     return rows
@@ -156,7 +172,7 @@ def build_tokenizer(path, vocab_size=2000):
         for tl in (p[1], "en"):
             q, t, _ = render(*p, trace_lang=tl)
             corpus += [q, t]
-    corpus += [INSTRUCTIONS[lang] for lang in LANGS] * 50
+    corpus += [INSTRUCTIONS[lang] for lang in LANGS] * 50 + [REQUESTS[lang] for lang in LANGS] * 50
     corpus += [str(i) for i in range(0, 2 * MAX_N + 1)] * 20
     corpus += ["<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n<think>\n", "\n</think>\n\\boxed{"] * 50
     tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
@@ -219,13 +235,15 @@ def build_toy(root: str, rank: int = 0) -> dict:
 
     Under torchrun only rank 0 writes; the other ranks wait for it.
     """
-    paths = {"model": os.path.join(root, "toy_model"), "sft": os.path.join(root, "toy_sft.jsonl"),
+    paths = {"model": os.path.join(root, "toy_model"), "base": os.path.join(root, "toy_base.jsonl"),
+             "sft": os.path.join(root, "toy_sft.jsonl"),
              "train": os.path.join(root, "toy_rl_train.jsonl"), "test": os.path.join(root, "toy_rl_test.jsonl")}
     done = os.path.join(root, ".toy_ready")
     if rank == 0 and not os.path.exists(done):
         os.makedirs(paths["model"], exist_ok=True)
         tok = build_tokenizer(paths["model"])
         build_model(paths["model"], len(tok))
+        write_jsonl(base_rows(), paths["base"])
         write_jsonl(sft_rows(), paths["sft"])
         write_jsonl(rl_rows("train"), paths["train"])
         write_jsonl(rl_rows("test"), paths["test"])
@@ -235,3 +253,65 @@ def build_toy(root: str, rank: int = 0) -> dict:
     if tdist.is_initialized():
         tdist.barrier()
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- the demo's report
+
+# The embedded default's RL settings: the paper's recipe with sizes for a ~1M-parameter model on a laptop CPU.
+GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, temperature=1.0, lr=1e-4, lora_rank=0,
+                     max_steps=90, max_prompt_tokens=64, max_response_tokens=32, eval_every=0, save_every=20,
+                     micro_batch_tokens=8192)
+DEMO_METRICS = ("pass@1", "lang_match", "acc_query", "acc_english", "n_query", "n_english", "lcpr", "model_tokens")
+
+
+def held_out_questions(root, per_language=100):
+    """The demo's evaluation set: the first `per_language` held-out prompts of each language (never trained on)."""
+    from adamame.data import read_questions
+
+    held_out = read_questions(os.path.join(root, "toy_rl_test.jsonl"))
+    langs = sorted({q.lang for q in held_out})
+    return [q for lang in langs for q in [x for x in held_out if x.lang == lang][:per_language]]
+
+
+def evaluate(model_dir, questions, temperature, max_new_tokens, seed, rank=0, world=1, device="cpu", desc="eval"):
+    """evaluate.py's generation and scoring (4 samples per prompt); the summary (adamame.scoring.summarize)."""
+    from types import SimpleNamespace
+
+    from adamame.rollout import evaluate_model
+    from adamame.scoring import summarize
+
+    ev = SimpleNamespace(k=4, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, batch_prompts=64,
+                         seed=seed)
+    return summarize(evaluate_model(model_dir, questions, ev, rank, world, device, desc=desc), ev.k)
+
+
+def demo_report(args, rank, world, device, t_start):
+    """The demo's before/after table: the SFT and RL models on held-out prompts, with evaluate.py's code; rank 0
+    prints it and writes summary.json (the README's demo block is rendered from it: bench/readme_table.py demo)."""
+    import json
+    import time
+
+    from adamame.scoring import format_table
+
+    questions = held_out_questions(args.out)
+    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": args.temperature,
+              "rl_steps": args.max_steps, "world": world}
+    for name, path in (("sft", os.path.join(args.out, "sft", "final")), ("rl", os.path.join(args.out, "final"))):
+        summ = evaluate(path, questions, args.temperature, args.max_response_tokens, args.seed, rank, world, device,
+                        desc=f"eval {name}")
+        ind = summ["in_domain"]
+        result[name] = {"accuracy": ind["pass@1"], "lang_match": ind["lang_match"], "lcpr": ind["lcpr"],
+                        "tokens": ind["model_tokens"], "summary": summ}
+        if rank == 0:
+            print(f"\n{name.upper()} model on {len(questions)} held-out toy prompts (4 samples each, temperature "
+                  f"{args.temperature}):\n" + format_table(summ, metrics=DEMO_METRICS))
+    if rank == 0:
+        for key, stage in (("base_steps", ("sft", "base")), ("sft_steps", ("sft",))):
+            with open(os.path.join(args.out, *stage, "metrics.jsonl"), encoding="utf-8") as f:
+                result[key] = sum(1 for _ in f)
+        result["seconds"] = time.perf_counter() - t_start
+        with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        sft, rl = result["sft"], result["rl"]
+        print(f"\nreward {args.reward}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, query-language match "
+              f"{sft['lang_match']:.3f} -> {rl['lang_match']:.3f} (summary in {args.out}/summary.json)")

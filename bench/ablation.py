@@ -39,7 +39,8 @@ def run(cmd, nproc):
 
 def figures(summary) -> dict:
     d = summary["in_domain"]
-    return {"accuracy": d["pass@1"], "lang_match": d["lang_match"], "lcpr": d["lcpr"], "tokens": d["model_tokens"]}
+    return {"accuracy": d["pass@1"], "lang_match": d["lang_match"], "lcpr": d["lcpr"], "tokens": d["model_tokens"],
+            **{k: d[k] for k in ("acc_query", "acc_english", "n_query", "n_english")}}
 
 
 def mean_std(xs):
@@ -88,21 +89,22 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3, help="RL seeds per variant (default 3)")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=90, help="RL steps per run (the demo's 90)")
-    ap.add_argument("--sft-steps", type=int, default=660, help="toy SFT steps (the demo's 660)")
+    ap.add_argument("--sft-steps", type=int, help="steps of each toy SFT stage (default: the demo's)")
     ap.add_argument("--eval-per-language", type=int, default=100, help="held-out prompts per language (100)")
     ap.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
-    from train_grpo import TOY_GRPO_SETTINGS, evaluate_toy, held_out_questions
+    from adamame.toy import GRPO_SETTINGS, evaluate, held_out_questions
 
     t0 = time.perf_counter()
     out = os.path.abspath(args.out)
     toy = os.path.join(out, "sft")  # train_sft.py's default builds the toy task (RL and held-out prompts too) here
     sft = os.path.join(toy, "final")
     if not os.path.exists(os.path.join(sft, "config.json")):
-        run(["train_sft.py", "--out", toy, "--max-steps", str(args.sft_steps)], args.nproc)
-    s = {**TOY_GRPO_SETTINGS, "max_steps": args.steps}
+        run(["train_sft.py", "--out", toy, *(["--max-steps", str(args.sft_steps)] if args.sft_steps else [])],
+            args.nproc)
+    s = {**GRPO_SETTINGS, "max_steps": args.steps}
     rl_flags = ["--batch-prompts", s["batch_prompts"], "--mini-batch-prompts", s["mini_batch_prompts"],
                 "--group-size", s["group_size"], "--temperature", s["temperature"], "--lr", s["lr"],
                 "--lora-rank", s["lora_rank"], "--max-steps", s["max_steps"], "--max-prompt-tokens",
@@ -110,7 +112,7 @@ def main(argv=None):
                 "--save-every", s["max_steps"], "--micro-batch-tokens", s["micro_batch_tokens"], "--log-rollouts", "0"]
     rl_flags = [str(x) for x in rl_flags]
     questions = held_out_questions(toy, args.eval_per_language)
-    sft_summary = evaluate_toy(sft, questions, s["temperature"], s["max_response_tokens"], 0, desc="eval sft")
+    sft_summary = evaluate(sft, questions, s["temperature"], s["max_response_tokens"], 0, desc="eval sft")
     res = {"settings": {"seeds": args.seeds, "rl_steps": args.steps, "sft_steps": args.sft_steps,
                         "held_out_prompts": len(questions), "k": 4, "ranks": args.nproc, "rl": s},
            "sft": figures(sft_summary), "variants": {}}
@@ -121,7 +123,7 @@ def main(argv=None):
             run_dir = os.path.join(out, f"{v}-seed{seed}")
             run(["train_grpo.py", "--model", sft, "--data", os.path.join(toy, "toy_rl_train.jsonl"), "--out", run_dir,
                  "--reward", v, "--seed", str(seed), *rl_flags], args.nproc)
-            summ = evaluate_toy(os.path.join(run_dir, "final"), questions, s["temperature"], s["max_response_tokens"],
+            summ = evaluate(os.path.join(run_dir, "final"), questions, s["temperature"], s["max_response_tokens"],
                                 seed, desc=f"eval {v} {seed}")
             rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
             runs.append({"seed": seed, **figures(summ), "curves": {k: [r[k] for r in rows] for k in CURVES}})

@@ -88,7 +88,7 @@ def table(res: dict) -> str:
 def demo(res: dict) -> str:
     """The toy demo's two tables and its one-line summary, from train_grpo.py's summary.json."""
     from adamame.scoring import format_table
-    from train_grpo import DEMO_METRICS
+    from adamame.toy import DEMO_METRICS
 
     out = ["```"]
     for name in ("sft", "rl"):
@@ -97,14 +97,18 @@ def demo(res: dict) -> str:
     sft, rl = res["sft"], res["rl"]
     out += [f"reward {res['reward']}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, query-language match "
             f"{sft['lang_match']:.3f} -> {rl['lang_match']:.3f}", "```", ""]
+    q, e = sft["summary"]["in_domain"], rl["summary"]["in_domain"]
     out += textwrap.wrap(
             f"({res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in all: "
-            f"{res['sft_steps']} SFT steps, {res['rl_steps']} RL steps of 16 prompts x 8 rollouts, two evaluations; "
-            f"the run is deterministic for a given seed.) The SFT model answers {100 * sft['accuracy']:.0f}% of the "
-            f"held-out prompts correctly but reasons in the query language only {100 * sft['lang_match']:.0f}% of the "
-            f"time; AdaMame-GRPO raises that to {100 * rl['lang_match']:.0f}%, with accuracy "
-            f"{'down' if rl['accuracy'] < sft['accuracy'] else 'up'} "
-            f"{100 * abs(rl['accuracy'] - sft['accuracy']):.1f} points.", 116)
+            f"{res['base_steps']} + {res['sft_steps']} SFT steps (the base stage, then Stage 1), {res['rl_steps']} RL "
+            f"steps of 16 prompts x 8 rollouts, two evaluations; the run is deterministic for a given seed.) The SFT "
+            f"model answers {100 * sft['accuracy']:.0f}% of the held-out prompts correctly but reasons in the query "
+            f"language only {100 * sft['lang_match']:.0f}% of the time, and not for want of ability: its "
+            f"query-language traces are right {100 * q['acc_query']:.1f}% of the time ({q['n_query']} candidates), its "
+            f"English ones {100 * q['acc_english']:.1f}% ({q['n_english']}). AdaMame-GRPO raises the match to "
+            f"{100 * rl['lang_match']:.0f}%, with accuracy {'down' if rl['accuracy'] < sft['accuracy'] else 'up'} "
+            f"{100 * abs(rl['accuracy'] - sft['accuracy']):.1f} points ({e['n_query']} of "
+            f"{e['n_query'] + e['n_english'] + e['n_other']} candidates now reason in the query language).", 116)
     return "\n".join(out)
 
 

@@ -80,16 +80,23 @@ def save_tiny_tokenizer(path, corpus=None, chat_template=CHAT_TEMPLATE, vocab_si
     return fast
 
 
-def run_cli(args, nproc=1, timeout=600, env=None):
-    """Run a CLI of the project as a user would: `python X.py` or `torchrun --nproc_per_node N X.py`."""
+def cli_env(env=None):
+    """(the environment a CLI of the project runs in, the project root): one thread, no inherited torchrun vars."""
     import os
-    import subprocess
-    import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(k, None)
+    return full_env, root
+
+
+def run_cli(args, nproc=1, timeout=600, env=None):
+    """Run a CLI of the project as a user would: `python X.py` or `torchrun --nproc_per_node N X.py`."""
+    import subprocess
+    import sys
+
+    full_env, root = cli_env(env)
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     else:
@@ -121,3 +128,13 @@ def write_rl_jsonl(path, n=20, long_prompts=0):
             q = f"{i} + {i} ?" if i < n else "x" * 3000
             f.write(json.dumps({"id": f"q{i}", "lang": lang, "prompt": localized_prompt(lang, q), "answer": str(2 * i)},
                                ensure_ascii=False) + "\n")
+
+
+def tiny_project(root):
+    """A tiny Qwen3 model folder with its tokenizer (root/model), 20 RL prompts (root/rl.jsonl) and 12 SFT rows
+    (root/sft.jsonl): what the trainers' CLI tests run on."""
+    save_tiny_hf(root / "model", "qwen3", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    save_tiny_tokenizer(root / "model", vocab_size=300)
+    write_rl_jsonl(root / "rl.jsonl", n=20)
+    write_sft_jsonl(root / "sft.jsonl", n=12)
+    return root

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from adamame.generate import Rows, generate, make_decoder, token_step
 from adamame.model import KVCache, Transformer, load_model, read_config
-from tests.helpers import left_padded_batch, run_cli, save_tiny_hf, save_tiny_tokenizer, write_rl_jsonl
+from tests.helpers import left_padded_batch, run_cli, save_tiny_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = [os.path.join(ROOT, "tests", "fixtures", n) for n in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b")]
@@ -500,14 +500,9 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_bf16(tmp_path_factory):
-    from tests.helpers import write_sft_jsonl
+    from tests.helpers import tiny_project
 
-    root = tmp_path_factory.mktemp("bf16")
-    save_tiny_hf(root / "model", "qwen3", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
-    save_tiny_tokenizer(root / "model", vocab_size=300)
-    write_rl_jsonl(root / "rl.jsonl", n=20)
-    write_sft_jsonl(root / "sft.jsonl", n=12)
-    return root
+    return tiny_project(tmp_path_factory.mktemp("bf16"))
 
 
 BF16 = {"ADAMAME_COMPUTE_DTYPE": "bfloat16"}

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from adamame.data import DataError, read_jsonl
-from tests.helpers import run_cli, save_tiny_hf, save_tiny_tokenizer, write_rl_jsonl, write_sft_jsonl
+from tests.helpers import run_cli, tiny_project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--batch-prompts", "4", "--mini-batch-prompts", "2", "--group-size", "4", "--max-response-tokens", "8",
@@ -20,12 +20,7 @@ SMALL = ["--batch-prompts", "4", "--mini-batch-prompts", "2", "--group-size", "4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hard")
-    save_tiny_hf(root / "model", "qwen3", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
-    save_tiny_tokenizer(root / "model", vocab_size=300)
-    write_rl_jsonl(root / "rl.jsonl", n=20)
-    write_sft_jsonl(root / "sft.jsonl", n=12)
-    return root
+    return tiny_project(tmp_path_factory.mktemp("hard"))
 
 
 def _env():

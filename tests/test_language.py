@@ -38,8 +38,8 @@ def test_strip_math_is_the_papers():
 def test_only_empty_text_is_unknown_for_the_training_rule():
     """langid always answers for non-empty text (a math-only prefix gets some language); only empty text is
     unknown, as in the released reward."""
-    assert detect_language("") == "unknown" and reward_language("") == "unknown"
-    assert detect_language("$x^2 + 3x = 10$\n16 - 3 - 4 = 9") in EVAL_LANGUAGES
+    assert detect_language("") == "unknown" and reward_language("") == "unknown" and reward_language("  ") == "unknown"
+    assert reward_language("$x^2 + 3x = 10$\n16 - 3 - 4 = 9") != "unknown"  # math only: still an answer
 
 
 def test_detects_each_language_of_hand_written_traces():

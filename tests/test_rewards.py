@@ -124,26 +124,32 @@ def test_the_released_format_reward_by_hand():
     assert not think_format_ok("long enough thinking \\boxed{4}")  # no think block
 
 
-def test_score_adds_the_format_reward_and_reads_the_raw_response():
+def test_score_checks_the_format_on_prompt_and_response_and_reads_the_language_of_the_raw_response():
     from adamame.data import Question
     from adamame.rollout import Rollout, score
 
     qs = [Question(id="q", lang="fr", prompt="p", answer="4")]
     fr = "Il faut additionner deux et deux pour trouver la réponse demandée. " * 3
-    roll = lambda text: Rollout(0, [1], [2], text, "stop", None, raw=text + "<|im_end|>",  # noqa: E731
-                                prompt_text="<|im_start|>assistant\n<think>\n")
-    good, wrong = roll(fr + "\n</think>\n\\boxed{4}"), roll(fr + "\n</think>\n\\boxed{5}")
-    score([good, wrong], qs, format_reward=True)
-    assert (good.correct, wrong.correct) == (2.0, 1.0) and good.lang == wrong.lang == "fr"
+    en = "We add two and two to find the requested answer, which is simple enough. " * 3
+    roll = lambda text, raw: Rollout(0, [1], [2], text, "stop", None, raw=raw,  # noqa: E731
+                                     prompt_text="<|im_start|>assistant\n<think>\n")
+    good, wrong = roll(en + "\n</think>\n\\boxed{4}", fr + "\n</think>\n\\boxed{4}<|im_end|>"), \
+        roll(en + "\n</think>\n\\boxed{5}", fr + "\n</think>\n\\boxed{5}<|im_end|>")
     score([good, wrong], qs)
     assert (good.correct, wrong.correct) == (1.0, 0.0)
+    assert good.format_ok and wrong.format_ok  # the <think> of the prompt opens the block
+    assert good.lang == "fr"  # read from the raw decoded response (text and raw differ here on purpose)
+    no_think = Rollout(0, [1], [2], "4", "stop", None, raw="4", prompt_text="user: ")
+    score([no_think], qs)
+    assert not no_think.format_ok
 
 
 @pytest.mark.skipif(importlib.util.find_spec("math_verify") is None, reason="math-verify is not installed")
-def test_math_verify_reward_reads_the_prompt_and_response_with_the_prediction_first():
+def test_math_verify_reward_reads_the_prompt_and_response_together():
     from adamame.answer import reward_check
 
     prompt = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n<think>\n"
-    assert reward_check("two and two\n</think>\n\\boxed{4}", "4", "math-verify",
-                        sequence=prompt + "two and two\n</think>\n\\boxed{4}")[0] == 1.0
-    assert reward_check("x", "4", "math-verify", sequence=prompt + "so \\boxed{5}")[0] == 0.0
+    # the sequence decides, not the response alone
+    assert reward_check("so \\boxed{5}", "4", "math-verify", sequence=prompt + "two and two\n</think>\n\\boxed{4}")[0] == 1.0
+    assert reward_check("so \\boxed{4}", "4", "math-verify", sequence=prompt + "so \\boxed{5}")[0] == 0.0
+    assert reward_check("so \\boxed{4}", "4", "math-verify")[0] == 1.0  # no sequence: the response

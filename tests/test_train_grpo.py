@@ -4,9 +4,8 @@ import os
 
 import pytest
 
-from adamame.data import DataError, read_questions
+from adamame.data import DataError, balanced_batches, read_questions
 from tests.helpers import run_cli, save_tiny_hf, save_tiny_tokenizer, write_rl_jsonl
-from train_grpo import balanced_batches
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 
@@ -210,3 +209,37 @@ def test_export_lora_scale_sets_the_merged_update(tiny, tmp_path):
         d2, d1 = a[name].float() - w, b[name].float() - w
         assert d1.abs().max() > 1e-3
         torch.testing.assert_close(d2, 2 * d1, rtol=1e-4, atol=1e-5)
+
+
+def test_two_launchers_on_one_machine_equal_one_launcher_with_two_ranks(tiny, tmp_path):
+    """Two torchrun launchers (--nnodes 2, one rank each, on 127.0.0.1): the same metrics and weights as one launcher
+    with two ranks (a multi-node launch, with a file system both "nodes" see)."""
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.helpers import cli_env
+
+    args = ["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), *SMALL, "--max-steps", "2"]
+    one, _ = _grpo(tiny, tmp_path / "one", "--max-steps", "2", nproc=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env, root = cli_env()
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                                   *args, "--out", str(tmp_path / "two")], cwd=root, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in launchers]
+    assert all(p.returncode == 0 for p in launchers), [o[1][-2000:] for o in outs]
+    two = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl")]
+
+    def same(row):
+        return {k: v for k, v in row.items() if not k.startswith("time") and k != "rollout_tokens_per_s"}
+
+    assert [same(r) for r in one] == [same(r) for r in two]
+    a, b = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("one", "two"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
