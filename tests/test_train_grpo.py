@@ -223,8 +223,9 @@ def test_two_launchers_on_one_machine_equal_one_launcher_with_two_ranks(tiny, tm
 
     from tests.helpers import cli_env
 
-    args = ["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), *SMALL, "--max-steps", "2"]
-    one, _ = _grpo(tiny, tmp_path / "one", "--max-steps", "2", nproc=2)
+    extra = ["--max-steps", "2", "--reward", "binary-lang"]  # a random model answers nothing: the language term gives
+    args = ["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), *SMALL, *extra]
+    one, _ = _grpo(tiny, tmp_path / "one", *extra, nproc=2)  # advantages, so the update is not only the KL's
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -240,6 +241,6 @@ def test_two_launchers_on_one_machine_equal_one_launcher_with_two_ranks(tiny, tm
     def same(row):
         return {k: v for k, v in row.items() if not k.startswith("time") and k != "rollout_tokens_per_s"}
 
-    assert [same(r) for r in one] == [same(r) for r in two]
+    assert [same(r) for r in one] == [same(r) for r in two] and any(r["loss"] != 0 for r in one)
     a, b = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("one", "two"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
