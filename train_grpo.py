@@ -10,8 +10,9 @@ checkpointing and the log-prob path. Then one RL step (t = step, T = total steps
      a plain copy of the current policy (LoRA merged, no FSDP hooks) that is built for the step and freed after;
   2. score: r_i = 1 if the boxed answer verifies, lang(o_i) = language of the first 500 characters; the advantages
      A_i of the chosen --reward variant with alpha(t) (adamame/rewards.py), per prompt group;
-  3. log-probs: pi_old recomputed by the trainer (the paper's setting; --old-logprobs sampler keeps the sampler's)
-     and the reference pi_ref: the base model with the LoRA adapters switched off (no second copy of the weights;
+  3. log-probs: pi_old recomputed by the trainer (the paper's setting; --old-logprobs sampler keeps the sampler's),
+     except for the first mini-batch, whose pi_old is the update's own forward (detached: before any optimizer step
+     the two are the same numbers), and the reference pi_ref: the base model with the LoRA adapters switched off (no second copy of the weights;
      with full fine-tuning a frozen copy);
   4. update: --ppo-epochs passes over mini-batches of --mini-batch-prompts prompts, each one optimizer step of the
      clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
@@ -31,7 +32,7 @@ import time
 import torch
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, balanced_batches
+from adamame.data import DataError, balanced_batches, micro_batches
 from adamame.hub import resolve
 from adamame.model import read_config
 from adamame.rollout import encode_questions, rollouts, score
@@ -136,28 +137,6 @@ def pack(rolls, device, extra=()):
     return ids.to(device), targets.to(device), mask.to(device), [o.to(device) for o in outs]
 
 
-def micro_batches(items, budget, length, device):
-    """`items` sorted by length and cut into runs of at most `budget` padded tokens (count x longest), so a
-    micro-batch pads little. Every rank must run the same number of forwards (each one all-gathers parameters):
-    a rank that needs fewer splits its largest micro-batches until it has as many as the rank that needs most."""
-    bins, cur = [], []
-    for it in sorted(items, key=length):
-        if cur and length(it) * (len(cur) + 1) > budget:  # sorted: the new item is the longest
-            bins.append(cur)
-            cur = []
-        cur.append(it)
-    bins += [cur] if cur else []
-    n = int(dist.all_max(len(bins), device))
-    while len(bins) < n:
-        splittable = [j for j in range(len(bins)) if len(bins[j]) > 1]
-        if not splittable:
-            raise RuntimeError("micro_batches: ranks hold different numbers of sequences")
-        i = max(splittable, key=lambda j: len(bins[j]) * length(bins[j][-1]))
-        half = len(bins[i]) // 2
-        bins[i:i + 1] = [bins[i][:half], bins[i][half:]]
-    return bins
-
-
 def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
     """log pi(token) at the response positions (`mask` True), float32 [N] in row-major order. Logits exist only for
     those N positions; with `chunk` (the memory plan's choice when even those would not fit) only `chunk` at a time."""
@@ -190,7 +169,11 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
     optimizer step each. Each mini-batch is cut into length-sorted micro-batches; every micro-batch's loss uses the
     whole mini-batch's sequence and token counts (over all ranks) and is scaled by W, since FSDP averages gradients:
     the update is exactly that of one process holding all rollouts, whatever the micro-batches. Returns (loss per
-    update, grad norm per update, summed stats, max |pi - pi_old| before any update)."""
+    update, grad norm per update, summed stats, max |pi - pi_old| before any update).
+
+    An old_lp entry of None (the first mini-batch's, with recomputed pi_old) is taken from the update's own forward,
+    detached, and written back into old_lp; the ratio pi / pi_old is then exactly 1 in value, as it was when a
+    separate pass computed the same numbers, and its gradient is the same."""
     from adamame.kernels import policy_loss
 
     G = args.group_size
@@ -199,7 +182,7 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
     groups = [list(range(g * G, (g + 1) * G)) for g in range(n_prompts)]
     minis = [sum(groups[m:m + per_rank], []) for m in range(0, len(groups), per_rank)]
     sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "kl", "ratio")}  # on the device: no sync
-    losses, grad_norms, logprob_diff = [], [], torch.zeros((), device=device)
+    losses, grad_norms, logprob_diff, fill = [], [], torch.zeros((), device=device), []
     for ppo_epoch in range(args.ppo_epochs):
         for m_i, mini in enumerate(minis):
             n_seqs = dist.all_sum(len(mini), device)
@@ -209,22 +192,32 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
             mini_loss = torch.zeros((), device=device)
             for k, mb in enumerate(mbs):
                 model.set_requires_gradient_sync(k == len(mbs) - 1)
-                extra = [[old_lp[j] for j in mb]] + ([[ref_lp[j] for j in mb]] if ref_lp else [])
+                own = old_lp[mb[0]] is None  # pi_old from this forward (the whole first mini-batch is None)
+                extra = ([] if own else [[old_lp[j] for j in mb]]) + ([[ref_lp[j] for j in mb]] if ref_lp else [])
                 ids, targets, mask, per_tok = pack([rolls[j] for j in mb], device, extra)
                 lp = response_logprobs(model, ids, targets, mask, args.temperature, chunk)
                 logp = torch.zeros(mask.shape, device=device).masked_scatter(mask, lp)  # [b, T], 0 off-response
-                if ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
-                    d = ((logp.detach() - per_tok[0]).abs() * mask).max()
+                old = logp.detach() if own else per_tok[0]
+                if own:
+                    fill.append((mb, lp.detach()))
+                elif ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
+                    d = ((logp.detach() - old).abs() * mask).max()
                     logprob_diff = torch.maximum(logprob_diff, d)
                 loss, st = policy_loss(
                     logp, torch.tensor(adv[mb], dtype=torch.float32, device=device), mask,
-                    old_logprobs=per_tok[0], ref_logprobs=per_tok[1] if ref_lp else None, clip_eps=args.clip_eps,
+                    old_logprobs=old, ref_logprobs=per_tok[-1] if ref_lp else None, clip_eps=args.clip_eps,
                     clip_eps_high=args.clip_eps_high, beta=args.beta, aggregation=args.aggregation,
                     max_tokens=args.max_response_tokens, num_seqs=n_seqs, num_tokens=n_tok)
                 (loss * W).backward()
                 mini_loss += loss.detach()
                 for key in sums:
                     sums[key] += st[key]
+            for mb, lp in fill:  # after the backward: one copy to the host per micro-batch, no stall before it
+                lp = lp.tolist()
+                for j in mb:
+                    n = len(rolls[j].tokens)
+                    old_lp[j], lp = lp[:n], lp[n:]
+            fill.clear()
             losses.append(dist.all_sum(mini_loss.item(), device))
             if not math.isfinite(losses[-1]):
                 return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
@@ -303,7 +296,7 @@ def score_phase(rolls, qs, args, step, T, detector):
             "adv": advantages(r_i, langs, qlangs, gids, step, T, **kw)}
 
 
-def logprob_phase(model, ref_model, rolls, args, plan, device):
+def logprob_phase(model, ref_model, rolls, args, plan, W, device):
     """Phase 3: pi_ref (adapters off, or the frozen copy) and pi_old (recomputed, or the sampler's)."""
     from adamame.lora import adapters_disabled
 
@@ -316,8 +309,10 @@ def logprob_phase(model, ref_model, rolls, args, plan, device):
             with adapters_disabled(model):
                 ref_lp = sequence_logprobs(model, rolls, device, args.temperature, budget, chunk)
     old_lp = [r.logprobs for r in rolls]
-    if args.old_logprobs == "recompute":
-        old_lp = sequence_logprobs(model, rolls, device, args.temperature, budget, chunk)
+    if args.old_logprobs == "recompute":  # the first mini-batch's pi_old comes from its update forward (ppo_update)
+        first = min(len(rolls), args.mini_batch_prompts // W * args.group_size)
+        old_lp = [None] * first + (sequence_logprobs(model, rolls[first:], device, args.temperature, budget, chunk)
+                                   if first < len(rolls) else [])
     return old_lp, ref_lp
 
 
@@ -483,7 +478,7 @@ def main(argv=None):
         times["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
         sc = score_phase(rolls, qs, args, step, T, detector)
         times["scoring"], t0 = time.perf_counter() - t0, time.perf_counter()
-        old_lp, ref_lp = logprob_phase(model, ref_model, rolls, args, plan, device)
+        old_lp, ref_lp = logprob_phase(model, ref_model, rolls, args, plan, W, device)
         times["logprobs"], t0 = time.perf_counter() - t0, time.perf_counter()
         up = update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan, len(qs), W, device,
                           step, ckpt_path)

@@ -11,7 +11,10 @@ Formats:
     RL    {"id", "lang", "prompt", "answer"}          (../shared/data/rl/train.jsonl)
     eval  {"id", "lang", "question", "answer"}        (../shared/data/eval/mgsm/*.jsonl)
 
-Imports: adamame.chat, adamame.language (only their small helpers).
+Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `micro_batches` (length-sorted
+forwards of at most a token budget, as many on every rank).
+
+Imports: adamame.chat, adamame.language (only their small helpers), adamame.dist (micro_batches' one collective).
 """
 
 import json
@@ -183,3 +186,27 @@ def balanced_batches(questions, batch_prompts, seed, epoch):
     queues = [rng.sample(v, len(v)) for _, v in sorted(by_lang.items())]
     order = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
     return [order[b:b + batch_prompts] for b in range(0, len(order) - batch_prompts + 1, batch_prompts)]
+
+
+def micro_batches(items, budget, length, device):
+    """`items` sorted by length and cut into runs of at most `budget` padded tokens (count x longest), so a
+    micro-batch pads little. Every rank must run the same number of forwards (each one all-gathers parameters):
+    a rank that needs fewer splits its largest micro-batches until it has as many as the rank that needs most."""
+    bins, cur = [], []
+    for it in sorted(items, key=length):
+        if cur and length(it) * (len(cur) + 1) > budget:  # sorted: the new item is the longest
+            bins.append(cur)
+            cur = []
+        cur.append(it)
+    bins += [cur] if cur else []
+    from adamame import dist
+
+    n = int(dist.all_max(len(bins), device))
+    while len(bins) < n:
+        splittable = [j for j in range(len(bins)) if len(bins[j]) > 1]
+        if not splittable:
+            raise RuntimeError("micro_batches: ranks hold different numbers of sequences")
+        i = max(splittable, key=lambda j: len(bins[j]) * length(bins[j][-1]))
+        half = len(bins[i]) // 2
+        bins[i:i + 1] = [bins[i][:half], bins[i][half:]]
+    return bins

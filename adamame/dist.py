@@ -136,13 +136,19 @@ def _checkpoint_forward(layer):
 
 
 def full_state_dict(model, trainable_only=False) -> dict:
-    """The unsharded state dict on CPU, on rank 0 (other ranks get {}); every rank must call it."""
+    """The unsharded state dict on CPU, on rank 0 (other ranks get {}); every rank must call it. trainable_only
+    all-gathers only the parameters that train (a LoRA run's checkpoint then moves megabytes, not the model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if trainable_only:
-        names = {n for n, p in model.named_parameters() if p.requires_grad}
-        sd = {k: v for k, v in sd.items() if k in names}
+    if not trainable_only:
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    sd = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p  # a DTensor shard, or a plain parameter
+            if rank0:
+                sd[name] = full.detach().cpu()
     return sd
 
 

@@ -7,10 +7,14 @@ weights to produce one token per row, so the step must be memory-bound, not laun
   * preallocates one KV cache for the whole batch, sized from the prompts and max_new_tokens, and says up front when
     it cannot fit (`memory_needed` is the same arithmetic the memory plan uses);
   * runs each decode step over rows [0, R) and cache slots [0, S_b) only: R is the live row count rounded up to a
-    power of two, S_b the current length rounded up to a multiple of `slot_bucket`, so early steps read little of
-    the cache. On CUDA each (R, S_b) step is captured once as a CUDA graph (lazily, one shared memory pool) and
-    replayed: one launch per token instead of ~1,000 kernel launches. On CPU, or with cuda_graphs=False, the same
-    bucketed step runs eagerly (with R = the live row count), so every CPU test covers it;
+    power of two below ROW_STEP rows and to a multiple of ROW_STEP above (`row_bucket`), S_b the current length
+    rounded up to a multiple of `slot_bucket`. On CUDA each (R, S_b) step is captured once as a CUDA graph (lazily,
+    one shared memory pool) and replayed: one launch per token instead of ~1,000 kernel launches. On CPU, or with
+    cuda_graphs=False, the same bucketed step runs eagerly (with R = the live row count), so every CPU test covers it;
+  * attends, on CUDA, with the Triton decode kernel (adamame/decode_attention.py): each live row reads only its own
+    slots, from its prompt's first token to the new one, and finished or padding rows read nothing, so neither left
+    padding, nor bucket slack, nor finished rows cost KV reads (`kv_reads` counts them); SDPA (the CPU path, and
+    ADAMAME_KERNELS=torch) reads all R x S_b slots under a bias;
   * never synchronises with the host inside a step: a token is drawn by inverting its row's CDF at a uniform number
     (searchsorted on the device, no multinomial), finished rows are tracked on the device, and the host looks only
     every `check_every` steps, to stop when all rows are done and to drop finished rows ("compaction": live rows
@@ -35,6 +39,7 @@ from adamame.model import KVCache
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds the prefill's activations)
 SLOT_BUCKET = 256  # the decode step attends to the cache in multiples of this many slots
+ROW_STEP = 64  # above this many live rows, the decode step's rows are rounded up to a multiple of it
 COMPACT_AT = 0.75  # finished rows are dropped once the live ones are at most this share of the batch
 
 
@@ -161,8 +166,17 @@ def free_bytes(device) -> int | None:
 
 # ---------------------------------------------------------------------------------------------- decode step
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
+def row_bucket(live: int) -> int:
+    """Rows a decode step runs for `live` live rows: the next power of two up to ROW_STEP, then the next multiple of
+    ROW_STEP (300 live rows run as 320, not 512; a 512-row rollout visits at most 7 + 7 row buckets)."""
+    return 1 << max(0, live - 1).bit_length() if live <= ROW_STEP else -(-live // ROW_STEP) * ROW_STEP
+
+
+def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, slot_bucket: int, pad_rows: bool,
+                 rows_fn=row_bucket) -> tuple:
+    """(rows, slots) of the decode step that writes cache `slot` with `live` live rows (Decoder and kv_reads)."""
+    rows = min(rows_fn(live), rows_total) if pad_rows else live
+    return rows, min(-(-(slot + 1) // slot_bucket) * slot_bucket, slots_total)
 
 
 class Decoder:
@@ -180,16 +194,16 @@ class Decoder:
         self.tokens = torch.zeros(B, dtype=torch.long, device=dev)
         self.positions = torch.zeros(B, dtype=torch.long, device=dev)
         self.slot = torch.zeros((), dtype=torch.long, device=dev)
+        self.active = torch.zeros(B, dtype=torch.bool, device=dev)  # rows whose output is used (the kernel reads them)
         self.logits = torch.zeros(B, model.config.vocab_size, dtype=torch.float32, device=dev) if cuda_graphs else None
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
     def buckets(self, live: int, slot: int) -> tuple:
-        rows = min(_pow2(live), self.cache.valid.shape[0]) if self.pad_rows else live
-        slots = min(-(-(slot + 1) // self.bucket) * self.bucket, self.cache.valid.shape[1])
-        return rows, slots
+        return step_buckets(live, slot, *self.cache.valid.shape, self.bucket, self.pad_rows)
 
     def _run(self, rows, slots):
-        return self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots).float()
+        return self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots,
+                                      self.active).float()
 
     def _run_into_buffer(self, rows, slots):  # what a graph records: outputs must land in a static buffer
         self.logits[:rows] = self._run(rows, slots)
@@ -211,12 +225,15 @@ class Decoder:
         self.pool = self.pool or graph.pool()
         return graph
 
-    def __call__(self, tokens, positions, slot: int) -> torch.Tensor:
-        """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache `slot`."""
+    def __call__(self, tokens, positions, slot: int, active=None) -> torch.Tensor:
+        """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache `slot`;
+        active [live] bool (None: all) marks the rows whose logits are used (others' are garbage)."""
         live = tokens.shape[0]
         rows, slots = self.buckets(live, slot)
         self.tokens[:live] = tokens
         self.positions[:live] = positions
+        self.active[live:].fill_(False)
+        self.active[:live].fill_(True) if active is None else self.active[:live].copy_(active)
         self.slot.fill_(slot)
         if not self.graphs_on:
             return self._run(rows, slots)[:live]
@@ -265,6 +282,47 @@ def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
     for buf in cache.k + cache.v:
         buf[:n, :, :used_slots] = buf[keep, :, :used_slots]
     cache.valid[:n] = cache.valid[keep]
+
+
+def pow2_rows(live: int) -> int:
+    """The row buckets before ROW_STEP: every live count rounded up to a power of two (kv_reads' 'before')."""
+    return 1 << max(0, live - 1).bit_length()
+
+
+def kv_reads(prompt_lens, response_lens, max_new_tokens, *, kernel: bool, pad_rows: bool = True, check_every=8,
+             slot_bucket=SLOT_BUCKET, rows_fn=row_bucket) -> dict:
+    """generate's decode schedule replayed without a model: for prompts of `prompt_lens` tokens (one per row) whose
+    rows produce `response_lens` tokens (the last one the stop token when < max_new_tokens), the decode steps it
+    runs, the (rows, slots) buckets it visits (= CUDA graphs captured), and per step the cache row-slots read: with
+    the kernel each active row's own slots (prompt and tokens so far, incl. the new one), with SDPA rows x slots.
+    `useful` counts the active rows' own slots (what any exact kernel must read). The same loop as generate: one
+    token per step, a host look every check_every steps, compaction at COMPACT_AT; multiply row-slots by the bytes
+    of a slot (2 x layers x kv heads x head_dim x itemsize) for bytes."""
+    plen, resp = torch.tensor(prompt_lens), torch.tensor(response_lens)
+    B, Tp = len(plen), int(plen.max())
+    total_slots = cache_slots(Tp, max_new_tokens)
+    live, done = torch.arange(B), torch.zeros(B, dtype=torch.bool)
+    out = {"steps": 0, "read": 0, "useful": 0, "rows_run": 0, "rows_active": 0, "tokens": int(resp.sum())}
+    buckets = set()
+    for t in range(max_new_tokens):
+        done |= resp[live] <= t + 1  # token t was the row's last
+        if t + 1 == max_new_tokens:
+            break
+        if (t + 1) % check_every == 0:
+            n_live = int((~done).sum())
+            if n_live == 0:
+                break
+            if n_live <= COMPACT_AT * len(live):
+                live, done = live[~done], done[~done]
+        rows, slots = step_buckets(len(live), Tp + t, B, total_slots, slot_bucket, pad_rows, rows_fn)
+        buckets.add((rows, slots))
+        useful = int((plen[live][~done] + t + 1).sum())
+        out["steps"] += 1
+        out["useful"] += useful
+        out["read"] += useful if kernel else rows * slots
+        out["rows_run"] += rows
+        out["rows_active"] += int((~done).sum())
+    return {**out, "graphs": len(buckets)}
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -374,7 +432,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                 keep = (~st.done).nonzero()[:, 0]
                 compact(cache, keep, Tp + t)
                 st.live, st.done, tok, plen = st.live[keep], st.done[keep], tok[keep], plen[keep]
-        logits = decoder(tok, plen + t, Tp + t)
+        logits = decoder(tok, plen + t, Tp + t, ~st.done)
 
     if stats is not None:
         stats.update(steps=t + 1, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds)

@@ -227,7 +227,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
         # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal) or an additive bias over the folded query
-        # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts).
+        # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts), or
+        # for a decode step on the Triton kernel the (start, end) [B] int32 slot range each row reads.
         # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or
         # to slot `start` when it is a 0-dim tensor (decode step).
         B, T, _ = x.shape
@@ -249,7 +250,11 @@ class Attention(nn.Module):
                 ck[:, :, start:start + T] = k
                 cv[:, :, start:start + T] = v
                 k, v = ck[:, :, :start + T], cv[:, :, :start + T]
-        if mask is None:
+        if isinstance(mask, tuple):  # decode: each row reads only its slots [start, end) (adamame/decode_attention.py)
+            from adamame.decode_attention import decode_attention
+
+            y = decode_attention(q[:, :, 0], k, v, *mask, self.hd ** -0.5).unsqueeze(2)
+        elif mask is None:
             y = attention(q, k, v, enable_gqa=self.n_kv != self.n_heads)
         else:
             # Grouped-query attention without copying k/v: the rep = n_heads / n_kv query heads that share a kv head
@@ -372,23 +377,33 @@ class Transformer(nn.Module):
         x = x[logits_at] if isinstance(logits_at, torch.Tensor) else x[:, logits_at]
         return self.lm_head(x) if head is None else head(x, self.lm_head.weight)
 
-    def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int):
+    def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int, active=None):
         """One generated token for each of the first `rows` cache rows, attending to cache slots [0, slots).
 
-        tokens, positions: [>= rows] int64; slot: 0-dim int64 tensor, the cache slot the new token goes to (< slots).
+        tokens, positions: [>= rows] int64; slot: 0-dim int64 tensor, the cache slot the new token goes to (< slots);
+        active: [>= rows] bool or None (all), False for rows whose output is not needed (finished, or padding).
         Returns logits [rows, V]. Every shape depends only on (rows, slots) and the slot lives on the device, so the
         generator can capture this call as one CUDA graph per (rows, slots) bucket and replay it step after step.
-        The attention bias (0 for valid slots, -inf elsewhere) is built once here, not once per layer.
+        Attention: with the Triton kernel (on CUDA; kernels.ADAMAME_KERNELS decides) row r reads only its slots
+        [slot - positions_r, slot], its left-padded prompt's first slot to the new token, and an inactive row none;
+        with SDPA it reads every slot of the bucket under an additive bias (0 valid, -inf elsewhere) built once here.
         """
+        from adamame.kernels import _use_triton
+
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
         valid = cache.valid[:rows, :slots]
         valid.index_fill_(1, slot.view(1), True)
-        bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
-        bias = bias[:, None, None, :]  # [R, 1, 1, S]
+        if _use_triton(x):
+            end = (slot + 1).to(torch.int32).expand(rows)
+            mask = ((slot - positions[:rows]).to(torch.int32),
+                    end if active is None else torch.where(active[:rows], end, 0))
+        else:
+            bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
+            mask = bias[:, None, None, :]  # [R, 1, 1, S]
         for i, layer in enumerate(self.model.layers):
             kv = (cache.k[i][:rows, :, :slots], cache.v[i][:rows, :, :slots])
-            x = layer(x, cos, sin, bias, kv, slot)
+            x = layer(x, cos, sin, mask, kv, slot)
         return self.lm_head(self.model.norm(x))[:, 0]
 
 

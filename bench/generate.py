@@ -11,6 +11,17 @@ measured in this process.
     python bench/generate.py --tiny          # CPU smoke mode (seconds)
     python bench/generate.py --gpu           # CUDA: Qwen2.5-1.5B shapes in bf16: batch 1, and 512 rows x
                                              #       (256-token prompts + 1,024 new), CUDA graphs and eager
+    python bench/generate.py --reads         # no model: the bytes a paper-shape rollout's decode steps read
+
+--reads replays the engine's schedule (adamame.generate.kv_reads: buckets, compaction, which rows read what) for one
+GPU's rollout at the paper's shape (DeepSeek-R1-Distill-Qwen-1.5B in bf16, 64 prompts x 8 samples = 512 rows, up to
+512 prompt and 4,096 response tokens). Prompt lengths: the shared RL prompts' characters / CHARS_PER_TOKEN plus
+TEMPLATE_TOKENS (../shared/data/rl/train.jsonl; without it, uniform in [60, 400]); response lengths: a share
+TRUNCATED hits 4,096, the others uniform in [256, 4,096). It prints, for the engine before the decode kernel (SDPA,
+power-of-two row buckets), SDPA with today's row buckets (ADAMAME_KERNELS=torch) and the engine as it now runs on CUDA
+(the Triton decode kernel): KV bytes read, the bytes that belong to a live row's own valid slots, their ratio, the
+weight bytes, bytes per generated token, and the predicted decode time at H100 3.0 TB/s and H200 4.3 TB/s against
+the bound (useful KV + one weight read per step).
 """
 
 import argparse
@@ -133,6 +144,49 @@ def host_ms_per_step(ours, rows, prompt_len, graphs, steps=30) -> float:
     return 1e3 * times[len(times) // 2]
 
 
+def attention_case(rows, n_kv, rep, head_dim, slots, lengths, device, dtype, repeats=20) -> dict:
+    """One layer's decode attention, the Triton kernel against SDPA as the decode step calls it (the rep query heads
+    folded into the query axis, an additive bias over the bucket's slots; memory-efficient backend on CUDA). Row r
+    reads slots [start_r, lengths[r]) (0: a finished row), start_r a left padding of 0-63 slots. Useful bytes: K and V
+    of every row's valid slots, what an exact kernel must read."""
+    import torch
+
+    from adamame.decode_attention import decode_attention, num_splits
+    from adamame.model import attention
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(rows, n_kv * rep, head_dim, generator=g).to(device, dtype)
+    k, v = (torch.randn(rows, n_kv, slots, head_dim, generator=g).to(device, dtype) for _ in range(2))
+    end = torch.tensor(lengths, dtype=torch.int32)
+    start = torch.minimum(torch.randint(0, 64, (rows,), generator=g, dtype=torch.int32), end)
+    start, end = start.to(device), end.to(device)
+    slot = torch.arange(slots, device=device)
+    valid = (slot >= start[:, None]) & (slot < end[:, None])
+    bias = torch.zeros(rows, 1, 1, slots, dtype=dtype, device=device).masked_fill_(~valid[:, None, None], float("-inf"))
+    qg = q.view(rows, n_kv, rep, head_dim)
+    runs = {"ours": lambda: decode_attention(q, k, v, start, end, head_dim ** -0.5),
+            "sdpa": lambda: attention(qg, k, v, bias)}
+    out = {"rows": rows, "n_kv": n_kv, "rep": rep, "head_dim": head_dim, "slots": slots, "dtype": str(dtype)[6:],
+           "splits": num_splits(rows, n_kv, slots),
+           "useful_bytes": int(2 * (end - start).sum()) * n_kv * head_dim * q.element_size()}
+    ref = runs["sdpa"]().reshape(rows, n_kv * rep, head_dim).float()
+    out["max_abs_diff"] = float((runs["ours"]().float() - ref).abs().max())
+    for name, fn in runs.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_ms"] = 1e3 * sorted(times)[len(times) // 2]
+    out["sdpa_vs_ours"] = out["sdpa_ms"] / out["ours_ms"]
+    return out
+
+
 def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, graphs=None, fixed_len=False, hf_static=False):
     import torch
 
@@ -181,12 +235,75 @@ def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, graphs=None, fixed
     return result
 
 
+CHARS_PER_TOKEN = 3.0  # stated, not measured: Latin-script text ~4, Thai and Japanese fewer
+TEMPLATE_TOKENS = 40  # chat template and role markers around the prompt
+TRUNCATED = 0.2  # share of responses that reach max_response_tokens
+R1_15B = dict(layers=28, kv_heads=2, head_dim=128, parameters=1.777e9, bytes_per_value=2)  # bf16
+BANDWIDTHS = {"H100": 3.0e12, "H200": 4.3e12}  # measured copy bandwidths (shared/docs/performance.md)
+MATMUL = 790e12  # bf16 FLOP/s measured on both (performance.md: 798 / 788)
+
+
+def rollout_lengths(prompts=64, n=8, max_prompt=512, max_new=4096, seed=0):
+    """(prompt lengths per row, response lengths per row, source of the prompt lengths)."""
+    import random
+
+    rng = random.Random(seed)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "rl",
+                        "train.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            chars = [len(json.loads(line)["prompt"]) for line in f if line.strip()]
+        lens = [min(max_prompt, round(c / CHARS_PER_TOKEN) + TEMPLATE_TOKENS) for c in rng.sample(chars, prompts)]
+        source = f"shared RL prompts ({len(chars)}): characters / {CHARS_PER_TOKEN} + {TEMPLATE_TOKENS}"
+    else:
+        lens, source = [rng.randint(60, 400) for _ in range(prompts)], "uniform in [60, 400] (no ../shared/data)"
+    plens = [p for p in lens for _ in range(n)]
+    resp = [max_new if rng.random() < TRUNCATED else rng.randrange(256, max_new) for _ in plens]
+    return plens, resp, source
+
+
+def reads_report():
+    """The --reads mode: bytes the decode steps of one paper-shape rollout read, three ways."""
+    from adamame.generate import kv_reads, pow2_rows
+
+    m = R1_15B
+    slot_bytes = 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * m["bytes_per_value"]
+    weight_bytes = m["parameters"] * m["bytes_per_value"]
+    plens, resp, source = rollout_lengths()
+    print(f"paper shape, one GPU: {len(plens)} rows, prompts {min(plens)}-{max(plens)} tokens ({source}), responses "
+          f"{min(resp)}-{max(resp)} ({TRUNCATED:.0%} reach 4,096); DeepSeek-R1-Distill-Qwen-1.5B bf16: "
+          f"{slot_bytes:,} B per cache slot, {weight_bytes / 1e9:.2f} GB of weights per step")
+    ways = (("before: SDPA, power-of-two rows", dict(kernel=False, rows_fn=pow2_rows)),
+            ("SDPA, row buckets of 64 (ADAMAME_KERNELS=torch)", dict(kernel=False)),
+            ("now: Triton decode kernel, row buckets of 64", dict(kernel=True)))
+    out = {}
+    for name, kw in ways:
+        r = kv_reads(plens, resp, 4096, **kw)
+        kv, useful, weights = r["read"] * slot_bytes, r["useful"] * slot_bytes, r["steps"] * weight_bytes
+        times = {g: (kv + weights) / bw for g, bw in BANDWIDTHS.items()}
+        bound = {g: (useful + weights) / bw for g, bw in BANDWIDTHS.items()}
+        out[name] = {**r, "kv_bytes": kv, "useful_kv_bytes": useful, "weight_bytes": weights,
+                     "useful_fraction": useful / kv, "seconds": times, "bound_seconds": bound}
+        print(f"\n{name}:\n  {r['steps']} decode steps, {r['graphs']} (rows, slots) buckets = CUDA graphs; rows run "
+              f"{r['rows_run']:,}, live {r['rows_active']:,} ({r['rows_active'] / r['rows_run']:.0%}; matmuls "
+              f"{2 * m['parameters'] * r['rows_run'] / MATMUL:.1f} s at {MATMUL / 1e12:.0f} TFLOP/s)\n"
+              f"  KV read {kv / 1e12:.1f} TB, of it a live row's own slots {useful / 1e12:.1f} TB: useful fraction "
+              f"{useful / kv:.3f}; weights {weights / 1e12:.1f} TB (one read per step, all of it needed)\n"
+              f"  {(kv + weights) / r['tokens'] / 1e6:.1f} MB per generated token; predicted "
+              + ", ".join(f"{g} {times[g]:.0f} s (bound {bound[g]:.0f} s, {bound[g] / times[g]:.0%})" for g in times))
+    print(f"\nuseful KV fraction {out[ways[-1][0]]['useful_fraction']:.3f}")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke mode: a tiny model, 4 prompts x 2 x 8 tokens")
     ap.add_argument("--gpu", action="store_true", help="CUDA mode: Qwen2.5-1.5B shapes in bf16")
+    ap.add_argument("--reads", action="store_true", help="no model: the bytes a paper-shape rollout reads (above)")
     ap.add_argument("--json", help="write the results here (rewritten after every case)")
     args = ap.parse_args(argv)
+    if args.reads:
+        return reads_report()
     import torch
 
     torch.set_grad_enabled(False)
@@ -206,6 +323,13 @@ def main(argv=None):
         result["host_ms_per_step"] = {"graphs_1_row": host_ms_per_step(ours, 1, 16, True),
                                       "eager_1_row": host_ms_per_step(ours, 1, 16, False)}
         save()
+        plens, resp, _ = rollout_lengths()  # decode attention at the paper's shape: mid-rollout and its tail
+        mid = [p + 2048 if r > 2048 else 0 for p, r in zip(plens, resp)]
+        result["attention"] = [attention_case(512, 2, 6, 128, 4608, mid, dev, dtype),
+                               attention_case(8, 2, 6, 128, 4608, [4400] * 8, dev, dtype)]
+        for a in result["attention"]:
+            a["frac_of_copy_bw"] = a["useful_bytes"] / (a["ours_ms"] / 1e3) / bw
+        save()
         for P, ctx, new in ((1, 16, 256), (512, 256, 1024)):
             c = run_case(hf, ours, dev, P, 1, ctx, new, fixed_len=True, hf_static=True)
             c["bound_tokens_per_s"] = bound_tokens_per_s(ours, P, ctx, new, bw)
@@ -219,6 +343,8 @@ def main(argv=None):
         result.update(device=platform.processor() or platform.machine(), dtype="float32",
                       parameters=sum(p.numel() for p in ours.parameters()))
         result["cases"].append(run_case(hf, ours, "cpu", P, n, ctx, new))
+        if args.tiny and os.environ.get("TRITON_INTERPRET") == "1":  # the kernel under the interpreter: a smoke test
+            result["attention"] = [attention_case(3, 2, 2, 32, 300, [100, 0, 250], "cpu", torch.float32, repeats=2)]
         save()
     print(f"device: {result['device']}  torch {torch.__version__}  model: qwen2, {result['parameters'] / 1e6:.1f}M "
           f"parameters, {result['dtype']}")
@@ -226,6 +352,11 @@ def main(argv=None):
         h = result["host_ms_per_step"]
         print(f"host time per decode step (batch 1): CUDA graphs {h['graphs_1_row']:.3f} ms, eager "
               f"{h['eager_1_row']:.3f} ms; copy bandwidth {result['copy_bandwidth'] / 1e12:.2f} TB/s")
+    for a in result.get("attention", []):
+        frac = f", {100 * a['frac_of_copy_bw']:.0f}% of copy bandwidth" if "frac_of_copy_bw" in a else ""
+        print(f"decode attention {a['rows']} rows x {a['slots']} slots ({a['n_kv']} kv x {a['rep']} heads, "
+              f"{a['dtype']}, {a['splits']} split(s)): Triton {a['ours_ms']:.3f} ms{frac}, SDPA {a['sdpa_ms']:.3f} ms: "
+              f"SDPA / ours = {a['sdpa_vs_ours']:.2f}x, max |diff| {a['max_abs_diff']:.1e}")
     for c in result["cases"]:
         o, h = c["ours"], c["transformers"]
         mem = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"  # noqa: E731

@@ -60,10 +60,18 @@ def check_triton(ctx):
         ref = kernels.token_logprobs_torch(x.detach().float(), t)
         lp.sum().backward()
         err = (lp.detach() - ref).abs().max().item()
+        from adamame.decode_attention import decode_attention, decode_attention_torch
+
+        q = torch.randn(3, 12, 128, device=ctx["device"], dtype=ctx["dtype"])
+        k, v = (torch.randn(3, 2, 600, 128, device=ctx["device"], dtype=ctx["dtype"]) for _ in range(2))
+        start, end = (torch.tensor(x, dtype=torch.int32, device=ctx["device"]) for x in ([0, 7, 3], [600, 300, 3]))
+        att = (decode_attention(q, k, v, start, end, 128 ** -0.5).float()
+               - decode_attention_torch(q, k, v, start, end).float()).abs().max().item()
     finally:
         os.environ.pop("ADAMAME_KERNELS")
     assert err < 2e-2, f"log-probs differ from the reference by {err}"
-    return {"max_abs_err": err, "grad_finite": bool(torch.isfinite(x.grad).all())}
+    assert att < 2e-2, f"decode attention differs from the reference by {att}"
+    return {"max_abs_err": err, "grad_finite": bool(torch.isfinite(x.grad).all()), "decode_attention_err": att}
 
 
 def _model(ctx, dtype):

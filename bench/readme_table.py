@@ -49,6 +49,11 @@ def table(res: dict) -> str:
         lines.append(f"| kernels | {r['impl']} {r['kernel']} {r['N']} x {r['V']} bf16 | {res_} | "
                      f"{_f(r.get('time_vs_ours'), '{:.2f}x the time of ours')} |")
     g = steps.get("generate", {})
+    for a in g.get("attention", []):
+        frac = _f(a.get("frac_of_copy_bw") and 100 * a["frac_of_copy_bw"], ", {:.0f}% of copy bandwidth", "")
+        lines.append(f"| generate | decode attention, {a['rows']} rows x {a['slots']} slots, {a['dtype']} (the engine "
+                     f"uses the Triton kernel on CUDA) | Triton {a['ours_ms']:.3f} ms{frac} | SDPA {a['sdpa_ms']:.3f} "
+                     f"ms: {a['sdpa_vs_ours']:.2f}x the time of ours |")
     for c in g.get("cases", []):
         o, h = c["ours"], c["transformers"]
         frac = _f(c.get("frac_of_bound") and 100 * c["frac_of_bound"], ", {:.0f}% of the bandwidth bound", "")

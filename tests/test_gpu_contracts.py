@@ -421,27 +421,29 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, sys.argv[1])
-from adamame import kernels
+from adamame import decode_attention, kernels
 from triton.runtime.jit import JITFunction
 
-kernels_found = {n: f for n, f in vars(kernels).items() if isinstance(f, JITFunction)}
+kernels_found = {n: f for m in (kernels, decode_attention) for n, f in vars(m).items() if isinstance(f, JITFunction)}
 sigs = json.loads(sys.argv[2])
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 out = {"triton": triton.__version__, "kernels": sorted(kernels_found), "rows": []}
 for name, fn in sorted(kernels_found.items()):
-    for cc, dtype, hints in [(cc, d, h) for cc in (80, 90) for d in ("bf16", "fp32") for h in (True, False)]:
+    for cc, dtype, hints, cx in [(cc, d, h, cx) for cc in (80, 90) for d in ("bf16", "fp32") for h in (True, False)
+                                 for cx in sigs[name].get("variants") or [sigs[name]["constexprs"]]]:
         sig = {a: t.replace("DTYPE", dtype) for a, t in sigs[name]["args"].items()}
         # hints: what triton's JIT specializes at launch when pointers are 16-byte aligned and the sizes and strides
         # multiples of 16 (the paper's vocabulary 151,936 is); without them: an odd vocabulary
         attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in sigs[name]["divisible"]} if hints else None
-        src = ASTSource(fn, sig, constexprs=sigs[name]["constexprs"], attrs=attrs)
+        src = ASTSource(fn, sig, constexprs=cx, attrs=attrs)
         k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": sigs[name]["num_warps"]})
         with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
             f.write(k.asm["cubin"])
         usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         os.unlink(f.name)
         fields = dict(p.split(":", 1) for p in next(l for l in usage.splitlines() if "REG:" in l).split() if ":" in p)
-        out["rows"].append({"kernel": name, "sm": cc, "dtype": dtype, "hints": hints,
+        out["rows"].append({"kernel": name + "".join(f" {k}={v}" for k, v in cx.items() if k == "REP"), "sm": cc,
+                            "dtype": dtype, "hints": hints,
                             "vector_loads": "ld.global.v" in k.asm["ptx"], "registers": int(fields["REG"]),
                             "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
                             "shared": int(fields["SHARED"])})
@@ -463,6 +465,18 @@ TRITON_SIGNATURES = {
         "constexprs": {"BLOCK": 4096}, "num_warps": 8,
         "divisible": ["logits_ptr", "stride_b", "stride_l", "grad_ptr", "gstride_b", "gstride_l", "targets_ptr",
                       "lse_ptr", "dlogp_ptr", "V"]},
+    # DTYPE: the KV cache's (bf16 on a GPU); variants: 1.5B (12 q / 2 kv heads) and Qwen3-4B (32 / 8), head_dim 128
+    "_decode_attn_kernel": {
+        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
+                 "start_ptr": "*i32", "end_ptr": "*i32", "sq_r": "i32", "sq_h": "i32", "sk_r": "i32", "sk_h": "i32",
+                 "sk_s": "i32", "sv_r": "i32", "sv_h": "i32", "sv_s": "i32", "split_len": "i32", "scale": "fp32",
+                 "REP": "constexpr", "REP_PAD": "constexpr", "D": "constexpr", "D_PAD": "constexpr",
+                 "SPLITS": "constexpr", "BLOCK": "constexpr", "DOT_F32": "constexpr"},
+        "variants": [{"REP": rep, "REP_PAD": 16, "D": 128, "D_PAD": 128, "SPLITS": 1, "BLOCK": 32, "DOT_F32": False}
+                     for rep in (6, 4)],
+        "num_warps": 8,
+        "divisible": ["q_ptr", "k_ptr", "v_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr", "sq_r", "sq_h", "sk_r",
+                      "sk_h", "sk_s", "sv_r", "sv_h", "sv_s"]},
 }
 
 
@@ -471,21 +485,22 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
     kernel); the cubin's resource usage, read with the cuobjdump the triton wheel ships, must show no local memory
     (register spills)."""
     pytest.importorskip("triton")
-    from adamame import kernels
+    from adamame import decode_attention, kernels
 
     assert kernels.NUM_WARPS == 8 and kernels.BLOCK_V == 4096  # what the signatures above compile
+    assert decode_attention.BLOCK_S == 32 and decode_attention.NUM_WARPS == 8
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", _AOT, ROOT, json.dumps(TRITON_SIGNATURES)], capture_output=True,
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert sorted(TRITON_SIGNATURES) == res["kernels"], "list every @triton.jit kernel's signature here"
-    assert len(res["rows"]) == 8 * len(res["kernels"])
+    assert len(res["rows"]) == 8 * sum(len(s.get("variants", [0])) for s in TRITON_SIGNATURES.values())
     with capsys.disabled():
-        print(f"\ntriton {res['triton']}, num_warps 8 (hints: 16-divisible pointers, sizes and strides, as at V = "
-              f"151,936):")
+        print(f"\ntriton {res['triton']}, num_warps 8 (hints: 16-divisible pointers, sizes and strides, as "
+              f"at V = 151,936 and head_dim 128):")
         for row in res["rows"]:
-            print(f"  {row['kernel']:22} sm_{row['sm']} {row['dtype']:5} hints {str(row['hints']):5} registers "
+            print(f"  {row['kernel']:26} sm_{row['sm']} {row['dtype']:5} hints {str(row['hints']):5} registers "
                   f"{row['registers']:3} local {row['local']} shared {row['shared']} vector loads "
                   f"{row['vector_loads']}")
     for row in res["rows"]:

@@ -73,6 +73,23 @@ def test_micro_batches_and_chunked_logits_leave_the_update_unchanged(tiny, tmp_p
         assert diff <= 1e-6
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_first_mini_batch_pi_old_from_the_update_forward_gives_the_same_update(tiny, tmp_path, nproc):
+    """pi_old of the first mini-batch taken from the update's own forward (detached) instead of a separate pass: the
+    same losses, gradients and weights over 2 PPO epochs x 2 mini-batches (epoch 2 reads the written-back values)."""
+    runs = {}
+    for mode in ("recompute", "own"):
+        out = tmp_path / f"{mode}.json"
+        r = run_cli([os.path.join(SCRIPTS, "grpo_step.py"), str(out), str(tiny / "model"), "--old", mode], nproc=nproc)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[mode] = json.loads(out.read_text())
+    a, b = runs["recompute"], runs["own"]
+    assert len(a["losses"]) == 4 and a["losses"] == pytest.approx(b["losses"], abs=1e-6)
+    assert a["grad_norms"] == pytest.approx(b["grad_norms"], rel=1e-6)
+    diff = max(abs(x - y) for k in a["weights"] for x, y in zip(a["weights"][k], b["weights"][k]))
+    assert diff <= 1e-6 and any(abs(x) > 1e-3 for w in a["weights"].values() for x in w)
+
+
 def test_trivial_reward_is_learned_and_not_with_lr_zero(tiny):
     def rewards(lr):
         r = run_cli([os.path.join(SCRIPTS, "grpo_learn.py"), str(tiny / "model"), str(lr), "30"])
@@ -244,3 +261,14 @@ def test_two_launchers_on_one_machine_equal_one_launcher_with_two_ranks(tiny, tm
     assert [same(r) for r in one] == [same(r) for r in two] and any(r["loss"] != 0 for r in one)
     a, b = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("one", "two"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_gather_only_the_trainable_parameters(tiny):
+    """On 2 FSDP2 ranks: the trainable-only state dict equals the filtered full one, and the collectives it runs
+    move only the trainable parameters (world x shard >= the parameter), not the whole model."""
+    r = run_cli([os.path.join(SCRIPTS, "gather_trainable.py"), str(tiny / "model")], nproc=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["equal"]
+    assert got["trainable"] <= got["new"] <= got["trainable"] + 64 * got["world"]  # shards pad to equal sizes
+    assert got["old"] >= got["total"] > 5 * got["trainable"]

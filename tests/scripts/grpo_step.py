@@ -2,7 +2,9 @@
 
 Writes {"losses", "grad_norms", "weights"} (rank 0) to the JSON path given as the first argument. With plain SGD
 (lr 1) and no clipping, the weight change is exactly minus the gradient, so equal weights mean equal gradients.
-Usage: grpo_step.py OUT MODEL_DIR [MICRO_BATCH_TOKENS [LOGITS_CHUNK]] (defaults 20 tokens, full logits).
+Usage: grpo_step.py OUT MODEL_DIR [MICRO_BATCH_TOKENS [LOGITS_CHUNK]] [--old fixed|recompute|own] (defaults 20
+tokens, full logits, fixed pi_old far from pi). recompute: pi_old by a separate no-grad pass over every rollout (the
+trainer before it took the first mini-batch's from its update forward); own: that, as train_grpo does it now.
 """
 
 import json
@@ -19,7 +21,7 @@ from adamame.rollout import Rollout  # noqa: E402
 from train_grpo import ppo_update, sequence_logprobs  # noqa: E402
 
 
-def main(out_path, model_dir, budget=20, chunk=None):
+def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
     rank, world, device = dist.setup()
     torch.manual_seed(0)
     model = load_model(model_dir)
@@ -49,8 +51,15 @@ def main(out_path, model_dir, budget=20, chunk=None):
                            max_response_tokens=8, grad_clip=1e9)
     with adapters_disabled(model):
         ref = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
-    losses, norms, _, _ = ppo_update(model, opt, params, rolls, my_adv, [r.logprobs for r in rolls], ref, args,
-                                     len(mine_q), world, device, chunk)
+    old = [r.logprobs for r in rolls]
+    if old_mode != "fixed":
+        old = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
+    if old_mode == "own":  # the first mini-batch (this rank's first prompt group) from the update forward
+        first = args.mini_batch_prompts // world * G
+        old = [None] * first + old[first:]
+    losses, norms, _, _ = ppo_update(model, opt, params, rolls, my_adv, old, ref, args, len(mine_q), world, device,
+                                     chunk)
+    assert None not in old  # written back by ppo_update
     full = dist.full_state_dict(model, trainable_only=True)
     if rank == 0:
         with open(out_path, "w") as f:
@@ -60,4 +69,7 @@ def main(out_path, model_dir, budget=20, chunk=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))
+    argv = sys.argv[1:]
+    mode = argv.pop(argv.index("--old") + 1) if "--old" in argv else "fixed"
+    argv = [a for a in argv if a != "--old"]
+    main(argv[0], argv[1], *(int(a) for a in argv[2:]), old_mode=mode)

@@ -1,0 +1,148 @@
+"""Decode attention that reads only what it uses: one query token per row against a static KV cache, in Triton.
+
+Why: at the paper's rollout shape (1.5B, 512 rows, up to 4,608 cache slots) a decode step reads ~3 GB of weights
+and up to ~60 GB of KV cache, so the rollout is bound by KV reads. SDPA with an additive bias reads every slot of the
+step's bucket for every row: the left padding of shorter prompts, the bucket's slack past a row's length, and the
+rows that have already finished. This kernel reads, for each row, only the slots [start, end) the caller gives
+(its first valid slot to its current length; end = 0 for a finished or padding row, which reads nothing):
+
+    grid = (rows, kv heads, splits); a program loads the rep = n_heads / n_kv query heads that share its KV head
+    as one [rep, D] block (K and V are read once for all of them), walks its share of [start, end) in blocks of
+    BLOCK_S slots with an online softmax (running max m, sum l, accumulator acc, all float32), and writes the
+    unnormalised (acc, m, l); with one split that is the answer after acc / l, with several (FlashDecoding's
+    split-KV: when rows x kv heads are too few to fill the GPU, at a rollout's tail) they are combined as
+        out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s,   M = max_s m_s.
+
+The number of splits depends only on (rows, slots), so a captured CUDA graph replays it at every step of a bucket;
+start and end live in device tensors. It is registered as the op `adamame::decode_attention` (torch.library), so
+op recorders and the meta device see one op. `decode_attention_torch` is the same computation in plain PyTorch
+(the reference the tests compare with, and the path without triton).
+
+Imports: torch, triton (optional).
+"""
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+BLOCK_S = 32  # cache slots per inner block
+NUM_WARPS = 8  # with BLOCK_S: <= 80 registers on sm_80/sm_90 at head_dim 128, no spills (tests/test_gpu_contracts.py)
+TARGET_PROGRAMS = 264  # split the key range until rows x kv heads x splits reach this (~2 waves of 132 SMs)
+MIN_SPLIT = 256  # ... but never below this many slots per split
+
+
+def num_splits(rows: int, kv_heads: int, slots: int) -> int:
+    """Splits of the key range for a step of `rows` rows over `slots` slots: a function of the bucket only."""
+    by_programs = -(-TARGET_PROGRAMS // max(1, rows * kv_heads))
+    return max(1, min(by_programs, slots // MIN_SPLIT))
+
+
+def decode_attention_torch(q, k, v, start, end, scale=None):
+    """Reference: q [R, H, D], k/v [R, n_kv, S, D], start/end [R] int; row r attends to slots [start_r, end_r).
+    Returns [R, H, D] in q's dtype; a row with an empty range gets zeros."""
+    R, H, D = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    qg = q.float().view(R, n_kv, H // n_kv, D)
+    s = torch.einsum("rgqd,rgsd->rgqs", qg, k.float()) * scale
+    slot = torch.arange(S, device=q.device)
+    keep = (slot >= start.long()[:, None]) & (slot < end.long()[:, None])  # [R, S]
+    s = s.masked_fill(~keep[:, None, None], float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)  # an empty range: all -inf, softmax nan, output 0
+    return torch.einsum("rgqs,rgsd->rgqd", p, v.float()).reshape(R, H, D).to(q.dtype)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr,
+                            sq_r, sq_h, sk_r, sk_h, sk_s, sv_r, sv_h, sv_s, split_len, scale,
+                            REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                            SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        kvh = tl.program_id(1)
+        split = tl.program_id(2)
+        lo = tl.maximum(tl.load(start_ptr + row), split * split_len)
+        hi = tl.minimum(tl.load(end_ptr + row), (split + 1) * split_len)
+        heads = kvh * REP + tl.arange(0, REP_PAD)
+        hmask = tl.arange(0, REP_PAD) < REP
+        d = tl.arange(0, D_PAD)
+        dmask = d < D
+        q = tl.load(q_ptr + row * sq_r + heads[:, None] * sq_h + d[None, :], mask=hmask[:, None] & dmask[None, :],
+                    other=0.0)
+        if DOT_F32:
+            q = q.to(tl.float32)
+        kbase = k_ptr + row * sk_r + kvh * sk_h
+        vbase = v_ptr + row * sv_r + kvh * sv_h
+        m = tl.full((REP_PAD,), float("-inf"), tl.float32)
+        lsum = tl.zeros((REP_PAD,), tl.float32)
+        acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
+        for s0 in range(lo, hi, BLOCK):  # only this row's slots: nothing outside [start, end) is loaded
+            s = s0 + tl.arange(0, BLOCK)
+            smask = s < hi
+            kv_mask = smask[:, None] & dmask[None, :]
+            kblk = tl.load(kbase + s[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK, D]
+            if DOT_F32:  # the interpreter's tl.dot mishandles bfloat16 operands: give it float32 ones
+                kblk = kblk.to(tl.float32)
+            scores = tl.dot(q, tl.trans(kblk), input_precision="ieee") * scale  # [REP_PAD, BLOCK], float32
+            scores = tl.where(smask[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            p = tl.exp(scores - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            lsum = lsum * alpha + tl.sum(p, axis=1)
+            vblk = tl.load(vbase + s[:, None] * sv_s + d[None, :], mask=kv_mask, other=0.0)
+            if DOT_F32:
+                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype).to(tl.float32), vblk.to(tl.float32),
+                                                    input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision="ieee")
+            m = m_new
+        # partial results [R, H, SPLITS, D] and [R, H, SPLITS, 2] (m, l), contiguous
+        out = (row * (REP * tl.num_programs(1)) + heads) * SPLITS + split
+        tl.store(acc_ptr + out[:, None] * D + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
+        tl.store(ml_ptr + out * 2, m, mask=hmask)
+        tl.store(ml_ptr + out * 2 + 1, lsum, mask=hmask)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@torch.library.custom_op("adamame::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+                     end: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [R, H, D] (any strides, unit last), k/v [R, n_kv, S, D] cache views (unit last stride), start/end [R]
+    int32 -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row."""
+    R, H, D = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    rep = H // n_kv
+    splits = num_splits(R, n_kv, S)
+    split_len = -(-S // splits)
+    acc = torch.empty(R, H, splits, D, dtype=torch.float32, device=q.device)
+    ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device)
+    if R:
+        try:
+            _decode_attn_kernel[(R, n_kv, splits)](
+                q, k, v, acc, ml, start, end, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2), split_len, scale, REP=rep, REP_PAD=max(16, _next_pow2(rep)),
+                D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits, BLOCK=BLOCK_S, num_warps=NUM_WARPS,
+                DOT_F32=q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1")
+        except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
+            raise RuntimeError(f"Triton kernel _decode_attn_kernel failed ({type(e).__name__}: "
+                               f"{str(e).strip()[:300]}); ADAMAME_KERNELS=torch decodes with SDPA instead") from e
+    m, l = ml[..., 0], ml[..., 1]
+    top = m.amax(-1, keepdim=True)
+    w = torch.exp(m - top.masked_fill(top == float("-inf"), 0.0))  # a split that read nothing weighs 0
+    out = (acc * w[..., None]).sum(2) / (l * w).sum(2).clamp_min(1e-30)[..., None]
+    return out.to(q.dtype)
+
+
+@decode_attention.register_fake
+def _(q, k, v, start, end, scale):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)

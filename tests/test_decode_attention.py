@@ -1,0 +1,175 @@
+"""The Triton decode-attention kernel against references (under the interpreter on CPU), the engine with it forced,
+and the KV-read counter against a direct count of what the engine's decode steps read.
+
+ADAMAME_SWEEP=1 python -m pytest tests/test_decode_attention.py runs the full sweep (every GQA ratio x head_dim x
+dtype x length pattern); CI runs a small parametrised set."""
+
+import itertools
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adamame.decode_attention import decode_attention, decode_attention_torch, num_splits
+from adamame.generate import Decoder, KVCache, generate, kv_reads, make_decoder, pow2_rows, row_bucket
+
+pytest.importorskip("triton")
+SWEEP = os.environ.get("ADAMAME_SWEEP") == "1"
+# (rep = query heads per KV head, n_kv, head_dim, slots, rows): few rows and many slots split the key range
+CASES = [(1, 4, 64, 700, 5), (4, 2, 128, 600, 4), (6, 2, 128, 200, 6), (8, 1, 64, 1100, 3)]
+if SWEEP:
+    CASES = [(rep, n_kv, d, s, r) for rep, n_kv, d, (s, r) in
+             itertools.product((1, 4, 6, 8), (1, 2), (64, 128), ((700, 5), (200, 40), (4096, 2)))]
+
+
+def _ragged(rows, slots, g):
+    """Per-row slot ranges like a rollout's: left padding of various lengths, various current lengths, an empty row
+    (finished), a one-slot row and a full one."""
+    start = torch.randint(0, slots // 2, (rows,), generator=g)
+    end = torch.minimum(start + torch.randint(1, slots, (rows,), generator=g), torch.tensor(slots))
+    start[0], end[0] = 0, slots  # the whole cache
+    end[1] = start[1]  # nothing (a finished row)
+    if rows > 2:
+        end[2] = start[2] + 1  # one slot
+    return start.to(torch.int32), end.to(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rep,n_kv,d,slots,rows", CASES)
+def test_kernel_equals_the_reference_and_reads_nothing_outside_each_rows_range(rep, n_kv, d, slots, rows, dtype):
+    g = torch.Generator().manual_seed(rep * 1000 + d + slots)
+    q = torch.randn(rows, rep * n_kv, d, generator=g).to(dtype)
+    k = torch.randn(rows, n_kv, slots, d, generator=g).to(dtype)
+    v = torch.randn(rows, n_kv, slots, d, generator=g).to(dtype)
+    start, end = _ragged(rows, slots, g)
+    outside = (torch.arange(slots)[None] < start[:, None].long()) | (torch.arange(slots)[None] >= end[:, None].long())
+    k_nan, v_nan = k.clone(), v.clone()  # what a row must not read is NaN: one load of it would show in the output
+    k_nan[outside[:, None, :, None].expand_as(k)] = float("nan")
+    v_nan[outside[:, None, :, None].expand_as(v)] = float("nan")
+    got = decode_attention(q, k_nan, v_nan, start, end, d ** -0.5)
+    want = decode_attention_torch(q.float(), k.float(), v.float(), start, end)  # fp32 reference
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    tol = 2e-6 if dtype == torch.float32 else 2e-2
+    assert (got.float() - want).abs().max() <= tol
+    assert (got[1] == 0).all()  # an empty range reads nothing and gives zeros
+    if SWEEP:
+        print(f"rep {rep} n_kv {n_kv} d {d} slots {slots} rows {rows} {dtype}: splits "
+              f"{num_splits(rows, n_kv, slots)}, max |diff| {(got.float() - want).abs().max():.2e}")
+
+
+def test_the_reference_equals_sdpa_with_a_mask():
+    """The reference itself, against torch's SDPA with a boolean mask and GQA (an independent implementation)."""
+    g = torch.Generator().manual_seed(0)
+    rows, n_kv, rep, slots, d = 4, 2, 3, 50, 32
+    q, k, v = (torch.randn(*s, generator=g) for s in ((rows, n_kv * rep, d), (rows, n_kv, slots, d),
+                                                        (rows, n_kv, slots, d)))
+    start, end = torch.tensor([0, 5, 20, 49], dtype=torch.int32), torch.tensor([50, 6, 40, 50], dtype=torch.int32)
+    keep = (torch.arange(slots)[None] >= start[:, None]) & (torch.arange(slots)[None] < end[:, None])
+    want = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=keep[:, None, None], enable_gqa=True)[:, :, 0]
+    assert (decode_attention_torch(q, k, v, start, end) - want).abs().max() < 1e-6
+
+
+def test_splits_depend_only_on_the_bucket():
+    assert num_splits(512, 2, 4608) == 1  # many rows fill the GPU: one program per (row, kv head)
+    assert num_splits(2, 2, 4608) == 18  # a rollout's tail: the key range is split (>= 256 slots each)
+    assert num_splits(2, 2, 200) == 1
+
+
+def _tiny(tmp_path):
+    from tests.helpers import save_tiny_hf
+
+    from adamame.model import load_model
+
+    save_tiny_hf(tmp_path / "m", "qwen2", num_attention_heads=8, num_key_value_heads=2, hidden_size=64,
+                 vocab_size=300)
+    return load_model(str(tmp_path / "m"))
+
+
+PROMPTS = [[5, 6, 7], list(range(20, 45)), [9], list(range(50, 60)), [11, 12]]
+
+
+def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatch):
+    """generate (n = 3, stop tokens, compaction) with the Triton decode kernel forced under the interpreter against the
+    SDPA path: the same uniforms give the same tokens in fp32, and the log-probs agree."""
+    model = _tiny(tmp_path)
+    kw = dict(max_new_tokens=24, n=3, seed=3, eos_token_ids=list(range(100, 130)), return_logprobs=True,
+              check_every=4)
+    monkeypatch.setenv("ADAMAME_KERNELS", "torch")
+    want = generate(model, PROMPTS, **kw)
+    monkeypatch.setenv("ADAMAME_KERNELS", "triton")
+    calls = []
+    real = model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    got = generate(model, PROMPTS, **kw)
+    assert len(calls) > 10 and len({len(s.tokens) for s in want}) > 3  # rows stop at different steps
+    assert [s.tokens for s in got] == [s.tokens for s in want]
+    assert max(abs(a - b) for s, t in zip(got, want) for a, b in zip(s.logprobs, t.logprobs)) < 1e-5
+
+
+def test_the_decode_step_with_the_kernel_is_one_op_and_syncs_nothing(tmp_path, monkeypatch):
+    """On the meta device with the kernel path on: the recorder sees adamame::decode_attention (its fake
+    implementation gives the shapes) once per layer, no host sync, nothing on another device."""
+    from tests.test_gpu_contracts import OpRecorder, _devices, _step_setup
+
+    monkeypatch.setenv("ADAMAME_KERNELS", "triton")
+    cfg = _tiny(tmp_path).config
+    from adamame.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+        cache, tokens, positions = _step_setup(model)
+        slot, active = torch.tensor(6), torch.ones(5, dtype=torch.bool)
+    rec = OpRecorder()
+    with rec, torch.no_grad():
+        logits = model.decode_step(tokens, positions, cache, slot, 5, 32, active)
+    names = [op[0] for op in rec.ops]
+    assert names.count("adamame.decode_attention") == cfg.num_hidden_layers
+    assert "aten._scaled_dot_product_efficient_attention" not in names and "aten.masked_fill_" not in names
+    assert logits.shape == (5, cfg.vocab_size) and rec.syncs == [] and _devices([op[3] for op in rec.ops]) == {"meta"}
+
+
+@pytest.mark.parametrize("pad_rows", [False, True])
+def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path, monkeypatch, pad_rows):
+    """kv_reads replays generate's schedule from the prompt and response lengths alone; a direct count of the decode
+    steps generate really runs (their rows, slots, active rows and positions) must give the same numbers, for SDPA
+    (rows x slots) and for the kernel (each active row's own slots), with and without padded row buckets."""
+    model = _tiny(tmp_path)
+    prompts = [list(range(1, 1 + L)) for L in (3, 40, 7, 1, 22, 9, 15, 2, 30)]
+    n, new = 8, 40
+    seen = {"steps": 0, "sdpa": 0, "kernel": 0, "rows_run": 0, "rows_active": 0, "buckets": set()}
+    real = model.decode_step
+
+    def counting(tokens, positions, cache, slot, rows, slots, active=None):
+        act = active[:rows]
+        seen["steps"] += 1
+        seen["sdpa"] += rows * slots
+        first = int(slot) - positions[:rows][act]  # the kernel's range: [slot - position, slot]
+        # ... is every valid slot of the row (the step marks the new one itself)
+        assert (first >= 0).all() and cache.valid[:rows][act].sum(1).tolist() == (int(slot) - first).tolist()
+        seen["kernel"] += int((int(slot) + 1 - first).sum())
+        seen["rows_run"] += rows
+        seen["rows_active"] += int(act.sum())
+        seen["buckets"].add((rows, slots))
+        return real(tokens, positions, cache, slot, rows, slots, active)
+
+    monkeypatch.setattr(model, "decode_step", counting)
+    dec = make_decoder(model, len(prompts), n, 40, new)
+    dec = Decoder(model, dec.cache, cuda_graphs=False, slot_bucket=16, pad_rows=pad_rows)
+    out = generate(model, prompts, max_new_tokens=new, n=n, seed=1, eos_token_ids=list(range(100, 112)),
+                   check_every=4, decoder=dec)
+    lens = [len(s.tokens) for s in out]
+    assert min(lens) < 10 and max(lens) == new  # rows stop early and late: compaction runs
+    plens = [len(p) for p in prompts for _ in range(n)]
+    kw = dict(check_every=4, slot_bucket=16, pad_rows=pad_rows)
+    sdpa, kernel = kv_reads(plens, lens, new, kernel=False, **kw), kv_reads(plens, lens, new, kernel=True, **kw)
+    assert (sdpa["steps"], sdpa["read"], kernel["read"]) == (seen["steps"], seen["sdpa"], seen["kernel"])
+    assert (sdpa["rows_run"], sdpa["rows_active"], sdpa["graphs"]) == (seen["rows_run"], seen["rows_active"],
+                                                                      len(seen["buckets"]))
+    assert kernel["useful"] == kernel["read"] < sdpa["read"]
+
+
+def test_row_buckets():
+    assert [row_bucket(n) for n in (1, 3, 33, 64, 65, 300, 512)] == [1, 4, 64, 64, 128, 320, 512]
+    assert pow2_rows(300) == 512
+    assert len({row_bucket(n) for n in range(1, 513)}) == 7 + 7  # 1 .. 64, then 128 .. 512
