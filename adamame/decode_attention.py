@@ -15,8 +15,10 @@ rows that have already finished. This kernel reads, for each row, only the slots
 
 The number of splits depends only on (rows, slots), so a captured CUDA graph replays it at every step of a bucket;
 start and end live in device tensors. It is registered as the op `adamame::decode_attention` (torch.library), so
-op recorders and the meta device see one op. `decode_attention_torch` is the same computation in plain PyTorch
-(the reference the tests compare with, and the path without triton).
+op recorders and the meta device see one op. `decode_attention_torch` is the same computation in plain PyTorch, the
+reference the tests compare with (the decode step without the kernel uses SDPA with a bias: adamame/model.py).
+Under the Triton interpreter (CPU tests) bfloat16 operands are cast to float32 before `tl.dot` (the interpreter
+mishandles bfloat16 dots); on a GPU the dots take bfloat16 and accumulate in float32.
 
 Imports: torch, triton (optional).
 """
@@ -32,7 +34,7 @@ except ImportError:
     triton = None
 
 BLOCK_S = 32  # cache slots per inner block
-NUM_WARPS = 8  # with BLOCK_S: <= 80 registers on sm_80/sm_90 at head_dim 128, no spills (tests/test_gpu_contracts.py)
+NUM_WARPS = 8  # with BLOCK_S: 62-65 registers on sm_80/sm_90 at head_dim 128, no spills (tests/test_gpu_contracts.py)
 TARGET_PROGRAMS = 264  # split the key range until rows x kv heads x splits reach this (~2 waves of 132 SMs)
 MIN_SPLIT = 256  # ... but never below this many slots per split
 
@@ -61,10 +63,11 @@ def decode_attention_torch(q, k, v, start, end, scale=None):
 if triton is not None:
 
     @triton.jit
-    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr,
+    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
                             sq_r, sq_h, sk_r, sk_h, sk_s, sv_r, sv_h, sv_s, split_len, scale,
                             REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                            SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
+                            SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
+                            COUNT: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -103,6 +106,9 @@ if triton is not None:
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision="ieee")
             m = m_new
+            if COUNT:  # tests only: blocks visited and slots loaded, per row
+                tl.atomic_add(count_ptr + row * 2, 1)
+                tl.atomic_add(count_ptr + row * 2 + 1, tl.sum(smask.to(tl.int32), axis=0))
         # partial results [R, H, SPLITS, D] and [R, H, SPLITS, 2] (m, l), contiguous
         out = (row * (REP * tl.num_programs(1)) + heads) * SPLITS + split
         tl.store(acc_ptr + out[:, None] * D + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
@@ -114,33 +120,50 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-@torch.library.custom_op("adamame::decode_attention", mutates_args=())
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
-                     end: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [R, H, D] (any strides, unit last), k/v [R, n_kv, S, D] cache views (unit last stride), start/end [R]
-    int32 -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row."""
+def _launch(q, k, v, start, end, scale, count=None):
     R, H, D = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     rep = H // n_kv
     splits = num_splits(R, n_kv, S)
-    split_len = -(-S // splits)
+    split_len = -(-S // (splits * BLOCK_S)) * BLOCK_S  # whole blocks per split
     acc = torch.empty(R, H, splits, D, dtype=torch.float32, device=q.device)
     ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device)
     if R:
         try:
             _decode_attn_kernel[(R, n_kv, splits)](
-                q, k, v, acc, ml, start, end, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-                v.stride(0), v.stride(1), v.stride(2), split_len, scale, REP=rep, REP_PAD=max(16, _next_pow2(rep)),
-                D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits, BLOCK=BLOCK_S, num_warps=NUM_WARPS,
+                q, k, v, acc, ml, start, end, acc if count is None else count, q.stride(0), q.stride(1),
+                k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), split_len, scale,
+                REP=rep, REP_PAD=max(16, _next_pow2(rep)), D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits,
+                BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None,
                 DOT_F32=q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1")
         except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
             raise RuntimeError(f"Triton kernel _decode_attn_kernel failed ({type(e).__name__}: "
                                f"{str(e).strip()[:300]}); ADAMAME_KERNELS=torch decodes with SDPA instead") from e
     m, l = ml[..., 0], ml[..., 1]
+    if splits == 1:  # nothing to combine (an empty row: 0 / tiny = 0)
+        return (acc[:, :, 0] / l.clamp_min(1e-30)).to(q.dtype)
     top = m.amax(-1, keepdim=True)
     w = torch.exp(m - top.masked_fill(top == float("-inf"), 0.0))  # a split that read nothing weighs 0
     out = (acc * w[..., None]).sum(2) / (l * w).sum(2).clamp_min(1e-30)[..., None]
     return out.to(q.dtype)
+
+
+@torch.library.custom_op("adamame::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+                     end: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [R, H, D] (any strides, unit last), k/v [R, n_kv, S, D] cache views (unit last stride), start/end [R]
+    int32, contiguous -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row."""
+    if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
+        raise ValueError("decode_attention: start and end must be contiguous int32 tensors")
+    return _launch(q, k, v, start, end, scale)
+
+
+def blocks_and_slots_read(q, k, v, start, end) -> torch.Tensor:
+    """[R, 2] int32: per row, the blocks the kernel visits and the slots it loads, summed over KV heads and splits
+    (what the tests hold against each row's range)."""
+    count = torch.zeros(q.shape[0], 2, dtype=torch.int32, device=q.device)
+    _launch(q, k, v, start, end, q.shape[-1] ** -0.5, count)
+    return count
 
 
 @decode_attention.register_fake

@@ -144,11 +144,12 @@ def full_state_dict(model, trainable_only=False) -> dict:
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     sd = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p  # a DTensor shard, or a plain parameter
-            if rank0:
-                sd[name] = full.detach().cpu()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p  # a DTensor shard, or a plain parameter
+                if rank0:
+                    sd[name] = full.detach().cpu()
     return sd
 
 

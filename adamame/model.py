@@ -397,7 +397,7 @@ class Transformer(nn.Module):
         if _use_triton(x):
             end = (slot + 1).to(torch.int32).expand(rows)
             mask = ((slot - positions[:rows]).to(torch.int32),
-                    end if active is None else torch.where(active[:rows], end, 0))
+                    end.contiguous() if active is None else torch.where(active[:rows], end, 0))
         else:
             bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
             mask = bias[:, None, None, :]  # [R, 1, 1, S]

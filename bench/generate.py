@@ -19,7 +19,8 @@ GPU's rollout at the paper's shape (DeepSeek-R1-Distill-Qwen-1.5B in bf16, 64 pr
 TEMPLATE_TOKENS (../shared/data/rl/train.jsonl; without it, uniform in [60, 400]); response lengths: a share
 TRUNCATED hits 4,096, the others uniform in [256, 4,096). It prints, for the engine before the decode kernel (SDPA,
 power-of-two row buckets), SDPA with today's row buckets (ADAMAME_KERNELS=torch) and the engine as it now runs on CUDA
-(the Triton decode kernel): KV bytes read, the bytes that belong to a live row's own valid slots, their ratio, the
+(the Triton decode kernel; what it loads is each active row's range, as its counting build shows in
+tests/test_decode_attention.py): KV bytes read, the bytes that belong to a live row's own valid slots, their ratio, the
 weight bytes, bytes per generated token, and the predicted decode time at H100 3.0 TB/s and H200 4.3 TB/s against
 the bound (useful KV + one weight read per step).
 """
@@ -238,7 +239,8 @@ def run_case(hf, ours, device, n_prompts, n, ctx, new_tokens, graphs=None, fixed
 CHARS_PER_TOKEN = 3.0  # stated, not measured: Latin-script text ~4, Thai and Japanese fewer
 TEMPLATE_TOKENS = 40  # chat template and role markers around the prompt
 TRUNCATED = 0.2  # share of responses that reach max_response_tokens
-R1_15B = dict(layers=28, kv_heads=2, head_dim=128, parameters=1.777e9, bytes_per_value=2)  # bf16
+# bf16; parameters a decode step reads whole: all but the input embedding (it gathers one row per token); untied
+R1_15B = dict(layers=28, kv_heads=2, head_dim=128, parameters=1.777e9 - 151936 * 1536, bytes_per_value=2)
 BANDWIDTHS = {"H100": 3.0e12, "H200": 4.3e12}  # measured copy bandwidths (shared/docs/performance.md)
 MATMUL = 790e12  # bf16 FLOP/s measured on both (performance.md: 798 / 788)
 
@@ -272,7 +274,8 @@ def reads_report():
     plens, resp, source = rollout_lengths()
     print(f"paper shape, one GPU: {len(plens)} rows, prompts {min(plens)}-{max(plens)} tokens ({source}), responses "
           f"{min(resp)}-{max(resp)} ({TRUNCATED:.0%} reach 4,096); DeepSeek-R1-Distill-Qwen-1.5B bf16: "
-          f"{slot_bytes:,} B per cache slot, {weight_bytes / 1e9:.2f} GB of weights per step")
+          f"{slot_bytes:,} B per cache slot, {weight_bytes / 1e9:.2f} GB of weights per step (all but the input "
+          f"embedding)")
     ways = (("before: SDPA, power-of-two rows", dict(kernel=False, rows_fn=pow2_rows)),
             ("SDPA, row buckets of 64 (ADAMAME_KERNELS=torch)", dict(kernel=False)),
             ("now: Triton decode kernel, row buckets of 64", dict(kernel=True)))

@@ -153,6 +153,9 @@ def check_sdpa(ctx):
             for site, run in runs.items():
                 key = f"{site} ({dn})"
                 rec = Backend()
+                calls.clear()
+                # on CUDA the decode step attends with the Triton kernel (checked above); this checks its SDPA hatch
+                before, os.environ["ADAMAME_KERNELS"] = os.environ.get("ADAMAME_KERNELS"), "torch"
                 try:
                     with rec, torch.no_grad() if site != "training forward" else torch.enable_grad():
                         run()
@@ -163,6 +166,8 @@ def check_sdpa(ctx):
                 except Exception as e:  # noqa: BLE001
                     sites[key] = {"error": f"{type(e).__name__}: {str(e).strip()[:400]}"}
                     failures.append(key)
+                finally:
+                    os.environ.pop("ADAMAME_KERNELS") if before is None else os.environ.update(ADAMAME_KERNELS=before)
     finally:
         torch.nn.functional.scaled_dot_product_attention = real
     if failures:

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamame.decode_attention import decode_attention, decode_attention_torch, num_splits
+from adamame.decode_attention import (BLOCK_S, blocks_and_slots_read, decode_attention, decode_attention_torch,
+                                      num_splits)
 from adamame.generate import Decoder, KVCache, generate, kv_reads, make_decoder, pow2_rows, row_bucket
 
 pytest.importorskip("triton")
@@ -53,6 +54,14 @@ def test_kernel_equals_the_reference_and_reads_nothing_outside_each_rows_range(r
     tol = 2e-6 if dtype == torch.float32 else 2e-2
     assert (got.float() - want).abs().max() <= tol
     assert (got[1] == 0).all()  # an empty range reads nothing and gives zeros
+    # what the kernel visits: per row exactly the blocks its range needs in each split, and its slots once
+    splits = num_splits(rows, n_kv, slots)
+    split_len = -(-slots // (splits * BLOCK_S)) * BLOCK_S
+    blocks = [sum(-(-max(0, min(int(e), (j + 1) * split_len) - max(int(b), j * split_len)) // BLOCK_S)
+                  for j in range(splits)) for b, e in zip(start, end)]
+    counts = blocks_and_slots_read(q, k, v, start, end)
+    assert counts[:, 0].tolist() == [n_kv * b for b in blocks]
+    assert counts[:, 1].tolist() == (n_kv * (end - start)).tolist()
     if SWEEP:
         print(f"rep {rep} n_kv {n_kv} d {d} slots {slots} rows {rows} {dtype}: splits "
               f"{num_splits(rows, n_kv, slots)}, max |diff| {(got.float() - want).abs().max():.2e}")
@@ -89,9 +98,11 @@ def _tiny(tmp_path):
 PROMPTS = [[5, 6, 7], list(range(20, 45)), [9], list(range(50, 60)), [11, 12]]
 
 
-def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pad_rows", [False, True], ids=["live-rows", "padded-buckets"])
+def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatch, pad_rows):
     """generate (n = 3, stop tokens, compaction) with the Triton decode kernel forced under the interpreter against the
-    SDPA path: the same uniforms give the same tokens in fp32, and the log-probs agree."""
+    SDPA path: the same uniforms give the same tokens in fp32, and the log-probs agree. padded-buckets runs the rows
+    of a CUDA-graph bucket (padding rows with stale positions, finished rows inactive) as a GPU does."""
     model = _tiny(tmp_path)
     kw = dict(max_new_tokens=24, n=3, seed=3, eos_token_ids=list(range(100, 130)), return_logprobs=True,
               check_every=4)
@@ -100,9 +111,15 @@ def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatc
     monkeypatch.setenv("ADAMAME_KERNELS", "triton")
     calls = []
     real = model.decode_step
-    monkeypatch.setattr(model, "decode_step", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    monkeypatch.setattr(model, "decode_step", lambda *a, **k: calls.append((a[4], int(a[6][:a[4]].sum()))) or
+                        real(*a, **k))
+    if pad_rows:
+        cache = make_decoder(model, len(PROMPTS), 3, max(map(len, PROMPTS)), 24).cache
+        kw["decoder"] = Decoder(model, cache, cuda_graphs=False, slot_bucket=16, pad_rows=True)
     got = generate(model, PROMPTS, **kw)
     assert len(calls) > 10 and len({len(s.tokens) for s in want}) > 3  # rows stop at different steps
+    if pad_rows:
+        assert any(active < rows for rows, active in calls)  # steps with padding or finished rows in the bucket
     assert [s.tokens for s in got] == [s.tokens for s in want]
     assert max(abs(a - b) for s, t in zip(got, want) for a, b in zip(s.logprobs, t.logprobs)) < 1e-5
 
@@ -145,8 +162,9 @@ def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path
         seen["steps"] += 1
         seen["sdpa"] += rows * slots
         first = int(slot) - positions[:rows][act]  # the kernel's range: [slot - position, slot]
-        # ... is every valid slot of the row (the step marks the new one itself)
-        assert (first >= 0).all() and cache.valid[:rows][act].sum(1).tolist() == (int(slot) - first).tolist()
+        # ... is exactly the row's valid slots (the step marks the new one itself)
+        ar = torch.arange(cache.valid.shape[1])
+        assert torch.equal(cache.valid[:rows][act], (ar >= first[:, None]) & (ar < int(slot)))
         seen["kernel"] += int((int(slot) + 1 - first).sum())
         seen["rows_run"] += rows
         seen["rows_active"] += int(act.sum())
@@ -166,7 +184,27 @@ def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path
     assert (sdpa["steps"], sdpa["read"], kernel["read"]) == (seen["steps"], seen["sdpa"], seen["kernel"])
     assert (sdpa["rows_run"], sdpa["rows_active"], sdpa["graphs"]) == (seen["rows_run"], seen["rows_active"],
                                                                       len(seen["buckets"]))
-    assert kernel["useful"] == kernel["read"] < sdpa["read"]
+    assert kernel["read"] < sdpa["read"] and sdpa["useful"] == kernel["useful"] == seen["kernel"]
+
+
+def test_a_decode_step_without_active_rows_equals_sdpa(tmp_path, monkeypatch):
+    """decode_step called directly (active=None, every row reads its range), kernel forced vs SDPA."""
+    model = _tiny(tmp_path)
+    cfg = model.config
+    cache = KVCache.allocate(cfg, 6, 64, torch.float32, "cpu")
+    g = torch.Generator().manual_seed(0)
+    for buf in cache.k + cache.v:
+        buf.normal_(generator=g)
+    plen = torch.tensor([3, 10, 1, 7, 10, 5])
+    cache.valid[:] = torch.arange(64)[None] >= 10 - plen[:, None]
+    cache.valid[:, 10:] = False
+    tokens, slot = torch.randint(0, 300, (6,), generator=g), torch.tensor(10)
+    out = {}
+    for mode in ("torch", "triton"):
+        monkeypatch.setenv("ADAMAME_KERNELS", mode)
+        with torch.no_grad():
+            out[mode] = model.decode_step(tokens, plen.clone(), cache, slot, 6, 32)
+    assert (out["torch"] - out["triton"]).abs().max() < 1e-5
 
 
 def test_row_buckets():

@@ -442,7 +442,7 @@ for name, fn in sorted(kernels_found.items()):
         usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         os.unlink(f.name)
         fields = dict(p.split(":", 1) for p in next(l for l in usage.splitlines() if "REG:" in l).split() if ":" in p)
-        out["rows"].append({"kernel": name + "".join(f" {k}={v}" for k, v in cx.items() if k == "REP"), "sm": cc,
+        out["rows"].append({"kernel": name + "".join(f" {k}={v}" for k, v in cx.items() if k in ("REP", "D")), "sm": cc,
                             "dtype": dtype, "hints": hints,
                             "vector_loads": "ld.global.v" in k.asm["ptx"], "registers": int(fields["REG"]),
                             "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
@@ -465,15 +465,16 @@ TRITON_SIGNATURES = {
         "constexprs": {"BLOCK": 4096}, "num_warps": 8,
         "divisible": ["logits_ptr", "stride_b", "stride_l", "grad_ptr", "gstride_b", "gstride_l", "targets_ptr",
                       "lse_ptr", "dlogp_ptr", "V"]},
-    # DTYPE: the KV cache's (bf16 on a GPU); variants: 1.5B (12 q / 2 kv heads) and Qwen3-4B (32 / 8), head_dim 128
+    # DTYPE: the KV cache's (bf16 on a GPU); variants: 1.5B (12 q / 2 kv heads), Qwen3-4B (32 / 8), head_dim 128,
+    # and head_dim 64 (count_ptr is a dummy pointer, the accumulator's, when COUNT is off)
     "_decode_attn_kernel": {
         "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
-                 "start_ptr": "*i32", "end_ptr": "*i32", "sq_r": "i32", "sq_h": "i32", "sk_r": "i32", "sk_h": "i32",
+                 "start_ptr": "*i32", "end_ptr": "*i32", "count_ptr": "*fp32", "sq_r": "i32", "sq_h": "i32", "sk_r": "i32", "sk_h": "i32",
                  "sk_s": "i32", "sv_r": "i32", "sv_h": "i32", "sv_s": "i32", "split_len": "i32", "scale": "fp32",
                  "REP": "constexpr", "REP_PAD": "constexpr", "D": "constexpr", "D_PAD": "constexpr",
-                 "SPLITS": "constexpr", "BLOCK": "constexpr", "DOT_F32": "constexpr"},
-        "variants": [{"REP": rep, "REP_PAD": 16, "D": 128, "D_PAD": 128, "SPLITS": 1, "BLOCK": 32, "DOT_F32": False}
-                     for rep in (6, 4)],
+                 "SPLITS": "constexpr", "BLOCK": "constexpr", "DOT_F32": "constexpr", "COUNT": "constexpr"},
+        "variants": [{"REP": rep, "REP_PAD": 16, "D": d, "D_PAD": d, "SPLITS": 1, "BLOCK": 32, "DOT_F32": False,
+                      "COUNT": False} for rep, d in ((6, 128), (4, 128), (8, 64))],
         "num_warps": 8,
         "divisible": ["q_ptr", "k_ptr", "v_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr", "sq_r", "sq_h", "sk_r",
                       "sk_h", "sk_s", "sv_r", "sv_h", "sv_s"]},
@@ -500,7 +501,7 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
         print(f"\ntriton {res['triton']}, num_warps 8 (hints: 16-divisible pointers, sizes and strides, as "
               f"at V = 151,936 and head_dim 128):")
         for row in res["rows"]:
-            print(f"  {row['kernel']:26} sm_{row['sm']} {row['dtype']:5} hints {str(row['hints']):5} registers "
+            print(f"  {row['kernel']:30} sm_{row['sm']} {row['dtype']:5} hints {str(row['hints']):5} registers "
                   f"{row['registers']:3} local {row['local']} shared {row['shared']} vector loads "
                   f"{row['vector_loads']}")
     for row in res["rows"]:

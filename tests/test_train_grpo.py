@@ -88,6 +88,8 @@ def test_first_mini_batch_pi_old_from_the_update_forward_gives_the_same_update(t
     assert a["grad_norms"] == pytest.approx(b["grad_norms"], rel=1e-6)
     diff = max(abs(x - y) for k in a["weights"] for x, y in zip(a["weights"][k], b["weights"][k]))
     assert diff <= 1e-6 and any(abs(x) > 1e-3 for w in a["weights"].values() for x in w)
+    # every rollout's pi_old, as logprob_diff and the rollout records read it after the update: the same numbers
+    assert len(a["old"]) == len(b["old"]) > 0 and a["old"] == pytest.approx(b["old"], abs=1e-6)
 
 
 def test_trivial_reward_is_learned_and_not_with_lr_zero(tiny):

@@ -18,7 +18,7 @@ from adamame import dist  # noqa: E402
 from adamame.lora import adapters_disabled, apply_lora  # noqa: E402
 from adamame.model import load_model  # noqa: E402
 from adamame.rollout import Rollout  # noqa: E402
-from train_grpo import ppo_update, sequence_logprobs  # noqa: E402
+from train_grpo import logprob_phase, ppo_update, sequence_logprobs  # noqa: E402
 
 
 def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
@@ -52,18 +52,19 @@ def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
     with adapters_disabled(model):
         ref = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
     old = [r.logprobs for r in rolls]
-    if old_mode != "fixed":
+    if old_mode == "recompute":
         old = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
-    if old_mode == "own":  # the first mini-batch (this rank's first prompt group) from the update forward
-        first = args.mini_batch_prompts // world * G
-        old = [None] * first + old[first:]
+    elif old_mode == "own":  # train_grpo's phase: the first mini-batch's pi_old comes from its update forward
+        args.old_logprobs = "recompute"
+        old, _ = logprob_phase(model, None, rolls, args, SimpleNamespace(logits_chunk=chunk), world, device)
+        assert old[0] is None and old[-1] is not None
     losses, norms, _, _ = ppo_update(model, opt, params, rolls, my_adv, old, ref, args, len(mine_q), world, device,
                                      chunk)
-    assert None not in old  # written back by ppo_update
+    assert None not in old  # written back by ppo_update, for logprob_diff and the rollout records
     full = dist.full_state_dict(model, trainable_only=True)
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"losses": losses, "grad_norms": norms,
+            json.dump({"losses": losses, "grad_norms": norms, "old": [x for o in old for x in o],
                        "weights": {k: v.flatten().tolist() for k, v in full.items()}}, f)
     dist.cleanup()
 
