@@ -61,7 +61,7 @@ def test_tokenizer_makes_short_sequences_and_round_trips(tmp_path):
 
 def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
-    r = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "30", "--max-steps", "2"], nproc=2, timeout=900)
+    r = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "10", "--max-steps", "2"], nproc=2, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["reward"] == "adamame"
@@ -71,11 +71,11 @@ def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
     from bench.readme_table import demo
 
     block = demo(s)  # the README's demo block is rendered from this file
-    assert f"accuracy {s['sft']['accuracy']:.3f} -> {s['rl']['accuracy']:.3f}" in block and "30 + 30 SFT steps" in block
+    assert f"accuracy {s['sft']['accuracy']:.3f} -> {s['rl']['accuracy']:.3f}" in block and "10 + 10 SFT steps" in block
     assert os.path.exists(out / "toy_model" / "tokenizer.json") and os.path.exists(out / "final" / "config.json")
     assert "query-language match" in r.stdout and "lang_match" in r.stdout
     # a second run reuses the toy model and the SFT result
-    r2 = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "30", "--max-steps", "1", "--reward", "grpo"])
+    r2 = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "10", "--max-steps", "1", "--reward", "grpo"])
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "examples, 1 rank(s)" not in r2.stdout  # train_sft did not run again (it prints this first)
     assert json.loads((out / "summary.json").read_text())["reward"] == "grpo"
