@@ -12,8 +12,8 @@ checkpointing and the log-prob path. Then one RL step (t = step, T = total steps
      A_i of the chosen --reward variant with alpha(t) (adamame/rewards.py), per prompt group;
   3. log-probs: pi_old recomputed by the trainer (the paper's setting; --old-logprobs sampler keeps the sampler's),
      except for the first mini-batch, whose pi_old is the update's own forward (detached: before any optimizer step
-     the two are the same numbers), and the reference pi_ref: the base model with the LoRA adapters switched off (no second copy of the weights;
-     with full fine-tuning a frozen copy);
+     the two are the same numbers), and the reference pi_ref: the base model with the LoRA adapters switched off
+     (no second copy of the weights; with full fine-tuning a frozen copy);
   4. update: --ppo-epochs passes over mini-batches of --mini-batch-prompts prompts, each one optimizer step of the
      clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
   5. log: one metrics.jsonl row (global means over ranks), a few prompt groups to rollouts.jsonl, a checkpoint.

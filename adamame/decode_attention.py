@@ -155,6 +155,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: t
     int32, contiguous -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row."""
     if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
         raise ValueError("decode_attention: start and end must be contiguous int32 tensors")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:  # the kernel steps head_dim by 1
+        raise ValueError("decode_attention: q, k and v need a unit stride in their last dimension")
     return _launch(q, k, v, start, end, scale)
 
 

@@ -166,10 +166,15 @@ def free_bytes(device) -> int | None:
 
 # ---------------------------------------------------------------------------------------------- decode step
 
+def pow2_rows(live: int) -> int:
+    """Every live count rounded up to a power of two (the row buckets below ROW_STEP, and all of them before)."""
+    return 1 << max(0, live - 1).bit_length()
+
+
 def row_bucket(live: int) -> int:
     """Rows a decode step runs for `live` live rows: the next power of two up to ROW_STEP, then the next multiple of
     ROW_STEP (300 live rows run as 320, not 512; a 512-row rollout visits at most 7 + 7 row buckets)."""
-    return 1 << max(0, live - 1).bit_length() if live <= ROW_STEP else -(-live // ROW_STEP) * ROW_STEP
+    return pow2_rows(live) if live <= ROW_STEP else -(-live // ROW_STEP) * ROW_STEP
 
 
 def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, slot_bucket: int, pad_rows: bool,
@@ -233,7 +238,10 @@ class Decoder:
         self.tokens[:live] = tokens
         self.positions[:live] = positions
         self.active[live:].fill_(False)
-        self.active[:live].fill_(True) if active is None else self.active[:live].copy_(active)
+        if active is None:
+            self.active[:live].fill_(True)
+        else:
+            self.active[:live].copy_(active)
         self.slot.fill_(slot)
         if not self.graphs_on:
             return self._run(rows, slots)[:live]
@@ -282,11 +290,6 @@ def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
     for buf in cache.k + cache.v:
         buf[:n, :, :used_slots] = buf[keep, :, :used_slots]
     cache.valid[:n] = cache.valid[keep]
-
-
-def pow2_rows(live: int) -> int:
-    """The row buckets before ROW_STEP: every live count rounded up to a power of two (kv_reads' 'before')."""
-    return 1 << max(0, live - 1).bit_length()
 
 
 def kv_reads(prompt_lens, response_lens, max_new_tokens, *, kernel: bool, pad_rows: bool = True, check_every=8,

@@ -167,7 +167,10 @@ def check_sdpa(ctx):
                     sites[key] = {"error": f"{type(e).__name__}: {str(e).strip()[:400]}"}
                     failures.append(key)
                 finally:
-                    os.environ.pop("ADAMAME_KERNELS") if before is None else os.environ.update(ADAMAME_KERNELS=before)
+                    if before is None:
+                        del os.environ["ADAMAME_KERNELS"]
+                    else:
+                        os.environ["ADAMAME_KERNELS"] = before
     finally:
         torch.nn.functional.scaled_dot_product_attention = real
     if failures:

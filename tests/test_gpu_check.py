@@ -43,6 +43,11 @@ def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
     assert case["ours"]["tokens_per_s"] > 0 and case["transformers"]["tokens_per_s"] > 0
     for key in ("speedup_vs_transformers", "rows", "new_tokens", "cuda_graphs"):
         assert key in case
+    att = steps["generate"]["attention"][0]  # the decode kernel against SDPA (paper shapes on a GPU)
+    for key in ("ours_ms", "sdpa_ms", "sdpa_vs_ours", "max_abs_diff", "useful_bytes", "splits"):
+        assert key in att, key
+    assert att["max_abs_diff"] < 1e-5  # float32 under the interpreter
+    assert steps["preflight"]["checks"]["triton"]["decode_attention_err"] < 1e-5
     for key in ("peak_bytes", "plan_bytes", "peak_vs_plan", "tokens_per_s", "decode_steps", "graphs_captured"):
         assert key in steps["rollout_memory"], key
     assert steps["rollout_memory"]["plan_bytes"] > 0
@@ -57,3 +62,4 @@ def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
 
     text = table(res)  # the README table renders from a results file
     assert "ours logprob_fwd 32 x 1009" in text and "| generate |" in text and "grpo_smoke" in text
+    assert "decode attention, 3 rows x 300 slots" in text

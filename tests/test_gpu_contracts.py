@@ -329,17 +329,23 @@ def _devices(sigs) -> set:
     return out
 
 
-def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_path):
+@pytest.mark.parametrize("kernels", ["torch", "triton"], ids=["sdpa", "decode-kernel"])
+def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_path, monkeypatch, kernels):
     """A CUDA graph replays what it captured: two steps at different slots of one (rows, slots) bucket must issue the
-    same ops with the same shapes, strides and non-tensor arguments (the slot lives in a device tensor)."""
+    same ops with the same shapes, strides and non-tensor arguments (the slot lives in a device tensor), with SDPA and
+    with the Triton decode kernel (its ranges and the active rows live in device tensors too)."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv("ADAMAME_KERNELS", kernels)
     model = _gqa_model(tmp_path)
     cache, tokens, positions = _step_setup(model)
     recs = []
-    for slot in (6, 9):
+    for slot, active in ((6, [True] * 5), (9, [True, False, True, True, False])):
         pos, slot_t, rec = positions + (slot - 6), torch.tensor(slot), OpRecorder()
         with rec, torch.no_grad():
-            model.decode_step(tokens, pos, cache, slot_t, 5, 32)
+            model.decode_step(tokens, pos, cache, slot_t, 5, 32, torch.tensor(active))
         recs.append(rec.ops)
+    assert ("adamame.decode_attention" in [op[0] for op in recs[0]]) == (kernels == "triton")
     assert len(recs[0]) == len(recs[1]) > 50
     for i, (a, b) in enumerate(zip(*recs)):
         assert a == b, f"op {i}: {a[0]} differs between the two steps"
