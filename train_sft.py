@@ -12,8 +12,8 @@ alpha / rank) is exported to --out/final as a Hugging Face folder with the token
 Defaults are the paper's settings (LoRA rank 8 / alpha 16 on all linear layers, lr 2e-4 cosine with 10% warm-up,
 4 epochs, max length 8192, effective batch 8). With no --model/--data it runs the built-in toy task (adamame/toy.py) in
 two stages on a laptop CPU: a base stage that reasons in English unless asked otherwise (what a base reasoning model
-does), then Stage 1 on traces of which 30% are in the query language; the result still reasons in English ~70% of the
-time (the collapse AdaMame-GRPO then repairs), and is about as accurate when it does not.
+does), then Stage 1 on traces of which 30% are in the query language; the result still reasons in English about
+three times in four (the collapse AdaMame-GRPO then repairs), and is about as accurate when it does not.
 """
 
 import argparse
@@ -98,7 +98,7 @@ def collate(encoded, pad_id):
 # with 30% of the traces in the query language. Flags given on the command line still win (--max-steps: both stages).
 TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, max_steps=120, max_length=128,
                     warmup_ratio=0.05, save_every=200)
-TOY_BASE_STEPS = 550
+TOY_BASE_STEPS = 400
 
 
 def prepare_default(args, argv, rank):

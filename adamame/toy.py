@@ -12,13 +12,14 @@ in English. Two SFT stages (train_sft.py's default) make the collapse a preferen
 real base model: the base stage (`base_rows`) answers a plain question in English and a question that asks "reason in
 <language>" in that language, so both kinds of trace get the same practice; Stage 1 (`sft_rows`, the paper's SFT)
 trains plain questions with 30% of the traces in the query language. The result
-reasons in the query language ~30% of the time and is about as accurate when it does. Train and held-out questions
+reasons in the query language about 20% of the time and, sampled at evaluate.py's temperature (0.6), is about as
+accurate when it does (hotter sampling breaks its query-language traces more often). Train and held-out questions
 are disjoint by construction (`problems`): a held-out question asks arithmetic that training asks in the same
 language, but about another person and object, and is never trained on, with or without a request.
 
 The tokenizer is a BPE without whitespace pre-splitting (so template phrases merge into few tokens) in which
 digit runs are their own pre-tokens (every number becomes one token); with it questions are a handful of tokens
-and traces about a dozen, which a ~1M-parameter model learns in a few minutes.
+and traces about a dozen, which a ~0.6M-parameter model (2 layers) learns in a few minutes.
 
 Imports: torch, tokenizers, transformers (to save the tokenizer folder), adamame.
 """
@@ -189,8 +190,10 @@ def build_tokenizer(path, vocab_size=2000):
     return fast
 
 
-def build_model(path, vocab_size, hidden=128, layers=4, heads=4, kv_heads=2, seed=0):
-    """A random Qwen3-architecture model (~1M parameters at the defaults), saved with save_model."""
+def build_model(path, vocab_size, hidden=128, layers=2, heads=4, kv_heads=2, seed=0):
+    """A random Qwen3-architecture model (~0.6M parameters at the defaults), saved with save_model. Two layers: half the
+    time of four, which scored about the same (SFT model at temperature 0.8: 97.1% with 4 layers and 550 base steps,
+    96.8% with 2 layers and 400)."""
     from adamame.model import ModelConfig, Transformer, save_model
 
     cfg = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": vocab_size,
@@ -257,10 +260,15 @@ def build_toy(root: str, rank: int = 0) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the demo's report
 
-# The embedded default's RL settings: the paper's recipe with sizes for a ~1M-parameter model on a laptop CPU.
-GRPO_SETTINGS = dict(batch_prompts=16, mini_batch_prompts=16, group_size=8, temperature=1.0, lr=1e-4, lora_rank=0,
+# The embedded default's RL settings: the paper's recipe (G = 8, temperature 0.8, T = 90 steps) with sizes for a
+# ~0.6M-parameter model on a laptop CPU: 10 prompts per step (2 per language), one optimizer step per RL step.
+GRPO_SETTINGS = dict(batch_prompts=10, mini_batch_prompts=10, group_size=8, temperature=0.8, lr=1e-4, lora_rank=0,
                      max_steps=90, max_prompt_tokens=64, max_response_tokens=32, eval_every=0, save_every=20,
                      micro_batch_tokens=8192)
+# Both models are scored with evaluate.py's code, 4 samples per prompt at its default temperature (recipe.md gives
+# none; 0.6 is the project's, as recommended for R1 models), over the whole distribution (top-p 1.0, where
+# evaluate.py's default 0.95 would also cut the tail). tests/test_toy.py keeps the temperature equal to evaluate.py's.
+EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 1.0
 DEMO_METRICS = ("pass@1", "lang_match", "acc_query", "acc_english", "n_query", "n_english", "lcpr", "model_tokens")
 
 
@@ -273,14 +281,16 @@ def held_out_questions(root, per_language=100):
     return [q for lang in langs for q in [x for x in held_out if x.lang == lang][:per_language]]
 
 
-def evaluate(model_dir, questions, temperature, max_new_tokens, seed, rank=0, world=1, device="cpu", desc="eval"):
-    """evaluate.py's generation and scoring (4 samples per prompt); the summary (adamame.scoring.summarize)."""
+def evaluate(model_dir, questions, max_new_tokens, seed, rank=0, world=1, device="cpu", desc="eval",
+             temperature=EVAL_TEMPERATURE):
+    """evaluate.py's generation and scoring (4 samples per prompt, its temperature, top-p 1.0); the summary
+    (adamame.scoring.summarize)."""
     from types import SimpleNamespace
 
     from adamame.rollout import evaluate_model
     from adamame.scoring import summarize
 
-    ev = SimpleNamespace(k=4, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, batch_prompts=64,
+    ev = SimpleNamespace(k=4, temperature=temperature, top_p=EVAL_TOP_P, max_new_tokens=max_new_tokens, batch_prompts=64,
                          seed=seed)
     return summarize(evaluate_model(model_dir, questions, ev, rank, world, device, desc=desc), ev.k)
 
@@ -294,17 +304,19 @@ def demo_report(args, rank, world, device, t_start):
     from adamame.scoring import format_table
 
     questions = held_out_questions(args.out)
-    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": args.temperature,
-              "rl_steps": args.max_steps, "world": world}
+    result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": EVAL_TEMPERATURE,
+              "rl_temperature": args.temperature,
+              "rl_steps": args.max_steps, "batch_prompts": args.batch_prompts, "group_size": args.group_size,
+              "world": world}
     for name, path in (("sft", os.path.join(args.out, "sft", "final")), ("rl", os.path.join(args.out, "final"))):
-        summ = evaluate(path, questions, args.temperature, args.max_response_tokens, args.seed, rank, world, device,
+        summ = evaluate(path, questions, args.max_response_tokens, args.seed, rank, world, device,
                         desc=f"eval {name}")
         ind = summ["in_domain"]
         result[name] = {"accuracy": ind["pass@1"], "lang_match": ind["lang_match"], "lcpr": ind["lcpr"],
                         "tokens": ind["model_tokens"], "summary": summ}
         if rank == 0:
             print(f"\n{name.upper()} model on {len(questions)} held-out toy prompts (4 samples each, temperature "
-                  f"{args.temperature}):\n" + format_table(summ, metrics=DEMO_METRICS))
+                  f"{EVAL_TEMPERATURE}):\n" + format_table(summ, metrics=DEMO_METRICS))
     if rank == 0:
         for key, stage in (("base_steps", ("sft", "base")), ("sft_steps", ("sft",))):
             with open(os.path.join(args.out, *stage, "metrics.jsonl"), encoding="utf-8") as f:

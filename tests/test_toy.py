@@ -50,6 +50,24 @@ def test_the_base_stage_answers_plain_questions_in_english_and_requests_in_their
     assert not held_out & {r["question"].rsplit(" ", 1)[0] for r in rows}
 
 
+def test_the_demo_samples_as_the_paper_and_balances_languages():
+    """Only sizes are the toy's: the group and the temperature are the paper's (train_grpo.py's defaults), and a
+    step's prompts split evenly over the five languages."""
+    import train_grpo
+
+    paper = train_grpo.parse_args(["--model", "m", "--data", "d"])
+    for k in ("group_size", "temperature"):
+        assert toy.GRPO_SETTINGS[k] == getattr(paper, k), k
+    assert toy.GRPO_SETTINGS["batch_prompts"] % len(toy.LANGS) == 0
+
+
+def test_the_demo_scores_at_evaluate_py_s_temperature():
+    import evaluate
+
+    defaults = evaluate.parse_args(["--model", "m", "--data", "d"])
+    assert (defaults.temperature, defaults.k) == (toy.EVAL_TEMPERATURE, 4)
+
+
 def test_tokenizer_makes_short_sequences_and_round_trips(tmp_path):
     tok = toy.build_tokenizer(str(tmp_path))
     q, t, c = toy.render("add", "th", 1, "apple", 11, 5, trace_lang="en")
