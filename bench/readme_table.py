@@ -106,7 +106,8 @@ def demo(res: dict) -> str:
     out += textwrap.wrap(
             f"({res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in all: "
             f"{res['base_steps']} + {res['sft_steps']} SFT steps (the base stage, then Stage 1), {res['rl_steps']} RL "
-            f"steps of 16 prompts x 8 rollouts, two evaluations; the run is deterministic for a given seed.) The SFT "
+            f"steps of {res['batch_prompts']} prompts x {res['group_size']} rollouts at temperature "
+            f"{res['rl_temperature']}, two evaluations; the run is deterministic for a given seed.) The SFT "
             f"model answers {100 * sft['accuracy']:.0f}% of the held-out prompts correctly but reasons in the query "
             f"language only {100 * sft['lang_match']:.0f}% of the time, and not for want of ability: its "
             f"query-language traces are right {100 * q['acc_query']:.1f}% of the time ({q['n_query']} candidates), its "
@@ -117,16 +118,29 @@ def demo(res: dict) -> str:
     return "\n".join(out)
 
 
-def ablation(res: dict) -> str:
-    """bench/ablation.py's table (mean ± std over seeds) and its settings, from ablation.json."""
+def rescored(res: dict) -> str:
+    """One sentence of an ablation-T<t>.json: the same runs scored at another temperature."""
+    sft, st = res["sft"], res["settings"]
+    cells = ", ".join(f"{v} {100 * d['summary']['accuracy']['mean']:.1f} ± {100 * d['summary']['accuracy']['std']:.1f}"
+                      for v, d in res["variants"].items())
+    return (f"Re-scored at temperature {st['eval_temperature']:g} (`--eval-temperature {st['eval_temperature']:g}`): "
+            f"the SFT model {100 * sft['accuracy']:.1f}% (query-language traces {100 * sft['acc_query']:.1f}% of "
+            f"{sft['n_query']}, English ones {100 * sft['acc_english']:.1f}% of {sft['n_english']}); pass@1 % {cells}.")
+
+
+def ablation(res: dict, others=()) -> str:
+    """bench/ablation.py's table (mean ± std over seeds) and its settings, from ablation.json; then a sentence per
+    re-scored temperature (`others`: the ablation-T<t>.json beside it)."""
     from bench.ablation import table as ablation_table
 
     st = res["settings"]
+    extra = [line for o in others for line in [""] + textwrap.wrap(rescored(o), 116)]
     return "\n".join(["```", ablation_table(res), "```", ""] + textwrap.wrap(
-        f"(In-domain held-out toy prompts, {st['held_out_prompts']} prompts x {st['k']} samples; mean ± standard "
-        f"deviation over {st['seeds']} RL seeds of {st['rl_steps']} steps each from one SFT model; tokens are the "
-        f"tokenizer's; {res['seconds'] / 60:.0f} min on this project's 2-core CPU machine: "
-        f"`python bench/ablation.py`.)", 116))
+        f"(In-domain held-out toy prompts, {st['held_out_prompts']} prompts x {st['k']} samples at temperature "
+        f"{st['eval_temperature']}; mean ± standard deviation over {st['seeds']} RL seeds of {st['rl_steps']} steps "
+        f"each from one SFT model; tokens are the tokenizer's; {res['seconds'] / 60:.0f} min on this project's "
+        f"2-core CPU machine: "
+        f"`python bench/ablation.py`.)", 116) + extra)
 
 
 def newest() -> str | None:
@@ -155,7 +169,14 @@ def main(argv=None):
         raise SystemExit(f"no results file for {kind}" + (" in bench/results yet" if kind == "gpu" else ""))
     with open(path) as f:
         res = json.load(f)
-    text = {"gpu": table, "demo": demo, "ablation": ablation}[kind](res)
+    if kind == "ablation":  # with the same runs re-scored at other temperatures, when present beside it
+        others = []
+        for p in sorted(glob.glob(os.path.join(os.path.dirname(path), "ablation-T*.json"))):
+            with open(p) as f:
+                others.append(json.load(f))
+        text = ablation(res, others)
+    else:
+        text = {"gpu": table, "demo": demo}[kind](res)
     if kind == "gpu":
         text = f"From `{os.path.relpath(path, os.path.join(HERE, '..'))}`:\n\n{text}"
     if "--write" in argv:

@@ -26,3 +26,19 @@ def test_tiny_ablation_writes_every_field(tmp_path):
     from bench.readme_table import ablation
 
     assert "pass@1 %" in ablation(res)
+    assert res["settings"]["eval_temperature"] == 0.6 and "temperature 0.6" in ablation(res)
+    # another temperature re-scores the same runs (no training: their folders are reused) into its own file
+    trained = (out / "adamame-seed0" / "final" / "model.safetensors").stat().st_mtime_ns
+    r2 = run_cli(["bench/ablation.py", "--out", str(out), "--seeds", "1", "--variants", "adamame", "--steps", "2",
+                  "--sft-steps", "10", "--eval-per-language", "6", "--nproc", "1", "--eval-temperature", "0.8"],
+                 timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    hot = json.loads((out / "ablation-T0.8.json").read_text())
+    assert hot["settings"]["eval_temperature"] == 0.8 and "temperature 0.8" in r2.stdout
+    assert (out / "adamame-seed0" / "final" / "model.safetensors").stat().st_mtime_ns == trained
+    assert json.loads((out / "ablation.json").read_text()) == res  # the default file is left as it was
+    assert "Re-scored at temperature 0.8" in ablation(res, [hot])
+    # re-scoring runs trained with other settings is refused, naming the file
+    r3 = run_cli(["bench/ablation.py", "--out", str(out), "--seeds", "1", "--variants", "adamame", "--steps", "3",
+                  "--sft-steps", "10", "--eval-per-language", "6", "--nproc", "1", "--eval-temperature", "1.0"])
+    assert r3.returncode != 0 and "ablation.json: its runs were trained with other settings" in r3.stderr
