@@ -192,8 +192,9 @@ def build_tokenizer(path, vocab_size=2000):
 
 def build_model(path, vocab_size, hidden=128, layers=2, heads=4, kv_heads=2, seed=0):
     """A random Qwen3-architecture model (~0.6M parameters at the defaults), saved with save_model. Two layers: half the
-    time of four, which scored about the same (SFT model at temperature 0.8: 97.1% with 4 layers and 550 base steps,
-    96.8% with 2 layers and 400)."""
+    time of four, which scored about the same at temperature 0.8 (SFT model, one-process evaluation of the held-out
+    set: 97.1% with 4 layers and 550 base steps, 96.9% with 2 layers and 400); hotter sampling hurts the 2-layer
+    model's query-language traces more (README, "What it shows")."""
     from adamame.model import ModelConfig, Transformer, save_model
 
     cfg = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": vocab_size,

@@ -207,6 +207,22 @@ def test_a_decode_step_without_active_rows_equals_sdpa(tmp_path, monkeypatch):
     assert (out["torch"] - out["triton"]).abs().max() < 1e-5
 
 
+def test_inputs_the_kernel_would_misread_are_refused():
+    """The kernel steps head_dim by 1 and reads start/end as contiguous int32: anything else is refused before a launch
+    (on a GPU it would read the wrong elements silently), and what the decode step passes it is accepted."""
+    q, k, v = torch.zeros(2, 4, 32), torch.zeros(2, 2, 16, 32), torch.zeros(2, 2, 16, 32)
+    start, end = torch.zeros(2, dtype=torch.int32), torch.full((2,), 16, dtype=torch.int32)
+    strided = torch.zeros(2, 2, 32, 16).transpose(-1, -2)  # [2, 2, 16, 32] with last stride 16
+    for bad in (dict(q=torch.zeros(2, 32, 4).transpose(-1, -2)), dict(k=strided), dict(v=strided)):
+        args = {"q": q, "k": k, "v": v, **bad}
+        with pytest.raises(ValueError, match="unit stride in their last dimension"):
+            decode_attention(args["q"], args["k"], args["v"], start, end, 32 ** -0.5)
+    for s, e in ((start.long(), end), (start, torch.zeros(4, dtype=torch.int32)[::2])):
+        with pytest.raises(ValueError, match="contiguous int32"):
+            decode_attention(q, k, v, s, e, 32 ** -0.5)
+    assert decode_attention(q, k, v, start, end, 32 ** -0.5).shape == (2, 4, 32)
+
+
 def test_row_buckets():
     assert [row_bucket(n) for n in (1, 3, 33, 64, 65, 300, 512)] == [1, 4, 64, 64, 128, 320, 512]
     assert pow2_rows(300) == 512
