@@ -550,9 +550,13 @@ def save_model(model: Transformer, path: str, state_dict: dict | None = None, dt
         cur_bytes += nb
     shards.append(cur)
 
+    umask = os.umask(0o022)
+    os.umask(umask)
+
     def write(obj_path, writer):
         tmp = obj_path + ".tmp"
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors >= 0.8 creates its files 0600; follow the umask as open() does
         os.replace(tmp, obj_path)
 
     def write_json(obj):

@@ -10,7 +10,7 @@ or 150 s with --only), so a step that runs to its limit never starves the next:
                     named with its escape hatch (bench/preflight.py)
     tests           the GPU tests (tests/test_gpu.py, tests/test_kernels.py compiled by Triton)
     kernels         log-prob forward and GRPO loss forward + backward at 32,768 x 151,936 bf16: ours, eager,
-                    Liger-Kernel's Triton GRPO loss, torch.compile (bench/kernels.py)
+                    Liger-Kernel's Triton GRPO loss, torch.compile (bench/loss_kernels.py)
     generate        decode throughput at batch 1 and 512 rows, fraction of the bandwidth bound, against
                     transformers (bench/generate.py)
     rollout_memory  one paper-shaped rollout: peak memory against the plan (bench/memory_check.py rollout)
@@ -51,7 +51,7 @@ def steps(cpu: bool, scratch: str):
     commands = dict(
         preflight=[py, "bench/preflight.py", *tiny, "--json", j("preflight")],
         tests=[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        kernels=[py, "bench/kernels.py", *tiny, "--json", j("kernels")],
+        kernels=[py, "bench/loss_kernels.py", *tiny, "--json", j("kernels")],
         generate=[py, "bench/generate.py", *(tiny or ["--gpu"]), "--json", j("generate")],
         rollout_memory=[py, "bench/memory_check.py", "rollout", *tiny, "--json", j("rollout_memory")],
         update_memory=[py, "bench/memory_check.py", "update", *tiny, "--json", j("update_memory")],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on a machine with a package registry (the CPU machine): puts into .whl/ (git-ignored) the wheels the GPU
 # machine's image lacks, for bench/gpu_check.sh to carry: langid (PyPI has only a source archive, so it is built
-# here; pure Python) and liger-kernel (pure Python + Triton: the comparison in bench/kernels.py). ~3 MB in all.
+# here; pure Python) and liger-kernel (pure Python + Triton: the comparison in bench/loss_kernels.py). ~3 MB in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

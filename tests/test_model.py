@@ -190,3 +190,27 @@ def test_meta_build_loads_nothing_until_materialised(tmp_path):
     ids = torch.randint(0, 97, (1, 5))
     with torch.no_grad():
         torch.testing.assert_close(m(ids), load_model(str(tmp_path))(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_exported_files_follow_the_umask(tmp_path, umask):
+    """Every file of an export (weights, shards, index, config, tokenizer) and the checkpoint gets 0o666 & ~umask,
+    as `open()` gives: safetensors >= 0.8 alone would make the weights 0600, unreadable to a shared cluster's team."""
+    from adamame.checkpoint import atomic_save
+    from tests.helpers import save_tiny_tokenizer
+
+    save_tiny_hf(tmp_path / "src", "qwen3")
+    model = load_model(str(tmp_path / "src"))
+    old = os.umask(umask)
+    try:
+        save_model(model, str(tmp_path / "one"))
+        save_tiny_tokenizer(tmp_path / "one")  # the tokenizer's save_pretrained, as export_hf calls it
+        save_model(model, str(tmp_path / "sharded"), max_shard_bytes=20_000)
+        atomic_save({"model": model.state_dict()}, str(tmp_path / "ckpt" / "checkpoint.pt"))
+    finally:
+        os.umask(old)
+    files = [p for d in ("one", "sharded", "ckpt") for p in (tmp_path / d).iterdir()]
+    assert any(p.name.endswith(".safetensors") for p in files) and any(p.name == "tokenizer.json" for p in files)
+    assert len([p for p in files if p.parent.name == "sharded" and p.suffix == ".safetensors"]) > 1
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -9,8 +9,8 @@ read and a write in the backward for the loss. The denominator is the device-to-
 carries it); torch.compile runs last, since its compilation is the slowest part. Results are written after every
 row, so a time-out keeps what was measured.
 
-    python bench/kernels.py --json out.json                   # GPU: N = 32,768 x V = 151,936, bf16
-    python bench/kernels.py --tiny --json out.json            # CPU smoke mode (Triton interpreter, tiny shapes)
+    python bench/loss_kernels.py --json out.json                   # GPU: N = 32,768 x V = 151,936, bf16
+    python bench/loss_kernels.py --tiny --json out.json            # CPU smoke mode (Triton interpreter, tiny shapes)
 """
 
 import argparse
