@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from adamame.data import DataError
+from adamame.data import DataError, check_flags, exit_with
 
 
 def parse_args(argv=None):
@@ -63,7 +63,9 @@ def data_files(paths):
     return files
 
 
-def read_generations(path):
+def read_generations(path, k):
+    """The records of a --score file, every one checked (at least k candidates; candidate_tokens, when given, one
+    count per candidate) before anything is written."""
     from adamame.data import read_jsonl
     from adamame.language import KNOWN_LANGUAGES
 
@@ -74,8 +76,13 @@ def read_generations(path):
                 raise DataError(f"{path}:{i}: missing field '{field}'")
         if not isinstance(obj["candidates"], list) or not all(isinstance(c, str) for c in obj["candidates"]):
             raise DataError(f"{path}:{i}: field 'candidates' must be a list of strings")
-        if not obj["candidates"]:
-            raise DataError(f"{path}:{i}: field 'candidates' is empty")
+        if len(obj["candidates"]) < k:
+            raise DataError(f"{path}:{i}: field 'candidates' has {len(obj['candidates'])}, fewer than --k {k}")
+        counts = obj.get("candidate_tokens")
+        if counts is not None and (not isinstance(counts, list) or len(counts) != len(obj["candidates"])
+                                   or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts)):
+            raise DataError(f"{path}:{i}: field 'candidate_tokens' must be a list of {len(obj['candidates'])} "
+                            f"integers, one per candidate")
         if obj["lang"] not in KNOWN_LANGUAGES:
             raise DataError(f"{path}:{i}: field 'lang': unknown language code {obj['lang']!r}")
         obj["answer"] = str(obj["answer"])
@@ -92,7 +99,7 @@ def write_outputs(recs, k, out):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     summary = summarize(recs, k)
     write_summary(summary, out)
-    write_paper_csv(recs, os.path.join(out, "paper_summary.csv"))
+    write_paper_csv(recs, os.path.join(out, "paper_summary.csv"), k)
     print(format_table(summary))
     print(f"wrote {out}/generations.jsonl, summary.json, summary.csv, paper_summary.csv")
     return summary
@@ -104,16 +111,18 @@ def main(argv=None):
     from adamame.checkpoint import lock_output
 
     args = parse_args(argv)
+    check_flags(args, positive=("k", "max_new_tokens", "batch_prompts", "limit"), non_negative=("temperature",))
+    if not 0 < args.top_p <= 1:
+        raise DataError(f"--top-p must be in (0, 1], got {args.top_p}")
     require_verifier(args.verifier)
     from adamame.rollout import detectors
 
     detector, train_detector = detectors(args)  # a missing lingua is reported before any work
     print(f"language identifier: {detector.version}, evaluation languages {' '.join(detector.languages)}")
     if args.score:
-        lock_output(args.out)
         from adamame.scoring import score_record
 
-        recs = read_generations(args.score)
+        recs = read_generations(args.score, args.k)  # every input is read and checked before --out is touched
         count = None
         if args.tokenizer:
             from adamame.chat import load_tokenizer
@@ -124,9 +133,9 @@ def main(argv=None):
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
+        lock_output(args.out)
         recs = [score_record(r, count, args.verifier, detector, train_detector) for r in recs]
-        ks = {len(r["candidates"]) for r in recs}
-        return write_outputs(recs, min(ks), args.out)
+        return write_outputs(recs, args.k, args.out)
     if not args.model or not args.data:
         raise DataError("give --model and --data to generate, or --score FILE to score existing generations")
 
@@ -152,8 +161,7 @@ def cli():
     try:
         main()
     except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(f"error: {e}", 2)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 import torch
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, balanced_batches, micro_batches
+from adamame.data import DataError, balanced_batches, check_flags, exit_with, micro_batches
 from adamame.hub import resolve
 from adamame.model import read_config
 from adamame.rollout import encode_questions, rollouts, score
@@ -377,6 +377,13 @@ def rollout_records(step, rank, rolls, qs, sc, old_lp, n_log, T):
 def main(argv=None):
     t_main = time.perf_counter()
     args = parse_args(argv)
+    check_flags(args, positive=("epochs", "max_steps", "stop_after", "group_size", "temperature", "batch_prompts",
+                                "mini_batch_prompts", "ppo_epochs", "lr", "grad_clip", "clip_eps", "clip_eps_high",
+                                "lora_alpha", "max_prompt_tokens", "max_response_tokens", "micro_batch_tokens",
+                                "nproc_per_node", "gpu_memory_gib", "save_every", "sft_steps"),
+                non_negative=("bonus", "lam", "weight_decay", "beta", "lora_rank", "export_lora_scale", "eval_every",
+                              "log_rollouts"),
+                fractions={"alpha_floor": (0, 1)})
     if args.plan:
         plan = plan_only(args)
         return 0 if plan.fits else 3
@@ -385,14 +392,14 @@ def main(argv=None):
     from adamame.answer import require_verifier
     from adamame.chat import load_tokenizer
     from adamame.data import read_questions
-    from adamame.language import TRAIN_LANGUAGES, get_detector
+    from adamame.language import TRAIN_LANGUAGES, get_detector, reward_languages
     from adamame.lora import apply_lora
     from adamame.model import load_model
     from adamame.report import Reporter, require_reporter
 
     require_reporter(args.report_to)  # a missing optional package stops here, before any work
     require_verifier(args.verifier)
-    detector = get_detector(args.lang_id, TRAIN_LANGUAGES)  # lang(o_i)'s identifier
+    get_detector(args.lang_id, TRAIN_LANGUAGES)  # a missing lingua stops here, before any work
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -421,6 +428,11 @@ def main(argv=None):
     if args.val_data and args.eval_every:
         vq, vids, _ = encode_questions(tok, read_questions(args.val_data), args.max_prompt_tokens)
         val = (vq[rank::W], vids[rank::W])
+    query_langs = {q.lang for q in questions + (vq if val else [])}
+    detector = get_detector(args.lang_id, reward_languages(query_langs))  # lang(o_i)'s identifier
+    if set(detector.languages) != set(TRAIN_LANGUAGES):
+        say(f"note: the released reward identifies among 14 languages without {' '.join(detector.languages[14:])}; "
+            f"this run's prompts have them, so its identifier adds them (their bonus could not be earned otherwise)")
 
     model = load_model(model_dir)
     ref_model = None
@@ -532,11 +544,9 @@ def cli():
     try:
         sys.exit(main())
     except memory.PlanDoesNotFit as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(3)
+        exit_with(str(e), 3)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(f"error: {e}", 2)
 
 
 if __name__ == "__main__":

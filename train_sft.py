@@ -26,7 +26,7 @@ import time
 import torch
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, length_grouped_batches, read_sft, tokenize_sft
+from adamame.data import DataError, check_flags, exit_with, length_grouped_batches, read_sft, tokenize_sft
 
 
 def parse_args(argv=None):
@@ -141,6 +141,9 @@ def plan_only(args):
 
 def main(argv=None, keep_process_group=False):
     args = parse_args(argv)
+    check_flags(args, positive=("epochs", "max_steps", "stop_after", "batch_size", "micro_batch_size", "max_length",
+                                "lr", "grad_clip", "lora_alpha", "nproc_per_node", "gpu_memory_gib", "save_every"),
+                non_negative=("weight_decay", "lora_rank"), fractions={"warmup_ratio": (0, 1), "lora_dropout": (0, 1)})
     if args.plan:
         return 0 if plan_only(args).fits else 3
     from adamame.report import require_reporter
@@ -273,11 +276,9 @@ def cli():
     try:
         sys.exit(main())
     except memory.PlanDoesNotFit as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(3)
+        exit_with(str(e), 3)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(f"error: {e}", 2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ class TrainingStopped(RuntimeError):
 
 
 class OutputInUse(ValueError):
-    """Another live run holds the output folder."""
+    """The output folder cannot be this run's: another live run holds it, or it is not a folder."""
 
 
 _LOCKS = {}  # path -> open lock file: held for the life of the process, released by the kernel when it dies
@@ -49,7 +49,12 @@ def _take_lock(out_dir: str):
     path = os.path.abspath(out_dir)
     if path in _LOCKS:
         return None
-    os.makedirs(path, exist_ok=True)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--out {out_dir} is a file, not a folder"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"--out {out_dir}: cannot create the folder ({e.strerror})"
     f = open(os.path.join(path, ".lock"), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

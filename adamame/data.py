@@ -2,7 +2,7 @@
 
 Why: every stage starts from user-supplied JSONL, and a bad line must stop the run with the file, the line
 and the field named, never with a stack trace from deep inside torch or a silently wrong run. The prompt is
-the recipe's: localized instruction + "\\n\\n" + question, rendered with the model's chat template; the SFT
+the recipe's: localized instruction (adamame/language.py's INSTRUCTIONS) + "\\n\\n" + question, rendered with the model's chat template; the SFT
 target is `trace\\n</think>\\nanswer` (with `<think>` on the prompt side when the template puts it there) and
 carries the loss; the prompt carries none.
 
@@ -20,30 +20,40 @@ Imports: adamame.chat, adamame.language (only their small helpers), adamame.dist
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 
-from adamame.language import EVAL_LANGUAGES
-
-INSTRUCTIONS = {
-    "fr": "Veuillez raisonner étape par étape et placer votre réponse finale dans \\boxed{}.",
-    "ja": "段階的に考えて、最終的な答えを \\boxed{} の中に入れてください。",
-    "ko": "단계별로 추론하고, 최종 답을 \\boxed{} 안에 넣어주세요.",
-    "pt": "Por favor, justifique passo a passo e coloque a sua resposta final dentro de \\boxed{}.",
-    "th": "กรุณาให้เหตุผลทีละขั้นตอน และใส่คำตอบสุดท้ายของคุณไว้ภายใน \\boxed{}",
-    "en": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "bn": "অনুগ্রহ করে ধাপে ধাপে যুক্তি দেখান, এবং আপনার চূড়ান্ত উত্তরের চারপাশে \\boxed{} ব্যবহার করুন।",
-    "de": "Bitte denken Sie Schritt für Schritt nach und schreiben Sie Ihre endgültige Antwort in \\boxed{}.",
-    "es": "Por favor, razona paso a paso y coloca tu respuesta final dentro de \\boxed{}.",
-    "ru": "Пожалуйста, рассуждайте шаг за шагом и поместите свой окончательный ответ в \\boxed{}.",
-    "sw": "Tafadhali toa hoja hatua kwa hatua, na weka jibu lako la mwisho ndani ya \\boxed{}.",
-    "te": "దయచేసి దశలవారీగా ఆలోచించండి, మరియు మీ తుది సమాధానాన్ని \\boxed{} లో వ్రాయండి.",
-    "zh": "请逐步推理，并将最终答案写在 \\boxed{} 中。",
-}
-assert set(INSTRUCTIONS) == set(EVAL_LANGUAGES)
+from adamame.language import INSTRUCTIONS, KNOWN_LANGUAGES
 
 
 class DataError(ValueError):
-    """A problem in an input file; the message names the file, the line and the field."""
+    """A problem in an input file or a flag; the message names the file, the line and the field (or the flag)."""
+
+
+def exit_with(message: str, code: int) -> None:
+    """End an entry point with one line on stderr and exit status `code`. Under torchrun every rank reads the same
+    inputs and fails alike, so rank 0 alone prints it and the others exit quietly with the same status."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def check_flags(args, positive=(), non_negative=(), fractions=()) -> None:
+    """The flag values argparse's types let through but the run cannot use: a DataError naming the flag. positive:
+    > 0; non_negative: >= 0; fractions: {name: (low, high)} with low <= value <= high."""
+    def bad(name, want):
+        raise DataError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
+
+    for name in positive:
+        if getattr(args, name) is not None and not getattr(args, name) > 0:  # `not >` also rejects NaN
+            bad(name, "positive")
+    for name in non_negative:
+        if getattr(args, name) is not None and not getattr(args, name) >= 0:
+            bad(name, "0 or more")
+    for name, (low, high) in dict(fractions).items():
+        v = getattr(args, name)
+        if v is not None and not low <= v <= high:
+            bad(name, f"in [{low}, {high}]")
 
 
 def localized_prompt(lang: str, question: str) -> str:
@@ -91,7 +101,7 @@ def _field(path, i, obj, *names, required=True):
     return None
 
 
-def _lang(path, i, obj, allowed=tuple(INSTRUCTIONS)):
+def _lang(path, i, obj, allowed=KNOWN_LANGUAGES):
     lang = _field(path, i, obj, "lang")
     if lang not in allowed:
         raise DataError(f"{path}:{i}: field 'lang': unknown language code {lang!r} (known: {', '.join(allowed)})")

@@ -9,8 +9,12 @@ text as one of ~100 unrelated languages):
     langid   the default (the design's package). It always answers for non-empty text, so a math-only prefix gets
              some language; `detect` gives None only for empty text.
     lingua   the paper's (optional: pip install lingua-language-detector). It gives None when it cannot decide.
-Language sets: TRAIN_LANGUAGES, the 14 of the released reward; BENCHMARK_LANGUAGES, the released evaluation's set per
-benchmark; EVAL_LANGUAGES, the languages this project knows (12 evaluation languages + pt), used without a benchmark.
+Languages, all defined here: INSTRUCTIONS holds every language the project knows (KNOWN_LANGUAGES, 15) with the
+localized instruction put before a question; TRAIN_LANGUAGES, the 14 the released reward identifies among (no `ru`);
+BENCHMARK_LANGUAGES, the released evaluation's set per benchmark (the released script's mgsm set has `ko`, which
+MGSM-Rev2 adds to the public MGSM's 11). A reader refuses a language outside KNOWN_LANGUAGES. `reward_languages`
+gives the reward's set for a run (the 14, plus any language of the run's prompts they lack); `trace_languages` the
+set evaluation identifies a trace's language among (the benchmark's and the reward's, or every known language).
 
 Training-time rule (`reward_language`): lang(o_i) = detect(the first 500 characters of the decoded response), raw,
 nothing stripped; "unknown" where the detector gives no answer; "unknown" never matches a query language.
@@ -35,12 +39,31 @@ import re
 from functools import lru_cache
 
 DETECTORS = ("langid", "lingua")
+# The instruction before every question (the prompt is instruction + "\n\n" + question). fr ja ko pt th are the
+# released code's wording (0_data/sft_data/5_add_instructions.py); the others are ours, written to say the same.
+INSTRUCTIONS = {
+    "fr": "Veuillez raisonner étape par étape et placer votre réponse finale dans \\boxed{}.",
+    "ja": "段階的に考えて、最終的な答えを \\boxed{} の中に入れてください。",
+    "ko": "단계별로 추론하고, 최종 답을 \\boxed{} 안에 넣어주세요.",
+    "pt": "Por favor, justifique passo a passo e coloque a sua resposta final dentro de \\boxed{}.",
+    "th": "กรุณาให้เหตุผลทีละขั้นตอน และใส่คำตอบสุดท้ายของคุณไว้ภายใน \\boxed{}",
+    # ours from here on
+    "en": "Please reason step by step, and put your final answer within \\boxed{}.",
+    "ar": "يرجى التفكير خطوة بخطوة، ووضع إجابتك النهائية داخل \\boxed{}.",
+    "bn": "অনুগ্রহ করে ধাপে ধাপে যুক্তি দেখান, এবং আপনার চূড়ান্ত উত্তরের চারপাশে \\boxed{} ব্যবহার করুন।",
+    "de": "Bitte denken Sie Schritt für Schritt nach und schreiben Sie Ihre endgültige Antwort in \\boxed{}.",
+    "es": "Por favor, razona paso a paso y coloca tu respuesta final dentro de \\boxed{}.",
+    "ru": "Пожалуйста, рассуждайте шаг за шагом и поместите свой окончательный ответ в \\boxed{}.",
+    "sw": "Tafadhali toa hoja hatua kwa hatua, na weka jibu lako la mwisho ndani ya \\boxed{}.",
+    "te": "దయచేసి దశలవారీగా ఆలోచించండి, మరియు మీ తుది సమాధానాన్ని \\boxed{} లో వ్రాయండి.",
+    "vi": "Hãy suy luận từng bước và đặt câu trả lời cuối cùng của bạn trong \\boxed{}.",
+    "zh": "请逐步推理，并将最终答案写在 \\boxed{} 中。",
+}
+KNOWN_LANGUAGES = tuple(sorted(INSTRUCTIONS))
 TRAIN_LANGUAGES = ("fr", "ja", "ko", "th", "pt", "ar", "en", "es", "vi", "zh", "bn", "sw", "te", "de")
 BENCHMARK_LANGUAGES = {"mgsm": ("bn", "de", "en", "es", "fr", "ja", "ko", "ru", "sw", "te", "th", "zh"),
                        "msvamp": ("ar", "en", "es", "fr", "ja", "ko", "pt", "th", "vi", "zh")}
-EVAL_LANGUAGES = ("en", "fr", "ja", "ko", "th", "bn", "de", "es", "ru", "sw", "te", "zh", "pt")
-KNOWN_LANGUAGES = tuple(sorted(set(TRAIN_LANGUAGES + EVAL_LANGUAGES) | {c for v in BENCHMARK_LANGUAGES.values()
-                                                                           for c in v}))
+assert set(TRAIN_LANGUAGES).union(*BENCHMARK_LANGUAGES.values()) == set(KNOWN_LANGUAGES)
 LATIN_SCRIPT = {"de", "en", "es", "fr", "id", "it", "pt", "sw", "tr", "vi"}
 NON_LATIN_SCRIPT = {"ar", "bn", "hi", "ja", "ko", "ru", "te", "th", "zh"}
 PREFIX_CHARS = 500  # the released reward identifies the first 500 characters of the response
@@ -162,6 +185,20 @@ def get_detector(name: str = "langid", languages: tuple = TRAIN_LANGUAGES) -> De
     return (Langid if name == "langid" else Lingua)(tuple(languages))
 
 
+def reward_languages(query_languages=()) -> tuple:
+    """The reward's identifier set for a run: the released 14, then any language of the run's prompts they lack (so
+    its bonus can be earned; the paper's own prompts add none)."""
+    return TRAIN_LANGUAGES + tuple(sorted(set(query_languages) - set(TRAIN_LANGUAGES)))
+
+
+def trace_languages(benchmark: str | None = None) -> tuple:
+    """The set evaluation reads a trace's language among (lang_match, trace_lang): the benchmark's plus the reward's,
+    so a faithful trace in any benchmark language can match its query; every known language without a benchmark."""
+    if benchmark is None:
+        return KNOWN_LANGUAGES
+    return tuple(sorted(set(BENCHMARK_LANGUAGES[benchmark]) | set(TRAIN_LANGUAGES)))
+
+
 def reward_language(response: str, mode: str = "prefix", detector: Detector | None = None) -> str:
     """lang(o_i) for the reward: the detector on the first 500 characters of the decoded response, raw (the paper's
     training-time rule, mode="prefix"), or on the whole reasoning trace (mode="trace"); "unknown" for no answer."""
@@ -207,7 +244,7 @@ def fidelity(trace: str, query_lang: str, detector: Detector) -> dict:
     }
 
 
-def detect_language(text: str, languages=EVAL_LANGUAGES, detector: str = "langid") -> str:
+def detect_language(text: str, languages=KNOWN_LANGUAGES, detector: str = "langid") -> str:
     """ISO 639-1 code of `text`, raw, among `languages`; "unknown" when the detector gives no answer."""
     return get_detector(detector, tuple(languages)).detect(text) or "unknown"
 

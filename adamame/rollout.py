@@ -106,11 +106,11 @@ def score(rolls, questions, lang_mode="prefix", detector=None, verifier="builtin
 
 def detectors(args):
     """(the evaluation's identifier, the training-time rule's identifier) for --lang-id and --benchmark."""
-    from adamame.language import BENCHMARK_LANGUAGES, EVAL_LANGUAGES, TRAIN_LANGUAGES, get_detector
+    from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, trace_languages
 
-    name = getattr(args, "lang_id", "langid")
-    languages = BENCHMARK_LANGUAGES[args.benchmark] if getattr(args, "benchmark", None) else EVAL_LANGUAGES
-    return get_detector(name, tuple(languages)), get_detector(name, TRAIN_LANGUAGES)
+    name, benchmark = getattr(args, "lang_id", "langid"), getattr(args, "benchmark", None)
+    languages = BENCHMARK_LANGUAGES[benchmark] if benchmark else KNOWN_LANGUAGES
+    return get_detector(name, tuple(languages)), get_detector(name, trace_languages(benchmark))
 
 
 def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_tokens, batch_prompts, seed,

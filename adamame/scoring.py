@@ -8,9 +8,10 @@ script (3_eval/metrics.py of the released code), and `paper_rows` reproduces tha
 Per candidate: split at the first `</think>` into trace and answer (no `</think>`: an empty trace, the whole text is
 the answer; `<think>` markers dropped). correct = the first `\\boxed{}` of the answer part verifies against the
 gold answer, or the first `\\boxed{}` of the trace does. consistency, line_pass, word_pass, code_switch as in
-adamame/language.py, with the evaluation's detector; trace_lang: the training-time rule (the first 500 characters,
-with the training detector), and lang_match = (trace_lang is the query language); tokens = characters / 4 (the
-paper's measure); model_tokens = the tokenizer's count, when known.
+adamame/language.py, with the evaluation's detector; trace_lang: the training-time rule (the first 500 characters)
+over `trace_languages` (the benchmark's languages and the reward's, so a faithful trace in any benchmark language can
+match), and lang_match = (trace_lang is the query language); tokens = characters / 4 (the paper's measure);
+model_tokens = the tokenizer's count, when known.
 Per question with n candidates of which c are correct:
     pass@1 = c / n,   pass@k = 1 - C(n - c, k) / C(n, k)     (unbiased; k = n: at least one of the k is correct)
 and the mean over its candidates of every other flag. Per language, the mean over questions, except
@@ -23,7 +24,8 @@ and the mean over its candidates of every other flag. Per language, the mean ove
 in_domain / out_of_domain: the unweighted mean of the per-language values over the languages present (counts
 summed).
 
-The paper's CSV (`paper_rows`): pass@1 = the first candidate's correctness, pass@4 = any candidate's; the
+The paper's CSV (`paper_rows`): pass@1 = the first candidate's correctness, pass@k = any of the first k candidates
+(the script's pass@4 on its 4-candidate records; the column is named for k); the
 per-question means averaged with numpy and rounded as the script rounds (3 places, avg_time 2), languages in its
 order (fr ja ko th bn en es ru sw te zh de), then any others; ttc_rate = mean over questions of (mean characters / 4
 over candidates) / 8192; avg_time from a record's "MM:SS" `time` field (0 without); cs_mixtures: per question the
@@ -36,7 +38,7 @@ from collections import Counter
 from math import comb
 
 from adamame.answer import paper_answers, split_response, verify_with
-from adamame.language import EVAL_LANGUAGES, TRAIN_LANGUAGES, fidelity, get_detector, reward_language
+from adamame.language import KNOWN_LANGUAGES, fidelity, get_detector, reward_language
 
 IN_DOMAIN = ("fr", "ja", "ko", "pt", "th")
 METRICS = ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "lang_match", "tokens",
@@ -60,13 +62,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def score_candidate(text: str, gold: str, lang: str, model_tokens=None, verifier: str = "builtin", detector=None,
                     train_detector=None) -> dict:
-    """One candidate's flags. detector: the evaluation's (default langid over EVAL_LANGUAGES); train_detector: the
-    training-time rule's (default langid over TRAIN_LANGUAGES)."""
-    detector = detector or get_detector("langid", EVAL_LANGUAGES)
+    """One candidate's flags. detector: the evaluation's (default langid over KNOWN_LANGUAGES); train_detector: the
+    training-time rule's, for trace_lang and lang_match (default langid over KNOWN_LANGUAGES: `trace_languages`)."""
+    detector = detector or get_detector("langid", KNOWN_LANGUAGES)
     trace, _ = split_response(text, paper=True)
     in_answer, in_trace = paper_answers(text)
     correct = any(verify_with(box, gold, verifier) for box in (in_answer, in_trace) if box)
-    trace_lang = reward_language(text, "prefix", train_detector or get_detector("langid", TRAIN_LANGUAGES))
+    trace_lang = reward_language(text, "prefix", train_detector or get_detector("langid", KNOWN_LANGUAGES))
     return {"extracted": in_answer or in_trace or None, "correct": bool(correct), **fidelity(trace, lang, detector),
             "trace_lang": trace_lang, "lang_match": trace_lang == lang, "chars": len(text), "tokens": len(text) / 4,
             "model_tokens": model_tokens}
@@ -181,9 +183,10 @@ def _seconds(t):
     return None
 
 
-def paper_rows(records: list) -> list:
+def paper_rows(records: list, k: int = 4) -> list:
     """The rows of the paper script's summary CSV for scored records (see the module docstring), one per language,
-    with numpy means and the script's rounding, so every cell prints as the script prints it."""
+    with numpy means and the script's rounding, so every cell prints as the script prints it. Every record needs at
+    least k candidates (evaluate.py checks it when it reads them)."""
     import numpy as np
 
     by_lang = {}
@@ -197,7 +200,7 @@ def paper_rows(records: list) -> list:
             sc = r["scores"]
             ttc.append(np.mean([len(c) / 4 for c in r["candidates"]]) / TOKEN_BUDGET)
             accs = [1 if s["correct"] else 0 for s in sc]
-            pass_k.append(1 if any(a == 1 for a in accs) else 0)
+            pass_k.append(1 if any(a == 1 for a in accs[:k]) else 0)
             acc.append(accs[0])
             cs.append(np.mean([1 if s["code_switch"] else 0 for s in sc]))
             consistency.append(np.mean([1 if s["consistency"] else 0 for s in sc]))
@@ -215,20 +218,20 @@ def paper_rows(records: list) -> list:
         lpr, wpr = mean(lpr_q), mean(wpr_q)
         lcpr = (2 * lpr * wpr / (lpr + wpr)) if (lpr + wpr) > 0 else 0.0
         mix = "{" + ", ".join(f"{'+'.join(k)}: {v}" for k, v in mixtures.most_common()) + "}" if mixtures else "{}"
-        rows.append({"language": lang, "pass@1": round(mean(acc), 3), "pass@4": round(mean(pass_k), 3),
+        rows.append({"language": lang, "pass@1": round(mean(acc), 3), f"pass@{k}": round(mean(pass_k), 3),
                      "language_consistency": round(mean(consistency), 3), "code_switch_rate": round(mean(cs), 3),
                      "LPR": round(lpr, 3), "WPR": round(wpr, 3), "LCPR": round(lcpr, 3),
                      "ttc_rate": round(mean(ttc), 3), "avg_time": round(mean(times), 2), "cs_mixtures": mix})
     return rows
 
 
-def write_paper_csv(records: list, path: str) -> list:
-    """paper_summary.csv: the paper script's CSV for these records (csv.DictWriter, its columns)."""
+def write_paper_csv(records: list, path: str, k: int = 4) -> list:
+    """paper_summary.csv: the paper script's CSV for these records (csv.DictWriter, its columns; pass@k for k)."""
     import csv
 
-    rows = paper_rows(records)
+    rows = paper_rows(records, k)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(PAPER_COLUMNS))
+        w = csv.DictWriter(f, fieldnames=[c.replace("pass@4", f"pass@{k}") for c in PAPER_COLUMNS])
         w.writeheader()
         w.writerows(rows)
     return rows

@@ -166,7 +166,7 @@ def build_tokenizer(path, vocab_size=2000):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from adamame.data import INSTRUCTIONS
+    from adamame.language import INSTRUCTIONS
 
     corpus = []
     for p in problems("train") + problems("test"):

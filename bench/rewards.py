@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from adamame.language import EVAL_LANGUAGES  # noqa: E402
+from adamame.language import KNOWN_LANGUAGES  # noqa: E402
 from adamame.rewards import (accuracy, fidelity, fidelity_rates, get_detector, reward_language,  # noqa: E402
                              split_response)
 
@@ -81,7 +81,7 @@ def main():
     t1 = time.perf_counter()
     rl = [reward_language(resp) for _, resp, _ in items]
     t2 = time.perf_counter()
-    detector = get_detector("langid", EVAL_LANGUAGES)
+    detector = get_detector("langid", KNOWN_LANGUAGES)
     flags = [fidelity(split_response(resp, paper=True)[0], lang, detector) for lang, resp, _ in items]
     t3 = time.perf_counter()
     total = t3 - t0

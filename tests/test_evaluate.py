@@ -111,7 +111,7 @@ def test_score_mode_cli_scores_foreign_generations(tmp_path):
     rows = [{"id": "1", "lang": "fr", "answer": "18", "candidates": [FR_TRACE + "\n</think>\n\\boxed{18}",
                                                                      EN_TRACE + "\n</think>\n\\boxed{17}"]}]
     gen.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    r = run_cli(["evaluate.py", "--score", str(gen), "--out", str(tmp_path / "out")])
+    r = run_cli(["evaluate.py", "--score", str(gen), "--out", str(tmp_path / "out"), "--k", "2"])
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["languages"]["fr"]["pass@1"] == 0.5 and s["languages"]["fr"]["lpr"] == 0.5 and s["k"] == 2
@@ -143,3 +143,33 @@ def test_end_to_end_on_a_tiny_model_and_mgsm_questions(tmp_path):
         assert m in s["languages"]["fr"]
     assert s["languages"]["de"]["tokens"] <= 8
     assert "pass@2 %" in r.stdout and (out / "summary.csv").exists()
+
+
+def test_score_honours_k_and_checks_every_record_before_writing(tmp_path):
+    """--k is pass@k in summary.json and the paper CSV; a record with fewer candidates, or token counts of another
+    length, is one error naming file:line (exit 2), and --out is not created."""
+    good = FR_TRACE + "\n</think>\n\\boxed{18}"
+    bad = EN_TRACE + "\n</think>\n\\boxed{17}"
+    rows = [{"lang": "fr", "answer": "18", "candidates": [bad, bad, good, bad]},
+            {"lang": "fr", "answer": "18", "candidates": [bad, bad, bad, bad]}]
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    for k, pass_k, paper in (("2", 0.5 * (1 - 3 / 6), "0.0"), ("4", 0.5, "0.5")):  # 1 - C(3,2)/C(4,2) for k = 2
+        out = tmp_path / f"k{k}"
+        r = run_cli(["evaluate.py", "--score", str(gen), "--out", str(out), "--k", k])
+        assert r.returncode == 0, r.stderr
+        s = json.loads((out / "summary.json").read_text())
+        assert s["k"] == int(k) and s["languages"]["fr"]["pass@k"] == pytest.approx(pass_k)
+        header, row = (out / "paper_summary.csv").read_text().splitlines()[:2]
+        col = header.split(",").index(f"pass@{k}")  # any of the first k candidates
+        assert row.split(",")[col] == paper
+    short = dict(rows[0], candidates=[good, bad])
+    wrong_counts = dict(rows[0], candidate_tokens=[5, 6])
+    for line2, message in ((short, "field 'candidates' has 2, fewer than --k 4"),
+                           (wrong_counts, "field 'candidate_tokens' must be a list of 4 integers")):
+        gen.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in (rows[0], line2)), encoding="utf-8")
+        out = tmp_path / "never"
+        r = run_cli(["evaluate.py", "--score", str(gen), "--out", str(out)])
+        assert r.returncode == 2 and f"{gen}:2: {message}" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) <= 2 and "Traceback" not in r.stderr  # the identifier line + error
+        assert not out.exists()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from adamame.language import (EVAL_LANGUAGES, KNOWN_LANGUAGES, TRAIN_LANGUAGES, detect_language, fidelity,
+from adamame.language import (BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, TRAIN_LANGUAGES, detect_language, fidelity,
                               fidelity_rates, get_detector, reward_language, strip_math)
 from tests.conftest import SHARED_DATA
 
@@ -18,7 +18,7 @@ JA = ("ジャネットのアヒルは毎日卵を産みます。\n朝食に三�
       "残りの卵を市場で売ります。")
 
 
-LANGID = get_detector("langid", EVAL_LANGUAGES)
+LANGID = get_detector("langid", KNOWN_LANGUAGES)
 
 
 def fid(trace, lang):
@@ -146,6 +146,7 @@ def test_fidelity_rates_by_hand():
 
 
 def test_language_sets_are_the_papers():
-    assert set(EVAL_LANGUAGES) == {"en", "fr", "ja", "ko", "th", "bn", "de", "es", "ru", "sw", "te", "zh", "pt"}
     assert set(TRAIN_LANGUAGES) == set("fr ja ko th pt ar en es vi zh bn sw te de".split())  # the released reward
-    assert {"ar", "vi"} <= set(KNOWN_LANGUAGES)
+    assert set(BENCHMARK_LANGUAGES["mgsm"]) == set("bn de en es fr ja ko ru sw te th zh".split())
+    assert set(BENCHMARK_LANGUAGES["msvamp"]) == set("ar en es fr ja ko pt th vi zh".split())
+    assert set(KNOWN_LANGUAGES) == set(TRAIN_LANGUAGES) | {"ru"}

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from adamame.language import BENCHMARK_LANGUAGES, EVAL_LANGUAGES, get_detector
+from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector
 from adamame.scoring import PAPER_COLUMNS, paper_rows, score_record, write_paper_csv
 from tests.paper_eval import FIXTURES, Replay, _score, records
 
@@ -57,7 +57,7 @@ class Rule:
     `@xx`; no code: no language. languages_in gives every code in order."""
 
     name = version = "rule"
-    languages = EVAL_LANGUAGES
+    languages = KNOWN_LANGUAGES
 
     def detect(self, text):
         codes = self.languages_in(text)
