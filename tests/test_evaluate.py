@@ -173,3 +173,59 @@ def test_score_honours_k_and_checks_every_record_before_writing(tmp_path):
         assert r.returncode == 2 and f"{gen}:2: {message}" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) <= 2 and "Traceback" not in r.stderr  # the identifier line + error
         assert not out.exists()
+
+
+EXEMPLARS = os.path.join(SHARED_DATA, "sft", "mgsm_exemplars.jsonl")
+
+
+@pytest.mark.skipif(not os.path.isfile(EXEMPLARS), reason=f"MGSM exemplar solutions not found at {EXEMPLARS}")
+def test_a_russian_trace_matches_its_russian_query(tmp_path):
+    """The 8 Russian MGSM exemplar solutions as traces, each beside the English solution of the same problem: half
+    of each question's candidates reason in Russian, so ru lang_match and consistency are 0.5 by hand count (before,
+    trace_lang was read among the reward's 14 languages, which have no ru: the Russian ones came out 'sw')."""
+    rows = [json.loads(line) for line in open(EXEMPLARS, encoding="utf-8")]
+    en = {r["id"].rsplit("-", 1)[1]: r for r in rows if r["lang"] == "en"}
+    recs = []
+    for r in (r for r in rows if r["lang"] == "ru"):
+        box = f"\n</think>\n\\boxed{{{r['answer']}}}"
+        english = en[r["id"].rsplit("-", 1)[1]]["solution"] + box
+        recs.append({"id": r["id"], "lang": "ru", "answer": r["answer"],
+                     "candidates": [r["solution"] + box, english, r["solution"] + box, english]})
+    gen = tmp_path / "ru.jsonl"
+    gen.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    r = run_cli(["evaluate.py", "--score", str(gen), "--benchmark", "mgsm", "--out", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    ru = json.loads((tmp_path / "out" / "summary.json").read_text())["languages"]["ru"]
+    assert ru["lang_match"] == pytest.approx(0.5) and ru["consistency"] == pytest.approx(0.5)
+    assert ru["n_query"] == 16 and ru["n_english"] == 16 and ru["pass@1"] == 1.0
+    scored = [json.loads(line) for line in open(tmp_path / "out" / "generations.jsonl", encoding="utf-8")]
+    assert {s["trace_lang"] for rec in scored for s in rec["scores"][::2]} == {"ru"}
+
+
+# MSVAMP's two languages that have no released instruction (written for this test, with their answers)
+MSVAMP_EXTRA = {
+    "ar": [("لدى سارة 12 تفاحة. أعطت 5 تفاحات لصديقتها. كم تفاحة بقيت لديها؟", "7"),
+           ("اشترى أحمد 3 علب، في كل علبة 4 أقلام. كم قلمًا اشترى؟", "12")],
+    "vi": [("Lan có 15 quả cam. Cô ấy cho em trai 6 quả. Lan còn lại bao nhiêu quả cam?", "9"),
+           ("Một lớp học có 4 hàng ghế, mỗi hàng có 7 ghế. Lớp học có bao nhiêu ghế?", "28")],
+}
+
+
+def test_msvamp_arabic_and_vietnamese_questions_are_evaluated(tmp_path):
+    save_tiny_hf(tmp_path / "model", "qwen2", num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    save_tiny_tokenizer(tmp_path / "model", vocab_size=300)
+    for lang, qs in MSVAMP_EXTRA.items():
+        (tmp_path / f"{lang}.jsonl").write_text("".join(
+            json.dumps({"id": f"{lang}-{i}", "lang": lang, "question": q, "answer": a}, ensure_ascii=False) + "\n"
+            for i, (q, a) in enumerate(qs)), encoding="utf-8")
+    r = run_cli(["evaluate.py", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "ar.jsonl"),
+                 str(tmp_path / "vi.jsonl"), "--benchmark", "msvamp", "--k", "2", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(s["languages"]) == {"ar", "vi"}
+    prompts = [json.loads(line)["question"] for line in open(tmp_path / "out" / "generations.jsonl", encoding="utf-8")]
+    from adamame.language import INSTRUCTIONS
+
+    assert sum(p.startswith(INSTRUCTIONS["ar"] + "\n\n") for p in prompts) == 2
+    assert sum(p.startswith(INSTRUCTIONS["vi"] + "\n\n") for p in prompts) == 2

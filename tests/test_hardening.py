@@ -214,3 +214,40 @@ def test_a_lost_rank_stops_the_other_with_its_rank_and_step(tmp_path):
     procs[1].wait(timeout=60)
     assert time.time() - t0 < 30  # it did not wait for the timeout
     assert "RankLost: rank 0, step 2: a collective failed" in err0, err0[-2000:]
+
+
+@pytest.mark.parametrize("entry", ["train_sft", "train_grpo", "evaluate", "evaluate-score"])
+def test_an_out_that_is_a_file_is_one_error_line(tiny, tmp_path, entry):
+    model, gen = str(tiny / "model"), tmp_path / "gen.jsonl"
+    gen.write_text('{"lang": "fr", "answer": "1", "candidates": ["a", "b", "c", "d"]}\n', encoding="utf-8")
+    args = {"train_sft": ["train_sft.py", "--model", model, "--data", str(tiny / "sft.jsonl")],
+            "train_grpo": ["train_grpo.py", "--model", model, "--data", str(tiny / "rl.jsonl"), *SMALL],
+            "evaluate": ["evaluate.py", "--model", model, "--data", str(tiny / "rl.jsonl")],
+            "evaluate-score": ["evaluate.py", "--score", str(gen)]}[entry]
+    out = tmp_path / "a_file"
+    out.write_text("keep me")
+    r = run_cli([*args, "--out", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert _error_lines(r.stderr) == [f"error: --out {out} is a file, not a folder"]
+    assert out.read_text() == "keep me"
+
+
+def test_under_torchrun_the_error_is_printed_once(tiny, tmp_path):
+    out = tmp_path / "a_file"
+    out.write_text("")
+    r = run_cli(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), *SMALL,
+                 "--out", str(out)], nproc=2)
+    assert r.returncode != 0
+    assert _error_lines(r.stderr) == [f"error: --out {out} is a file, not a folder"], r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("entry,flag,value,want", [
+    ("train_sft", "--batch-size", "0", "positive"), ("train_sft", "--warmup-ratio", "1.5", "in [0, 1]"),
+    ("train_grpo", "--group-size", "0", "positive"), ("train_grpo", "--beta", "-1.0", "0 or more"),
+    ("train_grpo", "--alpha-floor", "nan", "in [0, 1]"), ("evaluate", "--k", "0", "positive"),
+    ("evaluate", "--top-p", "0.0", "in (0, 1]")])
+def test_a_bad_flag_value_is_one_error_line_before_any_work(tmp_path, entry, flag, value, want):
+    r = run_cli([f"{entry}.py", flag, value, "--out", str(tmp_path / "out")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert _error_lines(r.stderr) == [f"error: {flag} must be {want}, got {value}"]
+    assert not (tmp_path / "out").exists()

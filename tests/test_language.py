@@ -150,3 +150,25 @@ def test_language_sets_are_the_papers():
     assert set(BENCHMARK_LANGUAGES["mgsm"]) == set("bn de en es fr ja ko ru sw te th zh".split())
     assert set(BENCHMARK_LANGUAGES["msvamp"]) == set("ar en es fr ja ko pt th vi zh".split())
     assert set(KNOWN_LANGUAGES) == set(TRAIN_LANGUAGES) | {"ru"}
+
+
+def test_every_known_language_has_an_instruction_and_the_reward_set_grows_only_for_the_data():
+    from adamame.language import INSTRUCTIONS, reward_languages, trace_languages
+
+    assert set(INSTRUCTIONS) == set(KNOWN_LANGUAGES) and all("\\boxed{}" in t for t in INSTRUCTIONS.values())
+    assert reward_languages({"fr", "ja", "ko", "pt", "th"}) == TRAIN_LANGUAGES  # the paper's prompts: the 14
+    assert reward_languages({"fr", "ru"}) == TRAIN_LANGUAGES + ("ru",)
+    assert set(trace_languages("mgsm")) == set(TRAIN_LANGUAGES) | {"ru"}
+    assert set(trace_languages("msvamp")) == set(TRAIN_LANGUAGES) and trace_languages() == KNOWN_LANGUAGES
+
+
+@pytest.mark.skipif(not os.path.isdir(MGSM), reason=f"MGSM data not found at {MGSM}")
+def test_russian_questions_are_read_as_russian_by_the_evaluation_rule():
+    from adamame.language import trace_languages
+
+    rows = [json.loads(line) for line in open(os.path.join(MGSM, "ru.jsonl"), encoding="utf-8")][:40]
+    langid = get_detector("langid", trace_languages("mgsm"))
+    got = [reward_language(r["question"], detector=langid) for r in rows]
+    assert got.count("ru") >= 38, got
+    old = [reward_language(r["question"], detector=get_detector("langid", TRAIN_LANGUAGES)) for r in rows]
+    assert "ru" not in old  # the reward's 14 alone cannot say ru
