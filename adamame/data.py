@@ -68,8 +68,8 @@ def read_jsonl(path: str) -> list:
     rows = []
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
+            try:  # without its newline (json would count an error past it as column 1); a file may start with a BOM
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{i}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
                     from None

@@ -55,7 +55,7 @@ def resolve(name: str, flag: str = "--model") -> str:
             error = e
     if path is None:
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = " ".join(str(error).split()) or type(error).__name__  # the whole message, on one line
         raise FileNotFoundError(f"{flag} {name}: not a folder, and as a hub id neither in the cache {_cache_dir()} "
                                 f"nor reachable{offline}: {reason}")
     return path

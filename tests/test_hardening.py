@@ -251,3 +251,13 @@ def test_a_bad_flag_value_is_one_error_line_before_any_work(tmp_path, entry, fla
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert _error_lines(r.stderr) == [f"error: {flag} must be {want}, got {value}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_malformed_json_is_reported_at_its_column(tmp_path):
+    p = tmp_path / "cut.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"lang": "fr", "prompt": "p", "answer": "1"}\n{"lang": "fr", "answer": 1\n')
+    with pytest.raises(DataError, match=rf"{p}:2: malformed JSON \(Expecting ',' delimiter at column 27\)"):
+        read_jsonl(str(p))  # the line ends at column 26; a BOM on line 1 is no error
+    p.write_bytes(b'{"lang": "fr",, "answer": 1}\r\n')
+    with pytest.raises(DataError, match=rf"{p}:1: malformed JSON \(.* at column 15\)"):
+        read_jsonl(str(p))

@@ -38,6 +38,8 @@ def test_a_cached_hub_id_resolves_offline_for_the_plan_and_a_missing_one_names_b
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "--model acme/not-cached: not a folder, and as a hub id neither in the cache" in r.stderr
     assert str(home / "hub") in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr
+    reason = r.stderr.strip().split("(HF_HUB_OFFLINE is set): ", 1)[1]  # the hub client's own reason, whole
+    assert len(reason) > 200 and reason.endswith("."), reason
     r = run_cli(["train_grpo.py", "--plan", "--model", "./no/such/folder"], env=env)
     assert r.returncode == 2 and "no such folder" in r.stderr
 
