@@ -180,7 +180,7 @@ def export_hf(model, tokenizer, out_dir, lora_scale=None):
 
     from adamame import dist
     from adamame.lora import lora_scales, merged_state_dict
-    from adamame.model import save_model
+    from adamame.model import save_model, stored_dtype
 
     full = dist.full_state_dict(model)
     if tdist.get_rank() == 0:
@@ -188,9 +188,6 @@ def export_hf(model, tokenizer, out_dir, lora_scale=None):
         if lora_scale is not None:
             scales = {name: float(lora_scale) for name in scales}
         sd = merged_state_dict(full, scales) if scales else full
-        raw = model.config.raw
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(raw.get("torch_dtype") or raw.get("dtype"),
-                                                                            torch.float32)
-        save_model(model, out_dir, state_dict=sd, dtype=dtype)
+        save_model(model, out_dir, state_dict=sd, dtype=stored_dtype(model.config))
         tokenizer.save_pretrained(out_dir)
     tdist.barrier()

@@ -111,8 +111,19 @@ def cleanup():
 
 
 def shard_model(model, device, activation_checkpointing=False):
-    """fully_shard each decoder layer, then the root; bf16 compute / fp32 reduce on CUDA, fp32 on CPU."""
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype(device), reduce_dtype=torch.float32)
+    """fully_shard each decoder layer, then the root; bf16 compute / fp32 reduce on CUDA, fp32 on CPU.
+
+    Parameters that do not train (a LoRA run's base, a full fine-tuning run's reference) need no float32 master:
+    when the checkpoint stores them in the compute dtype (the paper's models: bf16), they are held in it, which is
+    lossless and halves them; the trainable ones stay float32."""
+    from adamame.model import stored_dtype
+
+    dtype = compute_dtype(device)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if stored_dtype(model.config) == dtype:
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
     model.to(device)
     for layer in model.model.layers:
         if activation_checkpointing:

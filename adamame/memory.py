@@ -13,8 +13,9 @@ the same numbers before it allocates); the logits as the [N, V] tensor the train
 Activations are the tensors autograd saves per token and layer, listed below (tests/test_memory.py measures them).
 
 Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, bf16 on CUDA, float32 on CPU):
-    weights    float32 masters 4N / W; trainable (LoRA, or all with full fine-tuning): gradients 4n / W and AdamW
-               moments 8n / W; a frozen float32 reference copy 4N / W with full fine-tuning and beta > 0
+    weights    full fine-tuning: float32 masters 4N / W, gradients 4N / W, AdamW moments 8N / W, and with beta > 0 a
+               frozen reference copy f N / W; LoRA: the frozen base f N / W and the adapters' 16n / W. f = b when
+               the checkpoint stores its weights in the compute dtype (held as stored: lossless), else 4
     rollout    weights + the plain rollout copy (N b, LoRA merged) + generate's KV cache, prefill, decode step and
                sampler for the rows of one generate call
     logprobs   weights + unsharded parameters (root + 2 layers, FSDP prefetches one) and float32 gradients + one
@@ -40,7 +41,7 @@ import torch
 
 from adamame.generate import (cache_slots, compaction_bytes, free_bytes, graph_bytes, layer_transient_bytes,
                               memory_needed, sampler_bytes)
-from adamame.model import KVCache
+from adamame.model import KVCache, stored_dtype
 
 GiB = 2**30
 
@@ -148,13 +149,17 @@ def logits_bytes(tokens: int, vocab: int, dtype, triton: bool) -> int:
     return logits_tensor_bytes(tokens, vocab, dtype) + (0 if triton else 16 * tokens * vocab)
 
 
-def persistent_bytes(counts: dict, world: int, lora_rank: int, reference_copy: bool) -> list:
-    n, n_train = counts["total"], counts["lora"] if lora_rank > 0 else counts["total"]
-    out = [("float32 master weights, sharded 1/%d" % world, 4 * n // world),
-           (f"trainable ({f'LoRA r={lora_rank}: weights, ' if lora_rank > 0 else 'all: '}gradients, AdamW moments)",
-            (12 + 4 * (lora_rank > 0)) * n_train // world)]
+def persistent_bytes(counts: dict, world: int, lora_rank: int, reference_copy: bool, frozen_dtype) -> list:
+    """What lives for the whole run, sharded: trainable weights as float32 masters with their gradients and AdamW
+    moments; weights that do not train (a LoRA run's base, the reference copy) in `frozen_dtype` (dist.shard_model)."""
+    n, frozen = counts["total"], dtype_name(frozen_dtype)
+    if lora_rank > 0:
+        return [(f"frozen base weights ({frozen}), sharded 1/{world}", frozen_dtype.itemsize * n // world),
+                (f"trainable (LoRA r={lora_rank}: weights, gradients, AdamW moments)", 16 * counts["lora"] // world)]
+    out = [(f"float32 master weights, sharded 1/{world}", 4 * n // world),
+           ("trainable (all: gradients, AdamW moments)", 12 * n // world)]
     if reference_copy:
-        out.append(("float32 reference copy (full fine-tuning), sharded", 4 * n // world))
+        out.append((f"{frozen} reference copy (full fine-tuning), sharded", frozen_dtype.itemsize * n // world))
     return out
 
 
@@ -241,7 +246,8 @@ def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
     dtype = compute_dtype(device)
     plan = Plan(device, world, usable_bytes(device, total), total)
     counts = parameter_counts(cfg, lora_rank)
-    weights = persistent_bytes(counts, world, lora_rank, reference_copy)
+    frozen_dtype = dtype if stored_dtype(cfg) == dtype else torch.float32  # as dist.shard_model holds them
+    weights = persistent_bytes(counts, world, lora_rank, reference_copy, frozen_dtype)
     plan.items += [("weights", what, nb) for what, nb in weights]
     plan.phases["weights"] = sum(nb for _, nb in weights)
     return plan, counts, plan.phases["weights"], dtype, device == "cuda"
@@ -319,9 +325,9 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     if plan.phases["update"] > plan.budget and not plan.advice:
         fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton)
         plan.advice = f"--micro-batch-tokens {fit}" if fit >= longest else \
-            "a smaller --max-response-tokens, more GPUs (--nproc-per-node) or LoRA"
+            "a smaller --max-response-tokens" + _or_more_gpus(lora_rank)
     if base > plan.budget:
-        plan.advice = "more GPUs (--nproc-per-node) or LoRA (--lora-rank)"
+        plan.advice = _or_more_gpus(lora_rank).removeprefix(", or ")
     return plan
 
 
@@ -346,8 +352,13 @@ def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank
     plan.phases["update"] = base + gathered + saved + logits
     if plan.phases["update"] > plan.budget:
         fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton, full=True)
-        plan.advice = f"--max-length {fit}" if fit else "more GPUs (--nproc-per-node) or LoRA (--lora-rank)"
+        plan.advice = f"--max-length {fit}" if fit else _or_more_gpus(lora_rank).removeprefix(", or ")
     return plan
+
+
+def _or_more_gpus(lora_rank: int) -> str:
+    """The knobs that shrink the sharded weights: more GPUs, and LoRA only when it is not on already."""
+    return ", or more GPUs (--nproc-per-node)" + (" or LoRA (--lora-rank)" if lora_rank == 0 else "")
 
 
 def _largest_fitting_tokens(cfg, counts, lora_rank, dtype, fixed, budget, triton, full=False):

@@ -520,6 +520,12 @@ def load_weights(model: Transformer, path: str) -> None:
                                          f"{str(e).strip()[:120]})") from None
 
 
+def stored_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype the checkpoint's weights are stored in (config.json's torch_dtype or dtype; float32 when absent)."""
+    name = cfg.raw.get("torch_dtype") or cfg.raw.get("dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
 def save_model(model: Transformer, path: str, state_dict: dict | None = None, dtype=None,
                max_shard_bytes: int = 5 * 2**30) -> None:
     """Write `config.json` and safetensors weights that transformers (and vLLM) load unchanged.

@@ -254,3 +254,61 @@ def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
     # cumsum(dtype=float64) makes first (the CPU kernel casts as it goes: only the GPU check can see that one)
     assert sum(nb for _, _, nb in rec.out) + rows * 97 * 8 <= sampler_bytes(rows, 97)
     assert usable_bytes("cuda", 80 * GiB) == int(0.97 * 80 * GiB - RESERVE_GIB * GiB)
+
+
+def test_a_lora_plan_counts_the_frozen_base_as_stored_and_never_advises_lora():
+    """Qwen3-4B (bf16 checkpoint) with LoRA on one 24 GiB card: the frozen base at 2 bytes a parameter (not a 4-byte
+    master), and advice without LoRA; without LoRA, a base too big for the card names LoRA."""
+    cfg = ModelConfig.from_dict(__import__("json").load(open(os.path.join(FIXTURES, "qwen3-4b", "config.json"))))
+    kw = dict(world=1, total=24 * GiB, device="cuda", prompts_per_step=512, group_size=8, max_prompt_tokens=512,
+              max_response_tokens=4096, micro_batch_tokens=32768, beta=0.001)
+    plan = grpo_plan(cfg, lora_rank=32, **kw)
+    (what, nbytes), = [(w, b) for phase, w, b in plan.items if w.startswith("frozen base")]
+    assert "bfloat16" in what and nbytes == 2 * parameter_counts(cfg)["total"]
+    assert not plan.fits and "LoRA" not in plan.advice and plan.advice.startswith("--micro-batch-tokens")
+    full = grpo_plan(cfg, lora_rank=0, **{**kw, "total": 16 * GiB})
+    assert not full.fits and "LoRA (--lora-rank)" in full.advice
+    fp32 = ModelConfig.from_dict({**cfg.raw, "torch_dtype": "float32"})  # not stored in bf16: a float32 copy is kept
+    (nbytes,), = {(b,) for phase, w, b in grpo_plan(fp32, lora_rank=32, **kw).items if w.startswith("frozen base")}
+    assert nbytes == 4 * parameter_counts(cfg)["total"]
+
+
+def test_the_frozen_base_is_held_as_stored_and_computes_the_same(tmp_path, monkeypatch):
+    """bf16 compute on the CPU (the GPU's mixed precision): a LoRA model from a bf16 checkpoint keeps its frozen
+    weights in bf16 (the adapters float32), and its forward and the adapters' gradients equal those of the same model
+    held in float32 masters (FSDP casts those to the same bf16 values), bit for bit."""
+    from adamame import dist
+    from adamame.model import save_model
+
+    monkeypatch.setenv("ADAMAME_COMPUTE_DTYPE", "bfloat16")
+    save_tiny_hf(tmp_path / "f32", "qwen3", num_attention_heads=4, num_key_value_heads=2)
+    save_model(load_model(str(tmp_path / "f32")), str(tmp_path / "bf16"), dtype=torch.bfloat16)
+    ids = torch.randint(0, 97, (2, 7))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        out = {}
+        for name in ("bf16", "f32"):
+            model = load_model(str(tmp_path / "bf16"))
+            if name == "f32":
+                model.config.raw["torch_dtype"] = "float32"  # the same bf16 values, held as float32 masters
+            torch.manual_seed(0)
+            apply_lora(model, 4, 8)
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n.endswith("lora_B"):
+                        p.normal_()
+            dist.shard_model(model, torch.device("cpu"))
+            held = {n: p.dtype for n, p in model.named_parameters()}
+            logits = model(ids)
+            logits.float().square().mean().backward()
+            out[name] = (held, logits.detach(), {n: p.grad.full_tensor() for n, p in model.named_parameters()
+                                                  if p.requires_grad})
+    finally:
+        torch.distributed.destroy_process_group()
+    held = out["bf16"][0]
+    assert {held[n] for n in held if "lora_" in n} == {torch.float32}
+    assert {held[n] for n in held if "lora_" not in n} == {torch.bfloat16}
+    assert set(out["f32"][0].values()) == {torch.float32}
+    assert torch.equal(out["bf16"][1], out["f32"][1])
+    for n, g in out["bf16"][2].items():
+        assert torch.equal(g, out["f32"][2][n]), n
