@@ -4,7 +4,7 @@
     torchrun --nproc_per_node N evaluate.py --model DIR --data DIR        (questions split over ranks)
     python evaluate.py --score generations.jsonl --out DIR [--tokenizer DIR]   (score another engine's outputs)
 
-For every question the localized instruction (recipe.md) + question is rendered with the model's chat template
+For every question the localized instruction (adamame/language.py) + question is rendered with the model's chat template
 and k candidates are drawn with adamame's generation engine. Writes --out/generations.jsonl (one record per
 question: candidates, token counts, extracted answers, correctness, fidelity flags), --out/summary.json,
 --out/summary.csv, and prints a table with the languages as columns. Metric definitions: adamame/scoring.py and
@@ -19,32 +19,31 @@ import json
 import os
 import sys
 
-from adamame.data import DataError, check_flags, exit_with
+from adamame.data import DataError, HelpFormatter, check_flags, exit_with
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", help="model to generate with: a folder (HF format) or a hub id")
     ap.add_argument("--data", nargs="+", help="JSONL files or folders of them ({id, lang, question, answer})")
     ap.add_argument("--score", help="score existing generations (JSONL records with lang, answer, candidates)")
     ap.add_argument("--tokenizer", help="with --score: tokenizer folder or hub id, to count response tokens")
-    ap.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
-    ap.add_argument("--k", type=int, default=4, help="candidates per question (paper: 4)")
+    ap.add_argument("--out", default="runs/eval", help="output folder")
+    ap.add_argument("--k", type=int, default=4, help="candidates per question, pass@k (the paper's)")
     ap.add_argument("--temperature", type=float, default=0.6,
-                    help="sampling temperature (not given in recipe.md; 0.6 as recommended for R1 models)")
-    ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
-    ap.add_argument("--max-new-tokens", type=int, default=8192, help="response budget (paper: 8192)")
-    ap.add_argument("--batch-prompts", type=int, default=32, help="prompts per generate call (memory knob)")
+                    help="sampling temperature, 0 = greedy (not given in the paper; 0.6 as recommended for R1 models)")
+    ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (not given in the paper)")
+    ap.add_argument("--max-new-tokens", type=int, default=8192, help="response budget (the paper's)")
+    ap.add_argument("--batch-prompts", type=int, default=32, help="prompts per generate call (a memory knob)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N questions of each file")
     ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
-                    help="answer checker: builtin (default) or math-verify (the paper's; pip install math-verify)")
+                    help="answer checker: builtin or math-verify (the paper's; pip install math-verify)")
     ap.add_argument("--lang-id", choices=("langid", "lingua"), default="langid",
-                    help="language identifier: langid (default) or lingua (the paper's; pip install "
-                         "lingua-language-detector)")
+                    help="language identifier: langid or lingua (the paper's; pip install lingua-language-detector)")
     ap.add_argument("--benchmark", choices=("mgsm", "msvamp"),
-                    help="restrict the evaluation's identifier to the paper's language set for this benchmark "
-                         "(default: the 13 languages this project knows)")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="identify languages among the paper's set for this benchmark (default: among all 15 "
+                         "languages this project knows)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     return ap.parse_args(argv)
 
 

@@ -18,7 +18,8 @@ checkpointing and the log-prob path. Then one RL step (t = step, T = total steps
      clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
   5. log: one metrics.jsonl row (global means over ranks), a few prompt groups to rollouts.jsonl, a checkpoint.
 
-Defaults are the paper's settings (recipe.md). With no --model/--data it runs the built-in toy demo: the toy task's two
+Defaults are the paper's settings unless a flag's help says otherwise. With no --model/--data it runs the built-in
+toy demo: the toy task's two
 SFT stages if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after table (adamame/toy.py).
 """
 
@@ -27,12 +28,13 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 
 import torch
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, balanced_batches, check_flags, exit_with, micro_batches
+from adamame.data import DataError, HelpFormatter, balanced_batches, check_flags, exit_with, micro_batches
 from adamame.hub import resolve
 from adamame.model import read_config
 from adamame.rollout import encode_questions, rollouts, score
@@ -41,73 +43,81 @@ REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from adamame.toy import GRPO_SETTINGS
+
+    toy = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in GRPO_SETTINGS.items())
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=textwrap.fill(
+        f"The toy demo (no --model/--data) uses its own settings wherever the command line gives none: {toy}; it "
+        f"prints them when it starts.", 116))
     ap.add_argument("--model", help="the SFT model: a folder (HF format) or hub id; default: the toy demo under --out")
     ap.add_argument("--data", help="RL prompts, JSON Lines with id, lang, prompt, answer")
     ap.add_argument("--val-data", help="validation prompts (same format), evaluated greedily every --eval-every steps")
-    ap.add_argument("--out", default="runs/grpo",
-                    help="checkpoints, metrics.jsonl, rollouts.jsonl, final/ (default runs/grpo)")
-    ap.add_argument("--epochs", type=float, default=10, help="passes over the prompts (paper: 10, so T = 90)")
+    ap.add_argument("--out", default="runs/grpo", help="checkpoints, metrics.jsonl, rollouts.jsonl, final/")
+    ap.add_argument("--epochs", type=float, default=10,
+                    help="passes over the prompts; the paper's 10 over its 4,608 prompts gives T = 90 steps")
     ap.add_argument("--max-steps", type=int, help="RL steps T; overrides --epochs")
     ap.add_argument("--stop-after", type=int, help="exit after this step, keeping T (continue with --resume)")
-    ap.add_argument("--reward", choices=REWARDS, default="adamame", help="advantage variant (paper: adamame)")
-    ap.add_argument("--bonus", type=float, default=2.0, help="B, the language bonus of adamame (paper: 2.0)")
-    ap.add_argument("--lam", type=float, default=1.0, help="lambda of binary-lang (not in the paper; 1.0)")
-    ap.add_argument("--alpha-floor", type=float, default=0.1, help="floor of the alignment factor (paper: 0.1)")
+    ap.add_argument("--reward", choices=REWARDS, default="adamame",
+                    help="advantage variant: adamame (the paper's method) or a baseline / ablation")
+    ap.add_argument("--bonus", type=float, default=2.0, help="B, the language bonus of adamame (the paper's)")
+    ap.add_argument("--lam", type=float, default=1.0, help="lambda of binary-lang (not given in the paper)")
+    ap.add_argument("--alpha-floor", type=float, default=0.1, help="floor of the alignment factor (the paper's)")
     ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
-                    help="answer checker: builtin (default; safe, multilingual numbers) or math-verify (the paper's "
-                         "package, optional: pip install math-verify)")
+                    help="answer checker: builtin (safe, reads multilingual numbers) or math-verify (the paper's; "
+                         "optional: pip install math-verify)")
     ap.add_argument("--lang-mode", choices=("prefix", "trace"), default="prefix",
-                    help="what lang(o_i) reads: the first 500 characters (paper) or the whole trace")
+                    help="what lang(o_i) reads: the first 500 characters (the paper's) or the whole trace")
     ap.add_argument("--lang-id", choices=("langid", "lingua"), default="langid",
-                    help="language identifier for lang(o_i), over the released reward's 14 languages: langid "
-                         "(default) or lingua (the paper's; pip install lingua-language-detector)")
+                    help="language identifier for lang(o_i), over the released reward's 14 languages (and any "
+                         "language of the prompts they lack): langid or lingua (the paper's; pip install "
+                         "lingua-language-detector)")
     ap.add_argument("--format-reward", action="store_true",
                     help="r_i + 1 for a <think> block then \\boxed{} (the released code's reward; not in the paper)")
-    ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt G (paper: 8)")
-    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (paper: 0.8)")
-    ap.add_argument("--batch-prompts", type=int, default=512, help="prompts per RL step (paper: 512)")
-    ap.add_argument("--mini-batch-prompts", type=int, default=256, help="prompts per optimizer step (paper: 256)")
-    ap.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's rollouts (paper: 1)")
-    ap.add_argument("--lr", type=float, default=1e-5, help="constant learning rate (paper: 1e-5)")
+    ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt G (the paper's)")
+    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (the paper's)")
+    ap.add_argument("--batch-prompts", type=int, default=512, help="prompts per RL step (the paper's)")
+    ap.add_argument("--mini-batch-prompts", type=int, default=256, help="prompts per optimizer step (the paper's)")
+    ap.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's rollouts (the paper's)")
+    ap.add_argument("--lr", type=float, default=1e-5, help="constant learning rate (the paper's)")
     ap.add_argument("--weight-decay", type=float, default=0.01,
-                    help="AdamW weight decay (the released trainer's AdamW default: 0.01; 0 turns it off)")
-    ap.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (paper: 1.0)")
-    ap.add_argument("--beta", type=float, default=0.001, help="k3 KL coefficient (paper: 0.001)")
-    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip epsilon (paper: 0.2)")
+                    help="AdamW weight decay (the released trainer's, AdamW's default; 0 turns it off)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (the paper's)")
+    ap.add_argument("--beta", type=float, default=0.001, help="k3 KL coefficient (the paper's)")
+    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip epsilon (the paper's)")
     ap.add_argument("--clip-eps-high", type=float, help="upper clip epsilon (default: --clip-eps)")
     ap.add_argument("--aggregation", choices=("dr_grpo", "token_mean", "seq_mean"), default="dr_grpo",
-                    help="policy-loss aggregation (paper: dr_grpo, normaliser --max-response-tokens)")
-    ap.add_argument("--lora-rank", type=int, default=32, help="LoRA rank; 0 = full fine-tuning (paper: 32)")
-    ap.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (paper: 64)")
+                    help="policy-loss aggregation (the paper's dr_grpo: normaliser --max-response-tokens)")
+    ap.add_argument("--lora-rank", type=int, default=32, help="LoRA rank, 0 = full fine-tuning (the paper's 32)")
+    ap.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (the paper's)")
     ap.add_argument("--export-lora-scale", type=float,
                     help="scale of the LoRA update merged into final/ (default: the training scale alpha / r; 1.0 "
                          "reproduces the released models, whose merge never got --lora_alpha)")
-    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts are dropped (paper: 512)")
-    ap.add_argument("--max-response-tokens", type=int, default=4096, help="rollout length limit (paper: 4096)")
+    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts are dropped (the paper's)")
+    ap.add_argument("--max-response-tokens", type=int, default=4096, help="rollout length limit (the paper's)")
     ap.add_argument("--old-logprobs", choices=("recompute", "sampler"), default="recompute",
-                    help="pi_old: recomputed by the trainer before the update (paper) or the sampler's log-probs")
+                    help="pi_old: recomputed by the trainer before the update (the paper's) or the sampler's")
     ap.add_argument("--micro-batch-tokens", type=int, default=32768,
-                    help="padded tokens per forward/backward on each rank (memory knob; default 32768)")
+                    help="padded tokens per forward/backward on each rank (a memory knob)")
     ap.add_argument("--rollout-prompts", type=_auto_or_positive, default="auto",
-                    help="prompts per generate call: auto (the memory plan's choice, default) or a number (a cap)")
+                    help="prompts per generate call: auto (the memory plan's choice) or a number (a cap)")
     ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
-                    help="recompute layer activations in backward: auto (on when the plan needs it, default)")
+                    help="recompute layer activations in backward: auto is on when the plan needs it")
     ap.add_argument("--plan", action="store_true",
                     help="print the memory plan from --model's config.json and exit (0: fits, 3: does not fit)")
     ap.add_argument("--nproc-per-node", type=int, help="with --plan: ranks (default: the GPUs visible, else 1)")
     ap.add_argument("--gpu-memory-gib", type=float,
                     help="with --plan: GiB per GPU (default: this machine's GPU; without a GPU, its RAM)")
-    ap.add_argument("--eval-every", type=int, default=10, help="greedy validation every K steps (needs --val-data)")
-    ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps (default 10)")
+    ap.add_argument("--eval-every", type=int, default=10,
+                    help="greedy validation every K steps (with --val-data; 0: none)")
+    ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps")
     ap.add_argument("--log-rollouts", type=int, default=8, help="prompt groups per step written to rollouts.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     ap.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none",
                     help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
-                         "(optional packages; default none)")
+                         "(optional packages)")
     ap.add_argument("--sft-steps", type=int, help="toy demo only: steps of each of its two SFT stages (default: "
                                                    "train_sft.py's toy settings)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of sampling, LoRA initialisation and data order")
     return ap.parse_args(argv)
 
 
@@ -233,6 +243,8 @@ def prepare_default(args, argv, rank):
     from adamame.toy import GRPO_SETTINGS, apply_settings, build_toy
 
     apply_settings(args, argv, GRPO_SETTINGS)
+    if rank == 0:
+        print("toy demo settings: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in GRPO_SETTINGS))
     paths = build_toy(args.out, rank)
     sft_dir = os.path.join(args.out, "sft")
     if not os.path.exists(os.path.join(sft_dir, "final", "config.json")):

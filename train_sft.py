@@ -21,50 +21,53 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 
 import torch
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, check_flags, exit_with, length_grouped_batches, read_sft, tokenize_sft
+from adamame.data import DataError, HelpFormatter, check_flags, exit_with, length_grouped_batches, read_sft, tokenize_sft
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    toy = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TOY_SETTINGS.items())
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=textwrap.fill(
+        f"The toy task (no --model/--data) uses its own settings wherever the command line gives none: {toy} "
+        f"(its base stage: --max-steps {TOY_BASE_STEPS}); it prints them when it starts.", 116))
     ap.add_argument("--model", help="Hugging Face model folder (config.json, safetensors, tokenizer) or hub id; "
-                                    "default: a tiny model built into --out")
+                                    "default: the toy task's model, built into --out")
     ap.add_argument("--data", help="SFT JSON Lines: lang, prompt|question, response|trace+answer; "
-                                   "default: a small built-in multilingual set")
-    ap.add_argument("--out", default="runs/sft",
-                    help="checkpoints, metrics.jsonl and final/ go here (default runs/sft)")
-    ap.add_argument("--epochs", type=float, default=4, help="passes over the data (paper: 4)")
+                                   "default: the toy task's data")
+    ap.add_argument("--out", default="runs/sft", help="checkpoints, metrics.jsonl and final/ go here")
+    ap.add_argument("--epochs", type=float, default=4, help="passes over the data (the paper's)")
     ap.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
     ap.add_argument("--stop-after", type=int, help="exit after this step, keeping the full run's schedule "
                                                    "(for time-limited jobs; continue with --resume)")
-    ap.add_argument("--batch-size", type=int, default=8, help="global batch in examples (paper: 8)")
-    ap.add_argument("--micro-batch-size", type=int, default=1, help="examples per forward on each rank (default 1)")
-    ap.add_argument("--max-length", type=int, default=8192, help="longer examples are dropped (paper: 8192)")
-    ap.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (paper: 2e-4)")
-    ap.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warm-up fraction (paper: 0.1)")
-    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    ap.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (default 1.0)")
-    ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank; 0 = full fine-tuning (paper: 8)")
-    ap.add_argument("--lora-alpha", type=float, default=16, help="LoRA alpha (paper: 16)")
-    ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (not given in the paper; 0)")
+    ap.add_argument("--batch-size", type=int, default=8, help="global batch in examples (the paper's)")
+    ap.add_argument("--micro-batch-size", type=int, default=1, help="examples per forward on each rank")
+    ap.add_argument("--max-length", type=int, default=8192, help="longer examples are dropped (the paper's)")
+    ap.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (the paper's)")
+    ap.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warm-up fraction (the paper's)")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (not given in the paper)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (not given in the paper)")
+    ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank, 0 = full fine-tuning (the paper's 8)")
+    ap.add_argument("--lora-alpha", type=float, default=16, help="LoRA alpha (the paper's)")
+    ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (not given in the paper)")
     ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
-                    help="recompute layer activations in backward: auto (on when the memory plan needs it, default; "
-                         "the paper used it)")
+                    help="recompute layer activations in backward: auto is on when the memory plan needs it (the "
+                         "paper used it)")
     ap.add_argument("--plan", action="store_true",
                     help="print the memory plan from --model's config.json and exit (0: fits, 3: does not fit)")
     ap.add_argument("--nproc-per-node", type=int, help="with --plan: ranks (default: the GPUs visible, else 1)")
     ap.add_argument("--gpu-memory-gib", type=float,
                     help="with --plan: GiB per GPU (default: this machine's GPU; without a GPU, its RAM)")
-    ap.add_argument("--save-every", type=int, default=200, help="checkpoint every K steps (default 200)")
+    ap.add_argument("--save-every", type=int, default=200, help="checkpoint every K steps")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     ap.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none",
                     help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
-                         "(optional packages; default none)")
-    ap.add_argument("--seed", type=int, default=0)
+                         "(optional packages)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of LoRA initialisation and data order")
     return ap.parse_args(argv)
 
 
@@ -108,6 +111,9 @@ def prepare_default(args, argv, rank):
 
     given_steps = args.max_steps  # None unless given on the command line
     apply_settings(args, argv, TOY_SETTINGS)
+    if rank == 0:
+        print("toy task settings: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in TOY_SETTINGS)
+              + f" (its base stage: --max-steps {given_steps or TOY_BASE_STEPS})")
     paths = build_toy(args.out, rank)
     base = os.path.join(args.out, "base")
     if not os.path.exists(os.path.join(base, "final", "config.json")):

@@ -2,14 +2,15 @@
 
 Why: every stage starts from user-supplied JSONL, and a bad line must stop the run with the file, the line
 and the field named, never with a stack trace from deep inside torch or a silently wrong run. The prompt is
-the recipe's: localized instruction (adamame/language.py's INSTRUCTIONS) + "\\n\\n" + question, rendered with the model's chat template; the SFT
-target is `trace\\n</think>\\nanswer` (with `<think>` on the prompt side when the template puts it there) and
-carries the loss; the prompt carries none.
+the recipe's: localized instruction (adamame/language.py's INSTRUCTIONS) + "\\n\\n" + question, rendered with
+the model's chat template; the SFT target is `trace\\n</think>\\nanswer` (with `<think>` on the prompt side when
+the template puts it there) and carries the loss; the prompt carries none. The entry points' shared command-line
+pieces live here too: `HelpFormatter` (every default in --help), `check_flags` and `exit_with` (one error line).
 
 Formats:
     SFT   {"lang", "prompt" | "question", "response" | "trace" + "answer"}
-    RL    {"id", "lang", "prompt", "answer"}          (../shared/data/rl/train.jsonl)
-    eval  {"id", "lang", "question", "answer"}        (../shared/data/eval/mgsm/*.jsonl)
+    RL    {"id", "lang", "prompt", "answer"}          (the paper's prompts: the instruction is already in `prompt`)
+    eval  {"id", "lang", "question", "answer"}        (MGSM, MSVAMP: one file per language)
 
 Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `micro_batches` (length-sorted
 forwards of at most a token budget, as many on every rank).
@@ -17,6 +18,7 @@ forwards of at most a token budget, as many on every rank).
 Imports: adamame.chat, adamame.language (only their small helpers), adamame.dist (micro_batches' one collective).
 """
 
+import argparse
 import json
 import os
 import random
@@ -28,6 +30,17 @@ from adamame.language import INSTRUCTIONS, KNOWN_LANGUAGES
 
 class DataError(ValueError):
     """A problem in an input file or a flag; the message names the file, the line and the field (or the flag)."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The entry points' --help: every flag's real default after its text; a flag without one explains itself."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "%(default)" in text:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def exit_with(message: str, code: int) -> None:

@@ -150,7 +150,7 @@ def sft_rows(query_fraction=QUERY_FRACTION, seed=0):
 
 
 def rl_rows(split="train", seed=0):
-    """RL / evaluation rows ({id, lang, prompt, answer}) in the format of ../shared/data/rl/train.jsonl."""
+    """RL / evaluation rows ({id, lang, prompt, answer}) in the RL format of adamame/data.py."""
     from adamame.data import localized_prompt
 
     rows = []
@@ -266,7 +266,7 @@ def build_toy(root: str, rank: int = 0) -> dict:
 GRPO_SETTINGS = dict(batch_prompts=10, mini_batch_prompts=10, group_size=8, temperature=0.8, lr=1e-4, lora_rank=0,
                      max_steps=90, max_prompt_tokens=64, max_response_tokens=32, eval_every=0, save_every=20,
                      micro_batch_tokens=8192)
-# Both models are scored with evaluate.py's code, 4 samples per prompt at its default temperature (recipe.md gives
+# Both models are scored with evaluate.py's code, 4 samples per prompt at its default temperature (the paper gives
 # none; 0.6 is the project's, as recommended for R1 models), over the whole distribution (top-p 1.0, where
 # evaluate.py's default 0.95 would also cut the tail). tests/test_toy.py keeps the temperature equal to evaluate.py's.
 EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 1.0
