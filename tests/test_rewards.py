@@ -153,3 +153,16 @@ def test_math_verify_reward_reads_the_prompt_and_response_together():
     assert reward_check("so \\boxed{5}", "4", "math-verify", sequence=prompt + "two and two\n</think>\n\\boxed{4}")[0] == 1.0
     assert reward_check("so \\boxed{4}", "4", "math-verify", sequence=prompt + "so \\boxed{5}")[0] == 0.0
     assert reward_check("so \\boxed{4}", "4", "math-verify")[0] == 1.0  # no sequence: the response
+
+
+def test_a_group_of_equal_scores_gets_zero_advantage_at_every_step():
+    """An all-correct group whose every rollout matches its query language scores 1 + B alpha(t) for all: its
+    advantages are the equations' 0 at every step. The released code computes them in float32, where the group's mean
+    of eight copies of 1 + 2 alpha is off by an ulp at 47 of its 89 steps, giving +-0.106 (README's differences)."""
+    import numpy as np
+
+    from adamame.rewards import advantages
+
+    for t in range(90):
+        adv = advantages([1] * 8, ["fr"] * 8, ["fr"] * 8, [0] * 8, t, 90)
+        assert np.array_equal(adv, np.zeros(8)), (t, adv)
