@@ -274,3 +274,33 @@ def test_checkpoints_gather_only_the_trainable_parameters(tiny):
     assert got["equal"]
     assert got["trainable"] <= got["new"] <= got["trainable"] + 64 * got["world"]  # shards pad to equal sizes
     assert got["old"] >= got["total"] > 5 * got["trainable"]
+
+
+def test_prompts_in_a_language_outside_the_released_fourteen_extend_the_reward_identifier(tiny, tmp_path):
+    """Russian prompts: the run says it adds ru to the reward's 14 languages, so a Russian rollout can be read as ru."""
+    from adamame.data import localized_prompt
+
+    data = tmp_path / "ru.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "lang": lang, "prompt": localized_prompt(lang, f"{i} + {i} ?"),
+                                        "answer": str(2 * i)}, ensure_ascii=False) + "\n"
+                            for i, lang in enumerate(["ru", "fr"] * 4)), encoding="utf-8")
+    r = run_cli(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(data), "--out", str(tmp_path / "o"),
+                 *SMALL, "--max-steps", "1", "--save-every", "100"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "identifies among 14 languages without ru; this run's prompts have them" in r.stdout
+    assert "over fr ja ko th pt ar en es vi zh bn sw te de ru;" in r.stdout
+
+
+def test_help_shows_every_default():
+    """Each flag with a default shows it in --help, as the parser holds it (a flag without one explains itself)."""
+    import re
+
+    for script in ("train_grpo.py", "train_sft.py", "evaluate.py"):
+        r = run_cli([script, "--help"])
+        assert r.returncode == 0 and "paper: " not in r.stdout
+        options = r.stdout.split("\noptions:\n", 1)[1]
+        entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n  (?=--)", options) if e.strip()}
+        for name, value in vars(__import__(script[:-3]).parse_args([])).items():
+            if value is not None and value is not False:
+                flag = "--" + name.replace("_", "-")
+                assert f"(default: {value})" in entries[flag], (script, flag, entries[flag])
