@@ -21,8 +21,13 @@ A group of one gets A = s; a group whose scores are all equal gets A = 0. "unkno
 Note: in an all-correct group, dividing by the std makes A independent of B and alpha(t); B and the schedule
 matter only in groups of mixed correctness.
 
-This module is the public face of the reward code: `verify`, `accuracy` (adamame.answer) and `detect_language`
-(adamame.language) are importable from here too.
+In another trainer (TRL, verl, ...), this file alone (numpy is its only import) gives the advantages of a batch of
+rollouts grouped by prompt, with the paper's B = 2 and floor 0.1 by default; r_i comes from your verifier (or
+adamame/answer.py) and lang(o_i) from your identifier (or adamame/language.py's `reward_language`):
+
+    from rewards import advantages
+    adv = advantages(correct=[1, 1, 0, 1], langs=["th", "en", "th", "en"], query_langs=["th"] * 4,
+                     group_ids=[7, 7, 7, 7], step=t, total_steps=T)     # one float per rollout, in input order
 
 Imports: numpy.
 """
@@ -30,9 +35,6 @@ Imports: numpy.
 import math
 
 import numpy as np
-
-from adamame.answer import accuracy, extract_answer, reward_check, split_response, think_format_ok, verify  # noqa: F401
-from adamame.language import detect_language, fidelity, fidelity_rates, get_detector, reward_language  # noqa: F401
 
 VARIANTS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
 

@@ -6,14 +6,15 @@ exactly the same code so training rewards and reported metrics cannot drift apar
 
 The evaluation's generation lives here too (`evaluate_model`), so evaluate.py and the toy demo run the same code.
 
-Imports: torch, tqdm, adamame (chat, generate, rewards, model, dist, language, scoring).
+Imports: torch, tqdm, adamame (answer, chat, generate, language; model, dist, scoring inside the evaluation).
 """
 
 from dataclasses import dataclass
 
+from adamame.answer import reward_check, think_format_ok
 from adamame.chat import encode_prompt
 from adamame.generate import generate, make_decoder
-from adamame.rewards import reward_check, reward_language, think_format_ok
+from adamame.language import reward_language
 
 
 @dataclass

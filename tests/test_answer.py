@@ -3,7 +3,7 @@ import time
 import pytest
 
 from adamame.answer import check, require_verifier, reward_check
-from adamame.rewards import accuracy, extract_answer, split_response, verify
+from adamame.answer import accuracy, extract_answer, split_response, verify
 
 # ---- extraction ----
 
