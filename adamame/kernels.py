@@ -16,7 +16,7 @@ the aggregation, and the statistics, at no extra pass over the vocabulary. With 
     pg_k = max(-A rho_k, -A clip(rho_k, 1 - eps_low, 1 + eps_high))
     k3_k = clamp(exp(ref_k - logp_k) - (ref_k - logp_k) - 1, -10, 10)
     loss = agg(pg) + beta * sum_k m_k k3_k / sum_k m_k
-    agg:   dr_grpo     mean_i sum_k m_ik pg_ik / max_tokens      (the paper's setting; max_tokens = L if None)
+    agg:   dr_grpo     mean_i sum_k m_ik pg_ik / max_tokens      (the paper's setting, max_tokens = 4096)
            token_mean  sum_ik m_ik pg_ik / sum_ik m_ik            (DAPO)
            seq_mean    mean_i sum_k m_ik pg_ik / sum_k m_ik       (original GRPO)
 
@@ -227,8 +227,12 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targe
 # ---------------------------------------------------------------------------------------------- loss
 
 def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None, clip_eps=0.2, clip_eps_high=None,
-                beta=0.0, aggregation="dr_grpo", max_tokens=None, num_seqs=None, num_tokens=None):
+                beta=0.001, aggregation="dr_grpo", max_tokens=4096, num_seqs=None, num_tokens=None):
     """The GRPO objective on per-token log-probs logp [B, L] (see the module docstring).
+
+    Every default is the paper's: beta = 0.001 (so a call without ref_logprobs is an error unless it passes beta=0:
+    the KL term cannot be dropped silently) and the Dr. GRPO normaliser max_tokens = 4096, its response limit (None:
+    the padded length L).
 
     Returns (loss, stats) with stats {"clip_frac", "kl", "ratio"}: detached 0-dim tensors over valid tokens
     (no host synchronisation). Without old_logprobs the ratio is exactly 1 and the gradient is that of A * logp.

@@ -153,10 +153,10 @@ def test_grpo_loss_at_full_qwen_vocab(triton_path):
     adv, mask = torch.tensor([1.0, -2.0], device=DEV), torch.tensor([[1, 1], [1, 0]], dtype=torch.bool, device=DEV)
     old = token_logprobs_torch(x, t) + 0.3
     xr = x.float().requires_grad_(True)
-    lr, _ = grpo_loss_torch(xr, t, adv, mask, old_logprobs=old, max_tokens=4)
+    lr, _ = grpo_loss_torch(xr, t, adv, mask, old_logprobs=old, max_tokens=4, beta=0.0)
     lr.backward()
     xt = x.clone().requires_grad_(True)
-    lt, _ = grpo_loss(xt, t, adv, mask, old_logprobs=old, max_tokens=4)
+    lt, _ = grpo_loss(xt, t, adv, mask, old_logprobs=old, max_tokens=4, beta=0.0)
     lt.backward()
     assert abs(lt.item() - lr.item()) <= 1e-3
     assert (xt.grad.float() - xr.grad).abs().max().item() <= 1e-3
@@ -224,12 +224,25 @@ def test_on_policy_ratio_is_one_and_gradient_is_advantage_weighted():
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.1, -4.0]], requires_grad=True)
     adv = torch.tensor([2.0, -1.0])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    loss, st = policy_loss(logp, adv, mask, max_tokens=4)
+    loss, st = policy_loss(logp, adv, mask, max_tokens=4, beta=0.0)
     loss.backward()
     assert st["ratio"].item() == 1.0 and st["clip_frac"].item() == 0.0
     # dr_grpo: L = mean_i sum_k m_ik (-A_i) / 4, so dL/dlogp_ik = -A_i m_ik / (4 * 2)
     want = -adv[:, None] * mask.float() / 8
     assert torch.equal(logp.grad, want)
+
+
+def test_the_defaults_are_the_papers_and_the_kl_cannot_be_dropped_silently():
+    """beta 0.001 and the Dr. GRPO normaliser 4096 by default: hand-computed on one sequence; without ref_logprobs
+    the default beta is an error, so a copier who forgets the reference is told."""
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -2.0]])
+    adv, mask = torch.tensor([3.0]), torch.ones(1, 2, dtype=torch.bool)
+    loss, st = policy_loss(logp, adv, mask, ref_logprobs=ref)
+    k3 = math.exp(-0.5) + 0.5 - 1.0  # position 0; position 1 has d = 0
+    assert loss.item() == pytest.approx(-3.0 * 2 / 4096 + 0.001 * k3 / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        policy_loss(logp, adv, mask)
 
 
 def test_beta_without_reference_and_bad_aggregation_are_errors():
@@ -254,10 +267,11 @@ def test_hidden_chunked_path_equals_logits_path(monkeypatch, path):
     adv, mask = torch.tensor([1.0, -0.5], device=DEV), torch.ones(2, 7, dtype=torch.bool, device=DEV)
     old = torch.full((2, 7), -7.0, device=DEV)
     h1, w1 = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    l1, s1 = grpo_loss_torch(h1 @ w1.t(), t, adv, mask, old_logprobs=old, temperature=0.8)
+    l1, s1 = grpo_loss_torch(h1 @ w1.t(), t, adv, mask, old_logprobs=old, temperature=0.8, beta=0.0)
     l1.backward()
     h2, w2 = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    l2, s2 = grpo_loss_from_hidden(h2, w2, t, adv, mask, old_logprobs=old, temperature=0.8, chunk_tokens=3)
+    l2, s2 = grpo_loss_from_hidden(h2, w2, t, adv, mask, old_logprobs=old, temperature=0.8, chunk_tokens=3,
+                                   beta=0.0)
     l2.backward()
     assert abs(l1.item() - l2.item()) <= 1e-5
     assert (h1.grad - h2.grad).abs().max().item() <= 1e-5
