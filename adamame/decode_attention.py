@@ -16,7 +16,8 @@ rows that have already finished. This kernel reads, for each row, only the slots
 The number of splits depends only on (rows, slots), so a captured CUDA graph replays it at every step of a bucket;
 start and end live in device tensors. It is registered as the op `adamame::decode_attention` (torch.library), so
 op recorders and the meta device see one op. `decode_attention_torch` is the same computation in plain PyTorch, the
-reference the tests compare with (the decode step without the kernel uses SDPA with a bias: adamame/model.py).
+reference the tests compare with, and what the op computes where the kernel cannot run. `use_kernel` is the decode
+step's switch (ADAMAME_KERNELS; without the kernel adamame/model.py attends with SDPA and a bias).
 Under the Triton interpreter (CPU tests) bfloat16 operands are cast to float32 before `tl.dot` (the interpreter
 mishandles bfloat16 dots); on a GPU the dots take bfloat16 and accumulate in float32.
 
@@ -37,6 +38,22 @@ BLOCK_S = 32  # cache slots per inner block
 NUM_WARPS = 8  # with BLOCK_S: 62-65 registers on sm_80/sm_90 at head_dim 128, no spills (tests/test_gpu_contracts.py)
 TARGET_PROGRAMS = 264  # split the key range until rows x kv heads x splits reach this (~2 waves of 132 SMs)
 MIN_SPLIT = 256  # ... but never below this many slots per split
+
+
+def use_kernel(x: torch.Tensor) -> bool:
+    """The decode step's switch (adamame/model.py) for activations x. ADAMAME_KERNELS: auto (default) takes the kernel
+    for CUDA tensors when triton is installed; triton forces it (CPU tensors need TRITON_INTERPRET=1 set before triton
+    is imported); torch never takes it (the decode step then attends with SDPA and a bias: the escape hatch)."""
+    mode = os.environ.get("ADAMAME_KERNELS", "auto")
+    if mode not in ("auto", "triton", "torch"):
+        raise ValueError(f"ADAMAME_KERNELS={mode!r}: use triton, torch or auto")
+    if mode == "triton" and not _kernel_runs(x):
+        raise RuntimeError("ADAMAME_KERNELS=triton needs triton, and on CPU tensors TRITON_INTERPRET=1 before import")
+    return mode == "triton" or (mode == "auto" and triton is not None and x.is_cuda)
+
+
+def _kernel_runs(x: torch.Tensor) -> bool:
+    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def num_splits(rows: int, kv_heads: int, slots: int) -> int:
@@ -152,11 +169,14 @@ def _launch(q, k, v, start, end, scale, count=None):
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
                      end: torch.Tensor, scale: float) -> torch.Tensor:
     """q [R, H, D] (any strides, unit last), k/v [R, n_kv, S, D] cache views (unit last stride), start/end [R]
-    int32, contiguous -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row."""
+    int32, contiguous -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row.
+    Where the kernel cannot run (no triton; CPU tensors outside the Triton interpreter) the reference computes it."""
     if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
         raise ValueError("decode_attention: start and end must be contiguous int32 tensors")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:  # the kernel steps head_dim by 1
         raise ValueError("decode_attention: q, k and v need a unit stride in their last dimension")
+    if not _kernel_runs(q):
+        return decode_attention_torch(q, k, v, start, end, scale)
     return _launch(q, k, v, start, end, scale)
 
 

@@ -26,7 +26,8 @@ arbitrary mask. An input a fused kernel cannot take then fails loudly instead of
 ADAMAME_SDPA=any lets torch choose (the math backend included); ADAMAME_SDPA=math runs only the math backend.
 The attention output is never `.view`ed: CUDA backends return it in layouts the CPU never produces.
 
-Imports: torch, safetensors (for load_model / save_model).
+Imports: torch, safetensors (for load_model / save_model); adamame.decode_attention (optional: without it the decode
+step attends with SDPA).
 """
 
 import json
@@ -37,6 +38,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+try:  # the optional sibling: each decode row reads only its own cache slots (Triton, with a PyTorch fallback)
+    from adamame.decode_attention import decode_attention, use_kernel as use_decode_kernel
+except ImportError:
+    decode_attention = None
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 SDPA_MODES = ("pinned", "any", "math")
@@ -251,8 +257,6 @@ class Attention(nn.Module):
                 cv[:, :, start:start + T] = v
                 k, v = ck[:, :, :start + T], cv[:, :, :start + T]
         if isinstance(mask, tuple):  # decode: each row reads only its slots [start, end) (adamame/decode_attention.py)
-            from adamame.decode_attention import decode_attention
-
             y = decode_attention(q[:, :, 0], k, v, *mask, self.hd ** -0.5).unsqueeze(2)
         elif mask is None:
             y = attention(q, k, v, enable_gqa=self.n_kv != self.n_heads)
@@ -384,17 +388,15 @@ class Transformer(nn.Module):
         active: [>= rows] bool or None (all), False for rows whose output is not needed (finished, or padding).
         Returns logits [rows, V]. Every shape depends only on (rows, slots) and the slot lives on the device, so the
         generator can capture this call as one CUDA graph per (rows, slots) bucket and replay it step after step.
-        Attention: with the Triton kernel (on CUDA; kernels.ADAMAME_KERNELS decides) row r reads only its slots
+        Attention: with the Triton kernel (on CUDA; decode_attention.use_kernel decides) row r reads only its slots
         [slot - positions_r, slot], its left-padded prompt's first slot to the new token, and an inactive row none;
         with SDPA it reads every slot of the bucket under an additive bias (0 valid, -inf elsewhere) built once here.
         """
-        from adamame.kernels import _use_triton
-
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
         valid = cache.valid[:rows, :slots]
         valid.index_fill_(1, slot.view(1), True)
-        if _use_triton(x):
+        if decode_attention is not None and use_decode_kernel(x):
             end = (slot + 1).to(torch.int32).expand(rows)
             mask = ((slot - positions[:rows]).to(torch.int32),
                     end.contiguous() if active is None else torch.where(active[:rows], end, 0))
