@@ -30,20 +30,31 @@ import os
 import sys
 import textwrap
 import time
+from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, HelpFormatter, balanced_batches, check_flags, exit_with, micro_batches
+from adamame.answer import require_verifier
+from adamame.chat import load_tokenizer
+from adamame.data import (DataError, HelpFormatter, balanced_batches, check_flags, exit_with, micro_batches,
+                          read_questions)
 from adamame.hub import resolve
-from adamame.model import read_config
+from adamame.kernels import policy_loss, token_logprobs, token_logprobs_from_hidden
+from adamame.language import TRAIN_LANGUAGES, get_detector, reward_languages
+from adamame.lora import adapters_disabled, apply_lora
+from adamame.memory import grpo_plan
+from adamame.model import load_model, read_config
+from adamame.report import Reporter, require_reporter
+from adamame.rewards import advantages, alignment_factor, shaped_scores
 from adamame.rollout import encode_questions, rollouts, score
+from adamame.toy import GRPO_SETTINGS, apply_settings, build_toy, demo_report
 
 REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
 
 
 def parse_args(argv=None):
-    from adamame.toy import GRPO_SETTINGS
 
     toy = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in GRPO_SETTINGS.items())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=textwrap.fill(
@@ -150,8 +161,6 @@ def pack(rolls, device, extra=()):
 def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
     """log pi(token) at the response positions (`mask` True), float32 [N] in row-major order. Logits exist only for
     those N positions; with `chunk` (the memory plan's choice when even those would not fit) only `chunk` at a time."""
-    from adamame.kernels import token_logprobs, token_logprobs_from_hidden
-
     if chunk is None:
         return token_logprobs(model(ids, logits_at=mask), targets[mask], temperature)
     return model(ids, logits_at=mask,  # inside the forward, where FSDP holds the lm_head weight gathered
@@ -174,22 +183,25 @@ def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
     return out
 
 
-def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_prompts, W, device, chunk=None):
-    """--ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G per prompt), one
-    optimizer step each. Each mini-batch is cut into length-sorted micro-batches; every micro-batch's loss uses the
-    whole mini-batch's sequence and token counts (over all ranks) and is scaled by W, since FSDP averages gradients:
+def ppo_update(run, batch):
+    """The update of `batch` (its qs, rolls, sc["adv"], old_lp, ref_lp) with `run`'s model, optimizer, params, args,
+    world, device and plan: --ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G
+    per prompt), one optimizer step each. Each mini-batch is cut into length-sorted micro-batches; every micro-batch's
+    loss uses the whole mini-batch's sequence and token counts (over all ranks) and is scaled by W, since FSDP
+    averages gradients:
     the update is exactly that of one process holding all rollouts, whatever the micro-batches. Returns (loss per
     update, grad norm per update, summed stats, max |pi - pi_old| before any update).
 
     An old_lp entry of None (the first mini-batch's, with recomputed pi_old) is taken from the update's own forward,
     detached, and written back into old_lp; the ratio pi / pi_old is then exactly 1 in value, as it was when a
     separate pass computed the same numbers, and its gradient is the same."""
-    from adamame.kernels import policy_loss
-
+    model, optimizer, args, W, device, chunk = run.model, run.optimizer, run.args, run.world, run.device, \
+        run.plan.logits_chunk
+    rolls, adv, old_lp, ref_lp = batch.rolls, batch.sc["adv"], batch.old_lp, batch.ref_lp
     G = args.group_size
     model.train()
     per_rank = args.mini_batch_prompts // W
-    groups = [list(range(g * G, (g + 1) * G)) for g in range(n_prompts)]
+    groups = [list(range(g * G, (g + 1) * G)) for g in range(len(batch.qs))]
     minis = [sum(groups[m:m + per_rank], []) for m in range(0, len(groups), per_rank)]
     sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "kl", "ratio")}  # on the device: no sync
     losses, grad_norms, logprob_diff, fill = [], [], torch.zeros((), device=device), []
@@ -231,7 +243,7 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
             losses.append(dist.all_sum(mini_loss.item(), device))
             if not math.isfinite(losses[-1]):
                 return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
-            gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            gn = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip)
             grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -240,8 +252,6 @@ def ppo_update(model, optimizer, params, rolls, adv, old_lp, ref_lp, args, n_pro
 
 def prepare_default(args, argv, rank):
     """The toy demo: its two SFT stages if not done yet (train_sft.py's default), then RL on toy prompts."""
-    from adamame.toy import GRPO_SETTINGS, apply_settings, build_toy
-
     apply_settings(args, argv, GRPO_SETTINGS)
     if rank == 0:
         print("toy demo settings: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in GRPO_SETTINGS))
@@ -260,7 +270,6 @@ def prepare_default(args, argv, rank):
 # ---------------------------------------------------------------------------------------------- the memory plan
 
 def make_plan(args, cfg, world, device_type, total):
-    from adamame.memory import grpo_plan
 
     return grpo_plan(cfg, world=world, total=total, device=device_type, prompts_per_step=args.batch_prompts,
                      group_size=args.group_size, max_prompt_tokens=args.max_prompt_tokens,
@@ -280,72 +289,191 @@ def plan_only(args):
     return plan
 
 
+# ---------------------------------------------------------------------------------------------- the run's state
+
+@dataclass
+class Run:
+    """What a GRPO run holds from its setup to its end (one per rank)."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    plan: memory.Plan
+    tok: object  # the tokenizer
+    questions: list  # every RL prompt (adamame.data.Question), and their token ids
+    prompt_ids: list
+    val: tuple | None  # this rank's validation (questions, prompt ids), or None
+    detector: object  # lang(o_i)'s identifier
+    model: torch.nn.Module  # the policy (FSDP2; LoRA adapters when --lora-rank > 0)
+    ref_model: torch.nn.Module | None  # full fine-tuning with beta > 0: a frozen copy; LoRA: adapters switched off
+    optimizer: torch.optim.Optimizer
+    params: list  # the trainable parameters
+    T: int  # total RL steps
+    steps_per_epoch: int
+    paths: dict  # checkpoint, metrics, rollouts
+    toy: bool
+    order: dict = field(default_factory=dict)  # {epoch: that epoch's balanced batches}
+
+
+@dataclass
+class Batch:
+    """One RL step on this rank: its prompts, then what each phase adds."""
+    step: int
+    qs: list  # this rank's prompts of the step (a prompt's whole group stays on one rank)
+    ids: list  # their token ids
+    rolls: list = None  # 1. rollout: G samples per prompt, prompt-major
+    sc: dict = None  # 2. score: correct, langs, qlangs, alpha, scores, adv
+    old_lp: list = None  # 3. log-probs: pi_old per rollout (None: from the update's own forward), pi_ref or None
+    ref_lp: list = None
+
+
+def setup(args, argv) -> Run:
+    """Process group, toy demo (if no --model/--data), memory plan, data, validation, identifier, model, optimizer."""
+    require_reporter(args.report_to)  # a missing optional package stops here, before any work
+    require_verifier(args.verifier)
+    get_detector(args.lang_id, TRAIN_LANGUAGES)  # a missing lingua stops here, before any work
+    rank, world, device = dist.setup()
+    torch.manual_seed(args.seed)
+    toy = args.model is None and args.data is None
+    if (args.model is None) != (args.data is None):
+        raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
+    checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
+    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, argv, rank)
+    if args.batch_prompts % world or args.mini_batch_prompts % world or args.batch_prompts % args.mini_batch_prompts:
+        raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
+                        f"must split evenly over {world} ranks, and the first into whole mini-batches")
+    cfg = read_config(model_dir)
+    plan = memory.shared_plan(lambda w, dev, total: make_plan(args, cfg, w, dev, total), rank, world, device)
+    say = print if rank == 0 else (lambda *a, **k: None)
+
+    tok = load_tokenizer(model_dir)
+    questions, prompt_ids, dropped = encode_questions(tok, read_questions(data_path), args.max_prompt_tokens)
+    if dropped:
+        say(f"dropped {dropped} prompts longer than {args.max_prompt_tokens} tokens")
+    steps_per_epoch = len(questions) // args.batch_prompts
+    if steps_per_epoch == 0:
+        raise DataError(f"{data_path}: {len(questions)} usable prompts, fewer than one batch of {args.batch_prompts}")
+    val, vq = None, []
+    if args.val_data and args.eval_every:
+        vq, vids, _ = encode_questions(tok, read_questions(args.val_data), args.max_prompt_tokens)
+        val = (vq[rank::world], vids[rank::world])
+    detector = get_detector(args.lang_id, reward_languages({q.lang for q in questions + vq}))  # lang(o_i)'s
+    if set(detector.languages) != set(TRAIN_LANGUAGES):
+        say(f"note: the released reward identifies among 14 languages without {' '.join(detector.languages[14:])}; "
+            f"this run's prompts have them, so its identifier adds them (their bonus could not be earned otherwise)")
+
+    model = load_model(model_dir)
+    ref_model = None
+    if args.lora_rank > 0:
+        apply_lora(model, args.lora_rank, args.lora_alpha)
+    elif args.beta > 0:  # full fine-tuning: the reference needs its own (frozen) copy
+        ref_model = dist.shard_model(load_model(model_dir).requires_grad_(False), device)
+    dist.shard_model(model, device, plan.activation_checkpointing)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    T = args.max_steps or max(1, math.floor(args.epochs * steps_per_epoch))
+    say(f"language identifier: {detector.version} over {' '.join(detector.languages)}; verifier {args.verifier}")
+    say(f"{len(questions)} prompts, {world} rank(s), T = {T} steps, reward {args.reward}, "
+        f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
+    paths = {name: os.path.join(args.out, f) for name, f in (("checkpoint", "checkpoint.pt"),
+                                                             ("metrics", "metrics.jsonl"),
+                                                             ("rollouts", "rollouts.jsonl"))}
+    return Run(args, rank, world, device, plan, tok, questions, prompt_ids, val, detector, model, ref_model,
+               optimizer, params, T, steps_per_epoch, paths, toy)
+
+
+def resume_or_start(run) -> int:
+    """The first step: from --out/checkpoint.pt with --resume (its logs cut back to it), else 0 with empty logs."""
+    os.makedirs(run.args.out, exist_ok=True)
+    logs = [run.paths["metrics"], run.paths["rollouts"]]
+    if not run.args.resume:
+        checkpoint.start_fresh(logs)
+        return 0
+    start = checkpoint.resume_training_state(
+        run.paths["checkpoint"], run.model, run.optimizer, run.args,
+        ("seed", "batch_prompts", "group_size", "reward", "max_steps", "epochs"), logs)
+    if run.rank == 0:
+        print(f"resumed from {run.paths['checkpoint']} at step {start}")
+    return start
+
+
+def this_ranks_prompts(run, step) -> Batch:
+    """The step's batch (balanced over languages, one epoch's order at a time) and this rank's share of it."""
+    epoch, idx = divmod(step, run.steps_per_epoch)
+    if epoch not in run.order:
+        run.order.clear()
+        run.order[epoch] = balanced_batches(run.questions, run.args.batch_prompts, run.args.seed, epoch)
+    mine = run.order[epoch][idx][run.rank::run.world]
+    return Batch(step, [run.questions[i] for i in mine], [run.prompt_ids[i] for i in mine])
+
+
 # ---------------------------------------------------------------------------------------------- the RL step's phases
 
-def rollout_phase(model, tok, prompt_ids, args, plan, seed, device, *, n, temperature):
-    """Phase 1: samples from a plain copy of the current policy (built now, freed after)."""
-    copy = dist.rollout_copy(model)
-    rolls = rollouts(copy, tok, prompt_ids, n=n, max_new_tokens=args.max_response_tokens, temperature=temperature,
-                     seed=seed, chunk_prompts=plan.rollout_prompts * args.group_size // n, return_logprobs=True)
+def rollout_phase(run, batch):
+    """Phase 1: G samples per prompt from a plain copy of the current policy (built now, freed after)."""
+    args = run.args
+    copy = dist.rollout_copy(run.model)
+    rolls = rollouts(copy, run.tok, batch.ids, n=args.group_size, max_new_tokens=args.max_response_tokens,
+                     temperature=args.temperature, seed=args.seed * 1_000_003 + batch.step * 1_009 + run.rank,
+                     chunk_prompts=run.plan.rollout_prompts, return_logprobs=True)
     del copy
-    dist.free_cached_memory(device)
+    dist.free_cached_memory(run.device)
     return rolls
 
 
-def score_phase(rolls, qs, args, step, T, detector):
+def score_phase(run, batch):
     """Phase 2: r_i, lang(o_i), shaped scores s_i and advantages A_i (groups never straddle ranks: local)."""
-    from adamame.rewards import advantages, alignment_factor, shaped_scores
-
-    score(rolls, qs, args.lang_mode, detector, args.verifier)
+    args, rolls, step = run.args, batch.rolls, batch.step
+    score(rolls, batch.qs, args.lang_mode, run.detector, args.verifier)
     correct, langs = [r.correct for r in rolls], [r.lang for r in rolls]
     r_i = [r.correct + float(r.format_ok) for r in rolls] if args.format_reward else correct
-    qlangs, gids = [qs[r.question].lang for r in rolls], [r.question for r in rolls]
+    qlangs, gids = [batch.qs[r.question].lang for r in rolls], [r.question for r in rolls]
     kw = dict(variant=args.reward, bonus=args.bonus, lam=args.lam, floor=args.alpha_floor)
-    alpha = (alignment_factor(step, T, args.alpha_floor) if args.reward in ("adamame", "adamame-diversity")
+    alpha = (alignment_factor(step, run.T, args.alpha_floor) if args.reward in ("adamame", "adamame-diversity")
              else 1.0 if args.reward == "adamame-const" else 0.0)  # logged; shaped_scores computes its own
     return {"correct": correct, "langs": langs, "qlangs": qlangs, "alpha": alpha,
-            "scores": shaped_scores(r_i, langs, qlangs, gids, step, T, **kw),
-            "adv": advantages(r_i, langs, qlangs, gids, step, T, **kw)}
+            "scores": shaped_scores(r_i, langs, qlangs, gids, step, run.T, **kw),
+            "adv": advantages(r_i, langs, qlangs, gids, step, run.T, **kw)}
 
 
-def logprob_phase(model, ref_model, rolls, args, plan, W, device):
+def logprob_phase(run, batch):
     """Phase 3: pi_ref (adapters off, or the frozen copy) and pi_old (recomputed, or the sampler's)."""
-    from adamame.lora import adapters_disabled
-
-    budget, chunk = args.micro_batch_tokens, plan.logits_chunk
+    args, rolls, model = run.args, batch.rolls, run.model
+    budget, chunk = args.micro_batch_tokens, run.plan.logits_chunk
     ref_lp = None
     if args.beta > 0:
-        if ref_model is not None:
-            ref_lp = sequence_logprobs(ref_model, rolls, device, args.temperature, budget, chunk)
+        if run.ref_model is not None:
+            ref_lp = sequence_logprobs(run.ref_model, rolls, run.device, args.temperature, budget, chunk)
         else:
             with adapters_disabled(model):
-                ref_lp = sequence_logprobs(model, rolls, device, args.temperature, budget, chunk)
+                ref_lp = sequence_logprobs(model, rolls, run.device, args.temperature, budget, chunk)
     old_lp = [r.logprobs for r in rolls]
     if args.old_logprobs == "recompute":  # the first mini-batch's pi_old comes from its update forward (ppo_update)
-        first = min(len(rolls), args.mini_batch_prompts // W * args.group_size)
-        old_lp = [None] * first + (sequence_logprobs(model, rolls[first:], device, args.temperature, budget, chunk)
-                                   if first < len(rolls) else [])
+        first = min(len(rolls), args.mini_batch_prompts // run.world * args.group_size)
+        old_lp = [None] * first + (sequence_logprobs(model, rolls[first:], run.device, args.temperature, budget,
+                                                     chunk) if first < len(rolls) else [])
     return old_lp, ref_lp
 
 
-def update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan, n_prompts, W, device, step, ckpt):
+def update_phase(run, batch):
     """Phase 4: the PPO update. Stops (keeping the last checkpoint) on a non-finite loss."""
-    losses, grad_norms, sums, logprob_diff = ppo_update(model, optimizer, params, rolls, sc["adv"], old_lp, ref_lp,
-                                                        args, n_prompts, W, device, plan.logits_chunk)
+    losses, grad_norms, sums, logprob_diff = ppo_update(run, batch)
     if not all(math.isfinite(v) for v in losses):
-        raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {losses}; stopping without saving "
-                                         f"(last good checkpoint: {ckpt})")
-    if args.old_logprobs == "recompute":  # pi_old is the trainer's own: measure the sampler against it
-        old = torch.tensor([x for o in old_lp for x in o])
-        sampled = torch.tensor([x for r in rolls for x in r.logprobs])
+        raise checkpoint.TrainingStopped(f"step {batch.step + 1}: loss is {losses}; stopping without saving "
+                                         f"(last good checkpoint: {run.paths['checkpoint']})")
+    if run.args.old_logprobs == "recompute":  # pi_old is the trainer's own: measure the sampler against it
+        old = torch.tensor([x for o in batch.old_lp for x in o])
+        sampled = torch.tensor([x for r in batch.rolls for x in r.logprobs])
         logprob_diff = (old - sampled).abs().max().item() if old.numel() else 0.0
-    dist.free_cached_memory(device)
+    dist.free_cached_memory(run.device)
     return {"losses": losses, "grad_norms": grad_norms, "sums": sums, "logprob_diff": logprob_diff}
 
 
-def metrics_row(step, rolls, sc, up, times, languages, args, device):
+def metrics_row(run, batch, up, times):
     """Phase 5a: one metrics.jsonl row, global means over every rank's rollouts."""
+    rolls, sc, device = batch.rolls, batch.sc, run.device
     correct, langs, qlangs = sc["correct"], sc["langs"], sc["qlangs"]
+    languages = sorted({q.lang for q in run.questions})
     local = {"n": len(rolls), "reward": float(sc["scores"].sum()), "accuracy": sum(correct),
              "lang_match": sum(lg == q for lg, q in zip(langs, qlangs)), "adv_abs": float(abs(sc["adv"]).sum()),
              "response_tokens": sum(len(r.tokens) for r in rolls),
@@ -365,7 +493,7 @@ def metrics_row(step, rolls, sc, up, times, languages, args, device):
     n_updates = len(up["losses"])
     clip_frac, kl, ratio = (extra[1:] / n_updates).tolist()
     n = tot["n"]
-    return {"step": step + 1, "reward": tot["reward"] / n, "accuracy": tot["accuracy"] / n,
+    return {"step": batch.step + 1, "reward": tot["reward"] / n, "accuracy": tot["accuracy"] / n,
             "lang_match": tot["lang_match"] / n, "alignment_factor": sc["alpha"], "adv_abs_mean": tot["adv_abs"] / n,
             "loss": sum(up["losses"]) / n_updates, "losses": up["losses"], "grad_norm": max(up["grad_norms"]),
             "kl": kl, "clip_frac": clip_frac, "ratio": ratio, "logprob_diff": extra[0].item(),
@@ -376,19 +504,59 @@ def metrics_row(step, rolls, sc, up, times, languages, args, device):
             "rollout_tokens_per_s": tot["response_tokens"] / max(times["rollout"], 1e-9)}
 
 
-def rollout_records(step, rank, rolls, qs, sc, old_lp, n_log, T):
-    """Phase 5b: the first n_log prompt groups of this rank, with their scores and advantages."""
-    return [{"step": step + 1, "rank": rank, "id": qs[r.question].id, "group": f"{rank}:{r.question}",
+def validation(run):
+    """Greedy validation (one sample per prompt) of the current policy: accuracy and query-language match."""
+    qs, ids = run.val
+    copy = dist.rollout_copy(run.model)
+    rs = score(rollouts(copy, run.tok, ids, n=1, max_new_tokens=run.args.max_response_tokens, temperature=0.0,
+                        chunk_prompts=run.plan.rollout_prompts * run.args.group_size), qs, run.args.lang_mode,
+               run.detector, run.args.verifier)
+    del copy
+    dist.free_cached_memory(run.device)
+    acc = dist.all_sum(sum(r.correct for r in rs), run.device)
+    match = dist.all_sum(sum(r.lang == qs[r.question].lang for r in rs), run.device)
+    n = dist.all_sum(len(rs), run.device)
+    return {"val_accuracy": acc / n, "val_lang_match": match / n}
+
+
+def write_logs(run, batch, row, reporter):
+    """Phase 5b: the metrics row, and the first --log-rollouts prompt groups of every rank with their scores."""
+    n_log, qs, sc = max(0, run.args.log_rollouts // run.world), batch.qs, batch.sc
+    mine = [{"step": batch.step + 1, "rank": run.rank, "id": qs[r.question].id, "group": f"{run.rank}:{r.question}",
              "query_lang": qs[r.question].lang, "answer": qs[r.question].answer, "response": r.text,
              "tokens": len(r.tokens), "finish_reason": r.finish_reason, "correct": r.correct, "lang": r.lang,
              "score": float(sc["scores"][i]), "advantage": float(sc["adv"][i]), "alignment_factor": sc["alpha"],
-             "total_steps": T, "logprob_sum": float(sum(old_lp[i]))}
-            for i, r in enumerate(rolls) if r.question < n_log]
+             "total_steps": run.T, "logprob_sum": float(sum(batch.old_lp[i]))}
+            for i, r in enumerate(batch.rolls) if r.question < n_log]
+    logged = [None] * run.world
+    torch.distributed.all_gather_object(logged, mine)
+    if run.rank == 0:
+        with open(run.paths["metrics"], "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        reporter.log(row)
+        with open(run.paths["rollouts"], "a", encoding="utf-8", errors="replace") as f:
+            for rows in logged:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def main(argv=None):
-    t_main = time.perf_counter()
-    args = parse_args(argv)
+def finish(run, end, t_main):
+    """The export (and the toy demo's report) once the last step ran, then the run's summary line."""
+    if end == run.T:
+        checkpoint.export_hf(run.model, run.tok, os.path.join(run.args.out, "final"), run.args.export_lora_scale)
+        if run.rank == 0:
+            print(f"exported {os.path.join(run.args.out, 'final')}")
+        if run.toy:
+            demo_report(run.args, run.rank, run.world, run.device, t_main)
+    if run.rank == 0 and os.path.exists(run.paths["metrics"]):
+        rows = [json.loads(r) for r in open(run.paths["metrics"], encoding="utf-8")]
+        if rows:
+            a, b = rows[0], rows[-1]
+            print(f"steps 1-{b['step']}: accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, query-language match "
+                  f"{a['lang_match']:.3f} -> {b['lang_match']:.3f}; metrics in {run.paths['metrics']}")
+
+
+def check_args(args):
     check_flags(args, positive=("epochs", "max_steps", "stop_after", "group_size", "temperature", "batch_prompts",
                                 "mini_batch_prompts", "ppo_epochs", "lr", "grad_clip", "clip_eps", "clip_eps_high",
                                 "lora_alpha", "max_prompt_tokens", "max_response_tokens", "micro_batch_tokens",
@@ -396,158 +564,43 @@ def main(argv=None):
                 non_negative=("bonus", "lam", "weight_decay", "beta", "lora_rank", "export_lora_scale", "eval_every",
                               "log_rollouts"),
                 fractions={"alpha_floor": (0, 1)})
+
+
+def main(argv=None):
+    t_main = time.perf_counter()
+    args = parse_args(argv)
+    check_args(args)
     if args.plan:
-        plan = plan_only(args)
-        return 0 if plan.fits else 3
-    from tqdm import tqdm
-
-    from adamame.answer import require_verifier
-    from adamame.chat import load_tokenizer
-    from adamame.data import read_questions
-    from adamame.language import TRAIN_LANGUAGES, get_detector, reward_languages
-    from adamame.lora import apply_lora
-    from adamame.model import load_model
-    from adamame.report import Reporter, require_reporter
-
-    require_reporter(args.report_to)  # a missing optional package stops here, before any work
-    require_verifier(args.verifier)
-    get_detector(args.lang_id, TRAIN_LANGUAGES)  # a missing lingua stops here, before any work
-    rank, world, device = dist.setup()
-    torch.manual_seed(args.seed)
-    say = print if rank == 0 else (lambda *a, **k: None)
-
-    toy = args.model is None and args.data is None
-    if (args.model is None) != (args.data is None):
-        raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
-    checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, argv, rank)
-    G, W = args.group_size, world
-    if args.batch_prompts % W or args.mini_batch_prompts % W or args.batch_prompts % args.mini_batch_prompts:
-        raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
-                        f"must split evenly over {W} ranks, and the first into whole mini-batches")
-    cfg = read_config(model_dir)
-    plan = memory.shared_plan(lambda w, dev, total: make_plan(args, cfg, w, dev, total), rank, world, device)
-
-    tok = load_tokenizer(model_dir)
-    questions, prompt_ids, dropped = encode_questions(tok, read_questions(data_path), args.max_prompt_tokens)
-    if dropped:
-        say(f"dropped {dropped} prompts longer than {args.max_prompt_tokens} tokens")
-    steps_per_epoch = len(questions) // args.batch_prompts
-    if steps_per_epoch == 0:
-        raise DataError(f"{data_path}: {len(questions)} usable prompts, fewer than one batch of {args.batch_prompts}")
-    T = args.max_steps or max(1, math.floor(args.epochs * steps_per_epoch))
-    val = None
-    if args.val_data and args.eval_every:
-        vq, vids, _ = encode_questions(tok, read_questions(args.val_data), args.max_prompt_tokens)
-        val = (vq[rank::W], vids[rank::W])
-    query_langs = {q.lang for q in questions + (vq if val else [])}
-    detector = get_detector(args.lang_id, reward_languages(query_langs))  # lang(o_i)'s identifier
-    if set(detector.languages) != set(TRAIN_LANGUAGES):
-        say(f"note: the released reward identifies among 14 languages without {' '.join(detector.languages[14:])}; "
-            f"this run's prompts have them, so its identifier adds them (their bonus could not be earned otherwise)")
-
-    model = load_model(model_dir)
-    ref_model = None
-    if args.lora_rank > 0:
-        apply_lora(model, args.lora_rank, args.lora_alpha)
-    elif args.beta > 0:  # full fine-tuning: the reference needs its own (frozen) copy
-        ref_model = dist.shard_model(load_model(model_dir).requires_grad_(False), device)
-    dist.shard_model(model, device, plan.activation_checkpointing)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    say(f"language identifier: {detector.version} over {' '.join(detector.languages)}; verifier {args.verifier}")
-    say(f"{len(questions)} prompts, {W} rank(s), T = {T} steps, reward {args.reward}, "
-        f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
-
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path, metrics_path = os.path.join(args.out, "checkpoint.pt"), os.path.join(args.out, "metrics.jsonl")
-    rollouts_path = os.path.join(args.out, "rollouts.jsonl")
-    if args.resume:
-        start = checkpoint.resume_training_state(
-            ckpt_path, model, optimizer, args, ("seed", "batch_prompts", "group_size", "reward", "max_steps", "epochs"),
-            [metrics_path, rollouts_path])
-        say(f"resumed from {ckpt_path} at step {start}")
-    else:
-        start = 0
-        checkpoint.start_fresh([metrics_path, rollouts_path])
-    reporter = Reporter(args.report_to, args.out, vars(args), rank)
-
-    def evaluate_val():
-        qs, ids = val
-        copy = dist.rollout_copy(model)
-        rs = score(rollouts(copy, tok, ids, n=1, max_new_tokens=args.max_response_tokens, temperature=0.0,
-                            chunk_prompts=plan.rollout_prompts * G), qs, args.lang_mode, detector, args.verifier)
-        del copy
-        dist.free_cached_memory(device)
-        acc = dist.all_sum(sum(r.correct for r in rs), device)
-        match = dist.all_sum(sum(r.lang == qs[r.question].lang for r in rs), device)
-        n = dist.all_sum(len(rs), device)
-        return {"val_accuracy": acc / n, "val_lang_match": match / n}
-
-    languages = sorted({q.lang for q in questions})
-    bar = tqdm(total=T, initial=start, desc=f"grpo ({args.reward})", disable=rank != 0, dynamic_ncols=True)
-    end = min(T, args.stop_after) if args.stop_after else T
-    order = {}
-    def rl_step(step):
-        """One RL step's five phases; returns its metrics row and the rollout records of every rank."""
-        epoch, idx = divmod(step, steps_per_epoch)
-        if epoch not in order:  # one epoch's batch order at a time
-            order.clear()
-            order[epoch] = balanced_batches(questions, args.batch_prompts, args.seed, epoch)
-        mine = order[epoch][idx][rank::W]  # this rank's prompts; a prompt's whole group stays on one rank
-        qs, ids = [questions[i] for i in mine], [prompt_ids[i] for i in mine]
-        times, t0 = {}, time.perf_counter()
-        rolls = rollout_phase(model, tok, ids, args, plan, args.seed * 1_000_003 + step * 1_009 + rank, device,
-                              n=G, temperature=args.temperature)
-        times["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
-        sc = score_phase(rolls, qs, args, step, T, detector)
-        times["scoring"], t0 = time.perf_counter() - t0, time.perf_counter()
-        old_lp, ref_lp = logprob_phase(model, ref_model, rolls, args, plan, W, device)
-        times["logprobs"], t0 = time.perf_counter() - t0, time.perf_counter()
-        up = update_phase(model, optimizer, params, rolls, sc, old_lp, ref_lp, args, plan, len(qs), W, device,
-                          step, ckpt_path)
-        times["update"] = time.perf_counter() - t0
-
-        row = metrics_row(step, rolls, sc, up, times, languages, args, device)
-        if val is not None and ((step + 1) % args.eval_every == 0 or step + 1 == T):
-            row.update(evaluate_val())
-        logged = [None] * W
-        torch.distributed.all_gather_object(logged, rollout_records(step, rank, rolls, qs, sc, old_lp,
-                                                                    max(0, args.log_rollouts // W), T))
-        return row, logged
-
+        return 0 if plan_only(args).fits else 3
+    run = setup(args, argv)
+    start = resume_or_start(run)
+    reporter = Reporter(args.report_to, args.out, vars(args), run.rank)
+    end = min(run.T, args.stop_after) if args.stop_after else run.T
+    bar = tqdm(total=run.T, initial=start, desc=f"grpo ({args.reward})", disable=run.rank != 0, dynamic_ncols=True)
     for step in range(start, end):
-        with dist.stop_if_a_rank_is_lost(rank, step + 1):
-            row, logged = rl_step(step)
-            if rank == 0:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-                reporter.log(row)
-                with open(rollouts_path, "a", encoding="utf-8", errors="replace") as f:
-                    for rows in logged:
-                        for r in rows:
-                            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        with dist.stop_if_a_rank_is_lost(run.rank, step + 1):
+            batch = this_ranks_prompts(run, step)
+            times, t0 = {}, time.perf_counter()
+            batch.rolls = rollout_phase(run, batch)  # 1. G samples per prompt
+            times["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
+            batch.sc = score_phase(run, batch)  # 2. rewards, languages, advantages
+            times["scoring"], t0 = time.perf_counter() - t0, time.perf_counter()
+            batch.old_lp, batch.ref_lp = logprob_phase(run, batch)  # 3. pi_old, pi_ref
+            times["logprobs"], t0 = time.perf_counter() - t0, time.perf_counter()
+            up = update_phase(run, batch)  # 4. the PPO update
+            times["update"] = time.perf_counter() - t0
+            row = metrics_row(run, batch, up, times)  # 5. log, validate, checkpoint
+            if run.val is not None and ((step + 1) % args.eval_every == 0 or step + 1 == run.T):
+                row.update(validation(run))
+            write_logs(run, batch, row, reporter)
             bar.update(1)
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", lang=f"{row['lang_match']:.2f}",
                             alpha=f"{row['alignment_factor']:.2f}", kl=f"{row['kl']:.1e}")
             if (step + 1) % args.save_every == 0 or step + 1 == end:
-                checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
+                checkpoint.save_training_state(run.paths["checkpoint"], run.model, run.optimizer, args, step + 1)
     bar.close()
     reporter.close()
-
-    if end == T:
-        checkpoint.export_hf(model, tok, os.path.join(args.out, "final"), args.export_lora_scale)
-        say(f"exported {os.path.join(args.out, 'final')}")
-        if toy:
-            from adamame.toy import demo_report
-
-            demo_report(args, rank, world, device, t_main)
-    if rank == 0 and os.path.exists(metrics_path):
-        rows = [json.loads(r) for r in open(metrics_path, encoding="utf-8")]
-        if rows:
-            a, b = rows[0], rows[-1]
-            say(f"steps 1-{b['step']}: accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, "
-                f"query-language match {a['lang_match']:.3f} -> {b['lang_match']:.3f}; metrics in {metrics_path}")
+    finish(run, end, t_main)
     dist.cleanup()
     return 0
 

@@ -23,11 +23,22 @@ import os
 import sys
 import textwrap
 import time
+from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from adamame import checkpoint, dist, memory
-from adamame.data import DataError, HelpFormatter, check_flags, exit_with, length_grouped_batches, read_sft, tokenize_sft
+from adamame.chat import load_tokenizer
+from adamame.data import (DataError, HelpFormatter, check_flags, exit_with, length_grouped_batches, read_sft,
+                          tokenize_sft)
+from adamame.hub import resolve
+from adamame.kernels import token_logprobs
+from adamame.lora import apply_lora
+from adamame.memory import sft_plan
+from adamame.model import load_model, read_config
+from adamame.report import Reporter, require_reporter
+from adamame.toy import apply_settings, build_toy
 
 
 def parse_args(argv=None):
@@ -107,8 +118,6 @@ TOY_BASE_STEPS = 400
 def prepare_default(args, argv, rank):
     """Build (once) the toy model folder and data under --out, train its base stage (once) into --out/base; apply
     TOY_SETTINGS to flags not given. Stage 1 then starts from the base stage's model."""
-    from adamame.toy import apply_settings, build_toy
-
     given_steps = args.max_steps  # None unless given on the command line
     apply_settings(args, argv, TOY_SETTINGS)
     if rank == 0:
@@ -124,9 +133,6 @@ def prepare_default(args, argv, rank):
 
 
 def make_plan(args, model_dir, world, device_type, total):
-    from adamame.memory import sft_plan
-    from adamame.model import read_config
-
     return sft_plan(read_config(model_dir), world=world, total=total, device=device_type,
                     tokens=args.micro_batch_size * args.max_length, lora_rank=args.lora_rank,
                     activation_checkpointing=args.activation_checkpointing)
@@ -137,37 +143,39 @@ def plan_only(args):
     if not args.model:
         raise DataError("--plan needs --model (a folder with config.json)")
     device, world, total = memory.plan_target(args.nproc_per_node, args.gpu_memory_gib)
-    from adamame.hub import resolve
-
     plan = make_plan(args, resolve(args.model), world, device, total)
     print(f"memory plan for {args.model} on {world} {'GPU(s)' if device == 'cuda' else 'process(es)'}")
     print(plan)
     return plan
 
 
-def main(argv=None, keep_process_group=False):
-    args = parse_args(argv)
-    check_flags(args, positive=("epochs", "max_steps", "stop_after", "batch_size", "micro_batch_size", "max_length",
-                                "lr", "grad_clip", "lora_alpha", "nproc_per_node", "gpu_memory_gib", "save_every"),
-                non_negative=("weight_decay", "lora_rank"), fractions={"warmup_ratio": (0, 1), "lora_dropout": (0, 1)})
-    if args.plan:
-        return 0 if plan_only(args).fits else 3
-    from adamame.report import require_reporter
+@dataclass
+class Run:
+    """What an SFT run holds from its setup to its end (one per rank)."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    tok: object  # the tokenizer
+    kept: list  # (token ids, prompt length) of every example that fits --max-length
+    steps_per_epoch: int
+    total: int  # optimizer steps
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list  # the trainable parameters
+    paths: dict  # checkpoint, metrics
+    order: dict = field(default_factory=dict)  # {epoch: that epoch's length-grouped batches}
 
+
+def setup(args, argv) -> Run:
+    """Process group, toy task (if no --model/--data), data, memory plan, model (adapters, sharding), optimizer."""
     require_reporter(args.report_to)
     rank, world, device = dist.setup()
     torch.manual_seed(args.seed)  # identical LoRA initialisation on every rank and for every world size
     say = print if rank == 0 else (lambda *a, **k: None)
-    from adamame.chat import load_tokenizer
-    from adamame.kernels import token_logprobs
-    from adamame.lora import apply_lora
-    from adamame.model import load_model
-
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
     checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    from adamame.hub import resolve
-
     model_dir, data_path = (resolve(args.model), args.data) if args.model else prepare_default(args, argv, rank)
     if args.batch_size % world or (args.batch_size // world) % args.micro_batch_size:
         raise DataError(f"--batch-size {args.batch_size} must split into {world} ranks x whole micro-batches of "
@@ -175,8 +183,7 @@ def main(argv=None, keep_process_group=False):
 
     # data: render, tokenize, drop over-long examples (never truncate mid-answer)
     tok = load_tokenizer(model_dir)
-    examples = read_sft(data_path)
-    encoded = [tokenize_sft(tok, ex) for ex in examples]
+    encoded = [tokenize_sft(tok, ex) for ex in read_sft(data_path)]
     kept = [e for e in encoded if len(e[0]) <= args.max_length]
     if len(kept) < len(encoded):
         say(f"dropped {len(encoded) - len(kept)} of {len(encoded)} examples longer than {args.max_length} tokens")
@@ -184,7 +191,6 @@ def main(argv=None, keep_process_group=False):
         raise DataError(f"{data_path}: {len(kept)} usable examples, fewer than one batch of {args.batch_size}")
     steps_per_epoch = len(kept) // args.batch_size
     total = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     # the memory plan (made on rank 0, shared), then the model: load on CPU, add adapters, shard (layers, then root)
     plan = memory.shared_plan(lambda w, dev, total: make_plan(args, model_dir, w, dev, total), rank, world, device)
@@ -194,85 +200,100 @@ def main(argv=None, keep_process_group=False):
     dist.shard_model(model, device, plan.activation_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
-    n_trainable = sum(p.numel() for p in params)
-    say(f"{len(kept)} examples, {world} rank(s), {total} steps, {n_trainable / 1e6:.2f}M trainable parameters "
-        f"({'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full fine-tuning'})")
+    say(f"{len(kept)} examples, {world} rank(s), {total} steps, {sum(p.numel() for p in params) / 1e6:.2f}M "
+        f"trainable parameters ({'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full fine-tuning'})")
+    paths = {"checkpoint": os.path.join(args.out, "checkpoint.pt"), "metrics": os.path.join(args.out, "metrics.jsonl")}
+    return Run(args, rank, world, device, tok, kept, steps_per_epoch, total, model, optimizer, params, paths)
 
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    if args.resume:
-        start = checkpoint.resume_training_state(ckpt_path, model, optimizer, args,
-                                                 ("seed", "batch_size", "lora_rank", "max_length"), [metrics_path])
-        say(f"resumed from {ckpt_path} at step {start}")
-    else:
-        start = 0
-        checkpoint.start_fresh([metrics_path])
-    from adamame.report import Reporter
 
-    reporter = Reporter(args.report_to, args.out, vars(args), rank)
+def resume_or_start(run) -> int:
+    """The first step: from --out/checkpoint.pt with --resume (its log cut back to it), else 0 with an empty log."""
+    os.makedirs(run.args.out, exist_ok=True)
+    if not run.args.resume:
+        checkpoint.start_fresh([run.paths["metrics"]])
+        return 0
+    start = checkpoint.resume_training_state(run.paths["checkpoint"], run.model, run.optimizer, run.args,
+                                             ("seed", "batch_size", "lora_rank", "max_length"), [run.paths["metrics"]])
+    if run.rank == 0:
+        print(f"resumed from {run.paths['checkpoint']} at step {start}")
+    return start
 
-    from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=start, desc="sft", disable=rank != 0, dynamic_ncols=True)
-    losses, order = [], {}
-    end = min(total, args.stop_after) if args.stop_after else total
+def sft_step(run, step):
+    """One optimizer step over the global batch of `step`; returns its metrics row."""
+    args, model, device = run.args, run.model, run.device
+    t0 = time.perf_counter()
+    epoch, idx = divmod(step, run.steps_per_epoch)
+    if epoch not in run.order:  # one epoch's batch order at a time
+        run.order.clear()
+        run.order[epoch] = length_grouped_batches([len(e[0]) for e in run.kept], args.batch_size, args.seed, epoch)
+    batch = [run.kept[j] for j in run.order[epoch][idx]]
+    n_target = sum(len(seq) - n_prompt for seq, n_prompt in batch)  # the whole global batch
+    mine = batch[run.rank::run.world]
+    micro = [mine[i:i + args.micro_batch_size] for i in range(0, len(mine), args.micro_batch_size)]
+    pad_id = run.tok.pad_token_id if run.tok.pad_token_id is not None else 0
+    loss_sum = torch.zeros((), device=device)  # summed on the device: one host sync per step, not per micro-batch
+    model.train()
+    for i, mb in enumerate(micro):
+        model.set_requires_gradient_sync(i == len(micro) - 1)
+        ids, targets, mask = (t.to(device) for t in collate(mb, pad_id))
+        nll = -token_logprobs(model(ids, logits_at=mask), targets[mask]).sum()  # logits at target positions only
+        # FSDP averages gradients over ranks, so scale by world / (target tokens in the global batch)
+        (nll * run.world / n_target).backward()
+        loss_sum += nll.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    lr = lr_at(step, run.total, args.lr, args.warmup_ratio)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = dist.all_sum(loss_sum.item(), device) / n_target
+    if not math.isfinite(loss):
+        raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping "
+                                         f"(last good checkpoint: {run.paths['checkpoint']})")
+    dt = time.perf_counter() - t0
+    return {"step": step + 1, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+            "tokens_per_s": sum(len(s) for s, _ in batch) / dt, "time": dt}
 
-    def sft_step(step):
-        """One optimizer step over the global batch of `step`; returns its metrics row."""
-        t0 = time.perf_counter()
-        epoch, idx = divmod(step, steps_per_epoch)
-        if epoch not in order:  # one epoch's batch order at a time
-            order.clear()
-            order[epoch] = length_grouped_batches([len(e[0]) for e in kept], args.batch_size, args.seed, epoch)
-        batch = [kept[j] for j in order[epoch][idx]]
-        n_target = sum(len(seq) - n_prompt for seq, n_prompt in batch)  # the whole global batch
-        mine = batch[rank::world]
-        micro = [mine[i:i + args.micro_batch_size] for i in range(0, len(mine), args.micro_batch_size)]
-        loss_sum = torch.zeros((), device=device)  # summed on the device: one host sync per step, not per micro-batch
-        model.train()
-        for i, mb in enumerate(micro):
-            model.set_requires_gradient_sync(i == len(micro) - 1)
-            ids, targets, mask = (t.to(device) for t in collate(mb, pad_id))
-            nll = -token_logprobs(model(ids, logits_at=mask), targets[mask]).sum()  # logits at target positions only
-            # FSDP averages gradients over ranks, so scale by world / (target tokens in the global batch)
-            (nll * world / n_target).backward()
-            loss_sum += nll.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        lr = lr_at(step, total, args.lr, args.warmup_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = dist.all_sum(loss_sum.item(), device) / n_target
-        if not math.isfinite(loss):
-            raise checkpoint.TrainingStopped(f"step {step + 1}: loss is {loss}; stopping "
-                                             f"(last good checkpoint: {ckpt_path})")
-        dt = time.perf_counter() - t0
-        return {"step": step + 1, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": sum(len(s) for s, _ in batch) / dt, "time": dt}
 
+def check_args(args):
+    check_flags(args, positive=("epochs", "max_steps", "stop_after", "batch_size", "micro_batch_size", "max_length",
+                                "lr", "grad_clip", "lora_alpha", "nproc_per_node", "gpu_memory_gib", "save_every"),
+                non_negative=("weight_decay", "lora_rank"), fractions={"warmup_ratio": (0, 1), "lora_dropout": (0, 1)})
+
+
+def main(argv=None, keep_process_group=False):
+    args = parse_args(argv)
+    check_args(args)
+    if args.plan:
+        return 0 if plan_only(args).fits else 3
+    run = setup(args, argv)
+    start = resume_or_start(run)
+    reporter = Reporter(args.report_to, args.out, vars(args), run.rank)
+    bar = tqdm(total=run.total, initial=start, desc="sft", disable=run.rank != 0, dynamic_ncols=True)
+    end = min(run.total, args.stop_after) if args.stop_after else run.total
+    losses = []
     for step in range(start, end):
-        with dist.stop_if_a_rank_is_lost(rank, step + 1):
-            row = sft_step(step)
+        with dist.stop_if_a_rank_is_lost(run.rank, step + 1):
+            row = sft_step(run, step)
             losses.append(row["loss"])
-            if rank == 0:
-                with open(metrics_path, "a", encoding="utf-8") as f:
+            if run.rank == 0:
+                with open(run.paths["metrics"], "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 reporter.log(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
             if (step + 1) % args.save_every == 0 or step + 1 == end:
-                checkpoint.save_training_state(ckpt_path, model, optimizer, args, step + 1)
+                checkpoint.save_training_state(run.paths["checkpoint"], run.model, run.optimizer, args, step + 1)
     bar.close()
     reporter.close()
-
-    if end == total:
-        checkpoint.export_hf(model, tok, os.path.join(args.out, "final"))
-        say(f"exported {os.path.join(args.out, 'final')}")
-    if losses:
-        say(f"steps {start + 1}-{end}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; metrics in {metrics_path}")
+    if end == run.total:
+        checkpoint.export_hf(run.model, run.tok, os.path.join(args.out, "final"))
+        if run.rank == 0:
+            print(f"exported {os.path.join(args.out, 'final')}")
+    if run.rank == 0 and losses:
+        print(f"steps {start + 1}-{end}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; metrics in {run.paths['metrics']}")
     if not keep_process_group:  # train_grpo.py's toy demo runs this stage first in the same processes
         dist.cleanup()
     return 0

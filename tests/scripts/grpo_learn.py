@@ -41,7 +41,10 @@ def main(model_dir, lr, steps):
         rewards.append(sum(correct) / len(correct))
         adv = advantages(correct, ["en"] * len(rolls), ["en"] * len(rolls), [r.question for r in rolls], step,
                          steps, variant="grpo")
-        ppo_update(model, opt, params, rolls, adv, [r.logprobs for r in rolls], None, args, P, world, device)
+        run = SimpleNamespace(model=model, optimizer=opt, params=params, args=args, world=world, device=device,
+                              plan=SimpleNamespace(logits_chunk=None))  # what train_grpo.Run holds
+        ppo_update(run, SimpleNamespace(qs=prompts, rolls=rolls, sc={"adv": adv},
+                                        old_lp=[r.logprobs for r in rolls], ref_lp=None))
     print(json.dumps(rewards))
     dist.cleanup()
 

@@ -54,12 +54,15 @@ def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
     old = [r.logprobs for r in rolls]
     if old_mode == "recompute":
         old = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
-    elif old_mode == "own":  # train_grpo's phase: the first mini-batch's pi_old comes from its update forward
+    run = SimpleNamespace(model=model, ref_model=None, optimizer=opt, params=params, args=args, world=world,
+                          device=device, plan=SimpleNamespace(logits_chunk=chunk))  # what train_grpo.Run holds
+    batch = SimpleNamespace(qs=mine_q, rolls=rolls, sc={"adv": my_adv}, old_lp=old, ref_lp=ref)
+    if old_mode == "own":  # train_grpo's phase: the first mini-batch's pi_old comes from its update forward
         args.old_logprobs = "recompute"
-        old, _ = logprob_phase(model, None, rolls, args, SimpleNamespace(logits_chunk=chunk), world, device)
-        assert old[0] is None and old[-1] is not None
-    losses, norms, _, _ = ppo_update(model, opt, params, rolls, my_adv, old, ref, args, len(mine_q), world, device,
-                                     chunk)
+        batch.old_lp, _ = logprob_phase(run, batch)
+        assert batch.old_lp[0] is None and batch.old_lp[-1] is not None
+    losses, norms, _, _ = ppo_update(run, batch)
+    old = batch.old_lp
     assert None not in old  # written back by ppo_update, for logprob_diff and the rollout records
     full = dist.full_state_dict(model, trainable_only=True)
     if rank == 0:
