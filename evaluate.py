@@ -7,8 +7,7 @@
 For every question the localized instruction (adamame/language.py) + question is rendered with the model's chat template
 and k candidates are drawn with adamame's generation engine. Writes --out/generations.jsonl (one record per
 question: candidates, token counts, extracted answers, correctness, fidelity flags), --out/summary.json,
---out/summary.csv, and prints a table with the languages as columns. Metric definitions: adamame/scoring.py and
-the README.
+--out/summary.csv, and prints a table with the languages as columns. Metric definitions: adamame/scoring.py.
 
 Records for --score: {"lang", "answer", "candidates": [str, ...]} plus optional "id", "question" and
 "candidate_tokens": [int, ...]; without token counts, --tokenizer counts them.
@@ -19,7 +18,15 @@ import json
 import os
 import sys
 
-from adamame.data import DataError, HelpFormatter, check_flags, exit_with
+from adamame import dist
+from adamame.answer import require_verifier
+from adamame.chat import load_tokenizer
+from adamame.checkpoint import lock_output
+from adamame.data import DataError, HelpFormatter, check_flags, exit_with, read_jsonl, read_questions
+from adamame.hub import resolve
+from adamame.language import KNOWN_LANGUAGES
+from adamame.rollout import detectors, evaluate_model
+from adamame.scoring import format_table, score_record, summarize, write_paper_csv, write_summary
 
 
 def parse_args(argv=None):
@@ -65,9 +72,6 @@ def data_files(paths):
 def read_generations(path, k):
     """The records of a --score file, every one checked (at least k candidates; candidate_tokens, when given, one
     count per candidate) before anything is written."""
-    from adamame.data import read_jsonl
-    from adamame.language import KNOWN_LANGUAGES
-
     recs = []
     for i, obj in read_jsonl(path):
         for field in ("lang", "answer", "candidates"):
@@ -90,7 +94,6 @@ def read_generations(path, k):
 
 
 def write_outputs(recs, k, out):
-    from adamame.scoring import format_table, summarize, write_paper_csv, write_summary
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "generations.jsonl"), "w", encoding="utf-8") as f:
@@ -105,29 +108,19 @@ def write_outputs(recs, k, out):
 
 
 def main(argv=None):
-    from adamame.answer import require_verifier
-
-    from adamame.checkpoint import lock_output
 
     args = parse_args(argv)
     check_flags(args, positive=("k", "max_new_tokens", "batch_prompts", "limit"), non_negative=("temperature",))
     if not 0 < args.top_p <= 1:
         raise DataError(f"--top-p must be in (0, 1], got {args.top_p}")
     require_verifier(args.verifier)
-    from adamame.rollout import detectors
 
     detector, train_detector = detectors(args)  # a missing lingua is reported before any work
     print(f"language identifier: {detector.version}, evaluation languages {' '.join(detector.languages)}")
     if args.score:
-        from adamame.scoring import score_record
-
         recs = read_generations(args.score, args.k)  # every input is read and checked before --out is touched
         count = None
         if args.tokenizer:
-            from adamame.chat import load_tokenizer
-
-            from adamame.hub import resolve
-
             tok = load_tokenizer(resolve(args.tokenizer, "--tokenizer"))
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
@@ -138,17 +131,11 @@ def main(argv=None):
     if not args.model or not args.data:
         raise DataError("give --model and --data to generate, or --score FILE to score existing generations")
 
-    from adamame import dist
-    from adamame.data import read_questions
-
     questions = []
     for f in data_files(args.data):
         questions += read_questions(f)[:args.limit]
     rank, world, device = dist.setup()
     lock_output(args.out)
-    from adamame.rollout import evaluate_model
-
-    from adamame.hub import resolve
 
     recs = evaluate_model(resolve(args.model), questions, args, rank, world, device)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None

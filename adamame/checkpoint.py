@@ -6,7 +6,7 @@ Each checkpoint is one file written under a temporary name, flushed to disk, the
 (rename is atomic on POSIX), so at any instant the file on disk is either the previous checkpoint or the
 new one.
 
-Imports: torch, numpy.
+Imports: torch, numpy; adamame: dist, lora, model.
 """
 
 import os
@@ -14,6 +14,10 @@ import random
 
 import numpy as np
 import torch
+
+from adamame import dist
+from adamame.lora import lora_scales, merged_state_dict
+from adamame.model import save_model, stored_dtype
 
 
 class TrainingStopped(RuntimeError):
@@ -112,8 +116,6 @@ def save_training_state(path, model, optimizer, args, step):
     """Trainable weights, optimizer state (both gathered in full), the step, the flags and every rank's RNG."""
     import torch.distributed as tdist
 
-    from adamame import dist
-
     trainable = dist.full_state_dict(model, trainable_only=True)
     optim = dist.optimizer_state(model, optimizer)
     rngs = [None] * tdist.get_world_size()
@@ -126,11 +128,7 @@ def resume_training_state(path, model, optimizer, args, must_match, logs=()) -> 
     """Restore what save_training_state wrote and return its step. Flags in `must_match` must not have changed
     (they decide the data order or the schedule); rows of the JSONL `logs` past the step are dropped, since the
     resumed run writes them again."""
-    import json
-
     import torch.distributed as tdist
-
-    from adamame import dist
 
     rank = tdist.get_rank()
     state = load(path) if rank == 0 else None
@@ -177,10 +175,6 @@ def export_hf(model, tokenizer, out_dir, lora_scale=None):
     """The final Hugging Face folder: LoRA merged with alpha / rank (or `lora_scale` for every adapter), weights in
     the base checkpoint's dtype, plus the tokenizer. Returns when the folder exists for every rank."""
     import torch.distributed as tdist
-
-    from adamame import dist
-    from adamame.lora import lora_scales, merged_state_dict
-    from adamame.model import save_model, stored_dtype
 
     full = dist.full_state_dict(model)
     if tdist.get_rank() == 0:

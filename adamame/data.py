@@ -15,7 +15,7 @@ Formats:
 Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `micro_batches` (length-sorted
 forwards of at most a token budget, as many on every rank).
 
-Imports: adamame.chat, adamame.language (only their small helpers), adamame.dist (micro_batches' one collective).
+Imports: adamame: chat, dist (micro_batches' one collective), language.
 """
 
 import argparse
@@ -25,6 +25,8 @@ import random
 import sys
 from dataclasses import dataclass
 
+from adamame import dist
+from adamame.chat import encode_prompt, render_prompt
 from adamame.language import INSTRUCTIONS, KNOWN_LANGUAGES
 
 
@@ -34,7 +36,6 @@ class DataError(ValueError):
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The entry points' --help: every flag's real default after its text; a flag without one explains itself."""
-
     def _get_help_string(self, action):
         text = action.help or ""
         if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
@@ -171,8 +172,6 @@ def tokenize_sft(tokenizer, ex: SFTExample) -> tuple:
     The target starts inside `<think>` when the chat template's generation prompt already opened it;
     otherwise `<think>\\n` is put at the start of the target.
     """
-    from adamame.chat import encode_prompt, render_prompt
-
     target = ex.target
     if "<think>" not in render_prompt(tokenizer, ex.prompt)[-20:] and not target.lstrip().startswith("<think>"):
         target = "<think>\n" + target
@@ -222,7 +221,6 @@ def micro_batches(items, budget, length, device):
             cur = []
         cur.append(it)
     bins += [cur] if cur else []
-    from adamame import dist
 
     n = int(dist.all_max(len(bins), device))
     while len(bins) < n:

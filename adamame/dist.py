@@ -6,7 +6,7 @@ float32 master weights and float32 gradient reduction; on CPU (gloo) everything 
 as a single process (no torchrun): the "world" is then one rank and FSDP2 still wraps the model, so there is one
 code path to read and test.
 
-Imports: torch.
+Imports: torch; adamame: lora, model.
 """
 
 import os
@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from adamame.lora import LoRALinear
+from adamame.model import Transformer, stored_dtype
 
 TIMEOUT_S = float(os.environ.get("ADAMAME_DIST_TIMEOUT", 1800))  # a collective waiting longer means a rank is gone
 
@@ -116,8 +118,6 @@ def shard_model(model, device, activation_checkpointing=False):
     Parameters that do not train (a LoRA run's base, a full fine-tuning run's reference) need no float32 master:
     when the checkpoint stores them in the compute dtype (the paper's models: bf16), they are held in it, which is
     lossless and halves them; the trainable ones stay float32."""
-    from adamame.model import stored_dtype
-
     dtype = compute_dtype(device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     if stored_dtype(model.config) == dtype:
@@ -207,9 +207,6 @@ def rollout_copy(model, dtype=None):
     float32 (W + alpha / r * B A) before the cast, so the decode loop runs the bare network. The copy is built once
     per RL step and dropped after the rollouts; its bytes are exactly the weights row of the memory plan.
     """
-    from adamame.lora import LoRALinear
-    from adamame.model import Transformer
-
     def full(t):
         return t.full_tensor() if hasattr(t, "full_tensor") else t
 

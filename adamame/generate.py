@@ -26,7 +26,7 @@ weights to produce one token per row, so the step must be memory-bound, not laun
 Sampling distribution: softmax(z / T), restricted to the top_k tokens and then to the smallest set whose
 probability reaches top_p, renormalised. temperature = 0 is greedy (its log-probs are at T = 1).
 
-Imports: torch, adamame.model (KVCache).
+Imports: torch; adamame: model (KVCache).
 """
 
 import os

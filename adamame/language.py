@@ -32,11 +32,13 @@ With langid, which never abstains and cannot segment a text, two of these can on
 language" when it has fewer than MIN_LETTERS letters, and code switch means >= 2 languages among the line check's
 decisions for the trace's lines (for a one-line trace, among its sentences, read the same way).
 
-Imports: langid; lingua (optional).
+Imports: langid; lingua (optional); adamame: answer (split_response).
 """
 
 import re
 from functools import lru_cache
+
+from adamame.answer import split_response
 
 DETECTORS = ("langid", "lingua")
 # The instruction before every question (the prompt is instruction + "\n\n" + question). fr ja ko pt th are the
@@ -93,7 +95,6 @@ def _letters(text: str) -> int:
 
 class Detector:
     """A language identifier restricted to `languages`: detect(text) -> ISO 639-1 code, or None for no answer."""
-
     name = "?"
 
     def __init__(self, languages):
@@ -202,8 +203,6 @@ def trace_languages(benchmark: str | None = None) -> tuple:
 def reward_language(response: str, mode: str = "prefix", detector: Detector | None = None) -> str:
     """lang(o_i) for the reward: the detector on the first 500 characters of the decoded response, raw (the paper's
     training-time rule, mode="prefix"), or on the whole reasoning trace (mode="trace"); "unknown" for no answer."""
-    from adamame.answer import split_response
-
     detector = detector or get_detector()
     if mode == "prefix":
         text = response[:PREFIX_CHARS]

@@ -26,8 +26,8 @@ arbitrary mask. An input a fused kernel cannot take then fails loudly instead of
 ADAMAME_SDPA=any lets torch choose (the math backend included); ADAMAME_SDPA=math runs only the math backend.
 The attention output is never `.view`ed: CUDA backends return it in layouts the CPU never produces.
 
-Imports: torch, safetensors (for load_model / save_model); adamame.decode_attention (optional: without it the decode
-step attends with SDPA).
+Imports: torch, safetensors (for load_model / save_model); adamame: decode_attention (optional: without it the
+decode step attends with SDPA).
 """
 
 import json
@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 try:  # the optional sibling: each decode row reads only its own cache slots (Triton, with a PyTorch fallback)
-    from adamame.decode_attention import decode_attention, use_kernel as use_decode_kernel
+    from adamame.decode_attention import decode_attention
+    from adamame.decode_attention import use_kernel as use_decode_kernel
 except ImportError:
     decode_attention = None
 

@@ -6,15 +6,18 @@ exactly the same code so training rewards and reported metrics cannot drift apar
 
 The evaluation's generation lives here too (`evaluate_model`), so evaluate.py and the toy demo run the same code.
 
-Imports: torch, tqdm, adamame (answer, chat, generate, language; model, dist, scoring inside the evaluation).
+Imports: torch, tqdm; adamame: answer, chat, dist, generate, language, model, scoring.
 """
 
 from dataclasses import dataclass
 
 from adamame.answer import reward_check, think_format_ok
-from adamame.chat import encode_prompt
+from adamame.chat import encode_prompt, load_tokenizer
+from adamame.dist import compute_dtype
 from adamame.generate import generate, make_decoder
-from adamame.language import reward_language
+from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, reward_language, trace_languages
+from adamame.model import load_model
+from adamame.scoring import score_record
 
 
 @dataclass
@@ -107,8 +110,6 @@ def score(rolls, questions, lang_mode="prefix", detector=None, verifier="builtin
 
 def detectors(args):
     """(the evaluation's identifier, the training-time rule's identifier) for --lang-id and --benchmark."""
-    from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, trace_languages
-
     name, benchmark = getattr(args, "lang_id", "langid"), getattr(args, "benchmark", None)
     languages = BENCHMARK_LANGUAGES[benchmark] if benchmark else KNOWN_LANGUAGES
     return get_detector(name, tuple(languages)), get_detector(name, trace_languages(benchmark))
@@ -134,11 +135,6 @@ def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", de
     record gathered on every rank. args: k, temperature, top_p, max_new_tokens, batch_prompts, seed, and optionally
     verifier, lang_id, benchmark (evaluate.py's flags)."""
     from tqdm import tqdm
-
-    from adamame.chat import load_tokenizer
-    from adamame.dist import compute_dtype
-    from adamame.model import load_model
-    from adamame.scoring import score_record
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=compute_dtype(device), device=device).eval()

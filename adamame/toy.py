@@ -21,7 +21,8 @@ The tokenizer is a BPE without whitespace pre-splitting (so template phrases mer
 digit runs are their own pre-tokens (every number becomes one token); with it questions are a handful of tokens
 and traces about a dozen, which a ~0.6M-parameter model (2 layers) learns in a few minutes.
 
-Imports: torch, tokenizers, transformers (to save the tokenizer folder), adamame.
+Imports: torch, tokenizers, transformers (to save the tokenizer folder); adamame: data, language, model, rollout,
+scoring.
 """
 
 import json
@@ -30,6 +31,12 @@ import random
 import string
 
 import torch
+
+from adamame.data import localized_prompt, read_questions
+from adamame.language import INSTRUCTIONS
+from adamame.model import ModelConfig, Transformer, save_model
+from adamame.rollout import evaluate_model
+from adamame.scoring import format_table, summarize
 
 LANGS = ("fr", "ja", "ko", "pt", "th")
 NAMES = {"fr": ["Marie", "Paul", "Julie", "Louis"], "ja": ["花子", "太郎", "さくら", "健太"],
@@ -151,8 +158,6 @@ def sft_rows(query_fraction=QUERY_FRACTION, seed=0):
 
 def rl_rows(split="train", seed=0):
     """RL / evaluation rows ({id, lang, prompt, answer}) in the RL format of adamame/data.py."""
-    from adamame.data import localized_prompt
-
     rows = []
     for i, p in enumerate(problems(split)):
         q, _, c = render(*p)
@@ -165,8 +170,6 @@ def build_tokenizer(path, vocab_size=2000):
     """Train the toy BPE on every question, trace and instruction, and save it with the chat template."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from adamame.language import INSTRUCTIONS
 
     corpus = []
     for p in problems("train") + problems("test"):
@@ -195,8 +198,6 @@ def build_model(path, vocab_size, hidden=128, layers=2, heads=4, kv_heads=2, see
     time of four, which scored about the same at temperature 0.8 (SFT model, one-process evaluation of the held-out
     set: 97.1% with 4 layers and 550 base steps, 96.9% with 2 layers and 400); hotter sampling hurts the 2-layer
     model's query-language traces more (README, "What it shows")."""
-    from adamame.model import ModelConfig, Transformer, save_model
-
     cfg = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": vocab_size,
            "hidden_size": hidden, "intermediate_size": 3 * hidden, "num_hidden_layers": layers,
            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": hidden // heads,
@@ -275,8 +276,6 @@ DEMO_METRICS = ("pass@1", "lang_match", "acc_query", "acc_english", "n_query", "
 
 def held_out_questions(root, per_language=100):
     """The demo's evaluation set: the first `per_language` held-out prompts of each language (never trained on)."""
-    from adamame.data import read_questions
-
     held_out = read_questions(os.path.join(root, "toy_rl_test.jsonl"))
     langs = sorted({q.lang for q in held_out})
     return [q for lang in langs for q in [x for x in held_out if x.lang == lang][:per_language]]
@@ -288,9 +287,6 @@ def evaluate(model_dir, questions, max_new_tokens, seed, rank=0, world=1, device
     (adamame.scoring.summarize)."""
     from types import SimpleNamespace
 
-    from adamame.rollout import evaluate_model
-    from adamame.scoring import summarize
-
     ev = SimpleNamespace(k=4, temperature=temperature, top_p=EVAL_TOP_P, max_new_tokens=max_new_tokens, batch_prompts=64,
                          seed=seed)
     return summarize(evaluate_model(model_dir, questions, ev, rank, world, device, desc=desc), ev.k)
@@ -301,8 +297,6 @@ def demo_report(args, rank, world, device, t_start):
     prints it and writes summary.json (the README's demo block is rendered from it: bench/readme_table.py demo)."""
     import json
     import time
-
-    from adamame.scoring import format_table
 
     questions = held_out_questions(args.out)
     result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": EVAL_TEMPERATURE,
