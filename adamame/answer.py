@@ -9,8 +9,10 @@ rollout, where a policy will find any hole that pays. So the checker
     are sets, and a set must equal the gold as a whole (`x = 5 or x = 7` is {5, 7}, not 7);
   * is bounded: inputs over 2,000 characters, number literals over 200 digits, results over 10^1000 and nesting
     over 60 levels are refused, every step checks a deadline, and symbolic expressions are compared by evaluating
-    both at random points with Python floats (a bounded computation) rather than by sympy's unbounded `simplify`,
-    which only runs, under a timer, when the points cannot decide; `verify` never raises.
+    both at five random points with complex floats (a bounded computation; `2 \\sin b \\cos a` equals
+    `\\sin(a+b) - \\sin(a-b)`) rather than by sympy's unbounded `simplify`, which can run for minutes and only
+    runs, under a timer, when the points cannot decide; `verify` never raises. A response whose check hits the time
+    limit scores 0 and is counted in train_grpo.py's `verify_timeouts` metric.
 
 What an answer may be (after unwrapping `\\text{}` and friends, dropping `$`, `\\left`, spacing commands, units
 and other words):
@@ -28,7 +30,22 @@ Sets are unordered, tuples ordered; `(a, b)` may also be an open interval and `[
 numbers are read every way they can be (`1.000` is 1 or 1000, `2,5` is 2.5 or the set {2, 5}, `1 000` is 1000,
 `25%` is 25 or 0.25, `42 個` is 42): right for a multilingual reward even where Math-Verify reads them otherwise.
 Two scalars are equal when exactly equal (integers), within a relative 1e-6 (other numbers), or when they agree
-at 5 random points of their free symbols (expressions).
+at 5 random points of their free symbols (expressions). It also reads `\\text{(C)}`, `11,\\!111,\\!100`, intervals
+and their unions, and unordered sets of tuples.
+
+The final answer (`extract_answer`) is the set of the boxes of the answer part (after `</think>`, or the whole text
+without one), so a hedge such as `\\boxed{40}, non: \\boxed{42}` is {40, 42}, not 42; when the answer part after a
+`</think>` boxes nothing, the reward reads the trace's last box (a reasoning model's last box in its trace is its
+latest answer; the evaluation, adamame/scoring.py, checks the answer part's first box, or the trace's first).
+
+Against Math-Verify: on its own regression cases that have a boxed prediction (95 in its tests/test_all.py,
+test_open_thoughts.py and test_numina_cases.py) this checker agrees with the verdict those tests expect on 90 (0.947;
+`python bench/checker_agreement.py MATH_VERIFY_TESTS_DIR`). Of the cases they reject it accepts one, whose gold
+itself boxes two values (`\\boxed{1} no no no no no \\boxed{2}` against `\\boxed{1,2}`: both are the set {1, 2} to
+this checker, the gold's last box to Math-Verify); no hedged prediction is accepted. `--verifier math-verify` (on
+train_grpo.py and evaluate.py; `pip install math-verify`, not a requirement) uses Math-Verify exactly as the paper's
+code calls it: `verify(parse(prompt + response), parse(gold))` for the reward (the prediction first, on the decoded
+prompt and response together), `verify(parse(gold), parse(box))` for evaluation.
 
 Imports: sympy (numbers and expressions built here, never parsed from text).
 """

@@ -31,7 +31,75 @@ NCCL's buffers ~1 GiB on 8 ranks, library handles; together RESERVE_GIB = 2 GiB,
 check measures) and less 3% for fragmentation (the trainers turn on expandable segments, which keeps it small); this
 replaces the flat 5% margin of earlier versions. On CPU: 85% of the available RAM shared by the local ranks.
 
-Imports: torch, adamame (model, lora, generate).
+How a run uses it: train_grpo.py and train_sft.py build the plan before loading any weight, print it, and stop with
+exit status 3 when the peak would not fit the device (on a CPU run: the available RAM shared by the local ranks).
+The run then obeys it: the prompts per generate call (`--rollout-prompts auto`), activation checkpointing
+(`--activation-checkpointing auto`: on when the update would not fit without it), and the chunked hidden-state
+log-prob path when a micro-batch's logits would not fit. A micro-batch is planned at `--micro-batch-tokens`, or at
+one whole sequence (prompt + response limit) when that is longer. What keeps the phases small: rollouts run on a
+plain copy of the policy (LoRA merged, no FSDP hooks) built for each step and freed after; finished rows are dropped
+by moving the live ones down inside the same cache buffers; micro-batches are cut from length-sorted sequences;
+logits exist only at response positions.
+
+How far to trust it: sizes that come straight from the code (the rollout copy, the KV cache, the logits) are exact,
+and a test compares them with the tensors allocated; activations are the tensors autograd saves per token and layer,
+also compared with a measurement. What no GPU has checked yet is the allocator's overhead on top (the GPU check,
+bench/README.md, measures it).
+
+Plans of the paper's two models, at the paper's GRPO settings on 8 GPUs of 80 GiB (tests/fixtures/*/config.json
+hold their public configurations; `--plan` needs only config.json and runs on any machine):
+
+    $ python train_grpo.py --plan --model tests/fixtures/deepseek-r1-distill-qwen-1.5b --nproc-per-node 8 --gpu-memory-gib 80
+    memory plan for tests/fixtures/deepseek-r1-distill-qwen-1.5b on 8 GPU(s)
+    phase      what                                                                GiB
+    ----------------------------------------------------------------------------------
+    weights    frozen base weights (bfloat16), sharded 1/8                        0.41
+    weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.07
+    rollout    rollout copy (bfloat16, LoRA merged)                               3.31
+    rollout    KV cache: 512 rows x 4608 slots                                   63.00
+    rollout    sampler: float32 and float64 buffers of rows x vocabulary          2.03
+    rollout    compaction: one layer's kept rows                                  0.84
+    rollout    CUDA graphs: static logits, warm-up blocks                         1.05
+    rollout    prefill, decode step                                               1.00
+    update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.19
+    update     activations, 32768 tokens (checkpointing on)                       8.80
+    update     logits 32768 x 151936                                              9.27
+    ----------------------------------------------------------------------------------
+    weights    peak                                                               0.48
+    rollout    peak                                                              71.72
+    logprobs   peak                                                              13.15
+    update     peak                                                              19.74
+    usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
+    rollout: 64 prompts x 8 = 512 rows per generate call, 1 call(s) for this rank's 64 prompts per step
+    activation checkpointing on: without it the update would need 97.7 GiB
+    plan: peak 71.7 GiB per GPU of 80.0 GiB: fits
+
+    $ python train_grpo.py --plan --model tests/fixtures/qwen3-4b --nproc-per-node 8 --gpu-memory-gib 80
+    memory plan for tests/fixtures/qwen3-4b on 8 GPU(s)
+    phase      what                                                                GiB
+    ----------------------------------------------------------------------------------
+    weights    frozen base weights (bfloat16), sharded 1/8                        0.94
+    weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.12
+    rollout    rollout copy (bfloat16, LoRA merged)                               7.49
+    rollout    KV cache: 96 rows x 4608 slots                                    60.75
+    rollout    sampler: float32 and float64 buffers of rows x vocabulary          0.38
+    rollout    compaction: one layer's kept rows                                  0.63
+    rollout    CUDA graphs: static logits, warm-up blocks                         0.20
+    rollout    prefill, decode step                                               1.45
+    update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.35
+    update     activations, 32768 tokens (checkpointing on)                      15.12
+    update     logits 32768 x 151936                                              9.27
+    ----------------------------------------------------------------------------------
+    weights    peak                                                               1.06
+    rollout    peak                                                              71.97
+    logprobs   peak                                                              14.59
+    update     peak                                                              26.81
+    usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
+    rollout: 12 prompts x 8 = 96 rows per generate call, 6 call(s) for this rank's 64 prompts per step
+    activation checkpointing on: without it the update would need 181.7 GiB
+    plan: peak 72.0 GiB per GPU of 80.0 GiB: fits
+
+Imports: torch; adamame: dist, generate, lora, model.
 """
 
 import os
@@ -39,9 +107,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from adamame.dist import compute_dtype
 from adamame.generate import (cache_slots, compaction_bytes, free_bytes, graph_bytes, layer_transient_bytes,
                               memory_needed, sampler_bytes)
-from adamame.model import KVCache, stored_dtype
+from adamame.lora import apply_lora, lora_modules
+from adamame.model import KVCache, Transformer, stored_dtype
 
 GiB = 2**30
 
@@ -100,9 +170,6 @@ class Plan:
 def parameter_counts(cfg, lora_rank: int = 0) -> dict:
     """Exact parameter counts from a meta-device model: total N (tied weights once), largest tensor, one decoder
     layer, the root (embedding, final norm, untied lm_head) and the LoRA adapters."""
-    from adamame.lora import apply_lora, lora_modules
-    from adamame.model import Transformer
-
     with torch.device("meta"):
         model = Transformer(cfg)
     total = sum(p.numel() for p in model.parameters())
@@ -241,8 +308,6 @@ def _forward_only(cfg, tokens, dtype, chunk, triton: bool):
 def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
     """The plan's start, common to GRPO and SFT: (plan with its weights phase, parameter counts, the weights' bytes,
     the compute dtype, whether the Triton log-prob kernel runs)."""
-    from adamame.dist import compute_dtype
-
     dtype = compute_dtype(device)
     plan = Plan(device, world, usable_bytes(device, total), total)
     counts = parameter_counts(cfg, lora_rank)

@@ -1,10 +1,11 @@
-"""The README's measured blocks, rendered from the files the runs write, so the README never quotes an older run.
+"""The READMEs' measured blocks, rendered from the files the runs write, so a README never quotes an older run.
 
     python bench/readme_table.py gpu [RESULTS_FILE] [--write]      # the GPU check (default: newest bench/results/)
     python bench/readme_table.py demo runs/grpo/summary.json [--write]        # the toy demo (train_grpo.py)
     python bench/readme_table.py ablation runs/ablation/ablation.json [--write]   # bench/ablation.py
 
---write replaces the block between the README's markers (<!-- NAME-results --> ... <!-- /NAME-results -->).
+--write replaces the block between the markers (<!-- NAME-results --> ... <!-- /NAME-results -->): of bench/README.md
+for gpu, of the top-level README.md for demo and ablation.
 """
 
 import glob
@@ -147,7 +148,11 @@ def newest() -> str | None:
     return max(glob.glob(os.path.join(HERE, "results", "*.json")), default=None, key=os.path.getmtime)
 
 
-def write_readme(name: str, text: str, readme=os.path.join(HERE, "..", "README.md")) -> None:
+README = os.path.join(HERE, "..", "README.md")  # demo, ablation
+BENCH_README = os.path.join(HERE, "README.md")  # gpu
+
+
+def write_readme(name: str, text: str, readme=README) -> None:
     begin, end = f"<!-- {name}-results -->", f"<!-- /{name}-results -->"
     with open(readme, encoding="utf-8") as f:
         s = f.read()
@@ -180,7 +185,7 @@ def main(argv=None):
     if kind == "gpu":
         text = f"From `{os.path.relpath(path, os.path.join(HERE, '..'))}`:\n\n{text}"
     if "--write" in argv:
-        write_readme(kind, text)
+        write_readme(kind, text, BENCH_README if kind == "gpu" else README)
     print(text)
 
 

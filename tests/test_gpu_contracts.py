@@ -3,6 +3,71 @@
 A CPU run never produces the output layouts of the CUDA attention kernels, never checks their input constraints,
 never captures a CUDA graph and never compiles a Triton kernel for real hardware; each test below makes one of those
 visible here. What only a GPU can answer is in bench/gpu_check.py (its preflight step).
+
+Nothing here has run on a GPU yet. Each GPU-only assumption, and how a CPU test checks it:
+  * CUDA attention kernels return their output in other memory orders than the CPU (flash / memory-efficient:
+    `[B, T, H, D]` memory seen as `[B, H, T, D]`), so nothing may `.view` it. Checked: SDPA wrapped to return each
+    of the 24 memory orders; prefill, decode step, `generate`, the training forward (masked and causal) and its
+    gradients equal the plain run.
+  * Each attention call site's inputs are what its backend takes: the masked prefill and decode step the
+    memory-efficient kernel (dtype, head_dim alignment, 16-byte storage offsets, stride 1, equal heads after
+    folding; an additive bias of the query's dtype with 16-aligned strides, so the kernel neither converts a bool
+    mask nor pads the bias by a copy per layer), the causal training forward flash/cuDNN (bf16, head_dim <= 256,
+    multiple of 8, GQA). Checked: the inputs of every call site recorded in bf16 and fp32 and checked against the
+    constraints restated from torch's `sdp_utils.cpp`; the paper's models' head_dim.
+  * The training forward must not fall back to the math backend (its `[B, H, T, T]` scores would not fit). On CUDA
+    each call pins its backends with `sdpa_kernel` (causal: flash, cuDNN, memory-efficient; masked:
+    memory-efficient), so a wrong input fails loudly; the choice is tested.
+  * A CUDA graph can capture the decode step: no host sync, no data-dependent shape, nothing made on another
+    device, the same ops and shapes at every slot of a bucket. Checked: a `TorchDispatchMode` records the step's
+    ops on the meta device (any `.item()`, `nonzero` or CPU-made tensor fails there), and twice at two slots of one
+    bucket (identical op lists).
+  * The per-token loop syncs with the host only at the `check_every` look. Checked: the recorder over `token_step`
+    (no sync) and over a whole `generate`, every sync listed with its line.
+  * The Triton kernels compile for sm_80 / sm_90 without register spills. Checked: compiled ahead of time with
+    `triton.compile(..., GPUTarget)` in bf16 and fp32, both as the JIT specializes them at the paper's vocabulary
+    (16-divisible pointers, sizes and strides: vector loads) and without those hints; resource usage read from the
+    cubin with the wheel's `cuobjdump`: no spills, at most 128 registers.
+  * Every decode step's bias rows are aligned for the memory-efficient kernel (the SDPA decode path: CPU, and
+    `ADAMAME_KERNELS=torch`). Checked: the KV cache's slots are a multiple of 16 (`cache_slots`) and the slot
+    buckets multiples of 256, against the call-site constraints.
+  * On CUDA the decode step attends with the Triton decode kernel (adamame/decode_attention.py, registered as the
+    op `adamame::decode_attention`): each row reads only its own slots, a finished or padding row none. Checked:
+    under the interpreter against an fp32 reference (itself checked against SDPA) in fp32 and bf16 over ragged
+    lengths, GQA ratios 1/4/6/8, head_dim 64/128, split and unsplit key ranges, with every slot outside a row's
+    range set to NaN; a counting build of the kernel shows each row visits exactly the blocks of its range and
+    loads each of its slots once; `generate` with it forced samples the same tokens as with SDPA, also with the
+    padding and finished rows of a graph bucket; the op recorder sees one op per layer and no sync on the meta
+    device; compiled for sm_80/sm_90 without spills (62-65 registers with the launch's hints, <= 128 without).
+    The interpreter casts bf16 operands to fp32 before its dots (it mishandles bf16 `tl.dot`), so the GPU's bf16
+    dots are checked only by the preflight and the GPU check.
+  * A failed capture or Triton launch says what to do. Checked: both errors provoked on the CPU name their escape
+    hatch.
+  * bf16 compute with float32 masters and gradient reduction, bf16 rollout copy. Checked:
+    `ADAMAME_COMPUTE_DTYPE=bfloat16` runs that on the CPU: a 2-rank gloo GRPO step and SFT step, finite,
+    `logprob_diff` in bf16 reported.
+  * The chunked log-prob path reads the lm_head weight while FSDP holds it gathered. Checked: the weight is read
+    inside the root's forward (`head=`), never after it.
+  * Memory a GPU adds: compaction's temporary, the float64 copy in `cumsum`, CUDA-graph buffers and warm-up blocks,
+    what lives outside the allocator. Checked: counted by the plan (adamame/memory.py's docstring); sizes compared
+    with the engine's tensors where a CPU can make them.
+
+What only a GPU can answer (the GPU check's preflight and benchmarks, bench/README.md): which backend SDPA really
+picks on that image and whether torch's own `can_use_*_attention` checks agree with the restated constraints, that
+capture succeeds with expandable segments on (the preflight captures with the trainers' allocator settings), the
+allocator's real overhead and the 2 GiB reserve, the float64 cast inside CUDA's `cumsum`, asynchronous kernel faults
+(they surface after the launch, without the hatch's message), the decode kernel's bf16 dots (the interpreter computes
+them in fp32), and every speed, the decode kernel's against SDPA included. The check's step limits have not been
+timed on a GPU.
+
+Escape hatches: if a GPU run fails at one of these places, set the variable (the error message names it too):
+  * a Triton kernel (compile or launch): `ADAMAME_KERNELS=torch`, log-probs and loss with the PyTorch reference,
+    decode attention with SDPA;
+  * CUDA-graph capture of the decode step: `ADAMAME_CUDA_GRAPHS=0`, the same bucketed decode step, eager;
+  * attention ("No available kernel"): `ADAMAME_SDPA=any` (or `math`), which lets torch choose its SDPA backend,
+    math included (or only math);
+  * out of memory next to the plan: `PYTORCH_ALLOC_CONF=...`; the trainers set `expandable_segments:True` only when
+    neither this nor `PYTORCH_CUDA_ALLOC_CONF` is set.
 """
 
 import itertools
