@@ -23,7 +23,7 @@ from adamame.answer import require_verifier
 from adamame.chat import load_tokenizer
 from adamame.checkpoint import lock_output
 from adamame.data import DataError, HelpFormatter, check_flags, exit_with, read_jsonl, read_questions
-from adamame.hub import resolve
+from adamame.hf import resolve
 from adamame.language import KNOWN_LANGUAGES
 from adamame.rollout import detectors, evaluate_model
 from adamame.scoring import format_table, score_record, summarize, write_paper_csv, write_summary

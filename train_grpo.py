@@ -40,12 +40,11 @@ from adamame.answer import require_verifier
 from adamame.chat import load_tokenizer
 from adamame.data import (DataError, HelpFormatter, balanced_batches, check_flags, exit_with, micro_batches,
                           read_questions)
-from adamame.hub import resolve
+from adamame.hf import load_model, read_config, resolve
 from adamame.kernels import policy_loss, token_logprobs, token_logprobs_from_hidden
 from adamame.language import TRAIN_LANGUAGES, get_detector, reward_languages
 from adamame.lora import adapters_disabled, apply_lora
 from adamame.memory import grpo_plan
-from adamame.model import load_model, read_config
 from adamame.report import Reporter, require_reporter
 from adamame.rewards import advantages, alignment_factor, shaped_scores
 from adamame.rollout import encode_questions, rollouts, score

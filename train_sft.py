@@ -32,11 +32,10 @@ from adamame import checkpoint, dist, memory
 from adamame.chat import load_tokenizer
 from adamame.data import (DataError, HelpFormatter, check_flags, exit_with, length_grouped_batches, read_sft,
                           tokenize_sft)
-from adamame.hub import resolve
+from adamame.hf import load_model, read_config, resolve
 from adamame.kernels import token_logprobs
 from adamame.lora import apply_lora
 from adamame.memory import sft_plan
-from adamame.model import load_model, read_config
 from adamame.report import Reporter, require_reporter
 from adamame.toy import apply_settings, build_toy
 

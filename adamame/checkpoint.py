@@ -6,7 +6,7 @@ Each checkpoint is one file written under a temporary name, flushed to disk, the
 (rename is atomic on POSIX), so at any instant the file on disk is either the previous checkpoint or the
 new one.
 
-Imports: torch, numpy; adamame: dist, lora, model.
+Imports: torch, numpy; adamame: dist, hf, lora, model.
 """
 
 import os
@@ -17,7 +17,8 @@ import torch
 
 from adamame import dist
 from adamame.lora import lora_scales, merged_state_dict
-from adamame.model import save_model, stored_dtype
+from adamame.hf import save_model
+from adamame.model import stored_dtype
 
 
 class TrainingStopped(RuntimeError):

@@ -1,4 +1,4 @@
-"""A from-scratch decoder-only transformer that reads and writes Hugging Face checkpoints.
+"""A from-scratch decoder-only transformer with Hugging Face parameter names (its files: adamame/hf.py).
 
 Why from scratch: every other piece of the recipe (the KV-cache generator, the fused log-prob kernel, FSDP2
 training) needs a model whose forward it controls: explicit positions so left-padded batches work, a KV
@@ -26,11 +26,9 @@ arbitrary mask. An input a fused kernel cannot take then fails loudly instead of
 ADAMAME_SDPA=any lets torch choose (the math backend included); ADAMAME_SDPA=math runs only the math backend.
 The attention output is never `.view`ed: CUDA backends return it in layouts the CPU never produces.
 
-Imports: torch, safetensors (for load_model / save_model); adamame: decode_attention (optional: without it the
-decode step attends with SDPA).
+Imports: torch; adamame: decode_attention (optional: without it the decode step attends with SDPA).
 """
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -103,7 +101,7 @@ class ModelConfig:
     o_bias: bool
     mlp_bias: bool
     qk_norm: bool
-    raw: dict = field(default_factory=dict, repr=False)  # the config.json dict, written back by save_model
+    raw: dict = field(default_factory=dict, repr=False)  # the config.json dict, written back by hf.save_model
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
@@ -410,182 +408,7 @@ class Transformer(nn.Module):
         return self.lm_head(self.model.norm(x))[:, 0]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Hugging Face checkpoints: config.json + model.safetensors, or model-0000k-of-0000n.safetensors with an index.
-
-def read_config(path: str) -> ModelConfig:
-    cfg_file = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_file):
-        raise FileNotFoundError(f"{cfg_file}: not found (a model folder needs config.json and safetensors weights)")
-    try:
-        with open(cfg_file, encoding="utf-8") as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    except (UnicodeDecodeError, RecursionError) as e:
-        raise ValueError(f"{cfg_file}: unreadable ({type(e).__name__})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{cfg_file}: expected a JSON object")
-    return ModelConfig.from_dict(d, source=cfg_file)
-
-
-def _open_safetensors(fn: str):
-    """safe_open with one clear error naming the file when it is truncated or not a safetensors file."""
-    from safetensors import safe_open
-
-    try:
-        return safe_open(fn, framework="pt")
-    except Exception as e:  # SafetensorError, OSError
-        raise ValueError(f"{fn}: unreadable safetensors file ({str(e).strip().splitlines()[0][:160]})") from None
-
-
-def _weight_files(path: str) -> dict:
-    """{tensor name: file} for a single or sharded safetensors checkpoint."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    single = os.path.join(path, "model.safetensors")
-    if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map")
-        except (ValueError, AttributeError, RecursionError) as e:
-            raise ValueError(f"{index}: unreadable index ({type(e).__name__})") from None
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: missing field 'weight_map'")
-        files = {name: os.path.join(path, fn) for name, fn in weight_map.items()}
-        for fn in set(files.values()):
-            if not os.path.isfile(fn):
-                raise FileNotFoundError(f"{fn}: listed in {index} but not found")
-        return files
-    if os.path.isfile(single):
-        with _open_safetensors(single) as f:
-            return {name: single for name in f.keys()}
-    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (no weights found)")
-
-
-def load_model(path: str, dtype=torch.float32, device="cpu", meta: bool = False) -> Transformer:
-    """Build the model described by `path/config.json` and load its safetensors weights.
-
-    Every expected tensor must be present with the expected shape and no unknown tensor may be present; any
-    mismatch raises one error naming the file and the tensor, before any weight is copied. With `meta=True`
-    the model is returned on the meta device with its weights unloaded (materialise it with `to_empty`,
-    then call `load_weights`).
-    """
-    cfg = read_config(path)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    if meta:
-        return model
-    model.to_empty(device=device)
-    model.to(dtype)
-    load_weights(model, path)
-    return model
-
-
-def load_weights(model: Transformer, path: str) -> None:
-    """Copy the checkpoint at `path` into `model` after checking every name and shape."""
-    files = _weight_files(path)
-    params = dict(model.named_parameters(remove_duplicate=True))  # tied lm_head.weight appears once
-    expected = {n: tuple(p.shape) for n, p in params.items()}
-    tied = model.config.tie_word_embeddings
-    problems = []
-    shapes = {}
-    for name, fn in files.items():
-        if name == "lm_head.weight" and tied:
-            continue  # some tied checkpoints store the (identical) copy anyway
-        if name not in expected:
-            problems.append(f"{fn}: unexpected tensor '{name}'")
-            continue
-        with _open_safetensors(fn) as f:
-            if name not in f.keys():
-                problems.append(f"{fn}: tensor '{name}' listed in the index is missing from the file")
-                continue
-            shapes[name] = tuple(f.get_slice(name).get_shape())
-        if shapes[name] != expected[name]:
-            problems.append(f"{fn}: tensor '{name}' has shape {list(shapes[name])}, expected {list(expected[name])}")
-    for name in expected:
-        if name not in files:
-            problems.append(f"{path}: missing tensor '{name}'")
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise ValueError(problems[0] + more + "\n" + "\n".join(problems[1:6]))
-
-    by_file = {}
-    for name in expected:
-        by_file.setdefault(files[name], []).append(name)
-    with torch.no_grad():
-        for fn, names in by_file.items():
-            with _open_safetensors(fn) as f:
-                for name in names:
-                    try:
-                        params[name].copy_(f.get_tensor(name))
-                    except Exception as e:  # data cut short after a valid header
-                        raise ValueError(f"{fn}: tensor '{name}' could not be read ({type(e).__name__}: "
-                                         f"{str(e).strip()[:120]})") from None
-
-
 def stored_dtype(cfg: ModelConfig) -> torch.dtype:
     """The dtype the checkpoint's weights are stored in (config.json's torch_dtype or dtype; float32 when absent)."""
     name = cfg.raw.get("torch_dtype") or cfg.raw.get("dtype")
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
-
-
-def save_model(model: Transformer, path: str, state_dict: dict | None = None, dtype=None,
-               max_shard_bytes: int = 5 * 2**30) -> None:
-    """Write `config.json` and safetensors weights that transformers (and vLLM) load unchanged.
-
-    `state_dict` defaults to the model's own (pass a gathered full state dict for an FSDP2 model). Above
-    `max_shard_bytes` the weights are split into numbered shards with `model.safetensors.index.json`.
-    Files are written under temporary names and renamed, so an interrupted save leaves no half file.
-    """
-    from safetensors.torch import save_file
-
-    cfg = model.config
-    sd = state_dict if state_dict is not None else model.state_dict()
-    sd = {n: t for n, t in sd.items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")}
-    sd = {n: (t.to(dtype) if dtype is not None else t).detach().contiguous().cpu() for n, t in sd.items()}
-    os.makedirs(path, exist_ok=True)
-    raw = dict(cfg.raw)
-    some = next(iter(sd.values()))
-    raw["torch_dtype"] = str(some.dtype).removeprefix("torch.")
-    raw["dtype"] = raw["torch_dtype"]
-
-    shards, cur, cur_bytes = [], {}, 0
-    for n, t in sd.items():
-        nb = t.numel() * t.element_size()
-        if cur and cur_bytes + nb > max_shard_bytes:
-            shards.append(cur)
-            cur, cur_bytes = {}, 0
-        cur[n] = t
-        cur_bytes += nb
-    shards.append(cur)
-
-    umask = os.umask(0o022)
-    os.umask(umask)
-
-    def write(obj_path, writer):
-        tmp = obj_path + ".tmp"
-        writer(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors >= 0.8 creates its files 0600; follow the umask as open() does
-        os.replace(tmp, obj_path)
-
-    def write_json(obj):
-        def writer(p):
-            with open(p, "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2, sort_keys=True)
-        return writer
-
-    for stale in ("model.safetensors", "model.safetensors.index.json"):
-        if os.path.exists(os.path.join(path, stale)):
-            os.remove(os.path.join(path, stale))
-    if len(shards) == 1:
-        write(os.path.join(path, "model.safetensors"), lambda p: save_file(shards[0], p, metadata={"format": "pt"}))
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            write(os.path.join(path, fn), lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}))
-            weight_map.update({n: fn for n in shard})
-        total = sum(t.numel() * t.element_size() for t in sd.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        write(os.path.join(path, "model.safetensors.index.json"), write_json(index))
-    write(os.path.join(path, "config.json"), write_json(raw))

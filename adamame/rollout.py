@@ -6,7 +6,7 @@ exactly the same code so training rewards and reported metrics cannot drift apar
 
 The evaluation's generation lives here too (`evaluate_model`), so evaluate.py and the toy demo run the same code.
 
-Imports: torch, tqdm; adamame: answer, chat, dist, generate, language, model, scoring.
+Imports: torch, tqdm; adamame: answer, chat, dist, generate, hf, language, scoring.
 """
 
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from adamame.chat import encode_prompt, load_tokenizer
 from adamame.dist import compute_dtype
 from adamame.generate import generate, make_decoder
 from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, reward_language, trace_languages
-from adamame.model import load_model
+from adamame.hf import load_model
 from adamame.scoring import score_record
 
 

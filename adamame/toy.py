@@ -21,8 +21,8 @@ The tokenizer is a BPE without whitespace pre-splitting (so template phrases mer
 digit runs are their own pre-tokens (every number becomes one token); with it questions are a handful of tokens
 and traces about a dozen, which a ~0.6M-parameter model (2 layers) learns in a few minutes.
 
-Imports: torch, tokenizers, transformers (to save the tokenizer folder); adamame: data, language, model, rollout,
-scoring.
+Imports: torch, tokenizers, transformers (to save the tokenizer folder); adamame: data, hf, language, model,
+rollout, scoring.
 """
 
 import json
@@ -34,7 +34,8 @@ import torch
 
 from adamame.data import localized_prompt, read_questions
 from adamame.language import INSTRUCTIONS
-from adamame.model import ModelConfig, Transformer, save_model
+from adamame.hf import save_model
+from adamame.model import ModelConfig, Transformer
 from adamame.rollout import evaluate_model
 from adamame.scoring import format_table, summarize
 

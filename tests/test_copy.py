@@ -71,6 +71,18 @@ cfg = ModelConfig.from_dict(dict(model_type="qwen3", vocab_size=97, hidden_size=
                                  num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8))
 assert Transformer(cfg)(torch.randint(0, 97, (2, 5))).shape == (2, 5, 97)
 """,
+    "hf": """
+import os, tempfile, torch
+from adamame.hf import load_model, save_model
+from adamame.model import ModelConfig, Transformer
+cfg = ModelConfig.from_dict(dict(model_type="qwen2", vocab_size=97, hidden_size=48, intermediate_size=80,
+                                 num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2))
+model, folder = Transformer(cfg), tempfile.mkdtemp()
+save_model(model, folder, max_shard_bytes=50_000)
+assert sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))[0].startswith("model-00001-of-")
+again = load_model(folder)
+assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+""",
     "generate": """
 import torch
 from adamame.generate import generate

@@ -88,7 +88,7 @@ def test_splits_depend_only_on_the_bucket():
 def _tiny(tmp_path):
     from tests.helpers import save_tiny_hf
 
-    from adamame.model import load_model
+    from adamame.hf import load_model
 
     save_tiny_hf(tmp_path / "m", "qwen2", num_attention_heads=8, num_key_value_heads=2, hidden_size=64,
                  vocab_size=300)

@@ -5,7 +5,7 @@ import torch
 
 from adamame.generate import Decoder, compact, generate, make_decoder, sample_next
 from adamame.model import KVCache
-from adamame.model import load_model
+from adamame.hf import load_model
 from tests.helpers import save_tiny_hf
 
 PROMPTS = [[5, 17, 3, 88, 41, 9, 12], [60], [33, 2, 71, 4], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 50]]

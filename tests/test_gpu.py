@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adamame.generate import generate
-from adamame.model import load_model
+from adamame.hf import load_model
 from tests.helpers import left_padded_batch, save_tiny_hf
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -83,7 +83,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adamame.generate import Rows, generate, make_decoder, token_step
-from adamame.model import KVCache, Transformer, load_model, read_config
+from adamame.hf import load_model, read_config
+from adamame.model import KVCache, Transformer
 from tests.helpers import left_padded_batch, run_cli, save_tiny_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,8 @@ from adamame.generate import generate
 from adamame.lora import apply_lora
 from adamame.memory import (GiB, checkpointed_layer_bytes, grpo_plan, layer_activation_bytes, logits_tensor_bytes,
                             parameter_counts)
-from adamame.model import KVCache, ModelConfig, Transformer, load_model
+from adamame.hf import load_model
+from adamame.model import KVCache, ModelConfig, Transformer
 from tests.helpers import run_cli, save_tiny_hf
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -191,7 +192,7 @@ def test_a_micro_batch_is_planned_at_no_more_tokens_than_the_step_holds():
     """2 prompts x 2 rollouts of at most 512 + 256 tokens hold 3,072 tokens: the plan must not budget a 32k-token
     micro-batch the run never forms (it did, and refused this run on a 24 GiB machine)."""
     from adamame.memory import grpo_plan
-    from adamame.model import read_config
+    from adamame.hf import read_config
 
     cfg = read_config(os.path.join(FIXTURES, "deepseek-r1-distill-qwen-1.5b"))
     kw = dict(world=1, total=24 * GiB, device="cpu", group_size=2, max_prompt_tokens=512, max_response_tokens=256,
@@ -278,7 +279,7 @@ def test_the_frozen_base_is_held_as_stored_and_computes_the_same(tmp_path, monke
     weights in bf16 (the adapters float32), and its forward and the adapters' gradients equal those of the same model
     held in float32 masters (FSDP casts those to the same bf16 values), bit for bit."""
     from adamame import dist
-    from adamame.model import save_model
+    from adamame.hf import save_model
 
     monkeypatch.setenv("ADAMAME_COMPUTE_DTYPE", "bfloat16")
     save_tiny_hf(tmp_path / "f32", "qwen3", num_attention_heads=4, num_key_value_heads=2)

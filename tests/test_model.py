@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-from adamame.model import ModelConfig, load_model, save_model
+from adamame.hf import load_model, save_model
+from adamame.model import ModelConfig
 from tests.helpers import VARIANTS, left_padded_batch, save_tiny_hf
 
 
@@ -180,7 +181,7 @@ def test_misshapen_tensor_is_named(tmp_path):
 
 
 def test_meta_build_loads_nothing_until_materialised(tmp_path):
-    from adamame.model import load_weights
+    from adamame.hf import load_weights
 
     save_tiny_hf(tmp_path, "qwen3", num_attention_heads=4, num_key_value_heads=2)
     m = load_model(str(tmp_path), meta=True)

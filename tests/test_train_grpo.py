@@ -205,7 +205,7 @@ def test_export_lora_scale_sets_the_merged_update(tiny, tmp_path):
     from adamame.chat import load_tokenizer
     from adamame.checkpoint import export_hf
     from adamame.lora import apply_lora
-    from adamame.model import load_model
+    from adamame.hf import load_model
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:

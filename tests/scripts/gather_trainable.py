@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from adamame import dist  # noqa: E402
 from adamame.lora import apply_lora  # noqa: E402
-from adamame.model import load_model  # noqa: E402
+from adamame.hf import load_model  # noqa: E402
 
 
 class GatheredElements(TorchDispatchMode):

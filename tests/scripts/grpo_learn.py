@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from adamame import dist  # noqa: E402
 from adamame.generate import generate  # noqa: E402
-from adamame.model import load_model  # noqa: E402
+from adamame.hf import load_model  # noqa: E402
 from adamame.rewards import advantages  # noqa: E402
 from adamame.rollout import Rollout  # noqa: E402
 from train_grpo import ppo_update  # noqa: E402

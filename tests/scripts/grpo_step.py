@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from adamame import dist  # noqa: E402
 from adamame.lora import adapters_disabled, apply_lora  # noqa: E402
-from adamame.model import load_model  # noqa: E402
+from adamame.hf import load_model  # noqa: E402
 from adamame.rollout import Rollout  # noqa: E402
 from train_grpo import logprob_phase, ppo_update, sequence_logprobs  # noqa: E402
 
