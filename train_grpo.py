@@ -48,7 +48,7 @@ from adamame.memory import grpo_plan
 from adamame.report import Reporter, require_reporter
 from adamame.rewards import advantages, alignment_factor, shaped_scores
 from adamame.rollout import encode_questions, rollouts, score
-from adamame.toy import GRPO_SETTINGS, apply_settings, build_toy, demo_report
+from adamame.toy import GRPO_SETTINGS, build_toy, demo_report
 
 REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
 
@@ -128,7 +128,11 @@ def parse_args(argv=None):
     ap.add_argument("--sft-steps", type=int, help="toy demo only: steps of each of its two SFT stages (default: "
                                                    "train_sft.py's toy settings)")
     ap.add_argument("--seed", type=int, default=0, help="seed of sampling, LoRA initialisation and data order")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.model is None and args.data is None:  # the toy demo: its own settings where the command line gives none
+        ap.set_defaults(**GRPO_SETTINGS)
+        args = ap.parse_args(argv)
+    return args
 
 
 def _auto_or_positive(text):
@@ -249,9 +253,8 @@ def ppo_update(run, batch):
     return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
 
 
-def prepare_default(args, argv, rank):
+def prepare_default(args, rank):
     """The toy demo: its two SFT stages if not done yet (train_sft.py's default), then RL on toy prompts."""
-    apply_settings(args, argv, GRPO_SETTINGS)
     if rank == 0:
         print("toy demo settings: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in GRPO_SETTINGS))
     paths = build_toy(args.out, rank)
@@ -326,7 +329,7 @@ class Batch:
     ref_lp: list = None
 
 
-def setup(args, argv) -> Run:
+def setup(args) -> Run:
     """Process group, toy demo (if no --model/--data), memory plan, data, validation, identifier, model, optimizer."""
     require_reporter(args.report_to)  # a missing optional package stops here, before any work
     require_verifier(args.verifier)
@@ -337,7 +340,7 @@ def setup(args, argv) -> Run:
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
     checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, argv, rank)
+    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, rank)
     if args.batch_prompts % world or args.mini_batch_prompts % world or args.batch_prompts % args.mini_batch_prompts:
         raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
                         f"must split evenly over {world} ranks, and the first into whole mini-batches")
@@ -571,7 +574,7 @@ def main(argv=None):
     check_args(args)
     if args.plan:
         return 0 if plan_only(args).fits else 3
-    run = setup(args, argv)
+    run = setup(args)
     start = resume_or_start(run)
     reporter = Reporter(args.report_to, args.out, vars(args), run.rank)
     end = min(run.T, args.stop_after) if args.stop_after else run.T

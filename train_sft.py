@@ -37,7 +37,7 @@ from adamame.kernels import token_logprobs
 from adamame.lora import apply_lora
 from adamame.memory import sft_plan
 from adamame.report import Reporter, require_reporter
-from adamame.toy import apply_settings, build_toy
+from adamame.toy import build_toy
 
 
 def parse_args(argv=None):
@@ -78,7 +78,13 @@ def parse_args(argv=None):
                     help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
                          "(optional packages)")
     ap.add_argument("--seed", type=int, default=0, help="seed of LoRA initialisation and data order")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.model is None and args.data is None:  # the toy task: its own settings where the command line gives none
+        base_steps = args.max_steps or TOY_BASE_STEPS  # a --max-steps given sets both stages
+        ap.set_defaults(**TOY_SETTINGS)
+        args = ap.parse_args(argv)
+        args.base_steps = base_steps
+    return args
 
 
 def lr_at(step, total, peak, warmup_ratio):
@@ -114,20 +120,18 @@ TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, ma
 TOY_BASE_STEPS = 400
 
 
-def prepare_default(args, argv, rank):
-    """Build (once) the toy model folder and data under --out, train its base stage (once) into --out/base; apply
-    TOY_SETTINGS to flags not given. Stage 1 then starts from the base stage's model."""
-    given_steps = args.max_steps  # None unless given on the command line
-    apply_settings(args, argv, TOY_SETTINGS)
+def prepare_default(args, rank):
+    """Build (once) the toy model folder and data under --out, train its base stage (once) into --out/base (with
+    TOY_SETTINGS, which parse_args made the defaults). Stage 1 then starts from the base stage's model."""
     if rank == 0:
         print("toy task settings: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in TOY_SETTINGS)
-              + f" (its base stage: --max-steps {given_steps or TOY_BASE_STEPS})")
+              + f" (its base stage: --max-steps {args.base_steps})")
     paths = build_toy(args.out, rank)
     base = os.path.join(args.out, "base")
     if not os.path.exists(os.path.join(base, "final", "config.json")):
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in TOY_SETTINGS.items() if k != "max_steps"]
         main(["--model", paths["model"], "--data", paths["base"], "--out", base, "--seed", str(args.seed),
-              "--max-steps", str(given_steps or TOY_BASE_STEPS), *flags], keep_process_group=True)
+              "--max-steps", str(args.base_steps), *flags], keep_process_group=True)
     return os.path.join(base, "final"), paths["sft"]
 
 
@@ -166,7 +170,7 @@ class Run:
     order: dict = field(default_factory=dict)  # {epoch: that epoch's length-grouped batches}
 
 
-def setup(args, argv) -> Run:
+def setup(args) -> Run:
     """Process group, toy task (if no --model/--data), data, memory plan, model (adapters, sharding), optimizer."""
     require_reporter(args.report_to)
     rank, world, device = dist.setup()
@@ -175,7 +179,7 @@ def setup(args, argv) -> Run:
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
     checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    model_dir, data_path = (resolve(args.model), args.data) if args.model else prepare_default(args, argv, rank)
+    model_dir, data_path = (resolve(args.model), args.data) if args.model else prepare_default(args, rank)
     if args.batch_size % world or (args.batch_size // world) % args.micro_batch_size:
         raise DataError(f"--batch-size {args.batch_size} must split into {world} ranks x whole micro-batches of "
                         f"{args.micro_batch_size}")
@@ -267,7 +271,7 @@ def main(argv=None, keep_process_group=False):
     check_args(args)
     if args.plan:
         return 0 if plan_only(args).fits else 3
-    run = setup(args, argv)
+    run = setup(args)
     start = resume_or_start(run)
     reporter = Reporter(args.report_to, args.out, vars(args), run.rank)
     bar = tqdm(total=run.total, initial=start, desc="sft", disable=run.rank != 0, dynamic_ncols=True)

@@ -225,17 +225,6 @@ def write_jsonl(rows, path):
     os.replace(tmp, path)
 
 
-def apply_settings(args, argv, settings: dict) -> None:
-    """Set the toy-sized `settings` on `args`, except for flags given on the command line (`argv`)."""
-    import sys
-
-    given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-             if a.startswith("--")}
-    for k, v in settings.items():
-        if k not in given:
-            setattr(args, k, v)
-
-
 def build_toy(root: str, rank: int = 0) -> dict:
     """Create (once) the toy model folder and data files under `root`; returns their paths.
 

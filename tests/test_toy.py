@@ -61,6 +61,22 @@ def test_the_demo_samples_as_the_paper_and_balances_languages():
     assert toy.GRPO_SETTINGS["batch_prompts"] % len(toy.LANGS) == 0
 
 
+def test_the_toy_settings_are_defaults_the_command_line_overrides():
+    """Without --model/--data the trainers' defaults are the toy's own settings; a flag given still wins; with a
+    model and data every default is the paper's again."""
+    import train_grpo
+    import train_sft
+
+    toy_run = train_grpo.parse_args(["--lr", "0.5"])
+    assert toy_run.lr == 0.5 and all(getattr(toy_run, k) == v for k, v in toy.GRPO_SETTINGS.items() if k != "lr")
+    assert train_grpo.parse_args(["--model", "m", "--data", "d"]).batch_prompts == 512
+    sft = train_sft.parse_args([])
+    assert all(getattr(sft, k) == v for k, v in train_sft.TOY_SETTINGS.items()) and sft.base_steps == 400
+    sft = train_sft.parse_args(["--max-steps", "7"])  # a --max-steps given sets both stages
+    assert sft.max_steps == 7 and sft.base_steps == 7 and sft.lr == train_sft.TOY_SETTINGS["lr"]
+    assert train_sft.parse_args(["--model", "m", "--data", "d"]).lora_rank == 8
+
+
 def test_the_demo_scores_at_evaluate_py_s_temperature():
     import evaluate
 

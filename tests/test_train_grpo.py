@@ -300,7 +300,8 @@ def test_help_shows_every_default():
         assert r.returncode == 0 and "paper: " not in r.stdout
         options = r.stdout.split("\noptions:\n", 1)[1]
         entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n  (?=--)", options) if e.strip()}
-        for name, value in vars(__import__(script[:-3]).parse_args([])).items():
-            if value is not None and value is not False:
+        paper = [] if script == "evaluate.py" else ["--model", "m", "--data", "d"]  # not the toy's own settings
+        for name, value in vars(__import__(script[:-3]).parse_args(paper)).items():
+            if value is not None and value is not False and name not in ("model", "data"):
                 flag = "--" + name.replace("_", "-")
                 assert f"(default: {value})" in entries[flag], (script, flag, entries[flag])
