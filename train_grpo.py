@@ -18,8 +18,8 @@ checkpointing and the log-prob path. Then one RL step (t = step, T = total steps
      clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
   5. log: one metrics.jsonl row (global means over ranks), a few prompt groups to rollouts.jsonl, a checkpoint.
 
-Defaults are the paper's settings unless a flag's help says otherwise. With no --model/--data it runs the built-in
-toy demo: the toy task's two
+Defaults are the paper's settings where a flag's help says so (the rest: memory knobs, logging, checkpointing). With
+no --model/--data it runs the built-in toy demo: the toy task's two
 SFT stages if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after table (adamame/toy.py).
 """
 
@@ -355,14 +355,15 @@ def setup(args) -> Run:
     steps_per_epoch = len(questions) // args.batch_prompts
     if steps_per_epoch == 0:
         raise DataError(f"{data_path}: {len(questions)} usable prompts, fewer than one batch of {args.batch_prompts}")
-    val, vq = None, []
+    val = None
     if args.val_data and args.eval_every:
         vq, vids, _ = encode_questions(tok, read_questions(args.val_data), args.max_prompt_tokens)
         val = (vq[rank::world], vids[rank::world])
-    detector = get_detector(args.lang_id, reward_languages({q.lang for q in questions + vq}))  # lang(o_i)'s
+    detector = get_detector(args.lang_id, reward_languages({q.lang for q in questions}))  # lang(o_i)'s
     if set(detector.languages) != set(TRAIN_LANGUAGES):
         say(f"note: the released reward identifies among 14 languages without {' '.join(detector.languages[14:])}; "
-            f"this run's prompts have them, so its identifier adds them (their bonus could not be earned otherwise)")
+            f"this run's training prompts have them, so its identifier adds them (their bonus could not be earned "
+            f"otherwise)")
 
     model = load_model(model_dir)
     ref_model = None
@@ -612,7 +613,9 @@ def cli():
         sys.exit(main())
     except memory.PlanDoesNotFit as e:
         exit_with(str(e), 3)
-    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:
+    except dist.RankLost as e:  # this rank's own view of a lost peer (rank 0 may be the one lost)
+        exit_with(f"error: {e}", 2, every_rank=True)
+    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         exit_with(f"error: {e}", 2)
 
 

@@ -307,7 +307,9 @@ def cli():
         sys.exit(main())
     except memory.PlanDoesNotFit as e:
         exit_with(str(e), 3)
-    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped, dist.RankLost) as e:
+    except dist.RankLost as e:  # this rank's own view of a lost peer (rank 0 may be the one lost)
+        exit_with(f"error: {e}", 2, every_rank=True)
+    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         exit_with(f"error: {e}", 2)
 
 

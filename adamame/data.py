@@ -44,10 +44,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def exit_with(message: str, code: int) -> None:
-    """End an entry point with one line on stderr and exit status `code`. Under torchrun every rank reads the same
-    inputs and fails alike, so rank 0 alone prints it and the others exit quietly with the same status."""
-    if os.environ.get("RANK", "0") == "0":
+def exit_with(message: str, code: int, every_rank: bool = False) -> None:
+    """End an entry point with one line on stderr and exit status `code`. Under torchrun the ranks of a node read the
+    same inputs and fail alike, so the node's first rank alone prints it (once per launcher, whose output is that
+    node's; with one node, rank 0) and the others exit quietly with the same status. every_rank: an error that is
+    each rank's own (a lost peer), printed by every rank that has it."""
+    if every_rank or os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) == "0":
         print(message, file=sys.stderr)
     sys.exit(code)
 

@@ -21,13 +21,17 @@ A group of one gets A = s; a group whose scores are all equal gets A = 0. "unkno
 Note: in an all-correct group, dividing by the std makes A independent of B and alpha(t); B and the schedule
 matter only in groups of mixed correctness.
 
-In another trainer (TRL, verl, ...), this file alone (numpy is its only import) gives the advantages of a batch of
-rollouts grouped by prompt, with the paper's B = 2 and floor 0.1 by default; r_i comes from your verifier (or
-adamame/answer.py) and lang(o_i) from your identifier (or adamame/language.py's `reward_language`):
+In another trainer this file alone (numpy is its only import) gives the recipe for a batch of rollouts grouped by
+prompt, with the paper's B = 2 and floor 0.1 by default; r_i comes from your verifier (or adamame/answer.py) and
+lang(o_i) from your identifier (or adamame/language.py's `reward_language`). Where the trainer takes advantages (a
+verl advantage estimator), `advantages`; where it takes rewards and normalises each group itself (TRL's GRPOTrainer
+reward functions), `shaped_scores`, the s_i it then normalises:
 
-    from rewards import advantages
-    adv = advantages(correct=[1, 1, 0, 1], langs=["th", "en", "th", "en"], query_langs=["th"] * 4,
-                     group_ids=[7, 7, 7, 7], step=t, total_steps=T)     # one float per rollout, in input order
+    from rewards import advantages, shaped_scores
+    kw = dict(correct=[1, 1, 0, 1], langs=["th", "en", "th", "en"], query_langs=["th"] * 4, group_ids=[7, 7, 7, 7],
+              step=t, total_steps=T)
+    adv = advantages(**kw)        # A_i, one float per rollout, in input order
+    s = shaped_scores(**kw)       # s_i, for a trainer that normalises them itself
 
 Imports: numpy.
 """

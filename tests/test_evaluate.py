@@ -202,6 +202,20 @@ def test_a_russian_trace_matches_its_russian_query(tmp_path):
     assert {s["trace_lang"] for rec in scored for s in rec["scores"][::2]} == {"ru"}
 
 
+def test_score_reads_a_russian_trace_as_russian(tmp_path):
+    """Self-contained (no shared data): a Russian trace and an English one for a Russian question."""
+    from tests.test_language import EN, RU
+
+    rec = {"lang": "ru", "answer": "9", "candidates": [RU + "\n</think>\n\\boxed{9}", EN + "\n</think>\n\\boxed{9}"]}
+    gen = tmp_path / "ru.jsonl"
+    gen.write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+    r = run_cli(["evaluate.py", "--score", str(gen), "--benchmark", "mgsm", "--k", "2", "--out", str(tmp_path / "o")])
+    assert r.returncode == 0, r.stderr
+    scored = json.loads((tmp_path / "o" / "generations.jsonl").read_text(encoding="utf-8"))["scores"]
+    assert [s["trace_lang"] for s in scored] == ["ru", "en"] and [s["lang_match"] for s in scored] == [True, False]
+    assert [s["consistency"] for s in scored] == [True, False]
+
+
 # MSVAMP's two languages that have no released instruction (written for this test, with their answers)
 MSVAMP_EXTRA = {
     "ar": [("لدى سارة 12 تفاحة. أعطت 5 تفاحات لصديقتها. كم تفاحة بقيت لديها؟", "7"),

@@ -172,3 +172,15 @@ def test_russian_questions_are_read_as_russian_by_the_evaluation_rule():
     assert got.count("ru") >= 38, got
     old = [reward_language(r["question"], detector=get_detector("langid", TRAIN_LANGUAGES)) for r in rows]
     assert "ru" not in old  # the reward's 14 alone cannot say ru
+
+
+RU = ("У Джанет шестнадцать уток, которые каждый день несут яйца.\nТри яйца она съедает на завтрак, а четыре "
+      "использует для выпечки.\nОстальные яйца она продаёт на рынке.")
+
+
+def test_a_russian_trace_is_read_as_russian_by_the_evaluation_rule_and_not_by_the_rewards_fourteen():
+    from adamame.language import trace_languages
+
+    assert reward_language(RU, detector=get_detector("langid", trace_languages("mgsm"))) == "ru"
+    assert reward_language(RU, detector=get_detector("langid", trace_languages())) == "ru"
+    assert reward_language(RU, detector=get_detector("langid", TRAIN_LANGUAGES)) != "ru"

@@ -2,7 +2,7 @@
 
 `python bench/X.py` puts `bench/` first on `sys.path`, so a `bench/kernels.py` is what `import kernels` finds, even
 when the import happens deep inside transformers (which imports the `kernels` package since 5.x). The same holds for
-the root (`python train_grpo.py`) and `tests/scripts/`. The check is against what is installed *now*, so a new
+the root (`python train_grpo.py`), `tests/` (`python tests/paper_eval.py`) and `tests/scripts/`. The check is against what is installed *now*, so a new
 dependency of a dependency that takes one of our names fails here, not in a user's run.
 """
 import importlib.metadata
@@ -10,7 +10,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT_FOLDERS = ["", "bench", os.path.join("tests", "scripts")]  # every folder whose files are run as `python F`
+SCRIPT_FOLDERS = ["", "bench", "tests", os.path.join("tests", "scripts")]  # every folder with files run as `python F`
 ACCEPTED = {("", "evaluate")}  # the design card fixes evaluate.py's name; it shadows Hugging Face's `evaluate`
 
 
@@ -46,7 +46,7 @@ def test_the_check_finds_a_clash(tmp_path):
     (tmp_path / "bench" / "torch.py").write_text("")
     (tmp_path / "json.py").write_text("")
     (tmp_path / "evaluate.py").write_text("")
-    (tmp_path / "tests" / "scripts" / "numpy").mkdir()
+    (tmp_path / "tests" / "scripts" / "numpy").mkdir(parents=True)
     (tmp_path / "tests" / "scripts" / "numpy" / "__init__.py").write_text("")
     (tmp_path / "bench" / "not_a_module_name_anyone_uses.py").write_text("")
     assert clashes(str(tmp_path)) == sorted(["bench/torch", "json", "tests/scripts/numpy"])

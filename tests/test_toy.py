@@ -97,6 +97,8 @@ def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     r = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "10", "--max-steps", "2"], nproc=2, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "toy demo settings: --batch-prompts 10, " in r.stdout and ", --max-steps 2, " in r.stdout  # given wins
+    assert "toy task settings: --lora-rank 0, " in r.stdout and "(its base stage: --max-steps 10)" in r.stdout
     s = json.loads((out / "summary.json").read_text())
     assert s["reward"] == "adamame"
     for stage in ("sft", "rl"):

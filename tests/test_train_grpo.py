@@ -287,7 +287,7 @@ def test_prompts_in_a_language_outside_the_released_fourteen_extend_the_reward_i
     r = run_cli(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(data), "--out", str(tmp_path / "o"),
                  *SMALL, "--max-steps", "1", "--save-every", "100"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "identifies among 14 languages without ru; this run's prompts have them" in r.stdout
+    assert "identifies among 14 languages without ru; this run's training prompts have them" in r.stdout
     assert "over fr ja ko th pt ar en es vi zh bn sw te de ru;" in r.stdout
 
 
