@@ -147,6 +147,7 @@ def cli():
     try:
         main()
     except (DataError, FileNotFoundError, ValueError) as e:
+        dist.cleanup(barrier=False)
         exit_with(f"error: {e}", 2)
 
 

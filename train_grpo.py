@@ -612,10 +612,12 @@ def cli():
     try:
         sys.exit(main())
     except memory.PlanDoesNotFit as e:
+        dist.cleanup(barrier=False)
         exit_with(str(e), 3)
     except dist.RankLost as e:  # this rank's own view of a lost peer (rank 0 may be the one lost)
         exit_with(f"error: {e}", 2, every_rank=True)
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
+        dist.cleanup(barrier=False)
         exit_with(f"error: {e}", 2)
 
 

@@ -106,9 +106,12 @@ def stop_if_a_rank_is_lost(rank: int, step: int):
                        f"hangs (timeout {TIMEOUT_S:.0f} s, ADAMAME_DIST_TIMEOUT)") from None
 
 
-def cleanup():
+def cleanup(barrier: bool = True):
+    """Destroy the process group (after a barrier: every rank is done). barrier=False on an error path, where the
+    other ranks may never reach one: the group's threads must still not outlive the interpreter (an abort at exit)."""
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
