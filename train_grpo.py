@@ -188,7 +188,7 @@ def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
 
 def ppo_update(run, batch):
     """The update of `batch` (its qs, rolls, sc["adv"], old_lp, ref_lp) with `run`'s model, optimizer, params, args,
-    world, device and plan: --ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G
+    world, device and logits_chunk: --ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G
     per prompt), one optimizer step each. Each mini-batch is cut into length-sorted micro-batches; every micro-batch's
     loss uses the whole mini-batch's sequence and token counts (over all ranks) and is scaled by W, since FSDP
     averages gradients:
@@ -199,7 +199,7 @@ def ppo_update(run, batch):
     detached, and written back into old_lp; the ratio pi / pi_old is then exactly 1 in value, as it was when a
     separate pass computed the same numbers, and its gradient is the same."""
     model, optimizer, args, W, device, chunk = run.model, run.optimizer, run.args, run.world, run.device, \
-        run.plan.logits_chunk
+        run.logits_chunk
     rolls, adv, old_lp, ref_lp = batch.rolls, batch.sc["adv"], batch.old_lp, batch.ref_lp
     G = args.group_size
     model.train()
@@ -300,7 +300,8 @@ class Run:
     rank: int
     world: int
     device: torch.device
-    plan: memory.Plan
+    rollout_prompts: int  # the memory plan's settings: prompts per generate call,
+    logits_chunk: int | None  # and the log-prob path (None: full logits; else tokens per lm_head chunk)
     tok: object  # the tokenizer
     questions: list  # every RL prompt (adamame.data.Question), and their token ids
     prompt_ids: list
@@ -381,8 +382,8 @@ def setup(args) -> Run:
     paths = {name: os.path.join(args.out, f) for name, f in (("checkpoint", "checkpoint.pt"),
                                                              ("metrics", "metrics.jsonl"),
                                                              ("rollouts", "rollouts.jsonl"))}
-    return Run(args, rank, world, device, plan, tok, questions, prompt_ids, val, detector, model, ref_model,
-               optimizer, params, T, steps_per_epoch, paths, toy)
+    return Run(args, rank, world, device, plan.rollout_prompts, plan.logits_chunk, tok, questions, prompt_ids, val,
+               detector, model, ref_model, optimizer, params, T, steps_per_epoch, paths, toy)
 
 
 def resume_or_start(run) -> int:
@@ -418,7 +419,7 @@ def rollout_phase(run, batch):
     copy = dist.rollout_copy(run.model)
     rolls = rollouts(copy, run.tok, batch.ids, n=args.group_size, max_new_tokens=args.max_response_tokens,
                      temperature=args.temperature, seed=args.seed * 1_000_003 + batch.step * 1_009 + run.rank,
-                     chunk_prompts=run.plan.rollout_prompts, return_logprobs=True)
+                     chunk_prompts=run.rollout_prompts, return_logprobs=True)
     del copy
     dist.free_cached_memory(run.device)
     return rolls
@@ -442,7 +443,7 @@ def score_phase(run, batch):
 def logprob_phase(run, batch):
     """Phase 3: pi_ref (adapters off, or the frozen copy) and pi_old (recomputed, or the sampler's)."""
     args, rolls, model = run.args, batch.rolls, run.model
-    budget, chunk = args.micro_batch_tokens, run.plan.logits_chunk
+    budget, chunk = args.micro_batch_tokens, run.logits_chunk
     ref_lp = None
     if args.beta > 0:
         if run.ref_model is not None:
@@ -512,7 +513,7 @@ def validation(run):
     qs, ids = run.val
     copy = dist.rollout_copy(run.model)
     rs = score(rollouts(copy, run.tok, ids, n=1, max_new_tokens=run.args.max_response_tokens, temperature=0.0,
-                        chunk_prompts=run.plan.rollout_prompts * run.args.group_size), qs, run.args.lang_mode,
+                        chunk_prompts=run.rollout_prompts * run.args.group_size), qs, run.args.lang_mode,
                run.detector, run.args.verifier)
     del copy
     dist.free_cached_memory(run.device)

@@ -42,7 +42,7 @@ def main(model_dir, lr, steps):
         adv = advantages(correct, ["en"] * len(rolls), ["en"] * len(rolls), [r.question for r in rolls], step,
                          steps, variant="grpo")
         run = SimpleNamespace(model=model, optimizer=opt, params=params, args=args, world=world, device=device,
-                              plan=SimpleNamespace(logits_chunk=None))  # what train_grpo.Run holds
+                              logits_chunk=None)  # what train_grpo.Run holds
         ppo_update(run, SimpleNamespace(qs=prompts, rolls=rolls, sc={"adv": adv},
                                         old_lp=[r.logprobs for r in rolls], ref_lp=None))
     print(json.dumps(rewards))

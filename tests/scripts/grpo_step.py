@@ -55,7 +55,7 @@ def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
     if old_mode == "recompute":
         old = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
     run = SimpleNamespace(model=model, ref_model=None, optimizer=opt, params=params, args=args, world=world,
-                          device=device, plan=SimpleNamespace(logits_chunk=chunk))  # what train_grpo.Run holds
+                          device=device, logits_chunk=chunk)  # what train_grpo.Run holds
     batch = SimpleNamespace(qs=mine_q, rolls=rolls, sc={"adv": my_adv}, old_lp=old, ref_lp=ref)
     if old_mode == "own":  # train_grpo's phase: the first mini-batch's pi_old comes from its update forward
         args.old_logprobs = "recompute"
