@@ -25,11 +25,17 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args(argv)
+    import torch
+
+    from adamame.hf import load_model, save_model
     from tests.helpers import save_tiny_hf, save_tiny_tokenizer, write_rl_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         save_tiny_hf(os.path.join(tmp, "model"), "qwen3", num_attention_heads=4, num_key_value_heads=2,
                      vocab_size=300)
+        # stored in bf16, as the paper's checkpoints are: on a GPU the run holds its frozen base in bf16 beside float32
+        # adapters in one FSDP2 group (dist.shard_model), the path the paper's models take
+        save_model(load_model(os.path.join(tmp, "model")), os.path.join(tmp, "model"), dtype=torch.bfloat16)
         save_tiny_tokenizer(os.path.join(tmp, "model"), vocab_size=300)
         write_rl_jsonl(os.path.join(tmp, "rl.jsonl"), n=20)
         out = os.path.join(tmp, "out")

@@ -26,10 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 QWEN25_15B = dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                   num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
-                  rope_theta=1e6)
+                  rope_theta=1e6, torch_dtype="bfloat16")  # stored as the paper's checkpoints: frozen weights in bf16
 DISTILL_15B = {**QWEN25_15B, "tie_word_embeddings": False, "rope_theta": 1e4}
 TINY = dict(model_type="qwen2", vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, torch_dtype="bfloat16")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
 
 

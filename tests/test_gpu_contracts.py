@@ -46,6 +46,13 @@ Nothing here has run on a GPU yet. Each GPU-only assumption, and how a CPU test 
   * bf16 compute with float32 masters and gradient reduction, bf16 rollout copy. Checked:
     `ADAMAME_COMPUTE_DTYPE=bfloat16` runs that on the CPU: a 2-rank gloo GRPO step and SFT step, finite,
     `logprob_diff` in bf16 reported.
+  * Weights that do not train (a LoRA run's base, the full fine-tuning reference) are held in bf16 when the
+    checkpoint stores them so (the paper's models), beside float32 adapters in one FSDP2 group whose all-gather is
+    then bf16 throughout (FSDP2 requires one original dtype among trainable parameters only). Checked:
+    tests/test_memory.py runs it under `ADAMAME_COMPUTE_DTYPE=bfloat16` over gloo (forward and adapter gradients
+    equal to float32 masters, bit for bit); the plan counts 2 bytes per frozen parameter. On a GPU (NCCL) the GPU
+    check's update_memory (a bf16-stored 1.5B shape) and grpo_smoke (a bf16-stored tiny model) run that path and
+    measure its memory against the plan.
   * The chunked log-prob path reads the lm_head weight while FSDP holds it gathered. Checked: the weight is read
     inside the root's forward (`head=`), never after it.
   * Memory a GPU adds: compaction's temporary, the float64 copy in `cumsum`, CUDA-graph buffers and warm-up blocks,
