@@ -12,6 +12,16 @@ Formats:
     RL    {"id", "lang", "prompt", "answer"}          (the paper's prompts: the instruction is already in `prompt`)
     eval  {"id", "lang", "question", "answer"}        (MGSM, MSVAMP: one file per language)
 
+The paper's data: its RL prompts are DAPO-Math-17k problems translated into fr ja ko pt th, released as
+`2_rl/data/train/train_dapomath17k_5k.parquet` in https://github.com/dayeonki/adamame (verl's parquet format: write
+each row as one RL object, `prompt` starting with the instruction); its validation file holds only training prompts,
+so keep your own prompts apart for --val-data to get held-out numbers. MGSM
+(https://huggingface.co/datasets/juletxara/mgsm) has 250 problems in bn de en es fr ja ru sw te th zh (the paper's
+MGSM-Rev2 adds ko); MSVAMP in the paper has ar en es fr ja ko pt th vi zh (the original release,
+https://huggingface.co/datasets/Mathoctopus/MSVAMP, has bn de en es fr ja ru sw th zh). All 15 languages have an
+instruction; evaluate.py's --benchmark reads the fidelity flags over the paper's set for it, and a trace's language
+over that set and the reward's 14 (adamame/language.py).
+
 Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `micro_batches` (length-sorted
 forwards of at most a token budget, as many on every rank).
 

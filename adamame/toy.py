@@ -19,7 +19,8 @@ language, but about another person and object, and is never trained on, with or 
 
 The tokenizer is a BPE without whitespace pre-splitting (so template phrases merge into few tokens) in which
 digit runs are their own pre-tokens (every number becomes one token); with it questions are a handful of tokens
-and traces about a dozen, which a ~0.6M-parameter model (2 layers) learns in a few minutes.
+and traces about a dozen, which a ~0.6M-parameter model (2 layers) learns in a few minutes. Across nodes the demo
+needs a shared file system: rank 0 writes the toy's files, and every rank reads them.
 
 Imports: torch, tokenizers, transformers (to save the tokenizer folder); adamame: data, hf, language, model,
 rollout, scoring.
