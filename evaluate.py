@@ -41,7 +41,9 @@ def parse_args(argv=None):
                     help="sampling temperature, 0 = greedy (not given in the paper; 0.6 as recommended for R1 models)")
     ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (not given in the paper)")
     ap.add_argument("--max-new-tokens", type=int, default=8192, help="response budget (the paper's)")
-    ap.add_argument("--batch-prompts", type=int, default=32, help="prompts per generate call (a memory knob)")
+    ap.add_argument("--max-rows", type=int, default=128,
+                    help="KV-cache rows: samples decoded at once, a finished one's row taken by a waiting one "
+                         "(a memory knob; it changes no sample)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N questions of each file")
     ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
                     help="answer checker: builtin or math-verify (the paper's; pip install math-verify)")
@@ -110,7 +112,7 @@ def write_outputs(recs, k, out):
 def main(argv=None):
 
     args = parse_args(argv)
-    check_flags(args, positive=("k", "max_new_tokens", "batch_prompts", "limit"), non_negative=("temperature",))
+    check_flags(args, positive=("k", "max_new_tokens", "max_rows", "limit"), non_negative=("temperature",))
     if not 0 < args.top_p <= 1:
         raise DataError(f"--top-p must be in (0, 1], got {args.top_p}")
     require_verifier(args.verifier)
@@ -137,7 +139,7 @@ def main(argv=None):
     rank, world, device = dist.setup()
     lock_output(args.out)
 
-    recs = evaluate_model(resolve(args.model), questions, args, rank, world, device)
+    recs = evaluate_model(resolve(args.model), questions, args, rank=rank, world=world, device=device)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None
     dist.cleanup()
     return summary

@@ -4,10 +4,11 @@
     python train_grpo.py --plan --model DIR --nproc-per-node 8 --gpu-memory-gib 80     (the memory plan only)
 
 Before loading any weight, the run builds its memory plan (adamame/memory.py) from config.json and the flags,
-prints it, and stops (exit 3) if it does not fit; the plan sets the prompts per generate call, activation
+prints it, and stops (exit 3) if it does not fit; the plan sets the rollout's KV-cache rows, activation
 checkpointing and the log-prob path. Then one RL step (t = step, T = total steps) is five phases:
   1. rollout: this rank's share of --batch-prompts prompts (balanced over languages), --group-size samples each, on
-     a plain copy of the current policy (LoRA merged, no FSDP hooks) that is built for the step and freed after;
+     a plain copy of the current policy (LoRA merged, no FSDP hooks) that is built for the step and freed after, in
+     one generate call whose finished KV-cache rows take waiting samples;
   2. score: r_i = 1 if the boxed answer verifies, lang(o_i) = language of the first 500 characters; the advantages
      A_i of the chosen --reward variant with alpha(t) (adamame/rewards.py), per prompt group;
   3. log-probs: pi_old recomputed by the trainer (the paper's setting; --old-logprobs sampler keeps the sampler's),
@@ -108,8 +109,9 @@ def parse_args(argv=None):
                     help="pi_old: recomputed by the trainer before the update (the paper's) or the sampler's")
     ap.add_argument("--micro-batch-tokens", type=int, default=32768,
                     help="padded tokens per forward/backward on each rank (a memory knob)")
-    ap.add_argument("--rollout-prompts", type=_auto_or_positive, default="auto",
-                    help="prompts per generate call: auto (the memory plan's choice) or a number (a cap)")
+    ap.add_argument("--rollout-rows", type=_auto_or_positive, default="auto",
+                    help="KV-cache rows of the rollout (a rank's samples decode in one call, finished rows taking "
+                         "waiting samples): auto (the memory plan's choice) or a number (a cap)")
     ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
                     help="recompute layer activations in backward: auto is on when the plan needs it")
     ap.add_argument("--plan", action="store_true",
@@ -276,7 +278,7 @@ def make_plan(args, cfg, world, device_type, total):
     return grpo_plan(cfg, world=world, total=total, device=device_type, prompts_per_step=args.batch_prompts,
                      group_size=args.group_size, max_prompt_tokens=args.max_prompt_tokens,
                      max_response_tokens=args.max_response_tokens, micro_batch_tokens=args.micro_batch_tokens,
-                     lora_rank=args.lora_rank, beta=args.beta, rollout_prompts=args.rollout_prompts,
+                     lora_rank=args.lora_rank, beta=args.beta, rollout_rows=args.rollout_rows,
                      activation_checkpointing=args.activation_checkpointing)
 
 
@@ -300,7 +302,7 @@ class Run:
     rank: int
     world: int
     device: torch.device
-    rollout_prompts: int  # the memory plan's settings: prompts per generate call,
+    rollout_rows: int  # the memory plan's settings: the rollout's KV-cache rows,
     logits_chunk: int | None  # and the log-prob path (None: full logits; else tokens per lm_head chunk)
     tok: object  # the tokenizer
     questions: list  # every RL prompt (adamame.data.Question), and their token ids
@@ -382,7 +384,7 @@ def setup(args) -> Run:
     paths = {name: os.path.join(args.out, f) for name, f in (("checkpoint", "checkpoint.pt"),
                                                              ("metrics", "metrics.jsonl"),
                                                              ("rollouts", "rollouts.jsonl"))}
-    return Run(args, rank, world, device, plan.rollout_prompts, plan.logits_chunk, tok, questions, prompt_ids, val,
+    return Run(args, rank, world, device, plan.rollout_rows, plan.logits_chunk, tok, questions, prompt_ids, val,
                detector, model, ref_model, optimizer, params, T, steps_per_epoch, paths, toy)
 
 
@@ -419,7 +421,7 @@ def rollout_phase(run, batch):
     copy = dist.rollout_copy(run.model)
     rolls = rollouts(copy, run.tok, batch.ids, n=args.group_size, max_new_tokens=args.max_response_tokens,
                      temperature=args.temperature, seed=args.seed * 1_000_003 + batch.step * 1_009 + run.rank,
-                     chunk_prompts=run.rollout_prompts, return_logprobs=True)
+                     max_rows=run.rollout_rows, return_logprobs=True)
     del copy
     dist.free_cached_memory(run.device)
     return rolls
@@ -513,7 +515,7 @@ def validation(run):
     qs, ids = run.val
     copy = dist.rollout_copy(run.model)
     rs = score(rollouts(copy, run.tok, ids, n=1, max_new_tokens=run.args.max_response_tokens, temperature=0.0,
-                        chunk_prompts=run.rollout_prompts * run.args.group_size), qs, run.args.lang_mode,
+                        max_rows=run.rollout_rows), qs, run.args.lang_mode,
                run.detector, run.args.verifier)
     del copy
     dist.free_cached_memory(run.device)

@@ -137,7 +137,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _launch(q, k, v, start, end, scale, count=None):
+def _launch(q, k, v, start, end, scale, *, count=None):
     R, H, D = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     rep = H // n_kv
@@ -184,7 +184,7 @@ def blocks_and_slots_read(q, k, v, start, end) -> torch.Tensor:
     """[R, 2] int32: per row, the blocks the kernel visits and the slots it loads, summed over KV heads and splits
     (what the tests hold against each row's range)."""
     count = torch.zeros(q.shape[0], 2, dtype=torch.int32, device=q.device)
-    _launch(q, k, v, start, end, q.shape[-1] ** -0.5, count)
+    _launch(q, k, v, start, end, q.shape[-1] ** -0.5, count=count)
     return count
 
 

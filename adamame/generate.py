@@ -2,14 +2,17 @@
 
 Why this shape: in GRPO, generation is most of the wall time, and a decode step of a 1.5B model reads ~3.5 GB of
 weights to produce one token per row, so the step must be memory-bound, not launch-bound. The engine therefore
-  * prefills each distinct prompt once (left-padded, in chunks of PREFILL_TOKENS) and copies its cache rows to its n
-    samples, instead of recomputing the prompt per sample (GRPO draws n = 8 per prompt);
-  * preallocates one KV cache for the whole batch, sized from the prompts and max_new_tokens, and says up front when
-    it cannot fit (`memory_needed` is the same arithmetic the memory plan uses);
+  * takes all of a call's samples (a rank's prompts x n) at once and decodes them in one KV cache of `rows` rows
+    (as many as the memory plan allows, adamame/memory.py): a row decodes one sample, and when its sample has
+    finished, a waiting sample takes the row ("refill"), so no row idles while samples wait and no call waits for
+    its longest row. An admitted sample's prompt is prefilled into its row (left-padded to the call's longest prompt,
+    in chunks of PREFILL_TOKENS; the samples of one prompt admitted together share one prefill). The cache's size is
+    checked against the free memory before it is allocated;
   * runs each decode step over rows [0, R) and cache slots [0, S_b) only: R is the live row count rounded up to a
-    power of two below ROW_STEP rows and to a multiple of ROW_STEP above (`row_bucket`), S_b the current length
-    rounded up to a multiple of `slot_bucket`. On CUDA each (R, S_b) step is captured once as a CUDA graph (lazily,
-    one shared memory pool) and replayed: one launch per token instead of ~1,000 kernel launches. On CPU, or with
+    power of two below ROW_STEP rows and to a multiple of ROW_STEP above (`row_bucket`), S_b the largest slot any
+    row writes rounded up to a multiple of `slot_bucket`. Each row writes its new token at its own slot (rows hold
+    samples of different ages). On CUDA each (R, S_b) step is captured once as a CUDA graph (lazily, one shared
+    memory pool) and replayed: one launch per token instead of ~1,000 kernel launches. On CPU, or with
     cuda_graphs=False, the same bucketed step runs eagerly (with R = the live row count), so every CPU test covers it;
   * attends, on CUDA, with the Triton decode kernel (adamame/decode_attention.py): each live row reads only its own
     slots, from its prompt's first token to the new one, and finished or padding rows read nothing, so neither left
@@ -17,17 +20,24 @@ weights to produce one token per row, so the step must be memory-bound, not laun
     ADAMAME_KERNELS=torch) reads all R x S_b slots under a bias;
   * never synchronises with the host inside a step: a token is drawn by inverting its row's CDF at a uniform number
     (searchsorted on the device, no multinomial), finished rows are tracked on the device, and the host looks only
-    every `check_every` steps, to stop when all rows are done and to drop finished rows ("compaction": live rows
-    move down inside the same cache buffers, one layer at a time, so sequences that stopped early stop costing
-    work). Every row gets one uniform per step whether it is live or not, so compaction changes no sample;
+    every `check_every` steps: to give finished rows to waiting samples, to stop when all are done, and, once no
+    sample waits, to drop finished rows ("compaction": live rows move down inside the same cache buffers, one layer
+    at a time, so sequences that stopped early stop costing work);
+  * draws sample s's token i from the uniform number `keyed_uniforms(seed, s, i)` (a counter-based hash), so the
+    samples depend on neither the rows, nor refill, nor compaction, nor the buckets: the same seed gives the same
+    tokens with a cache of 3 rows or of all of them;
   * returns the log-probability of every sampled token under the sampling temperature,
     log softmax(z / T)[y], which is what the trainer's forward computes.
 
 Sampling distribution: softmax(z / T), restricted to the top_k tokens and then to the smallest set whose
 probability reaches top_p, renormalised. temperature = 0 is greedy (its log-probs are at T = 1).
 
+`kv_reads` replays the schedule (steps, buckets, refills, compactions, the KV slots each step reads) from the prompt
+and response lengths alone, for the memory plan's arithmetic (adamame/memory.py) and bench/generate.py's model.
+
 Imports: torch; adamame: model (KVCache).
 """
+
 
 import os
 import time
@@ -41,6 +51,7 @@ PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds the prefill's
 SLOT_BUCKET = 256  # the decode step attends to the cache in multiples of this many slots
 ROW_STEP = 64  # above this many live rows, the decode step's rows are rounded up to a multiple of it
 COMPACT_AT = 0.75  # finished rows are dropped once the live ones are at most this share of the batch
+MASK32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -80,68 +91,29 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniforms=None):
     return tok, logp.gather(-1, tok[:, None])[:, 0]
 
 
-# ---------------------------------------------------------------------------------------------- memory
-
-def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0) -> int:
-    """Peak temporaries of one decode step's logits and sample_next for `rows` rows: [rows, V] buffers (the step's
-    float32 logits, log-probs, probabilities, and the float64 CDF with the float64 copy of the probabilities that
-    cumsum(dtype=float64) makes first), plus top-k's masked copy and top-p's sort (values, int64 order, cumulative
-    sums, masks)."""
-    per_elem = 3 * 4 + 8 + 8 + (4 if top_k else 0) + (8 + 4 * 5 + 2 if top_p < 1.0 else 0)
-    return rows * vocab * per_elem
+def _mix32(x):
+    """murmur3's 32-bit finaliser on int64 tensors holding unsigned 32-bit values (a bijection of [0, 2^32))."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & MASK32  # the product wraps in int64; its low 32 bits are exact
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & MASK32
+    return x ^ (x >> 16)
 
 
-def layer_transient_bytes(cfg, dtype) -> int:
-    """Per token, the largest set of temporaries alive inside one layer's forward without autograd: the MLP's gate,
-    up and product, and the attention's q/k/v/o."""
-    width = 3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim
-    return width * dtype.itemsize
-
-
-def step_bytes(cfg, rows: int, dtype) -> int:
-    """Activations of one decode step of `rows` rows: one layer's temporaries and the logits before their float32
-    copy. Small next to the cache; counted for completeness."""
-    return rows * (layer_transient_bytes(cfg, dtype) + cfg.vocab_size * dtype.itemsize)
-
-
-def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
-    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, one layer's temporaries, the
-    bool mask [rows, T, T] and the additive bias of the folded query heads (model.attention_bias: rows x rep x T x
-    T rounded up to 16, in the compute dtype)."""
-    rows = max(1, tokens // max(1, prompt_len))
-    rep = cfg.num_attention_heads // cfg.num_key_value_heads
-    return (KVCache.nbytes(cfg, rows, prompt_len, dtype) + tokens * layer_transient_bytes(cfg, dtype)
-            + rows * prompt_len * prompt_len + rows * rep * prompt_len * (-(-prompt_len // 16) * 16) * dtype.itemsize)
+def keyed_uniforms(seed: int, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Uniform float64 numbers in [0, 1), one per (sample, token index) pair, from a counter-based hash of
+    (seed, sample, index): the same triple always gives the same number, on any device and in any batch, with no
+    generator state and no host sync. 53 random bits from two 32-bit hashes."""
+    lo, hi = seed & MASK32, (seed >> 32) & MASK32
+    a = _mix32(_mix32((sample & MASK32) ^ lo) ^ index)
+    b = _mix32(_mix32((sample & MASK32) ^ hi ^ 0x9E3779B9) ^ index ^ 0x7F4A7C15)
+    return ((a << 21) | (b >> 11)).double() * 2.0 ** -53
 
 
 def cache_slots(prompt_len: int, max_new_tokens: int) -> int:
     """Slots of a generate call's KV cache: prompt and response, rounded up to a multiple of 16 so that every decode
     step's bias rows are aligned as the memory-efficient attention kernel needs (else it pads a copy per layer)."""
     return -(-(prompt_len + max_new_tokens) // 16) * 16
-
-
-def compaction_bytes(cfg, rows: int, slots: int, dtype) -> int:
-    """compact's temporary: one layer's K (or V) for the kept rows, at most 3/4 of the rows (it runs when a quarter
-    have finished), over every slot."""
-    return int(COMPACT_AT * rows) * cfg.num_key_value_heads * slots * cfg.head_dim * dtype.itemsize
-
-
-def graph_bytes(cfg, rows: int, dtype) -> int:
-    """With CUDA graphs: the static float32 logits buffer and the float32 copy a captured step makes into it, and the
-    blocks the warm-up run (on the capture stream, outside the graphs' pool) leaves cached there: one step's
-    activations and its float32 logits."""
-    return 2 * 4 * rows * cfg.vocab_size + step_bytes(cfg, rows, dtype) + 4 * rows * cfg.vocab_size
-
-
-def memory_needed(cfg, prompts: int, n: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0,
-                  graphs: bool = False) -> int:
-    """Bytes one generate call allocates beyond the weights: KV cache, prefill, one decode step, the sampler,
-    compaction's temporary and, with CUDA graphs, their buffers (graph_bytes)."""
-    rows, slots = prompts * n, cache_slots(prompt_len, max_new_tokens)
-    return (KVCache.nbytes(cfg, rows, slots, dtype)
-            + prefill_bytes(cfg, min(prompts * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
-            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
-            + compaction_bytes(cfg, rows, slots, dtype) + (graph_bytes(cfg, rows, dtype) if graphs else 0))
 
 
 def free_bytes(device) -> int | None:
@@ -162,6 +134,7 @@ def free_bytes(device) -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
 
 
 # ---------------------------------------------------------------------------------------------- decode step
@@ -187,9 +160,9 @@ def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, slot_b
 class Decoder:
     """The decode step over a static KV cache, eager or as CUDA graphs keyed by (row bucket, slot bucket).
 
-    Static buffers: tokens and positions [B], the slot (0-dim) and, with graphs, the float32 logits [B, V]; a captured
-    graph reads and writes only these and the cache, so replaying it after updating them in place is the same as
-    calling the model. Graphs share one memory pool (they never run at the same time) and die with the Decoder.
+    Static buffers: tokens, positions and cache slots [B], active [B] and, with graphs, the float32 logits [B, V]; a
+    captured graph reads and writes only these and the cache, so replaying it after updating them in place is the
+    same as calling the model. Graphs share one memory pool (they never run at the same time) and die with the Decoder.
     """
 
     def __init__(self, model, cache: KVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
@@ -198,7 +171,7 @@ class Decoder:
         B, dev = cache.valid.shape[0], cache.valid.device
         self.tokens = torch.zeros(B, dtype=torch.long, device=dev)
         self.positions = torch.zeros(B, dtype=torch.long, device=dev)
-        self.slot = torch.zeros((), dtype=torch.long, device=dev)
+        self.slot = torch.zeros(B, dtype=torch.long, device=dev)
         self.active = torch.zeros(B, dtype=torch.bool, device=dev)  # rows whose output is used (the kernel reads them)
         self.logits = torch.zeros(B, model.config.vocab_size, dtype=torch.float32, device=dev) if cuda_graphs else None
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
@@ -208,7 +181,7 @@ class Decoder:
 
     def _run(self, rows, slots):
         return self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots,
-                                      self.active).float()
+                                      active=self.active).float()
 
     def _run_into_buffer(self, rows, slots):  # what a graph records: outputs must land in a static buffer
         self.logits[:rows] = self._run(rows, slots)
@@ -230,19 +203,20 @@ class Decoder:
         self.pool = self.pool or graph.pool()
         return graph
 
-    def __call__(self, tokens, positions, slot: int, active=None) -> torch.Tensor:
-        """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache `slot`;
-        active [live] bool (None: all) marks the rows whose logits are used (others' are garbage)."""
+    def __call__(self, tokens, positions, slot, last_slot: int, active=None) -> torch.Tensor:
+        """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache slots `slot`
+        [live] (on the device; last_slot: their largest, known to the host, which picks the slot bucket); active
+        [live] bool (None: all) marks the rows whose logits are used (others' are garbage)."""
         live = tokens.shape[0]
-        rows, slots = self.buckets(live, slot)
+        rows, slots = self.buckets(live, last_slot)
         self.tokens[:live] = tokens
         self.positions[:live] = positions
+        self.slot[:live] = slot
         self.active[live:].fill_(False)
         if active is None:
             self.active[:live].fill_(True)
         else:
             self.active[:live].copy_(active)
-        self.slot.fill_(slot)
         if not self.graphs_on:
             return self._run(rows, slots)[:live]
         if (rows, slots) not in self.graphs:
@@ -265,20 +239,19 @@ def graphs_default(device) -> bool:
     return torch.device(device).type == "cuda" and flag == "1"
 
 
-def make_decoder(model, prompts: int, n: int, prompt_len: int, max_new_tokens: int, cuda_graphs=None,
-                 slot_bucket: int = SLOT_BUCKET, top_k: int = 0, top_p: float = 1.0) -> Decoder:
-    """A KV cache for `prompts` x `n` rows of up to prompt_len + max_new_tokens slots and its decode step, checked
-    against the free memory first. Pass it to several generate calls (a rollout's chunks) to capture their CUDA
-    graphs once."""
+def make_decoder(model, rows: int, prompt_len: int, max_new_tokens: int, cuda_graphs=None,
+                 slot_bucket: int = SLOT_BUCKET) -> Decoder:
+    """A KV cache of `rows` rows of prompt_len + max_new_tokens slots (cache_slots) and its decode step, the cache
+    checked against the free memory first (the rest of a call's memory is small next to it; adamame/memory.py
+    counts all of it). Pass it to several generate calls to capture their CUDA graphs once."""
     param = next(model.parameters())
-    dev, rows, slots = param.device, prompts * n, cache_slots(prompt_len, max_new_tokens)
+    dev, slots = param.device, cache_slots(prompt_len, max_new_tokens)
     use_graphs = graphs_default(dev) if cuda_graphs is None else bool(cuda_graphs)
-    need = memory_needed(model.config, prompts, n, prompt_len, max_new_tokens, param.dtype, top_k, top_p, use_graphs)
-    free = free_bytes(dev)
+    need, free = KVCache.nbytes(model.config, rows, slots, param.dtype), free_bytes(dev)
     if free is not None and need > free:
-        raise MemoryError(f"generate: {rows} rows x {slots} cache slots need {need / 2**30:.2f} GiB, "
-                          f"{free / 2**30:.2f} GiB free on {dev}: use fewer prompts per call (--rollout-prompts), "
-                          f"smaller n or max_new_tokens")
+        raise MemoryError(f"generate: a KV cache of {rows} rows x {slots} slots needs {need / 2**30:.2f} GiB, "
+                          f"{free / 2**30:.2f} GiB free on {dev}: use fewer rows (--rollout-rows, --max-rows), "
+                          f"or a smaller max_new_tokens")
     cache = KVCache.allocate(model.config, rows, slots, param.dtype, dev)
     return Decoder(model, cache, use_graphs, slot_bucket)
 
@@ -292,113 +265,133 @@ def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
     cache.valid[:n] = cache.valid[keep]
 
 
-def kv_reads(prompt_lens, response_lens, max_new_tokens, *, kernel: bool, pad_rows: bool = True, check_every=8,
-             slot_bucket=SLOT_BUCKET, rows_fn=row_bucket) -> dict:
-    """generate's decode schedule replayed without a model: for prompts of `prompt_lens` tokens (one per row) whose
-    rows produce `response_lens` tokens (the last one the stop token when < max_new_tokens), the decode steps it
-    runs, the (rows, slots) buckets it visits (= CUDA graphs captured), and per step the cache row-slots read: with
-    the kernel each active row's own slots (prompt and tokens so far, incl. the new one), with SDPA rows x slots.
-    `useful` counts the active rows' own slots (what any exact kernel must read). The same loop as generate: one
-    token per step, a host look every check_every steps, compaction at COMPACT_AT; multiply row-slots by the bytes
-    of a slot (2 x layers x kv heads x head_dim x itemsize) for bytes."""
-    plen, resp = torch.tensor(prompt_lens), torch.tensor(response_lens)
-    B, Tp = len(plen), int(plen.max())
-    total_slots = cache_slots(Tp, max_new_tokens)
-    live, done = torch.arange(B), torch.zeros(B, dtype=torch.bool)
-    out = {"steps": 0, "read": 0, "useful": 0, "rows_run": 0, "rows_active": 0, "tokens": int(resp.sum())}
-    buckets = set()
-    for t in range(max_new_tokens):
-        done |= resp[live] <= t + 1  # token t was the row's last
-        if t + 1 == max_new_tokens:
+def kv_reads(prompt_lens, response_lens, max_new_tokens, *, rows=None, n=1, kernel: bool, pad_rows: bool = True,
+             check_every=8, slot_bucket=SLOT_BUCKET, rows_fn=row_bucket, trace=False) -> dict:
+    """generate's schedule replayed without a model, for samples whose prompts have `prompt_lens` tokens and whose
+    responses have `response_lens` tokens (the last one the stop token when < max_new_tokens), in a cache of `rows`
+    rows (None: one per sample; samples s // n share a prompt), as generate runs it: admission into free rows in
+    sample order, one token per step, a host look every check_every steps, compaction at COMPACT_AT once no sample
+    waits. Returns the decode steps, the
+    (rows, slots) buckets visited (= CUDA graphs captured) and per step the cache row-slots read: with the kernel
+    each active row's own slots (prompt and tokens so far, incl. the new one), with SDPA rows x slots; `useful`
+    counts the active rows' own slots (what any exact kernel must read). Multiply row-slots by the bytes of a slot
+    (2 x layers x kv heads x head_dim x itemsize) for bytes. trace=True adds `steps_trace`, one (rows run, slots,
+    live rows, active rows, row-slots read) per step, and `events`: ("prefill", samples, distinct prompts, padded
+    prompt length) per admission and ("compact", rows kept, slots moved) per compaction."""
+    plen, resp = list(prompt_lens), list(response_lens)
+    N, Tp = len(plen), max(plen)
+    S, B = cache_slots(Tp, max_new_tokens), min(rows or len(plen), len(plen))
+    out = {"steps": 0, "read": 0, "useful": 0, "rows_run": 0, "rows_active": 0, "tokens": sum(resp), "prefills": 0}
+    buckets, steps_trace, events = set(), [], []
+    waiting = list(range(N))[::-1]  # popped from the end: sample order
+    row_s, row_t = [0] * B, [0] * B  # each row's sample and tokens drawn
+
+    def admit(free):
+        took = [(r, waiting.pop()) for r in free[:len(waiting)]]
+        for r, s in took:
+            row_s[r], row_t[r] = s, 1
+        events.append(("prefill", len(took), len({s // n for _, s in took}), Tp))
+
+    def done(r):
+        return row_t[r] >= resp[row_s[r]]
+
+    admit(list(range(B)))
+    k = 1
+    while True:
+        length_done = min(row_t) >= max_new_tokens
+        if length_done and not waiting:
             break
-        if (t + 1) % check_every == 0:
-            n_live = int((~done).sum())
-            if n_live == 0:
-                break
-            if n_live <= COMPACT_AT * len(live):
-                live, done = live[~done], done[~done]
-        rows, slots = step_buckets(len(live), Tp + t, B, total_slots, slot_bucket, pad_rows, rows_fn)
-        buckets.add((rows, slots))
-        useful = int((plen[live][~done] + t + 1).sum())
+        if k % check_every == 0 or length_done:
+            free = [r for r in range(len(row_s)) if done(r)]
+            if waiting and free:
+                admit(free)
+            if not waiting:
+                keep = [r for r in range(len(row_s)) if not done(r)]
+                if not keep:
+                    break
+                if len(keep) <= COMPACT_AT * len(row_s):
+                    events.append(("compact", len(keep), min(Tp + max(row_t) - 1, S)))
+                    row_s, row_t = [row_s[r] for r in keep], [row_t[r] for r in keep]
+            if min(row_t) >= max_new_tokens:
+                continue
+        last = min(Tp + max(row_t) - 1, S - 1)
+        run, slots = step_buckets(len(row_s), last, B, S, slot_bucket, pad_rows, rows_fn)
+        buckets.add((run, slots))
+        active = [r for r in range(len(row_s)) if not done(r)]
+        useful = sum(plen[row_s[r]] + row_t[r] for r in active)
+        read = useful if kernel else run * slots
         out["steps"] += 1
         out["useful"] += useful
-        out["read"] += useful if kernel else rows * slots
-        out["rows_run"] += rows
-        out["rows_active"] += int((~done).sum())
-    return {**out, "graphs": len(buckets)}
+        out["read"] += read
+        out["rows_run"] += run
+        out["rows_active"] += len(active)
+        if trace:
+            steps_trace.append((run, slots, len(row_s), len(active), read))
+        row_t = [t + 1 for t in row_t]
+        k += 1
+    out["prefills"] = sum(e[2] for e in events if e[0] == "prefill")  # prompt prefills (shared by their samples)
+    extra = {"steps_trace": steps_trace, "events": events} if trace else {}
+    return {**out, "graphs": len(buckets), **extra}
 
 
 # ---------------------------------------------------------------------------------------------- generate
 
 @dataclass
-class Rows:
-    """generate's per-call state on the device: per original row the tokens out [B, L], their log-probs out_lp,
-    lengths and stopped [B]; per live row (after compaction) its original row `live` and whether it is done."""
+class State:
+    """generate's state on the device. Per sample (one spare at index N takes the writes of rows with no sample):
+    the tokens out [N + 1, L], their log-probs out_lp, lengths and stopped [N + 1]. Per live cache row: its sample,
+    the tokens it has drawn (t), the position and cache slot of the token it feeds next, that token, and done."""
     out: torch.Tensor
     out_lp: torch.Tensor
     lengths: torch.Tensor
     stopped: torch.Tensor
-    live: torch.Tensor
+    sample: torch.Tensor
+    t: torch.Tensor
+    pos: torch.Tensor
+    slot: torch.Tensor
+    tok: torch.Tensor
     done: torch.Tensor
 
-
-def token_step(st: Rows, logits, t: int, gen, temperature, top_k, top_p, eos, pad_token_id) -> torch.Tensor:
-    # gen: the call's generator on st's device (None: torch's default one)
-    """Token t of every live row from its logits [live, V], and the stop bookkeeping, on the device: no host sync.
-    One uniform per original row and step, whether or not the row is still in the batch, so the samples depend
-    neither on compaction nor on the buckets. Returns the tokens [live] (pad for rows already done)."""
-    B = st.out.shape[0]
-    u = torch.rand(B, generator=gen, dtype=torch.float64, device=st.out.device)[st.live] if temperature else None
-    tok, lp = sample_next(logits, temperature, top_k, top_p, u)
-    tok = torch.where(st.done, pad_token_id, tok)
-    st.out[st.live, t], st.out_lp[st.live, t] = tok, lp
-    st.lengths[st.live] += (~st.done).long()
-    hit = torch.isin(tok, eos) & ~st.done
-    st.stopped[st.live] |= hit
-    st.done |= hit
-    return tok
+    def take(self, keep) -> None:  # compaction: keep these rows, in this order
+        for f in ("sample", "t", "pos", "slot", "tok", "done"):
+            setattr(self, f, getattr(self, f)[keep])
 
 
-@torch.no_grad()
-def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
-             seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
-             slot_bucket=SLOT_BUCKET, stats=None, decoder=None):
-    """Sample n continuations of every prompt (lists of token ids, any lengths).
+@dataclass
+class Settings:
+    seed: int
+    temperature: float
+    top_k: int
+    top_p: float
+    eos: torch.Tensor
+    pad: int
+    limit: torch.Tensor  # [N + 1]: each sample's most tokens (max_new_tokens, or a benchmark's forced lengths)
 
-    Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
-    `model` is a plain Transformer (for training, the rollout copy of adamame.dist.rollout_copy). cuda_graphs:
-    None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the graphs captured and
-    the seconds spent capturing them. `decoder` (make_decoder) reuses a cache and its graphs from an earlier call.
-    """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt, and every prompt at least one token")
-    if max_new_tokens < 1 or n < 1:
-        raise ValueError(f"max_new_tokens and n must be positive (got {max_new_tokens}, {n})")
-    if not (0.0 < top_p <= 1.0) or top_k < 0 or temperature < 0:
-        raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}")
-    cfg = model.config
-    flat = [t for p in prompts for t in p]
-    if min(flat) < 0 or max(flat) >= cfg.vocab_size:
-        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size}), got {min(flat)}..{max(flat)}")
-    param = next(model.parameters())
-    dev, dtype = param.device, param.dtype
-    P, Tp = len(prompts), max(len(p) for p in prompts)
-    B, S = P * n, Tp + max_new_tokens
-    if decoder is None:
-        decoder = make_decoder(model, P, n, Tp, max_new_tokens, cuda_graphs, slot_bucket, top_k, top_p)
-    elif decoder.cache.valid.shape[0] < B or decoder.cache.valid.shape[1] < S:
-        raise ValueError(f"generate: the decoder's cache holds {tuple(decoder.cache.valid.shape)} rows x slots, "
-                         f"this call needs {B} x {S}")
-    gen = torch.Generator(dev)
-    gen.manual_seed(seed) if seed is not None else gen.seed()
-    cache = decoder.cache
-    cache.valid.zero_()  # slots of an earlier call are stale: invisible until written again
 
-    # prefill: each distinct prompt once, left-padded, logits only at the last position; its cache rows are
-    # copied to its n samples (a broadcasting copy, no repeated tensor)
-    logits = torch.empty(P, cfg.vocab_size, dtype=torch.float32, device=dev)
+def draw(st: State, rows, logits, cfg: Settings) -> None:
+    """Each row's next token from its logits [len(rows), V] (rows: an index tensor, or slice(None) for every live
+    row) and the stop bookkeeping, on the device: no host sync. A sample's token i uses keyed_uniforms(seed, sample,
+    i) whichever row draws it; rows already done write to the spare sample."""
+    sample, t, done = st.sample[rows], st.t[rows], st.done[rows]
+    u = keyed_uniforms(cfg.seed, sample, t) if cfg.temperature else None
+    tok, lp = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, u)
+    tok = torch.where(done, cfg.pad, tok)
+    N, L = st.out.shape[0] - 1, st.out.shape[1]
+    s, i = torch.where(done, N, sample), t.clamp(max=L - 1)
+    st.out[s, i], st.out_lp[s, i] = tok, lp
+    st.lengths[s] += (~done).long()
+    hit = torch.isin(tok, cfg.eos) & ~done
+    st.stopped[s] |= hit
+    st.done[rows] = done | hit | (t + 1 >= cfg.limit[s])
+    st.t[rows], st.tok[rows] = t + 1, tok
+
+
+def prefill(model, prompts, Tp: int, pad_token_id: int):
+    """Each prompt (lists of ids, at most Tp long), left-padded to Tp, in forwards of at most PREFILL_TOKENS tokens:
+    yields (first index, the chunk's KVCache [c, Tp], its last-position logits [c, V] float32)."""
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     per = max(1, PREFILL_TOKENS // Tp)
-    for a in range(0, P, per):
+    for a in range(0, len(prompts), per):
         chunk = prompts[a:a + per]
         ids = torch.full((len(chunk), Tp), pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(chunk), Tp, dtype=torch.bool)
@@ -406,43 +399,123 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
             ids[i, Tp - len(p):] = torch.tensor(p)
             mask[i, Tp - len(p):] = True
         ids, mask = ids.to(dev), mask.to(dev)
-        pre = KVCache.allocate(cfg, len(chunk), Tp, dtype, dev)
+        pre = KVCache.allocate(model.config, len(chunk), Tp, dtype, dev)
         pos = (mask.sum(-1, keepdim=True) - Tp + torch.arange(Tp, device=dev)).clamp(min=0)
-        logits[a:a + len(chunk)] = model(ids, positions=pos, mask=mask, cache=pre, logits_at=slice(-1, None))[:, -1]
-        rows = slice(a * n, (a + len(chunk)) * n)
-        for dst, src in zip(cache.k + cache.v, pre.k + pre.v):
-            dst[rows, :, :Tp].unflatten(0, (len(chunk), n)).copy_(src.unsqueeze(1))
-        cache.valid[rows, :Tp] = pre.valid.repeat_interleave(n, 0)
-        del pre
-    logits = logits.repeat_interleave(n, 0)  # [B, V]
-    plen = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n, 0)
+        logits = model(ids, positions=pos, mask=mask, cache=pre, logits_at=slice(-1, None))[:, -1].float()
+        yield a, pre, logits
 
-    eos = torch.tensor(list(eos_token_ids) or [-1], device=dev)
-    st = Rows(out=torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
-              out_lp=torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev),
-              lengths=torch.zeros(B, dtype=torch.long, device=dev),
-              stopped=torch.zeros(B, dtype=torch.bool, device=dev),
-              live=torch.arange(B, device=dev), done=torch.zeros(B, dtype=torch.bool, device=dev))
-    for t in range(max_new_tokens):
-        tok = token_step(st, logits, t, gen, temperature, top_k, top_p, eos, pad_token_id)
-        if t + 1 == max_new_tokens:
+
+def admit(model, st: State, cache: KVCache, rows: list, samples: list, prompts: list, n: int, cfg: Settings):
+    """Samples `samples` into cache rows `rows`: their prompts prefilled (each distinct prompt once) and copied into
+    slots [0, Tp) of their rows, their first tokens drawn from the prefill's logits."""
+    dev, Tp = cache.valid.device, max(map(len, prompts))
+    distinct = sorted({s // n for s in samples})
+    logits = torch.empty(len(samples), model.config.vocab_size, dtype=torch.float32, device=dev)
+    for a, pre, lg in prefill(model, [prompts[p] for p in distinct], Tp, cfg.pad):
+        part = {p: i for i, p in enumerate(distinct[a:a + lg.shape[0]])}
+        sel = [j for j, s in enumerate(samples) if s // n in part]
+        dst = torch.tensor([rows[j] for j in sel], device=dev)
+        src = torch.tensor([part[samples[j] // n] for j in sel], device=dev)
+        for buf, p in zip(cache.k + cache.v, pre.k + pre.v):
+            buf[dst, :, :Tp] = p[src]
+        cache.valid[dst] = False  # the row's earlier sample
+        cache.valid[dst, :Tp] = pre.valid[src]
+        logits[torch.tensor(sel, device=dev)] = lg[src]
+    r = torch.tensor(rows, device=dev)
+    s = torch.tensor(samples, device=dev)
+    st.sample[r], st.t[r], st.done[r] = s, 0, False
+    st.pos[r] = torch.tensor([len(prompts[x // n]) for x in samples], device=dev)
+    st.slot[r] = Tp
+    draw(st, r, logits, cfg)
+
+
+@torch.no_grad()
+def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
+             seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
+             slot_bucket=SLOT_BUCKET, max_rows=None, stats=None, decoder=None, progress=None, response_lengths=None):
+    """Sample n continuations of every prompt (lists of token ids, any lengths).
+
+    Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
+    `model` is a plain Transformer (for training, the rollout copy of adamame.dist.rollout_copy). The samples are
+    decoded in a cache of max_rows rows (None: one per sample), or in `decoder`'s (make_decoder: reuses a cache and
+    its CUDA graphs from an earlier call); the rows change the speed and the memory, not the samples. cuda_graphs:
+    None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the samples that took a
+    finished sample's row, the graphs captured and the seconds spent capturing them; `progress.update(k)` (a tqdm
+    bar) is told of finished samples at each look. response_lengths (a benchmark's hook: random weights rarely stop)
+    ends sample s after response_lengths[s] tokens, as if its last were a stop token.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt at least one token")
+    if max_new_tokens < 1 or n < 1 or (max_rows is not None and max_rows < 1):
+        raise ValueError(f"max_new_tokens, n and max_rows must be positive (got {max_new_tokens}, {n}, {max_rows})")
+    if not (0.0 < top_p <= 1.0) or top_k < 0 or temperature < 0:
+        raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}")
+    vocab = model.config.vocab_size
+    flat = [t for p in prompts for t in p]
+    if min(flat) < 0 or max(flat) >= vocab:
+        raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(flat)}..{max(flat)}")
+    dev = next(model.parameters()).device
+    N, Tp = len(prompts) * n, max(len(p) for p in prompts)
+    S = cache_slots(Tp, max_new_tokens)
+    if decoder is None:
+        decoder = make_decoder(model, min(N, max_rows or N), Tp, max_new_tokens, cuda_graphs, slot_bucket)
+    elif decoder.cache.valid.shape[1] < S:
+        raise ValueError(f"generate: the decoder's cache holds {decoder.cache.valid.shape[1]} slots, this call needs "
+                         f"{S}")
+    cache = decoder.cache
+    B = min(N, cache.valid.shape[0])
+    cache.valid.zero_()  # slots of an earlier call are stale: invisible until written again
+    limit = torch.tensor(list(response_lengths or [max_new_tokens] * N) + [1], device=dev).clamp(1, max_new_tokens)
+    cfg = Settings(seed if seed is not None else int(torch.randint(0, 2**62, ())), temperature, top_k, top_p,
+                   torch.tensor(list(eos_token_ids) or [-1], device=dev), pad_token_id, limit)
+
+    def zeros(*shape, dtype=torch.long):
+        return torch.zeros(shape, dtype=dtype, device=dev)
+
+    st = State(out=torch.full((N + 1, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
+               out_lp=zeros(N + 1, max_new_tokens, dtype=torch.float32), lengths=zeros(N + 1),
+               stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(B), t=zeros(B), pos=zeros(B), slot=zeros(B),
+               tok=zeros(B), done=zeros(B, dtype=torch.bool))
+    waiting = list(range(N))[::-1]  # popped from the end: sample order
+    t_host = [1] * B  # tokens each row has drawn, as the host knows it without looking (done rows count on)
+    admit(model, st, cache, list(range(B)), [waiting.pop() for _ in range(B)], prompts, n, cfg)
+    steps, finished = 0, 0
+    while True:
+        length_done = min(t_host) >= max_new_tokens
+        if length_done and not waiting:
             break
-        if (t + 1) % check_every == 0:  # the only host syncs: stop, or drop finished rows
-            n_live = int((~st.done).sum())
-            if n_live == 0:
-                break
-            if n_live <= COMPACT_AT * len(st.live):
-                keep = (~st.done).nonzero()[:, 0]
-                compact(cache, keep, Tp + t)
-                st.live, st.done, tok, plen = st.live[keep], st.done[keep], tok[keep], plen[keep]
-        logits = decoder(tok, plen + t, Tp + t, ~st.done)
+        if (steps + 1) % check_every == 0 or length_done:  # the only host syncs: refill, stop, or drop rows
+            done = st.done.tolist()
+            free = [r for r, d in enumerate(done) if d]
+            if progress is not None:
+                progress.update(N - len(waiting) - (len(done) - len(free)) - finished)
+                finished = N - len(waiting) - (len(done) - len(free))
+            if waiting and free:
+                took = free[:len(waiting)]
+                admit(model, st, cache, took, [waiting.pop() for _ in took], prompts, n, cfg)
+                for r in took:
+                    t_host[r], done[r] = 1, False
+            if not waiting:
+                keep = [r for r, d in enumerate(done) if not d]
+                if not keep:
+                    break
+                if len(keep) <= COMPACT_AT * len(done):
+                    compact(cache, torch.tensor(keep, device=dev), min(Tp + max(t_host) - 1, S))
+                    st.take(torch.tensor(keep, device=dev))
+                    t_host = [t_host[r] for r in keep]
+            if min(t_host) >= max_new_tokens:
+                continue
+        logits = decoder(st.tok, st.pos, st.slot, min(Tp + max(t_host) - 1, S - 1), ~st.done)
+        draw(st, slice(None), logits, cfg)
+        st.pos += 1
+        st.slot = (st.slot + 1).clamp_(max=S - 1)  # a done row's slot stops at the last one (never read again)
+        t_host = [t + 1 for t in t_host]
+        steps += 1
 
+    if progress is not None:
+        progress.update(N - finished)
     if stats is not None:
-        stats.update(steps=t + 1, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds)
+        stats.update(steps=steps, refilled=N - B, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds)
     out, out_lp, lengths, stopped = st.out.cpu(), st.out_lp.cpu(), st.lengths.cpu(), st.stopped.cpu()
-    samples = []
-    for r in range(B):
-        k = int(lengths[r])
-        samples.append(Sample(out[r, :k].tolist(), "stop" if stopped[r] else "length",
-                              out_lp[r, :k].tolist() if return_logprobs else None))
-    return samples
+    return [Sample(out[r, :int(lengths[r])].tolist(), "stop" if stopped[r] else "length",
+                   out_lp[r, :int(lengths[r])].tolist() if return_logprobs else None) for r in range(N)]

@@ -4,7 +4,7 @@ Why: a paper-scale run (512 prompts x 8 rollouts of up to 4,096 tokens on 8 GPUs
 two places, the rollout's KV cache and the update's activations, and a researcher must learn that before queueing
 for GPUs, not after the first step. So every run (and `--plan`, which needs only config.json) builds this plan
 before loading weights, prints it, and stops when it does not fit; and the run then obeys it: the plan picks the
-prompts per generate call, switches activation checkpointing on when the update would not fit without it, and picks
+rollout's KV-cache rows, switches activation checkpointing on when the update would not fit without it, and picks
 the chunked log-prob path when a micro-batch's full logits would not fit.
 
 One source of truth: the sizes come from the code that allocates them. Parameters are counted on a meta-device copy
@@ -17,7 +17,7 @@ Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, b
                frozen reference copy f N / W; LoRA: the frozen base f N / W and the adapters' 16n / W. f = b when
                the checkpoint stores its weights in the compute dtype (held as stored: lossless), else 4
     rollout    weights + the plain rollout copy (N b, LoRA merged) + generate's KV cache, prefill, decode step and
-               sampler for the rows of one generate call
+               sampler for the cache's rows, and the tokens and log-probs of the rank's samples
     logprobs   weights + unsharded parameters (root + 2 layers, FSDP prefetches one) and float32 gradients + one
                layer's transient activations and the logits of one micro-batch (no autograd)
     update     the same + saved activations of one micro-batch (all layers, or only the layer inputs with
@@ -33,7 +33,7 @@ replaces the flat 5% margin of earlier versions. On CPU: 85% of the available RA
 
 How a run uses it: train_grpo.py and train_sft.py build the plan before loading any weight, print it, and stop with
 exit status 3 when the peak would not fit the device (on a CPU run: the available RAM shared by the local ranks).
-The run then obeys it: the prompts per generate call (`--rollout-prompts auto`), activation checkpointing
+The run then obeys it: the rollout's KV-cache rows (`--rollout-rows auto`), activation checkpointing
 (`--activation-checkpointing auto`: on when the update would not fit without it), and the chunked hidden-state
 log-prob path when a micro-batch's logits would not fit. A micro-batch is planned at `--micro-batch-tokens`, or at
 one whole sequence (prompt + response limit) when that is longer. What keeps the phases small: rollouts run on a
@@ -60,19 +60,19 @@ hold their public configurations; `--plan` needs only config.json and runs on an
     rollout    sampler: float32 and float64 buffers of rows x vocabulary          2.03
     rollout    compaction: one layer's kept rows                                  0.84
     rollout    CUDA graphs: static logits, warm-up blocks                         1.05
-    rollout    prefill, decode step                                               1.00
+    rollout    prefill, decode step, outputs                                      1.31
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.19
     update     activations, 32768 tokens (checkpointing on)                       8.80
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               0.48
-    rollout    peak                                                              71.72
+    rollout    peak                                                              72.03
     logprobs   peak                                                              13.15
     update     peak                                                              19.74
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
-    rollout: 64 prompts x 8 = 512 rows per generate call, 1 call(s) for this rank's 64 prompts per step
+    rollout: 512 samples (64 prompts x 8) in one generate call, 512 KV-cache rows
     activation checkpointing on: without it the update would need 97.7 GiB
-    plan: peak 71.7 GiB per GPU of 80.0 GiB: fits
+    plan: peak 72.0 GiB per GPU of 80.0 GiB: fits
 
     $ python train_grpo.py --plan --model tests/fixtures/qwen3-4b --nproc-per-node 8 --gpu-memory-gib 80
     memory plan for tests/fixtures/qwen3-4b on 8 GPU(s)
@@ -81,23 +81,23 @@ hold their public configurations; `--plan` needs only config.json and runs on an
     weights    frozen base weights (bfloat16), sharded 1/8                        0.94
     weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.12
     rollout    rollout copy (bfloat16, LoRA merged)                               7.49
-    rollout    KV cache: 96 rows x 4608 slots                                    60.75
-    rollout    sampler: float32 and float64 buffers of rows x vocabulary          0.38
-    rollout    compaction: one layer's kept rows                                  0.63
-    rollout    CUDA graphs: static logits, warm-up blocks                         0.20
-    rollout    prefill, decode step                                               1.45
+    rollout    KV cache: 100 rows x 4608 slots                                   63.28
+    rollout    sampler: float32 and float64 buffers of rows x vocabulary          0.40
+    rollout    compaction: one layer's kept rows                                  0.66
+    rollout    CUDA graphs: static logits, warm-up blocks                         0.21
+    rollout    prefill, decode step, outputs                                      2.00
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.35
     update     activations, 32768 tokens (checkpointing on)                      15.12
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               1.06
-    rollout    peak                                                              71.97
+    rollout    peak                                                              75.10
     logprobs   peak                                                              14.59
     update     peak                                                              26.81
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
-    rollout: 12 prompts x 8 = 96 rows per generate call, 6 call(s) for this rank's 64 prompts per step
+    rollout: 512 samples (64 prompts x 8) in one generate call, 100 KV-cache rows (finished rows refilled)
     activation checkpointing on: without it the update would need 181.7 GiB
-    plan: peak 72.0 GiB per GPU of 80.0 GiB: fits
+    plan: peak 75.1 GiB per GPU of 80.0 GiB: fits
 
 Imports: torch; adamame: dist, generate, lora, model.
 """
@@ -108,8 +108,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adamame.dist import compute_dtype
-from adamame.generate import (cache_slots, compaction_bytes, free_bytes, graph_bytes, layer_transient_bytes,
-                              memory_needed, sampler_bytes)
+from adamame.generate import COMPACT_AT, PREFILL_TOKENS, cache_slots, free_bytes
 from adamame.lora import apply_lora, lora_modules
 from adamame.model import KVCache, Transformer, stored_dtype
 
@@ -128,7 +127,7 @@ class Plan:
     total: int  # the device's memory (or the RAM share) the budget comes from
     items: list = field(default_factory=list)  # (phase, what, bytes)
     phases: dict = field(default_factory=dict)  # phase -> peak bytes
-    rollout_prompts: int = 0  # prompts per generate call (each gives group_size rows)
+    rollout_rows: int = 0  # KV-cache rows of the rollout's generate call (one sample decodes in a row at a time)
     activation_checkpointing: bool = False
     logits_chunk: int | None = None  # tokens per chunk of the chunked log-prob path; None = full logits
     notes: list = field(default_factory=list)
@@ -281,7 +280,69 @@ def shared_plan(make, rank: int, world: int, device) -> "Plan":
 
 # ---------------------------------------------------------------------------------------------- phases
 
-def _update(cfg, counts, tokens, lora_rank, dtype, ckpt: bool, chunk, triton: bool):
+# ---------------------------------------------------------------------------------------------- the rollout's bytes
+# what adamame.generate allocates, counted from its code
+
+def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0) -> int:
+    """Peak temporaries of one decode step's logits and sample_next for `rows` rows: [rows, V] buffers (the step's
+    float32 logits, log-probs, probabilities, and the float64 CDF with the float64 copy of the probabilities that
+    cumsum(dtype=float64) makes first), plus top-k's masked copy and top-p's sort (values, int64 order, cumulative
+    sums, masks)."""
+    per_elem = 3 * 4 + 8 + 8 + (4 if top_k else 0) + (8 + 4 * 5 + 2 if top_p < 1.0 else 0)
+    return rows * vocab * per_elem
+
+
+def layer_transient_bytes(cfg, dtype) -> int:
+    """Per token, the largest set of temporaries alive inside one layer's forward without autograd: the MLP's gate,
+    up and product, and the attention's q/k/v/o."""
+    width = 3 * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.num_attention_heads * cfg.head_dim
+    return width * dtype.itemsize
+
+
+def step_bytes(cfg, rows: int, dtype) -> int:
+    """Activations of one decode step of `rows` rows: one layer's temporaries and the logits before their float32
+    copy. Small next to the cache; counted for completeness."""
+    return rows * (layer_transient_bytes(cfg, dtype) + cfg.vocab_size * dtype.itemsize)
+
+
+def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
+    """One prefill forward of `tokens` prompt tokens (<= PREFILL_TOKENS): its own cache, one layer's temporaries, the
+    bool mask [rows, T, T] and the additive bias of the folded query heads (model.attention_bias: rows x rep x T x
+    T rounded up to 16, in the compute dtype)."""
+    rows = max(1, tokens // max(1, prompt_len))
+    rep = cfg.num_attention_heads // cfg.num_key_value_heads
+    return (KVCache.nbytes(cfg, rows, prompt_len, dtype) + tokens * layer_transient_bytes(cfg, dtype)
+            + rows * prompt_len * prompt_len + rows * rep * prompt_len * (-(-prompt_len // 16) * 16) * dtype.itemsize)
+
+
+def compaction_bytes(cfg, rows: int, slots: int, dtype) -> int:
+    """compact's temporary: one layer's K (or V) for the kept rows, at most 3/4 of the rows (it runs when a quarter
+    have finished), over every slot."""
+    return int(COMPACT_AT * rows) * cfg.num_key_value_heads * slots * cfg.head_dim * dtype.itemsize
+
+
+def graph_bytes(cfg, rows: int, dtype) -> int:
+    """With CUDA graphs: the static float32 logits buffer and the float32 copy a captured step makes into it, and the
+    blocks the warm-up run (on the capture stream, outside the graphs' pool) leaves cached there: one step's
+    activations and its float32 logits."""
+    return 2 * 4 * rows * cfg.vocab_size + step_bytes(cfg, rows, dtype) + 4 * rows * cfg.vocab_size
+
+
+def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0,
+                  graphs: bool = False) -> int:
+    """Bytes one generate call allocates beyond the weights, for `samples` samples decoded in a cache of `rows` rows:
+    the KV cache, prefill, one decode step, the sampler, an admission's prefill logits (float32, one per row at most),
+    compaction's temporary, the samples' tokens and log-probs, and with CUDA graphs their buffers (graph_bytes)."""
+    slots = cache_slots(prompt_len, max_new_tokens)
+    return (KVCache.nbytes(cfg, rows, slots, dtype)
+            + prefill_bytes(cfg, min(rows * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
+            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
+            + 4 * rows * cfg.vocab_size + compaction_bytes(cfg, rows, slots, dtype)
+            + 12 * (samples + 1) * max_new_tokens + (graph_bytes(cfg, rows, dtype) if graphs else 0))
+
+# ---------------------------------------------------------------------------------------------- the update's bytes
+
+def _update(cfg, counts, tokens, *, lora_rank, dtype, ckpt: bool, chunk, triton: bool):
     """(activations, logits) bytes of one micro-batch's forward + backward."""
     b, L = dtype.itemsize, cfg.num_hidden_layers
     act = layer_activation_bytes(cfg, lora_rank, dtype)
@@ -320,28 +381,29 @@ def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
 
 def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int, group_size: int,
               max_prompt_tokens: int, max_response_tokens: int, micro_batch_tokens: int, lora_rank: int,
-              beta: float, rollout_prompts="auto", activation_checkpointing="auto", top_k: int = 0,
+              beta: float, rollout_rows="auto", activation_checkpointing="auto", top_k: int = 0,
               top_p: float = 1.0) -> Plan:
     """The GRPO plan for one device. prompts_per_step: the whole step's prompts (split over `world` ranks)."""
     plan, counts, base, dtype, triton = _weights_phase(cfg, world, total, device, lora_rank,
                                                        reference_copy=lora_rank == 0 and beta > 0)
 
-    # rollout: the largest prompts-per-call whose phase fits (capped by a number given on the command line)
+    # rollout: one generate call of this rank's samples, in the most KV-cache rows whose phase fits (capped by a
+    # number given on the command line); finished rows take waiting samples
     copy = counts["total"] * dtype.itemsize
     gather = counts["largest"] * 4  # while the copy is built: one gathered float32 tensor (+ its LoRA product)
     per_rank = max(1, prompts_per_step // world)
-    cap = per_rank if rollout_prompts == "auto" else min(per_rank, int(rollout_prompts))
+    samples = per_rank * group_size
+    cap = samples if rollout_rows == "auto" else min(samples, int(rollout_rows))
     slots = cache_slots(max_prompt_tokens, max_response_tokens)
 
-    def rollout_peak(p):
-        return base + copy + memory_needed(cfg, p, group_size, max_prompt_tokens, max_response_tokens, dtype,
-                                           top_k, top_p, graphs=device == "cuda")
+    def rollout_peak(r):
+        return base + copy + memory_needed(cfg, r, samples, max_prompt_tokens, max_response_tokens, dtype, top_k,
+                                           top_p, graphs=device == "cuda")
 
-    p = cap
-    while p > 1 and rollout_peak(p) > plan.budget:
-        p -= 1
-    plan.rollout_prompts = p
-    rows = p * group_size
+    rows = cap
+    while rows > 1 and rollout_peak(rows) > plan.budget:
+        rows -= 1
+    plan.rollout_rows = rows
     kv = KVCache.nbytes(cfg, rows, slots, dtype)
     plan.sizes.update(rollout_copy=copy, kv_cache=kv)
     graphs = graph_bytes(cfg, rows, dtype) if device == "cuda" else 0
@@ -353,13 +415,12 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
                    ("rollout", "compaction: one layer's kept rows", compaction)]
     if graphs:
         plan.items.append(("rollout", "CUDA graphs: static logits, warm-up blocks", graphs))
-    plan.items.append(("rollout", "prefill, decode step", rollout_peak(p) - base - copy - kv - sampler - compaction
-                       - graphs))
-    plan.phases["rollout"] = max(rollout_peak(p), base + copy + 2 * gather)
-    calls = -(-per_rank // p)
-    plan.notes.append(f"rollout: {p} prompts x {group_size} = {rows} rows per generate call, {calls} call(s) for "
-                      f"this rank's {per_rank} prompts per step")
-    if rollout_peak(p) > plan.budget:
+    plan.items.append(("rollout", "prefill, decode step, outputs", rollout_peak(rows) - base - copy - kv - sampler
+                       - compaction - graphs))
+    plan.phases["rollout"] = max(rollout_peak(rows), base + copy + 2 * gather)
+    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one generate call, {rows} "
+                      "KV-cache rows" + ("" if rows == samples else " (finished rows refilled)"))
+    if rollout_peak(rows) > plan.budget:
         plan.advice = "a smaller --max-response-tokens or --group-size, or more GPUs"
 
     # update and log-prob forwards: one micro-batch of at most micro_batch_tokens padded tokens. Prefer chunked
@@ -370,7 +431,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     tokens = min(max(micro_batch_tokens, longest), per_rank * group_size * longest)
     ckpts = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
     options = [(c, k) for c in ckpts for k in (None, 8192, 2048, 512) if k is None or k < tokens]
-    costs = {o: _update(cfg, counts, tokens, lora_rank, dtype, *o, triton) for o in options}
+    costs = {o: _update(cfg, counts, tokens, lora_rank=lora_rank, dtype=dtype, ckpt=o[0], chunk=o[1], triton=triton)
+             for o in options}
     ckpt, chunk = next((o for o in options if base + gathered + sum(costs[o]) <= plan.budget), options[-1])
     saved, logits = costs[(ckpt, chunk)]
     plan.activation_checkpointing, plan.logits_chunk = ckpt, chunk
@@ -388,7 +450,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     if chunk is not None:
         plan.notes.append(f"log-probs: full logits of {tokens} tokens would not fit; chunks of {chunk} tokens")
     if plan.phases["update"] > plan.budget and not plan.advice:
-        fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton)
+        fit = _largest_fitting_tokens(cfg, counts, lora_rank=lora_rank, dtype=dtype, fixed=base + gathered,
+                                     budget=plan.budget, triton=triton)
         plan.advice = f"--micro-batch-tokens {fit}" if fit >= longest else \
             "a smaller --max-response-tokens" + _or_more_gpus(lora_rank)
     if base > plan.budget:
@@ -402,12 +465,12 @@ def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank
     plan, counts, base, dtype, triton = _weights_phase(cfg, world, total, device, lora_rank, reference_copy=False)
     gathered = gathered_bytes(counts, dtype, lora_rank)
     for ckpt in ([False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]):
-        saved, logits = _update(cfg, counts, tokens, lora_rank, dtype, ckpt, None, triton)
+        saved, logits = _update(cfg, counts, tokens, lora_rank=lora_rank, dtype=dtype, ckpt=ckpt, chunk=None, triton=triton)
         if base + gathered + saved + logits <= plan.budget:
             break
     plan.activation_checkpointing = ckpt
     if ckpt and activation_checkpointing == "auto":
-        off = sum(_update(cfg, counts, tokens, lora_rank, dtype, False, None, triton))
+        off = sum(_update(cfg, counts, tokens, lora_rank=lora_rank, dtype=dtype, ckpt=False, chunk=None, triton=triton))
         plan.notes.append(f"activation checkpointing on: without it the update would need "
                           f"{(base + gathered + off) / GiB:.1f} GiB")
     plan.items += [("update", f"unsharded {dtype_name(dtype)} parameters (root + 2 layers), fp32 gradients",
@@ -416,7 +479,8 @@ def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank
                    ("update", f"logits {tokens} x {cfg.vocab_size}", logits)]
     plan.phases["update"] = base + gathered + saved + logits
     if plan.phases["update"] > plan.budget:
-        fit = _largest_fitting_tokens(cfg, counts, lora_rank, dtype, base + gathered, plan.budget, triton, full=True)
+        fit = _largest_fitting_tokens(cfg, counts, lora_rank=lora_rank, dtype=dtype, fixed=base + gathered,
+                                     budget=plan.budget, triton=triton, full=True)
         plan.advice = f"--max-length {fit}" if fit else _or_more_gpus(lora_rank).removeprefix(", or ")
     return plan
 
@@ -426,10 +490,11 @@ def _or_more_gpus(lora_rank: int) -> str:
     return ", or more GPUs (--nproc-per-node)" + (" or LoRA (--lora-rank)" if lora_rank == 0 else "")
 
 
-def _largest_fitting_tokens(cfg, counts, lora_rank, dtype, fixed, budget, triton, full=False):
+def _largest_fitting_tokens(cfg, counts, *, lora_rank, dtype, fixed, budget, triton, full=False):
     """The largest micro-batch (a multiple of 256 tokens) whose update fits with checkpointing; 0 if none does."""
     def fits(t):
-        saved, logits = _update(cfg, counts, t, lora_rank, dtype, True, None if full or t <= 512 else 512, triton)
+        saved, logits = _update(cfg, counts, t, lora_rank=lora_rank, dtype=dtype, ckpt=True,
+                                chunk=None if full or t <= 512 else 512, triton=triton)
         return fixed + saved + logits <= budget
     lo, hi = 0, 1 << 20
     while hi - lo > 256:

@@ -234,8 +234,8 @@ class Attention(nn.Module):
         # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal) or an additive bias over the folded query
         # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts), or
         # for a decode step on the Triton kernel the (start, end) [B] int32 slot range each row reads.
-        # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or
-        # to slot `start` when it is a 0-dim tensor (decode step).
+        # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or,
+        # in a decode step (T = 1), row b's to slot start[b] (start: a [B] int64 tensor).
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # a Linear's output is contiguous on every device
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
@@ -247,9 +247,10 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache_kv is not None:
             ck, cv = cache_kv
-            if isinstance(start, torch.Tensor):  # decode: a device-side slot, so a CUDA graph can replay it
-                ck.index_copy_(2, start.view(1), k)
-                cv.index_copy_(2, start.view(1), v)
+            if isinstance(start, torch.Tensor):  # decode: each row's own slot [B], on the device (CUDA graphs)
+                idx = start.view(B, 1, 1, 1).expand(B, self.n_kv, 1, self.hd)
+                ck.scatter_(2, idx, k)
+                cv.scatter_(2, idx, v)
                 k, v = ck, cv
             else:
                 ck[:, :, start:start + T] = k
@@ -380,25 +381,28 @@ class Transformer(nn.Module):
         x = x[logits_at] if isinstance(logits_at, torch.Tensor) else x[:, logits_at]
         return self.lm_head(x) if head is None else head(x, self.lm_head.weight)
 
-    def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int, active=None):
+    def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int, *,
+                    active=None):
         """One generated token for each of the first `rows` cache rows, attending to cache slots [0, slots).
 
-        tokens, positions: [>= rows] int64; slot: 0-dim int64 tensor, the cache slot the new token goes to (< slots);
-        active: [>= rows] bool or None (all), False for rows whose output is not needed (finished, or padding).
-        Returns logits [rows, V]. Every shape depends only on (rows, slots) and the slot lives on the device, so the
-        generator can capture this call as one CUDA graph per (rows, slots) bucket and replay it step after step.
+        tokens, positions, slot: [>= rows] int64; row r's new token goes to cache slot slot[r] (< slots), so rows can
+        hold sequences of different ages (a finished row refilled with a new sample); active: [>= rows] bool or None
+        (all), False for rows whose output is not needed (finished, or padding). Returns logits [rows, V]. Every shape
+        depends only on (rows, slots) and the slots live on the device, so the generator can capture this call as
+        one CUDA graph per (rows, slots) bucket and replay it step after step.
         Attention: with the Triton kernel (on CUDA; decode_attention.use_kernel decides) row r reads only its slots
-        [slot - positions_r, slot], its left-padded prompt's first slot to the new token, and an inactive row none;
-        with SDPA it reads every slot of the bucket under an additive bias (0 valid, -inf elsewhere) built once here.
+        [slot_r - positions_r, slot_r], its left-padded prompt's first slot to the new token, and an inactive row
+        none; with SDPA it reads every slot of the bucket under an additive bias (0 valid, -inf elsewhere).
         """
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
+        slot = slot[:rows]
         valid = cache.valid[:rows, :slots]
-        valid.index_fill_(1, slot.view(1), True)
+        valid.scatter_(1, slot[:, None], True)
         if decode_attention is not None and use_decode_kernel(x):
-            end = (slot + 1).to(torch.int32).expand(rows)
+            end = (slot + 1).to(torch.int32)
             mask = ((slot - positions[:rows]).to(torch.int32),
-                    end.contiguous() if active is None else torch.where(active[:rows], end, 0))
+                    end if active is None else torch.where(active[:rows], end, 0))
         else:
             bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
             mask = bias[:, None, None, :]  # [R, 1, 1, S]

@@ -1,4 +1,4 @@
-"""From questions to decoded responses: prompt rendering, chunked generation, decoding, scoring.
+"""From questions to decoded responses: prompt rendering, generation, decoding, scoring.
 
 Why: GRPO rollouts and evaluation candidates are the same operation (render the localized prompt with the chat
 template, sample k continuations, decode, score accuracy and reasoning language), and both must score with
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from adamame.answer import reward_check, think_format_ok
 from adamame.chat import encode_prompt, load_tokenizer
 from adamame.dist import compute_dtype
-from adamame.generate import generate, make_decoder
+from adamame.generate import generate
 from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, reward_language, trace_languages
 from adamame.hf import load_model
 from adamame.scoring import score_record
@@ -58,32 +58,24 @@ def encode_questions(tokenizer, questions, max_prompt_tokens=None):
 
 
 def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, top_p=1.0, top_k=0, seed=None,
-             chunk_prompts=64, return_logprobs=False, progress=None):
-    """n samples for every prompt (prompt-major order), generated chunk_prompts prompts at a time."""
+             max_rows=None, return_logprobs=False, progress=None):
+    """n samples for every prompt (prompt-major order), in one generate call whose KV cache has max_rows rows (None:
+    one per sample); progress counts finished samples."""
     if not prompt_ids:
         return []
-    stops = stop_ids(tokenizer)
+    samples = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
+                       top_k=top_k, eos_token_ids=stop_ids(tokenizer), seed=seed, return_logprobs=return_logprobs,
+                       max_rows=max_rows, progress=progress)
     out, prompt_texts = [], {}
-    # one cache (and one set of CUDA graphs) for every chunk
-    decoder = make_decoder(model, min(chunk_prompts, len(prompt_ids)), n, max(map(len, prompt_ids)), max_new_tokens,
-                           top_k=top_k, top_p=top_p)
-    for c in range(0, len(prompt_ids), chunk_prompts):
-        chunk = prompt_ids[c:c + chunk_prompts]
-        samples = generate(model, chunk, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
-                           top_k=top_k, eos_token_ids=stops,
-                           seed=None if seed is None else seed + c * 1_000_000_007,  # chunks never share a stream
-                           return_logprobs=return_logprobs, decoder=decoder)
-        for j, s in enumerate(samples):
-            q = c + j // n
-            if q not in prompt_texts:
-                prompt_texts[q] = tokenizer.decode(chunk[j // n], skip_special_tokens=False)
-            body = s.tokens[:-1] if s.finish_reason == "stop" else s.tokens
-            text = tokenizer.decode(body, skip_special_tokens=False)
-            raw = text + tokenizer.decode(s.tokens[-1:], skip_special_tokens=False) if len(body) < len(s.tokens) \
-                else text
-            out.append(Rollout(q, chunk[j // n], s.tokens, text, s.finish_reason, s.logprobs, raw, prompt_texts[q]))
-        if progress is not None:
-            progress.update(len(chunk))
+    for j, s in enumerate(samples):
+        q = j // n
+        if q not in prompt_texts:
+            prompt_texts[q] = tokenizer.decode(prompt_ids[q], skip_special_tokens=False)
+        body = s.tokens[:-1] if s.finish_reason == "stop" else s.tokens
+        text = tokenizer.decode(body, skip_special_tokens=False)
+        raw = text + tokenizer.decode(s.tokens[-1:], skip_special_tokens=False) if len(body) < len(s.tokens) \
+            else text
+        out.append(Rollout(q, prompt_ids[q], s.tokens, text, s.finish_reason, s.logprobs, raw, prompt_texts[q]))
     return out
 
 
@@ -115,12 +107,12 @@ def detectors(args):
     return get_detector(name, tuple(languages)), get_detector(name, trace_languages(benchmark))
 
 
-def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_tokens, batch_prompts, seed,
+def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_tokens, max_rows, seed,
                      progress=None):
     """One record per question with its k decoded candidates and their token counts."""
     qs, ids, _ = encode_questions(tok, questions)
     rolls = rollouts(model, tok, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     seed=seed, chunk_prompts=batch_prompts, progress=progress)
+                     seed=seed, max_rows=max_rows, progress=progress)
     recs = [{"id": q.id, "lang": q.lang, "question": q.prompt, "answer": q.answer, "candidates": [],
              "candidate_tokens": [], "finish_reasons": []} for q in qs]
     for r in rolls:
@@ -130,18 +122,18 @@ def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_to
     return recs
 
 
-def evaluate_model(model_dir, questions, args, rank=0, world=1, device="cpu", desc="eval"):
+def evaluate_model(model_dir, questions, args, *, rank=0, world=1, device="cpu", desc="eval"):
     """evaluate.py's generation and scoring: k candidates for this rank's share of the questions, scored, every
-    record gathered on every rank. args: k, temperature, top_p, max_new_tokens, batch_prompts, seed, and optionally
+    record gathered on every rank. args: k, temperature, top_p, max_new_tokens, max_rows, seed, and optionally
     verifier, lang_id, benchmark (evaluate.py's flags)."""
     from tqdm import tqdm
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=compute_dtype(device), device=device).eval()
     mine = questions[rank::world]
-    bar = tqdm(total=len(mine), desc=desc, disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=len(mine) * args.k, desc=desc, unit="sample", disable=rank != 0, dynamic_ncols=True)
     recs = generate_records(model, tok, mine, k=args.k, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
+                            max_new_tokens=args.max_new_tokens, max_rows=args.max_rows,
                             seed=args.seed * 1000 + rank, progress=bar)
     bar.close()
     detector, train_detector = detectors(args)

@@ -81,7 +81,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def score_candidate(text: str, gold: str, lang: str, model_tokens=None, verifier: str = "builtin", detector=None,
+def score_candidate(text: str, gold: str, lang: str, model_tokens=None, *, verifier: str = "builtin", detector=None,
                     train_detector=None) -> dict:
     """One candidate's flags. detector: the evaluation's (default langid over KNOWN_LANGUAGES); train_detector: the
     training-time rule's, for trace_lang and lang_match (default langid over KNOWN_LANGUAGES: `trace_languages`)."""
@@ -100,7 +100,8 @@ def score_record(rec: dict, count_tokens=None, verifier: str = "builtin", detect
     cands = rec["candidates"]
     counts = rec.get("candidate_tokens") or [count_tokens(c) if count_tokens else None for c in cands]
     rec = dict(rec)
-    rec["scores"] = [score_candidate(c, rec["answer"], rec["lang"], t, verifier, detector, train_detector)
+    rec["scores"] = [score_candidate(c, rec["answer"], rec["lang"], t, verifier=verifier, detector=detector,
+                                     train_detector=train_detector)
                      for c, t in zip(cands, counts)]
     return rec
 

@@ -120,8 +120,10 @@ def problems(split: str):
     return out
 
 
-def render(op, lang, name_idx, obj, a, b, trace_lang=None):
-    """(question, trace, answer) of one problem; trace_lang defaults to the query language."""
+def render(problem, trace_lang=None):
+    """(question, trace, answer) of one problem (op, lang, name_idx, obj, a, b); trace_lang defaults to the query
+    language."""
+    op, lang, name_idx, obj, a, b = problem
     trace_lang = trace_lang or lang
     c = a + b if op == "add" else a - b
     n = NAMES[lang][name_idx]
@@ -139,7 +141,7 @@ def base_rows(seed=0):
     for p in problems("train"):
         lang = p[1]
         for trace_lang, request in (("en", ""), (lang, " " + REQUESTS[lang])):
-            q, t, c = render(*p, trace_lang=trace_lang)
+            q, t, c = render(p, trace_lang=trace_lang)
             rows.append({"lang": lang, "question": q + request, "trace": t, "answer": f"\\boxed{{{c}}}"})
     random.Random(seed).shuffle(rows)
     return rows
@@ -152,7 +154,7 @@ def sft_rows(query_fraction=QUERY_FRACTION, seed=0):
     rows = []
     for p in problems("train"):
         lang = p[1]
-        q, t, c = render(*p, trace_lang=lang if rng.random() < query_fraction else "en")
+        q, t, c = render(p, trace_lang=lang if rng.random() < query_fraction else "en")
         rows.append({"lang": lang, "question": q, "trace": t, "answer": f"\\boxed{{{c}}}"})
     rng.shuffle(rows)
     return rows
@@ -162,7 +164,7 @@ def rl_rows(split="train", seed=0):
     """RL / evaluation rows ({id, lang, prompt, answer}) in the RL format of adamame/data.py."""
     rows = []
     for i, p in enumerate(problems(split)):
-        q, _, c = render(*p)
+        q, _, c = render(p)
         rows.append({"id": f"toy-{split}-{i}", "lang": p[1], "prompt": localized_prompt(p[1], q), "answer": c})
     random.Random(seed).shuffle(rows)
     return rows
@@ -176,7 +178,7 @@ def build_tokenizer(path, vocab_size=2000):
     corpus = []
     for p in problems("train") + problems("test"):
         for tl in (p[1], "en"):
-            q, t, _ = render(*p, trace_lang=tl)
+            q, t, _ = render(p, trace_lang=tl)
             corpus += [q, t]
     corpus += [INSTRUCTIONS[lang] for lang in LANGS] * 50 + [REQUESTS[lang] for lang in LANGS] * 50
     corpus += [str(i) for i in range(0, 2 * MAX_N + 1)] * 20
@@ -195,7 +197,7 @@ def build_tokenizer(path, vocab_size=2000):
     return fast
 
 
-def build_model(path, vocab_size, hidden=128, layers=2, heads=4, kv_heads=2, seed=0):
+def build_model(path, vocab_size, *, hidden=128, layers=2, heads=4, kv_heads=2, seed=0):
     """A random Qwen3-architecture model (~0.6M parameters at the defaults), saved with save_model. Two layers: half the
     time of four, which scored about the same at temperature 0.8 (SFT model, one-process evaluation of the held-out
     set: 97.1% with 4 layers and 550 base steps, 96.9% with 2 layers and 400); hotter sampling hurts the 2-layer
@@ -272,15 +274,15 @@ def held_out_questions(root, per_language=100):
     return [q for lang in langs for q in [x for x in held_out if x.lang == lang][:per_language]]
 
 
-def evaluate(model_dir, questions, max_new_tokens, seed, rank=0, world=1, device="cpu", desc="eval",
+def evaluate(model_dir, questions, max_new_tokens, seed, *, rank=0, world=1, device="cpu", desc="eval",
              temperature=EVAL_TEMPERATURE):
     """evaluate.py's generation and scoring (4 samples per prompt, its temperature, top-p 1.0); the summary
     (adamame.scoring.summarize)."""
     from types import SimpleNamespace
 
-    ev = SimpleNamespace(k=4, temperature=temperature, top_p=EVAL_TOP_P, max_new_tokens=max_new_tokens, batch_prompts=64,
+    ev = SimpleNamespace(k=4, temperature=temperature, top_p=EVAL_TOP_P, max_new_tokens=max_new_tokens, max_rows=256,
                          seed=seed)
-    return summarize(evaluate_model(model_dir, questions, ev, rank, world, device, desc=desc), ev.k)
+    return summarize(evaluate_model(model_dir, questions, ev, rank=rank, world=world, device=device, desc=desc), ev.k)
 
 
 def demo_report(args, rank, world, device, t_start):
@@ -295,7 +297,7 @@ def demo_report(args, rank, world, device, t_start):
               "rl_steps": args.max_steps, "batch_prompts": args.batch_prompts, "group_size": args.group_size,
               "world": world}
     for name, path in (("sft", os.path.join(args.out, "sft", "final")), ("rl", os.path.join(args.out, "final"))):
-        summ = evaluate(path, questions, args.max_response_tokens, args.seed, rank, world, device,
+        summ = evaluate(path, questions, args.max_response_tokens, args.seed, rank=rank, world=world, device=device,
                         desc=f"eval {name}")
         ind = summ["in_domain"]
         result[name] = {"accuracy": ind["pass@1"], "lang_match": ind["lang_match"], "lcpr": ind["lcpr"],

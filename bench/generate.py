@@ -132,13 +132,14 @@ def host_ms_per_step(ours, rows, prompt_len, graphs, steps=30) -> float:
     dec = Decoder(ours, cache, cuda_graphs=graphs)
     tok = torch.zeros(rows, dtype=torch.long, device=dev)
     pos = torch.full((rows,), prompt_len, dtype=torch.long, device=dev)
-    logits = dec(tok, pos, prompt_len)  # captures the graph (or warms up)
+    slot = torch.full((rows,), prompt_len, dtype=torch.long, device=dev)
+    logits = dec(tok, pos, slot, prompt_len)  # captures the graph (or warms up)
     times = []
     for t in range(steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         tok, _ = sample_next(logits, 1.0)
-        logits = dec(tok, pos + t + 1, prompt_len + t + 1)
+        logits = dec(tok, pos + t + 1, slot + t + 1, prompt_len + t + 1)
         times.append(time.perf_counter() - t0)
     torch.cuda.synchronize()
     times.sort()
@@ -260,12 +261,129 @@ def rollout_lengths(prompts=64, n=8, max_prompt=512, max_new=4096, seed=0):
     else:
         lens, source = [rng.randint(60, 400) for _ in range(prompts)], "uniform in [60, 400] (no ../shared/data)"
     plens = [p for p in lens for _ in range(n)]
-    resp = [max_new if rng.random() < TRUNCATED else rng.randrange(256, max_new) for _ in plens]
+    low = max(1, min(256, max_new // 16))
+    resp = [max_new if rng.random() < TRUNCATED else rng.randrange(low, max_new) for _ in plens]
     return plens, resp, source
 
 
+STEP_OVERHEAD = 20e-6  # seconds per decode step beyond its roofline time (a CUDA-graph replay and the host's turn)
+H100 = dict(bandwidth=3.0e12, flops=790e12)  # measured copy bandwidth and bf16 matmul rate (performance.md)
+# bytes per vocabulary entry per row of a decode step's logits and sampler, counted from the code (bf16 model, CUDA
+# graphs, temperature > 0, top-p 1): the lm_head writes bf16 logits (2), `.float()` reads them and writes float32
+# (2 + 4), the graph's static buffer copy (4 + 4): LOGIT_BYTES over the rows run; sample_next over the live rows:
+# logits / T (4 + 4), log_softmax (4 + 4), exp (4 + 4), cumsum(dtype=float64) first casts (4 + 8), then sums (8 + 8)
+LOGIT_BYTES = 2 + 2 + 4 + 4 + 4
+SAMPLER_BYTES = 8 + 8 + 8 + 12 + 16
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
+
+
+def decode_costs(cfg) -> dict:
+    """A model's decode costs in bf16: matmul parameters (the layers, the final norm and the lm_head: what a decode
+    step reads, everything but the input embedding's gather), bytes of a KV slot (K and V of every layer), the
+    attention FLOPs per slot read (QK and PV), one layer's temporaries per row (written and read once), the
+    vocabulary."""
+    import torch
+
+    from adamame.memory import layer_transient_bytes
+    from adamame.model import Transformer
+
+    with torch.device("meta"):
+        m = Transformer(cfg)
+    embed = m.model.embed_tokens.weight.numel()
+    matmul = sum(p.numel() for p in m.parameters()) - embed + (embed if cfg.tie_word_embeddings else 0)
+    return dict(matmul=matmul, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size,
+                slot_bytes=2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2,
+                attn_flops_per_slot=4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim,
+                layer_bytes=2 * cfg.num_hidden_layers * layer_transient_bytes(cfg, torch.bfloat16))
+
+
+def model_shape(name):
+    """A paper model's decode costs, from its public config.json (tests/fixtures), and the memory plan's rollout rows
+    on 8 GPUs of 80 GiB at the paper's settings."""
+    from adamame.hf import read_config
+    from adamame.memory import GiB, grpo_plan
+
+    cfg = read_config(os.path.join(FIXTURES, name))
+    plan = grpo_plan(cfg, world=8, total=80 * GiB, device="cuda", prompts_per_step=512, group_size=8,
+                     max_prompt_tokens=512, max_response_tokens=4096, micro_batch_tokens=32768, lora_rank=32,
+                     beta=0.001)
+    return dict(name=name, rows=plan.rollout_rows, **decode_costs(cfg))
+
+
+def step_time_model(m, sched, gpu=H100) -> dict:
+    """Seconds of one GPU's rollout by a roofline model over a replayed schedule (kv_reads(..., trace=True), one per
+    generate call): each decode step costs max(bytes / bandwidth, FLOPs / peak) + STEP_OVERHEAD, with bytes = the
+    weights, the KV each step reads, the layers' temporaries and the logits over the rows run, the sampler's over the
+    live rows; FLOPs = 2 x matmul parameters x rows run + attention over the slots read. Compaction moves its kept
+    rows' used slots (a gather into a temporary, then a copy: 4 passes); prefill runs at the peak FLOP rate."""
+    t = {"decode": 0.0, "prefill": 0.0, "compaction": 0.0}
+    bytes_ = {"weights": 0.0, "kv": 0.0, "layers": 0.0, "logits+sampler": 0.0, "compaction": 0.0}
+    steps = 0
+    for call in sched:
+        for rows, slots, live, active, read in call["steps_trace"]:
+            b = (2 * m["matmul"], read * m["slot_bytes"], rows * m["layer_bytes"],
+                 m["vocab"] * (rows * LOGIT_BYTES + live * SAMPLER_BYTES))
+            flops = 2 * m["matmul"] * rows + read * m["attn_flops_per_slot"]
+            t["decode"] += max(sum(b) / gpu["bandwidth"], flops / gpu["flops"]) + STEP_OVERHEAD
+            for k, v in zip(("weights", "kv", "layers", "logits+sampler"), b):
+                bytes_[k] += v
+            steps += 1
+        for e in call["events"]:
+            if e[0] == "prefill":
+                t["prefill"] += 2 * m["matmul"] * e[2] * e[3] / gpu["flops"]
+            else:
+                moved = 4 * e[1] * e[2] * m["slot_bytes"]
+                bytes_["compaction"] += moved
+                t["compaction"] += moved / gpu["bandwidth"]
+    return {"seconds": sum(t.values()), "parts": t, "bytes": bytes_, "steps": steps}
+
+
+def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidth):
+    """The refilled schedule measured: `prompts` x n samples in one generate call of `rows` KV-cache rows, prompt
+    lengths and response lengths drawn as rollout_lengths draws them (up to max_prompt and max_new; forced through
+    generate's response_lengths hook), against the step-time model's prediction for the same schedule at the
+    measured copy bandwidth (on a GPU; bf16)."""
+    import torch
+
+    from adamame.generate import generate, kv_reads
+
+    plens, resp, _ = rollout_lengths(prompts=prompts, n=n, max_prompt=max_prompt, max_new=max_new, seed=1)
+    g = torch.Generator().manual_seed(0)
+    V = ours.config.vocab_size
+    ids = [torch.randint(0, V, (plens[i * n],), generator=g).tolist() for i in range(prompts)]
+    kw = dict(max_new_tokens=max_new, n=n, temperature=1.0, seed=0, max_rows=rows, response_lengths=resp)
+    generate(ours, ids[:2], **{**kw, "n": 1, "response_lengths": None, "max_new_tokens": 8})  # warm-up
+    stats = {}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = generate(ours, ids, stats=stats, **kw)
+    sync()
+    seconds = time.perf_counter() - t0
+    assert [len(s.tokens) for s in out] == resp
+    sched = kv_reads(plens, resp, max_new, rows=rows, n=n, kernel=device == "cuda", trace=True)
+    pred = step_time_model(decode_costs(ours.config), [sched], dict(bandwidth=bandwidth, flops=H100["flops"])) \
+        if bandwidth else None
+    return {"prompts": prompts, "n": n, "rows": rows, "max_new_tokens": max_new, "tokens": sum(resp),
+            "decode_steps": stats["steps"], "replayed_steps": sched["steps"], "refilled": stats["refilled"],
+            "measured_s": seconds, "predicted_s": pred and pred["seconds"],
+            "measured_vs_predicted": pred and seconds / pred["seconds"]}
+
+
+def schedules(plens, resp, rows, n=8):
+    """(today's: calls of `rows` rows rounded down to whole prompts, each run to its longest row; refilled: one call
+    whose `rows` rows take waiting samples), each a list of traced kv_reads replays (the Triton decode kernel)."""
+    from adamame.generate import kv_reads
+
+    per = max(n, rows // n * n)
+    before = [kv_reads(plens[a:a + per], resp[a:a + per], 4096, n=n, kernel=True, trace=True)
+              for a in range(0, len(plens), per)]
+    return before, [kv_reads(plens, resp, 4096, rows=rows, n=n, kernel=True, trace=True)]
+
+
 def reads_report():
-    """The --reads mode: bytes the decode steps of one paper-shape rollout read, three ways."""
+    """The --reads mode: the KV bytes of one paper-shape rollout three ways, then the step-time model of today's
+    schedule and of the refilled one, for both paper models."""
     from adamame.generate import kv_reads, pow2_rows
 
     m = R1_15B
@@ -295,6 +413,27 @@ def reads_report():
               f"  {(kv + weights) / r['tokens'] / 1e6:.1f} MB per generated token; predicted "
               + ", ".join(f"{g} {times[g]:.0f} s (bound {bound[g]:.0f} s, {bound[g] / times[g]:.0%})" for g in times))
     print(f"\nuseful KV fraction {out[ways[-1][0]]['useful_fraction']:.3f}")
+
+    print(f"\nstep-time model (H100: {H100['bandwidth'] / 1e12:.1f} TB/s, {H100['flops'] / 1e12:.0f} TFLOP/s, "
+          f"{STEP_OVERHEAD * 1e6:.0f} us per step; logits and sampler {LOGIT_BYTES} + {SAMPLER_BYTES} B per "
+          f"vocabulary entry per row), one GPU's rollout of {len(plens)} samples:")
+    final = {}
+    for name in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b"):
+        shape = model_shape(name)
+        before, after = schedules(plens, resp, shape["rows"])
+        res = {"before": step_time_model(shape, before), "after": step_time_model(shape, after), "rows": shape["rows"]}
+        out[f"model {name}"] = res
+        final[name] = res
+        for when, r, sched in (("before", res["before"], before), ("after", res["after"], after)):
+            how = (f"{len(sched)} call(s) of up to {max(max(s[0] for s in c['steps_trace']) for c in sched)} rows"
+                   if when == "before" else f"one call, {shape['rows']} rows refilled")
+            tb = {k: v / 1e12 for k, v in r["bytes"].items()}
+            print(f"  {name} {when} ({how}): {r['seconds']:.1f} s, {r['steps']:,} decode steps; "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items()) + "; TB moved: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in tb.items()))
+    print("predicted rollout per GPU (H100 model): " + ", ".join(
+        f"{n.replace('deepseek-', '')} {r['after']['seconds']:.1f} s (before: {r['before']['seconds']:.1f} s)"
+        for n, r in final.items()))
     return out
 
 
@@ -339,6 +478,10 @@ def main(argv=None):
             c["frac_of_bound"] = c["ours"]["tokens_per_s"] / c["bound_tokens_per_s"]
             result["cases"].append(c)
             save()
+        # the refilled schedule at a reduced paper-like shape: 24 prompts x 8 in 128 rows, up to 1,024 new tokens
+        result["refill"] = refill_case(ours, dev, prompts=24, n=8, rows=128, max_new=1024, max_prompt=256,
+                                       bandwidth=bw)
+        save()
     else:
         torch.set_num_threads(os.cpu_count() or 1)
         shape, (P, n, ctx, new) = (TINY_MODEL, (4, 2, 16, 8)) if args.tiny else (CPU_MODEL, (32, 8, 64, 128))
@@ -346,6 +489,8 @@ def main(argv=None):
         result.update(device=platform.processor() or platform.machine(), dtype="float32",
                       parameters=sum(p.numel() for p in ours.parameters()))
         result["cases"].append(run_case(hf, ours, "cpu", P, n, ctx, new))
+        result["refill"] = refill_case(ours, "cpu", prompts=3, n=2, rows=4, max_new=8 if args.tiny else 64,
+                                       max_prompt=16, bandwidth=None)
         if args.tiny and os.environ.get("TRITON_INTERPRET") == "1":  # the kernel under the interpreter: a smoke test
             result["attention"] = [attention_case(3, 2, 2, 32, 300, [100, 0, 250], "cpu", torch.float32, repeats=2)]
         save()
@@ -360,6 +505,13 @@ def main(argv=None):
         print(f"decode attention {a['rows']} rows x {a['slots']} slots ({a['n_kv']} kv x {a['rep']} heads, "
               f"{a['dtype']}, {a['splits']} split(s)): Triton {a['ours_ms']:.3f} ms{frac}, SDPA {a['sdpa_ms']:.3f} ms: "
               f"SDPA / ours = {a['sdpa_vs_ours']:.2f}x, max |diff| {a['max_abs_diff']:.1e}")
+    r = result.get("refill")
+    if r:
+        pred = f", predicted {r['predicted_s']:.2f} s (measured / predicted {r['measured_vs_predicted']:.2f})" \
+            if r["predicted_s"] else ""
+        print(f"refilled rollout: {r['prompts']} prompts x {r['n']} samples in {r['rows']} rows, {r['tokens']:,} tokens "
+              f"(lengths forced, up to {r['max_new_tokens']}): {r['decode_steps']} decode steps (replayed "
+              f"{r['replayed_steps']}), {r['measured_s']:.2f} s{pred}")
     for c in result["cases"]:
         o, h = c["ours"], c["transformers"]
         mem = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"  # noqa: E731

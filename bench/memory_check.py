@@ -66,7 +66,7 @@ def rollout(tiny: bool, save):
     stops = torch.randperm(V, generator=g)[:max(1, V // 800)].tolist()
     plan = grpo_plan(model.config, world=8, total=80 * GiB, device="cuda" if cuda else "cpu", prompts_per_step=P * 8,
                      group_size=G, max_prompt_tokens=prompt_len, max_response_tokens=new, micro_batch_tokens=32768,
-                     lora_rank=32, beta=0.001, rollout_prompts=P)
+                     lora_rank=32, beta=0.001, rollout_rows=P * G)
     planned = plan.phases["rollout"] - plan.phases["weights"]  # the copy + generate's buffers (no masters here)
     stats = {}
     if cuda:
@@ -74,7 +74,7 @@ def rollout(tiny: bool, save):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     samples = generate(model, prompts, max_new_tokens=new, n=G, temperature=1.0, seed=0, eos_token_ids=stops,
-                       stats=stats)
+                       max_rows=plan.rollout_rows, stats=stats)
     if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0

@@ -146,7 +146,7 @@ def check_sdpa(ctx):
                                          logits_at=slice(-1, None)),
                 "decode step": lambda: model.decode_step(ids[:, 0], torch.full((3,), 40, device=dev),
                                                          KVCache.allocate(cfg, 3, 256, dtype, dev),
-                                                         torch.tensor(40, device=dev), 3, 256),
+                                                         torch.full((3,), 40, device=dev), 3, 256),
             }
             if dtype == torch.bfloat16:  # the training forward runs in bf16 on a GPU (FSDP's mixed precision)
                 runs["training forward"] = lambda: model(ids).float().square().mean().backward()
@@ -193,10 +193,10 @@ def check_cuda_graph(ctx):
     tokens = torch.randint(0, cfg.vocab_size, (8,), device="cuda")
     positions = torch.full((8,), 100, device="cuda")
     with torch.no_grad():
-        eager = Decoder(model, cache, cuda_graphs=False)(tokens, positions, 100).clone()
+        eager = Decoder(model, cache, cuda_graphs=False)(tokens, positions, positions, 100).clone()
         graphed = Decoder(model, cache, cuda_graphs=True)
         t0 = time.perf_counter()
-        got = graphed(tokens, positions, 100).clone()
+        got = graphed(tokens, positions, positions, 100).clone()
         torch.cuda.synchronize()
     err = (got - eager).abs().max().item()
     assert err < 5e-2, f"graph replay differs from the eager step by {err}"

@@ -109,7 +109,7 @@ cfg = ModelConfig.from_dict(dict(model_type="qwen3", vocab_size=97, hidden_size=
                                  num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8))
 plan = grpo_plan(cfg, world=1, total=2**30, device="cpu", prompts_per_step=4, group_size=4, max_prompt_tokens=16,
                  max_response_tokens=16, micro_batch_tokens=256, lora_rank=4, beta=0.001)
-assert plan.fits and plan.rollout_prompts == 4, plan
+assert plan.fits and plan.rollout_rows == 16, plan
 """,
     "checkpoint": """
 import os, tempfile, torch

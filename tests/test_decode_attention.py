@@ -98,6 +98,21 @@ def _tiny(tmp_path):
 PROMPTS = [[5, 6, 7], list(range(20, 45)), [9], list(range(50, 60)), [11, 12]]
 
 
+@pytest.mark.parametrize("rows", [3, 8])
+def test_with_the_kernel_a_small_refilled_cache_draws_the_samples_of_a_full_one(tmp_path, monkeypatch, rows):
+    """The kernel forced (under the interpreter): a cache of 3 or 8 rows, whose finished rows take waiting samples,
+    gives the tokens of one row per sample, and log-probs within 1e-5 (fp32)."""
+    model = _tiny(tmp_path)
+    monkeypatch.setenv("ADAMAME_KERNELS", "triton")
+    kw = dict(max_new_tokens=24, n=3, seed=7, eos_token_ids=list(range(100, 130)), return_logprobs=True,
+              check_every=2)
+    full, stats = generate(model, PROMPTS, **kw), {}
+    small = generate(model, PROMPTS, max_rows=rows, stats=stats, **kw)
+    assert stats["refilled"] == 3 * len(PROMPTS) - rows and len({len(s.tokens) for s in full}) > 3
+    assert [s.tokens for s in small] == [s.tokens for s in full]
+    assert max(abs(a - b) for s, t in zip(small, full) for a, b in zip(s.logprobs, t.logprobs)) < 1e-5
+
+
 @pytest.mark.parametrize("pad_rows", [False, True], ids=["live-rows", "padded-buckets"])
 def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatch, pad_rows):
     """generate (n = 3, stop tokens, compaction) with the Triton decode kernel forced under the interpreter against the
@@ -111,10 +126,10 @@ def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatc
     monkeypatch.setenv("ADAMAME_KERNELS", "triton")
     calls = []
     real = model.decode_step
-    monkeypatch.setattr(model, "decode_step", lambda *a, **k: calls.append((a[4], int(a[6][:a[4]].sum()))) or
-                        real(*a, **k))
+    monkeypatch.setattr(model, "decode_step", lambda *a, **k: calls.append((a[4], int(k["active"][:a[4]].sum())))
+                        or real(*a, **k))
     if pad_rows:
-        cache = make_decoder(model, len(PROMPTS), 3, max(map(len, PROMPTS)), 24).cache
+        cache = make_decoder(model, len(PROMPTS) * 3, max(map(len, PROMPTS)), 24).cache
         kw["decoder"] = Decoder(model, cache, cuda_graphs=False, slot_bucket=16, pad_rows=True)
     got = generate(model, PROMPTS, **kw)
     assert len(calls) > 10 and len({len(s.tokens) for s in want}) > 3  # rows stop at different steps
@@ -136,50 +151,55 @@ def test_the_decode_step_with_the_kernel_is_one_op_and_syncs_nothing(tmp_path, m
     with torch.device("meta"):
         model = Transformer(cfg)
         cache, tokens, positions = _step_setup(model)
-        slot, active = torch.tensor(6), torch.ones(5, dtype=torch.bool)
+        slot, active = torch.full((5,), 6), torch.ones(5, dtype=torch.bool)
     rec = OpRecorder()
     with rec, torch.no_grad():
-        logits = model.decode_step(tokens, positions, cache, slot, 5, 32, active)
+        logits = model.decode_step(tokens, positions, cache, slot, 5, 32, active=active)
     names = [op[0] for op in rec.ops]
     assert names.count("adamame.decode_attention") == cfg.num_hidden_layers
     assert "aten._scaled_dot_product_efficient_attention" not in names and "aten.masked_fill_" not in names
     assert logits.shape == (5, cfg.vocab_size) and rec.syncs == [] and _devices([op[3] for op in rec.ops]) == {"meta"}
 
 
+@pytest.mark.parametrize("rows", [None, 20], ids=["row-per-sample", "refilled"])
 @pytest.mark.parametrize("pad_rows", [False, True])
-def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path, monkeypatch, pad_rows):
+def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path, monkeypatch, pad_rows, rows):
     """kv_reads replays generate's schedule from the prompt and response lengths alone; a direct count of the decode
     steps generate really runs (their rows, slots, active rows and positions) must give the same numbers, for SDPA
-    (rows x slots) and for the kernel (each active row's own slots), with and without padded row buckets."""
+    (rows x slots) and for the kernel (each active row's own slots), with and without padded row buckets, with a
+    row per sample and with 20 rows that finished samples hand to waiting ones."""
     model = _tiny(tmp_path)
     prompts = [list(range(1, 1 + L)) for L in (3, 40, 7, 1, 22, 9, 15, 2, 30)]
     n, new = 8, 40
     seen = {"steps": 0, "sdpa": 0, "kernel": 0, "rows_run": 0, "rows_active": 0, "buckets": set()}
     real = model.decode_step
 
-    def counting(tokens, positions, cache, slot, rows, slots, active=None):
+    def counting(tokens, positions, cache, slot, rows, slots, *, active=None):
         act = active[:rows]
         seen["steps"] += 1
         seen["sdpa"] += rows * slots
-        first = int(slot) - positions[:rows][act]  # the kernel's range: [slot - position, slot]
+        last = slot[:rows][act]
+        first = last - positions[:rows][act]  # the kernel's range: [slot - position, slot]
         # ... is exactly the row's valid slots (the step marks the new one itself)
         ar = torch.arange(cache.valid.shape[1])
-        assert torch.equal(cache.valid[:rows][act], (ar >= first[:, None]) & (ar < int(slot)))
-        seen["kernel"] += int((int(slot) + 1 - first).sum())
+        assert torch.equal(cache.valid[:rows][act], (ar >= first[:, None]) & (ar < last[:, None]))
+        seen["kernel"] += int((last + 1 - first).sum())
         seen["rows_run"] += rows
         seen["rows_active"] += int(act.sum())
         seen["buckets"].add((rows, slots))
-        return real(tokens, positions, cache, slot, rows, slots, active)
+        return real(tokens, positions, cache, slot, rows, slots, active=active)
 
     monkeypatch.setattr(model, "decode_step", counting)
-    dec = make_decoder(model, len(prompts), n, 40, new)
+    dec = make_decoder(model, rows or len(prompts) * n, 40, new)
     dec = Decoder(model, dec.cache, cuda_graphs=False, slot_bucket=16, pad_rows=pad_rows)
+    stats = {}
     out = generate(model, prompts, max_new_tokens=new, n=n, seed=1, eos_token_ids=list(range(100, 112)),
-                   check_every=4, decoder=dec)
+                   check_every=4, decoder=dec, stats=stats)
     lens = [len(s.tokens) for s in out]
     assert min(lens) < 10 and max(lens) == new  # rows stop early and late: compaction runs
+    assert stats["refilled"] == (0 if rows is None else len(out) - rows)
     plens = [len(p) for p in prompts for _ in range(n)]
-    kw = dict(check_every=4, slot_bucket=16, pad_rows=pad_rows)
+    kw = dict(rows=rows, n=n, check_every=4, slot_bucket=16, pad_rows=pad_rows)
     sdpa, kernel = kv_reads(plens, lens, new, kernel=False, **kw), kv_reads(plens, lens, new, kernel=True, **kw)
     assert (sdpa["steps"], sdpa["read"], kernel["read"]) == (seen["steps"], seen["sdpa"], seen["kernel"])
     assert (sdpa["rows_run"], sdpa["rows_active"], sdpa["graphs"]) == (seen["rows_run"], seen["rows_active"],
@@ -198,7 +218,7 @@ def test_a_decode_step_without_active_rows_equals_sdpa(tmp_path, monkeypatch):
     plen = torch.tensor([3, 10, 1, 7, 10, 5])
     cache.valid[:] = torch.arange(64)[None] >= 10 - plen[:, None]
     cache.valid[:, 10:] = False
-    tokens, slot = torch.randint(0, 300, (6,), generator=g), torch.tensor(10)
+    tokens, slot = torch.randint(0, 300, (6,), generator=g), torch.full((6,), 10)
     out = {}
     for mode in ("torch", "triton"):
         monkeypatch.setenv("ADAMAME_KERNELS", mode)

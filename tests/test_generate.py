@@ -197,7 +197,7 @@ def test_bad_requests_are_clear_errors(tmp_path):
         generate(m, [[1], []], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 97\)"):
         generate(m, [[1, 97]], max_new_tokens=2)
-    with pytest.raises(MemoryError, match="cache slots need .* GiB free"):
+    with pytest.raises(MemoryError, match="slots needs .* GiB, .* GiB free"):
         generate(m, [[1, 2]], max_new_tokens=10**9)
 
 
@@ -235,8 +235,9 @@ def test_bucketed_decode_equals_full_cache_attention_across_buckets_and_compacti
                 compact(bucketed, keep, Tp + t)
                 rows, tok = rows[keep], tok[keep]
             seen_buckets.add(ours.buckets(len(rows), Tp + t))
-            a = ref(tok, plen[rows] + t, Tp + t).clone()
-            b = ours(tok, plen[rows] + t, Tp + t)
+            slot = torch.full((len(rows),), Tp + t)
+            a = ref(tok, plen[rows] + t, slot, Tp + t).clone()
+            b = ours(tok, plen[rows] + t, slot, Tp + t)
             assert (a - b).abs().max().item() <= 1e-5, t
             tok = torch.randint(0, 97, (len(rows),), generator=g)
     # the test crossed slot buckets (12, 16, 20, 24, then the cache's end) and row buckets (all 6 rows, then the
@@ -254,6 +255,37 @@ def test_samples_do_not_depend_on_buckets(tmp_path):
     assert any(s.finish_reason == "stop" for s in a)
     for x, y in zip(a, b):
         assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 8])
+def test_a_small_refilled_cache_draws_the_samples_of_a_full_one(tmp_path, rows):
+    """Sample s's token i comes from keyed_uniforms(seed, s, i): a cache of 3 or 8 rows, whose finished rows take
+    waiting samples (and whose rows are dropped once none wait), gives the tokens of a cache with one row per sample,
+    and their log-probs within 1e-5 (fp32, SDPA)."""
+    _, m = _models(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
+    kw = dict(max_new_tokens=20, n=4, temperature=1.0, seed=11, eos_token_ids=[3, 17, 41, 5, 9], check_every=2,
+              return_logprobs=True)
+    full, stats = generate(m, PROMPTS, **kw), {}
+    small = generate(m, PROMPTS, max_rows=rows, stats=stats, **kw)
+    assert stats["refilled"] == 16 - rows and stats["steps"] > 20 and len({len(s.tokens) for s in full}) > 3
+    assert [s.tokens for s in small] == [s.tokens for s in full]
+    assert max(abs(x - y) for s, t in zip(small, full) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-5
+    for i, s in enumerate(small):  # and each is a sample of its own prompt: the log-probs of a full forward
+        assert (torch.tensor(s.logprobs) - _full_logprobs(m, PROMPTS[i // 4], s.tokens, 1.0)).abs().max() <= 1e-4
+
+
+def test_keyed_uniforms_are_uniform_and_keyed():
+    from adamame.generate import keyed_uniforms
+
+    s, i = torch.arange(400).repeat_interleave(250), torch.arange(250).repeat(400)
+    u = keyed_uniforms(12345, s, i)
+    assert u.dtype == torch.float64 and 0 <= u.min() and u.max() < 1
+    counts = torch.histc(u.float(), bins=20, min=0, max=1)
+    stat, df = _chi2(counts, torch.full((20,), 0.05))
+    assert df == 19 and stat < _chi2_critical(df)
+    assert torch.equal(keyed_uniforms(12345, s[::7], i[::7]), u[::7])  # a pair's number, whatever the batch
+    assert (keyed_uniforms(12346, s, i) != u).float().mean() > 0.999  # another seed, other numbers
+    assert abs(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].item()) < 0.01  # consecutive indices uncorrelated
 
 
 def test_merged_bf16_rollout_copy_gives_the_lora_models_greedy_tokens(tmp_path):
@@ -299,11 +331,11 @@ def test_a_decoder_reused_across_calls_gives_the_samples_of_fresh_ones(tmp_path)
     """A rollout's chunks share one cache (and on a GPU one set of graphs): stale rows and slots of the first call
     must not leak into the second."""
     _, m = _models(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
-    dec = make_decoder(m, prompts=2, n=3, prompt_len=11, max_new_tokens=12)
+    dec = make_decoder(m, rows=6, prompt_len=11, max_new_tokens=12)
     kw = dict(max_new_tokens=12, n=3, temperature=1.0, return_logprobs=True, eos_token_ids=[5, 9], check_every=2)
     shared = generate(m, PROMPTS[3:], seed=1, decoder=dec, **kw) + generate(m, PROMPTS[:2], seed=2, decoder=dec, **kw)
     fresh = generate(m, PROMPTS[3:], seed=1, **kw) + generate(m, PROMPTS[:2], seed=2, **kw)
     assert [s.tokens for s in shared] == [s.tokens for s in fresh]
     assert max(abs(x - y) for s, t in zip(shared, fresh) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-6
     with pytest.raises(ValueError, match="this call needs"):
-        generate(m, PROMPTS, n=3, decoder=dec, max_new_tokens=12)
+        generate(m, PROMPTS, n=3, decoder=dec, max_new_tokens=40)

@@ -43,6 +43,8 @@ def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
     assert case["ours"]["tokens_per_s"] > 0 and case["transformers"]["tokens_per_s"] > 0
     for key in ("speedup_vs_transformers", "rows", "new_tokens", "cuda_graphs"):
         assert key in case
+    refill = steps["generate"]["refill"]  # the refilled schedule: its steps are the ones kv_reads replays
+    assert refill["decode_steps"] == refill["replayed_steps"] > 0 and refill["refilled"] > 0
     att = steps["generate"]["attention"][0]  # the decode kernel against SDPA (paper shapes on a GPU)
     for key in ("ours_ms", "sdpa_ms", "sdpa_vs_ours", "max_abs_diff", "useful_bytes", "splits"):
         assert key in att, key

@@ -22,7 +22,7 @@ Nothing here has run on a GPU yet. Each GPU-only assumption, and how a CPU test 
     device, the same ops and shapes at every slot of a bucket. Checked: a `TorchDispatchMode` records the step's
     ops on the meta device (any `.item()`, `nonzero` or CPU-made tensor fails there), and twice at two slots of one
     bucket (identical op lists).
-  * The per-token loop syncs with the host only at the `check_every` look. Checked: the recorder over `token_step`
+  * The per-token loop syncs with the host only at the `check_every` look. Checked: the recorder over `draw`
     (no sync) and over a whole `generate`, every sync listed with its line.
   * The Triton kernels compile for sm_80 / sm_90 without register spills. Checked: compiled ahead of time with
     `triton.compile(..., GPUTarget)` in bf16 and fp32, both as the JIT specializes them at the paper's vocabulary
@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from adamame.generate import Rows, generate, make_decoder, token_step
+from adamame.generate import Settings, State, draw, generate, make_decoder
 from adamame.hf import load_model, read_config
 from adamame.model import KVCache, Transformer
 from tests.helpers import left_padded_batch, run_cli, save_tiny_hf
@@ -128,7 +128,7 @@ def _every_attention_path(model):
     with torch.no_grad():
         cache = KVCache.allocate(model.config, 3, 16, torch.float32, "cpu")
         prefill = model(ids, positions=pos, mask=mask, cache=cache, logits_at=slice(-1, None))
-        slot = torch.tensor(7)
+        slot = torch.full((3,), 7)
         step = model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, slot, 3, 16)
         masked = model(ids, positions=pos, mask=mask)
     samples = generate(model, [[5, 17, 3], [60], [33, 2, 71, 4]], max_new_tokens=12, n=2, temperature=1.0, seed=0,
@@ -234,15 +234,15 @@ def test_each_sdpa_call_site_meets_the_constraints_of_its_gpu_backend(tmp_path, 
     ids, mask, pos = left_padded_batch([7, 3, 5], 97, seed=1)
     sites = {}
     with torch.no_grad():
-        decoder = make_decoder(model, 3, 1, 7, 300)  # 320 cache slots (rounded up to 16, as the engine does)
+        decoder = make_decoder(model, 3, 7, 300)  # 320 cache slots (rounded up to 16, as the engine does)
         model(ids, positions=pos, mask=mask, cache=KVCache.allocate(model.config, 3, 7, dtype, "cpu"))
         sites["prefill"] = rec.calls[-1]
         cache = decoder.cache
-        model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.tensor(7), 3,
+        model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.full((3,), 7), 3,
                           decoder.buckets(3, 7)[1])
         sites["decode step"] = rec.calls[-1]
         assert decoder.buckets(3, 7)[1] == 256 and decoder.buckets(3, 300)[1] == 320
-        model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.tensor(300), 3,
+        model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.full((3,), 300), 3,
                           decoder.buckets(3, 300)[1])  # the last bucket: the cache's own (rounded) length
         sites["decode step, last bucket"] = rec.calls[-1]
         model(ids, positions=pos, mask=mask)
@@ -383,7 +383,7 @@ def test_decode_step_runs_no_host_sync_and_makes_nothing_on_another_device(tmp_p
     with torch.device("meta"):
         model = Transformer(cfg)
         cache, tokens, positions = _step_setup(model)
-        slot = torch.tensor(6)
+        slot = torch.full((5,), 6)
     rec = OpRecorder()
     with rec, torch.no_grad():
         logits = model.decode_step(tokens, positions, cache, slot, 5, 32)
@@ -414,9 +414,9 @@ def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_
     cache, tokens, positions = _step_setup(model)
     recs = []
     for slot, active in ((6, [True] * 5), (9, [True, False, True, True, False])):
-        pos, slot_t, rec = positions + (slot - 6), torch.tensor(slot), OpRecorder()
+        pos, slot_t, rec = positions + (slot - 6), torch.full((5,), slot) + torch.arange(5), OpRecorder()
         with rec, torch.no_grad():
-            model.decode_step(tokens, pos, cache, slot_t, 5, 32, torch.tensor(active))
+            model.decode_step(tokens, pos, cache, slot_t, 5, 32, active=torch.tensor(active))
         recs.append(rec.ops)
     assert ("adamame.decode_attention" in [op[0] for op in recs[0]]) == (kernels == "triton")
     assert len(recs[0]) == len(recs[1]) > 50
@@ -425,25 +425,33 @@ def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_
 
 
 def test_the_sampling_step_has_no_host_sync():
-    """token_step (sample_next, the done/EOS bookkeeping) with top-k and top-p on, on the meta device, where an
-    `.item()`, a `.cpu()` or a `nonzero` fails: nothing waits for the device."""
-    B, V = 6, 97
-    with torch.device("meta"):
-        st = Rows(out=torch.zeros(B, 8, dtype=torch.long), out_lp=torch.zeros(B, 8),
-                  lengths=torch.zeros(B, dtype=torch.long), stopped=torch.zeros(B, dtype=torch.bool),
-                  live=torch.arange(4), done=torch.zeros(4, dtype=torch.bool))
-        eos, logits = torch.tensor([3, 9]), torch.randn(4, V)
+    """draw (keyed uniforms, sample_next, the done/EOS bookkeeping) with top-k and top-p on, for every row and for an
+    admission's rows, on the meta device, where an `.item()`, a `.cpu()` or a `nonzero` fails: nothing waits for the
+    device."""
+    N, B, V = 6, 4, 97
     for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 20, 0.9), (0.0, 0, 1.0)):
-        rec = OpRecorder()
-        with rec:
-            tok = token_step(st, logits, 1, None, temperature, top_k, top_p, eos, 0)
-        assert rec.syncs == [], (temperature, top_k, top_p, rec.syncs)
-        assert tok.device.type == "meta" and _devices([op[3] for op in rec.ops]) == {"meta"}
+        for rows in (slice(None), "admitted"):
+            with torch.device("meta"):
+                def zeros(*shape, dtype=torch.long):
+                    return torch.zeros(shape, dtype=dtype)
+                st = State(out=zeros(N + 1, 8), out_lp=zeros(N + 1, 8, dtype=torch.float32), lengths=zeros(N + 1),
+                           stopped=zeros(N + 1, dtype=torch.bool), sample=torch.arange(B), t=zeros(B), pos=zeros(B),
+                           slot=zeros(B), tok=zeros(B), done=zeros(B, dtype=torch.bool))
+                cfg = Settings(2**40 + 3, temperature, top_k, top_p, torch.tensor([3, 9]), 0, torch.full((N + 1,), 8))
+                index = slice(None) if rows != "admitted" else torch.tensor([1, 3])
+                logits = torch.randn(B if rows != "admitted" else 2, V)
+            rec = OpRecorder()
+            with rec:
+                draw(st, index, logits, cfg)
+            assert rec.syncs == [], (temperature, top_k, top_p, rec.syncs)
+            assert st.tok.device.type == "meta" and _devices([op[3] for op in rec.ops]) == {"meta"}
 
 
-def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, capsys):
-    """Every host sync of a whole generate call, by line: inside the token loop only the check_every look (the stop
-    test and, when rows finished, compaction's nonzero), before and after it the prefill and the results' copy."""
+@pytest.mark.parametrize("rows", [None, 3], ids=["row-per-sample", "refilled"])
+def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, capsys, rows):
+    """Every host sync of a whole generate call, by line: inside the token loop only at the check_every look (the
+    done flags, then the host-made row indices of admission and compaction), before and after it the first
+    admission and the results' copy; with a row per sample and with 3 rows refilled."""
     import inspect
 
     from adamame import generate as gen_mod
@@ -453,17 +461,21 @@ def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, ca
     steps, every = 24, 4
     with rec:
         generate(model, [[5, 17, 3], [60], [33, 2, 71, 4]], max_new_tokens=steps, n=2, temperature=1.0, seed=0,
-                 eos_token_ids=[9, 11, 20], check_every=every)
+                 eos_token_ids=[9, 11, 20], check_every=every, max_rows=rows)
     lines, first = inspect.getsourcelines(gen_mod.generate)
     src = "".join(lines)
-    loop_start = first + src[:src.index("    for t in range(max_new_tokens):")].count("\n")
-    loop_end = first + src[:src.index("    if stats is not None:")].count("\n")
-    # every sync made while the token loop runs, wherever it happens (sampler, decode step, compaction, model)
-    in_loop = [s for s in rec.syncs if any(f == "generate.py" and fn == "generate" and loop_start <= ln < loop_end
+
+    def line_of(text):
+        return first + src[:src.index(text)].count("\n")
+
+    loop = (line_of("    while True:"), line_of("    if progress is not None:\n        progress.update(N - finished)"))
+    look = (line_of("        if (steps + 1) % check_every == 0"), line_of("        logits = decoder("))
+    in_loop = [s for s in rec.syncs if any(f == "generate.py" and fn == "generate" and loop[0] <= ln < loop[1]
                                            for f, fn, ln in s[3])]
-    allowed = ("n_live = int((~st.done).sum())", "keep = (~st.done).nonzero()[:, 0]")
-    assert in_loop and all(s[2].strip() in allowed for s in in_loop), [s[:3] for s in in_loop]
-    assert len(in_loop) <= 2 * (steps // every)
+    at_look = [s for s in in_loop if any(f == "generate.py" and fn == "generate" and look[0] <= ln < look[1]
+                                         for f, fn, ln in s[3])]
+    # (on a CPU `tolist()` reads without an op: the syncs seen are the row indices made on the host at the look)
+    assert in_loop and in_loop == at_look, [s[:3] for s in in_loop if s not in at_look]
     with capsys.disabled():
         table = {}
         for why, where, line, _ in rec.syncs:
@@ -480,7 +492,7 @@ def test_a_failed_graph_capture_and_a_failed_triton_launch_name_their_hatch(tmp_
     model = _gqa_model(tmp_path)
     cache, tokens, positions = _step_setup(model)
     with pytest.raises(RuntimeError, match="ADAMAME_CUDA_GRAPHS=0"):  # no CUDA here: the capture fails
-        Decoder(model, cache, cuda_graphs=True)(tokens, positions, 6)
+        Decoder(model, cache, cuda_graphs=True)(tokens, positions, torch.full((5,), 6), 6)
     if kernels.triton is not None:
         with pytest.raises(RuntimeError, match="ADAMAME_KERNELS=torch"):
             kernels._launch(kernels._logprob_fwd_kernel, 1, torch.zeros(1))  # wrong arguments: it cannot launch

@@ -70,7 +70,7 @@ def test_plan_sizes_are_the_bytes_really_allocated(tmp_path):
     plan = grpo_plan(model.config, world=1, total=64 * GiB, device="cpu", prompts_per_step=3, group_size=G,
                      max_prompt_tokens=prompt_len, max_response_tokens=new, micro_batch_tokens=tokens, lora_rank=4,
                      beta=0.001)
-    assert plan.fits and plan.rollout_prompts == 3
+    assert plan.fits and plan.rollout_rows == 3 * G
     # the rollout copy: every parameter once, in the compute dtype (float32 on CPU)
     copy = rollout_copy(model)
     assert plan.sizes["rollout_copy"] == sum(p.numel() * p.element_size() for p in copy.parameters())
@@ -209,8 +209,8 @@ def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
     float64 copy CUDA's cumsum makes, and the plan's usable GPU memory is the card less the stated reserve and 3%."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from adamame.generate import COMPACT_AT, compaction_bytes, sample_next, sampler_bytes
-    from adamame.memory import RESERVE_GIB, usable_bytes
+    from adamame.generate import COMPACT_AT, sample_next
+    from adamame.memory import RESERVE_GIB, compaction_bytes, sampler_bytes, usable_bytes
     from adamame.model import KVCache
 
     save_tiny_hf(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)

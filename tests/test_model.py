@@ -60,7 +60,7 @@ def test_kv_cache_incremental_equals_full_forward(tmp_path, decode_step):
         T = ids.shape[1]
         for j in range(extra.shape[1]):
             if decode_step:  # the generator's step: slot on the device, attention over the whole cache
-                steps.append(m.decode_step(extra[:, j], full_pos[:, T + j], cache, torch.tensor(T + j), 3,
+                steps.append(m.decode_step(extra[:, j], full_pos[:, T + j], cache, torch.full((3,), T + j), 3,
                                            full_ids.shape[1])[:, None])
             else:
                 steps.append(m(extra[:, j:j + 1], positions=full_pos[:, T + j:T + j + 1], cache=cache, start=T + j))

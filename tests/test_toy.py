@@ -11,7 +11,7 @@ def test_traces_are_identified_as_their_language():
     problems = toy.problems("train") + toy.problems("test")
     for p in problems:
         for trace_lang in (p[1], "en"):
-            _, trace, c = toy.render(*p, trace_lang=trace_lang)
+            _, trace, c = toy.render(p, trace_lang=trace_lang)
             got = reward_language(trace + f"\n</think>\n\\boxed{{{c}}}")
             if got != trace_lang:
                 wrong.append((trace_lang, got, trace))
@@ -21,7 +21,7 @@ def test_traces_are_identified_as_their_language():
 
 def test_train_and_held_out_questions_are_disjoint():
     def questions(split):
-        return {toy.render(*p)[0] for p in toy.problems(split)}
+        return {toy.render(p)[0] for p in toy.problems(split)}
 
     train, test = questions("train"), questions("test")
     assert train and test and not (train & test)
@@ -45,7 +45,7 @@ def test_the_base_stage_answers_plain_questions_in_english_and_requests_in_their
         requested = r["question"].endswith(toy.REQUESTS[r["lang"]])
         assert reward_language(r["trace"]) == (r["lang"] if requested else "en"), r
     assert sum(r["question"].endswith(tuple(toy.REQUESTS.values())) for r in rows) == len(rows) // 2
-    held_out = {toy.render(*p)[0] for p in toy.problems("test")}
+    held_out = {toy.render(p)[0] for p in toy.problems("test")}
     assert not held_out & {r["question"] for r in rows}  # nothing held out is seen, with or without a request
     assert not held_out & {r["question"].rsplit(" ", 1)[0] for r in rows}
 
@@ -86,7 +86,7 @@ def test_the_demo_scores_at_evaluate_py_s_temperature():
 
 def test_tokenizer_makes_short_sequences_and_round_trips(tmp_path):
     tok = toy.build_tokenizer(str(tmp_path))
-    q, t, c = toy.render("add", "th", 1, "apple", 11, 5, trace_lang="en")
+    q, t, c = toy.render(("add", "th", 1, "apple", 11, 5), trace_lang="en")
     assert len(tok(q)["input_ids"]) <= 12 and len(tok(t)["input_ids"]) <= 20
     assert tok.decode(tok(t)["input_ids"]) == t
     assert all(len(tok(str(n))["input_ids"]) == 1 for n in range(0, 2 * toy.MAX_N + 1))
