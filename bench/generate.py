@@ -10,8 +10,10 @@ measured in this process.
     python bench/generate.py                 # CPU: ~40M-parameter Qwen2, 32 prompts x 8 samples x 128 tokens
     python bench/generate.py --tiny          # CPU smoke mode (seconds)
     python bench/generate.py --gpu           # CUDA: Qwen2.5-1.5B shapes in bf16: batch 1, and 512 rows x
-                                             #       (256-token prompts + 1,024 new), CUDA graphs and eager
-    python bench/generate.py --reads         # no model: the bytes a paper-shape rollout's decode steps read
+                                             #       (256-token prompts + 1,024 new), CUDA graphs and eager; a
+                                             #       refilled rollout against the step-time model
+    python bench/generate.py --reads         # no model: the bytes a paper-shape rollout's decode steps read, and
+                                             #       the step-time model of one GPU's rollout
 
 --reads replays the engine's schedule (adamame.generate.kv_reads: buckets, compaction, which rows read what) for one
 GPU's rollout at the paper's shape (DeepSeek-R1-Distill-Qwen-1.5B in bf16, 64 prompts x 8 samples = 512 rows, up to
@@ -23,6 +25,17 @@ power-of-two row buckets), SDPA with today's row buckets (ADAMAME_KERNELS=torch)
 tests/test_decode_attention.py): KV bytes read, the bytes that belong to a live row's own valid slots, their ratio, the
 weight bytes, bytes per generated token, and the predicted decode time at H100 3.0 TB/s and H200 4.3 TB/s against
 the bound (useful KV + one weight read per step).
+
+It then models one GPU's rollout step by step (`step_time_model`) for both paper models at that shape, with the
+memory plan's rows on 8 x 80 GiB: today's engine (one generate call of all 512 rows, refilled rows never idle) and
+the schedule before it (calls of the plan's rows rounded down to whole prompts, each run until its longest row ends).
+A decode step costs max(bytes / 3.0e12, FLOPs / 790e12) + 20 us (an H100's measured copy bandwidth and bf16 matmul
+rate), its bytes the weights read (all but the input embedding), the KV each row reads with the decode kernel, each
+layer's temporaries written and read once, the logits and the sampler's temporaries as the code moves them (bytes
+per vocabulary entry: LOGIT_BYTES, SAMPLER_BYTES) and compaction's copies; prefill runs at the peak FLOP rate. Its
+last line: `predicted rollout per GPU (H100 model): ...`. --gpu measures a refilled rollout (24 prompts x 8 in 128
+rows, response lengths forced to the workload's distribution up to 1,024 tokens) against the same model's
+prediction at the bandwidth measured in the process.
 """
 
 import argparse
@@ -509,8 +522,8 @@ def main(argv=None):
     if r:
         pred = f", predicted {r['predicted_s']:.2f} s (measured / predicted {r['measured_vs_predicted']:.2f})" \
             if r["predicted_s"] else ""
-        print(f"refilled rollout: {r['prompts']} prompts x {r['n']} samples in {r['rows']} rows, {r['tokens']:,} tokens "
-              f"(lengths forced, up to {r['max_new_tokens']}): {r['decode_steps']} decode steps (replayed "
+        print(f"refilled rollout: {r['prompts']} prompts x {r['n']} samples in {r['rows']} rows, {r['tokens']:,} "
+              f"tokens (lengths forced, up to {r['max_new_tokens']}): {r['decode_steps']} decode steps (replayed "
               f"{r['replayed_steps']}), {r['measured_s']:.2f} s{pred}")
     for c in result["cases"]:
         o, h = c["ours"], c["transformers"]

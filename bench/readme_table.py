@@ -62,6 +62,12 @@ def table(res: dict) -> str:
         lines.append(f"| generate | {c['rows']} rows x {c['new_tokens']} new tokens, prompts {c['context']} | "
                      f"{o['tokens_per_s']:.0f} tok/s{frac}{cap} | transformers {h['tokens_per_s']:.0f} tok/s: "
                      f"{c['speedup_vs_transformers']:.2f}x |")
+    rf = g.get("refill")
+    if rf and rf.get("predicted_s"):
+        lines.append(f"| generate | refilled rollout: {rf['prompts']} prompts x {rf['n']} in {rf['rows']} rows, "
+                     f"{rf['tokens']:,} tokens (lengths forced) | {rf['measured_s']:.2f} s, {rf['decode_steps']} "
+                     f"steps | "
+                     f"step-time model {rf['predicted_s']:.2f} s: measured {rf['measured_vs_predicted']:.2f}x |")
     if g.get("host_ms_per_step"):
         hs = g["host_ms_per_step"]
         lines.append(f"| generate | host time per decode step, batch 1 | {hs['graphs_1_row']:.3f} ms (CUDA graphs) | "

@@ -130,8 +130,11 @@ from adamame.model import ModelConfig, Transformer
 cfg = ModelConfig.from_dict(dict(model_type="qwen3", vocab_size=97, hidden_size=48, intermediate_size=80,
                                  num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8))
 torch.manual_seed(0)
-samples = generate(Transformer(cfg).eval(), [[1, 2, 3], [4]], max_new_tokens=5, n=2, temperature=0.8, seed=0)
+model = Transformer(cfg).eval()
+samples = generate(model, [[1, 2, 3], [4]], max_new_tokens=5, n=2, temperature=0.8, seed=0)
 assert len(samples) == 4 and all(len(s.tokens) == 5 for s in samples)
+refilled = generate(model, [[1, 2, 3], [4]], max_new_tokens=5, n=2, temperature=0.8, seed=0, max_rows=1)
+assert [s.tokens for s in refilled] == [s.tokens for s in samples]  # one row, refilled: the same samples
 """,
 }
 
