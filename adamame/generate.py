@@ -18,14 +18,18 @@ weights to produce one token per row, so the step must be memory-bound, not laun
     slots, from its prompt's first token to the new one, and finished or padding rows read nothing, so neither left
     padding, nor bucket slack, nor finished rows cost KV reads (`kv_reads` counts them); SDPA (the CPU path, and
     ADAMAME_KERNELS=torch) reads all R x S_b slots under a bias;
+  * samples inside the decode step on CUDA, with the fused Triton sampler (adamame/sampler.py: the token and its
+    log-probability from the bf16 logits in one read, inside the step's CUDA graph) when top-k is 0 and top-p 1;
+    otherwise (the CPU, ADAMAME_SAMPLER=torch, top-k or top-p) with `sample_next` on the float32 logits;
   * never synchronises with the host inside a step: a token is drawn by inverting its row's CDF at a uniform number
     (searchsorted on the device, no multinomial), finished rows are tracked on the device, and the host looks only
     every `check_every` steps: to give finished rows to waiting samples, to stop when all are done, and, once no
     sample waits, to drop finished rows ("compaction": live rows move down inside the same cache buffers, one layer
     at a time, so sequences that stopped early stop costing work);
-  * draws sample s's token i from the uniform number `keyed_uniforms(seed, s, i)` (a counter-based hash), so the
-    samples depend on neither the rows, nor refill, nor compaction, nor the buckets: the same seed gives the same
-    tokens with a cache of 3 rows or of all of them;
+  * draws sample s's token i from the uniform number `keyed_uniforms(seed, s, i)` (a counter-based hash; the fused
+    sampler keys its own numbers by the same triple), so the samples depend on neither the rows, nor refill, nor
+    compaction, nor the buckets: the same seed gives the same tokens with a cache of 3 rows or of all of them (and
+    other tokens, from the same distribution, with the fused sampler than with sample_next);
   * returns the log-probability of every sampled token under the sampling temperature,
     log softmax(z / T)[y], which is what the trainer's forward computes.
 
@@ -35,7 +39,7 @@ probability reaches top_p, renormalised. temperature = 0 is greedy (its log-prob
 `kv_reads` replays the schedule (steps, buckets, refills, compactions, the KV slots each step reads) from the prompt
 and response lengths alone, for the memory plan's arithmetic (adamame/memory.py) and bench/generate.py's model.
 
-Imports: torch; adamame: model (KVCache).
+Imports: torch; adamame: model (KVCache), sampler (optional: without it every step samples with sample_next).
 """
 
 
@@ -46,6 +50,11 @@ from dataclasses import dataclass
 import torch
 
 from adamame.model import KVCache
+
+try:  # the optional sibling: the fused Triton sampler (without it every step samples with sample_next)
+    from adamame.sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
+except ImportError:
+    fused_sample = None
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds the prefill's activations)
 SLOT_BUCKET = 256  # the decode step attends to the cache in multiples of this many slots
@@ -158,55 +167,69 @@ def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, slot_b
 
 
 class Decoder:
-    """The decode step over a static KV cache, eager or as CUDA graphs keyed by (row bucket, slot bucket).
+    """The decode step over a static KV cache, eager or as CUDA graphs keyed by (row bucket, slot bucket, sampler).
 
     Static buffers: tokens, positions and cache slots [B], active [B] and, with graphs, the float32 logits [B, V]; a
     captured graph reads and writes only these and the cache, so replaying it after updating them in place is the
-    same as calling the model. Graphs share one memory pool (they never run at the same time) and die with the Decoder.
+    same as calling the model. With the fused sampler (adamame/sampler.py) the step also samples: it reads the
+    rows' samples and token indices [B], the seed [2] and 1 / temperature [1], and writes tokens and log-probs [B]
+    instead of logits. Graphs share one memory pool (they never run at the same time) and die with the Decoder.
     """
 
     def __init__(self, model, cache: KVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
         self.model, self.cache, self.graphs_on, self.bucket = model, cache, cuda_graphs, slot_bucket
         self.pad_rows = cuda_graphs if pad_rows is None else pad_rows  # eager steps need no padding rows
         B, dev = cache.valid.shape[0], cache.valid.device
-        self.tokens = torch.zeros(B, dtype=torch.long, device=dev)
-        self.positions = torch.zeros(B, dtype=torch.long, device=dev)
-        self.slot = torch.zeros(B, dtype=torch.long, device=dev)
-        self.active = torch.zeros(B, dtype=torch.bool, device=dev)  # rows whose output is used (the kernel reads them)
-        self.logits = torch.zeros(B, model.config.vocab_size, dtype=torch.float32, device=dev) if cuda_graphs else None
+
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(shape, dtype=dtype, device=dev)
+
+        self.tokens, self.positions, self.slot = zeros(B), zeros(B), zeros(B)
+        self.active = zeros(B, dtype=torch.bool)  # rows whose output is used (the kernel reads them)
+        self.sample, self.index, self.seed, self.inv_t = zeros(B), zeros(B), zeros(2), zeros(1, dtype=torch.float32)
+        self.tok_out, self.lp_out = zeros(B), zeros(B, dtype=torch.float32)
+        self.logits = None  # [B, V] float32, made at the first graph that needs it
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
     def buckets(self, live: int, slot: int) -> tuple:
         return step_buckets(live, slot, *self.cache.valid.shape, self.bucket, self.pad_rows)
 
-    def _run(self, rows, slots):
-        return self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots,
-                                      active=self.active).float()
+    def _run(self, rows, slots, greedy=None):
+        """The step's float32 logits [rows, V]; with greedy (True/False) its fused sample (tokens, log-probs)."""
+        logits = self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots,
+                                        active=self.active)
+        if greedy is None:
+            return logits.float()
+        return fused_sample(logits, self.inv_t, self.seed, self.sample[:rows], self.index[:rows], greedy)
 
-    def _run_into_buffer(self, rows, slots):  # what a graph records: outputs must land in a static buffer
-        self.logits[:rows] = self._run(rows, slots)
+    def _run_into_buffers(self, rows, slots, greedy):  # what a graph records: outputs must land in static buffers
+        if greedy is None:
+            self.logits[:rows] = self._run(rows, slots)
+        else:
+            self.tok_out[:rows], self.lp_out[:rows] = self._run(rows, slots, greedy)
 
-    def _capture(self, rows, slots):
+    def _capture(self, rows, slots, greedy):
         """Warm up, then capture, on a side stream: what torch.cuda.graph does, minus the full garbage collection
         and empty_cache() it runs before each capture (a rollout captures a few dozen buckets)."""
         graph = torch.cuda.CUDAGraph()
         self.stream = self.stream or torch.cuda.Stream()
         torch.cuda.synchronize()
         with torch.cuda.stream(self.stream):
-            self._run_into_buffer(rows, slots)  # warm-up (it writes the same values the replay will)
+            self._run_into_buffers(rows, slots, greedy)  # warm-up (it writes the same values the replay will)
             graph.capture_begin(pool=self.pool)
             try:
-                self._run_into_buffer(rows, slots)
+                self._run_into_buffers(rows, slots, greedy)
             finally:
                 graph.capture_end()
         torch.cuda.current_stream().wait_stream(self.stream)
         self.pool = self.pool or graph.pool()
         return graph
 
-    def __call__(self, tokens, positions, slot, last_slot: int, active=None) -> torch.Tensor:
+    def __call__(self, tokens, positions, slot, last_slot: int, active=None, fused=None):
         """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache slots `slot`
         [live] (on the device; last_slot: their largest, known to the host, which picks the slot bucket); active
-        [live] bool (None: all) marks the rows whose logits are used (others' are garbage)."""
+        [live] bool (None: all) marks the rows whose logits are used (others' are garbage). fused: None, or
+        (settings, samples [live], token indices [live]) to return the fused sampler's (tokens, log-probs) [live]."""
         live = tokens.shape[0]
         rows, slots = self.buckets(live, last_slot)
         self.tokens[:live] = tokens
@@ -217,18 +240,30 @@ class Decoder:
             self.active[:live].fill_(True)
         else:
             self.active[:live].copy_(active)
+        greedy = None
+        if fused is not None:
+            cfg, samples, index = fused
+            greedy = cfg.temperature == 0
+            self.sample[:live], self.index[:live] = samples, index
+            self.seed.copy_(cfg.seed_t)
+            self.inv_t.copy_(cfg.inv_t)
         if not self.graphs_on:
-            return self._run(rows, slots)[:live]
-        if (rows, slots) not in self.graphs:
+            out = self._run(rows, slots, greedy)
+            return out[:live] if greedy is None else (out[0][:live], out[1][:live])
+        key = (rows, slots, greedy)
+        if key not in self.graphs:
+            if greedy is None and self.logits is None:
+                self.logits = torch.zeros(self.tokens.shape[0], self.model.config.vocab_size, dtype=torch.float32,
+                                          device=self.tokens.device)
             t0 = time.perf_counter()
             try:
-                self.graphs[(rows, slots)] = self._capture(rows, slots)
+                self.graphs[key] = self._capture(rows, slots, greedy)
             except RuntimeError as e:
                 raise RuntimeError(f"CUDA graph capture of the decode step ({rows} rows x {slots} slots) failed: "
                                    f"{str(e).strip()[:300]}; ADAMAME_CUDA_GRAPHS=0 runs the same step eagerly") from e
             self.capture_seconds += time.perf_counter() - t0
-        self.graphs[(rows, slots)].replay()
-        return self.logits[:live]
+        self.graphs[key].replay()
+        return self.logits[:live] if greedy is None else (self.tok_out[:live], self.lp_out[:live])
 
 
 def graphs_default(device) -> bool:
@@ -366,15 +401,24 @@ class Settings:
     eos: torch.Tensor
     pad: int
     limit: torch.Tensor  # [N + 1]: each sample's most tokens (max_new_tokens, or a benchmark's forced lengths)
+    fused: bool = False  # sample with adamame/sampler.py (top-k 0 and top-p 1 only)
+    seed_t: torch.Tensor | None = None  # the fused sampler's seed [2] and 1 / temperature [1], on the device
+    inv_t: torch.Tensor | None = None
 
 
-def draw(st: State, rows, logits, cfg: Settings) -> None:
+def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
     """Each row's next token from its logits [len(rows), V] (rows: an index tensor, or slice(None) for every live
-    row) and the stop bookkeeping, on the device: no host sync. A sample's token i uses keyed_uniforms(seed, sample,
-    i) whichever row draws it; rows already done write to the spare sample."""
+    row), or the (tokens, log-probs) the fused sampler `picked` inside the decode step, and the stop bookkeeping, on
+    the device: no host sync. A sample's token i is keyed by (seed, sample, i) whichever row draws it
+    (keyed_uniforms, or the fused sampler's own keyed numbers); rows already done write to the spare sample."""
     sample, t, done = st.sample[rows], st.t[rows], st.done[rows]
-    u = keyed_uniforms(cfg.seed, sample, t) if cfg.temperature else None
-    tok, lp = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, u)
+    if picked is not None:
+        tok, lp = picked
+    elif cfg.fused:
+        tok, lp = fused_sample(logits, cfg.inv_t, cfg.seed_t, sample, t, cfg.temperature == 0)
+    else:
+        u = keyed_uniforms(cfg.seed, sample, t) if cfg.temperature else None
+        tok, lp = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, u)
     tok = torch.where(done, cfg.pad, tok)
     N, L = st.out.shape[0] - 1, st.out.shape[1]
     s, i = torch.where(done, N, sample), t.clamp(max=L - 1)
@@ -468,6 +512,9 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     limit = torch.tensor(list(response_lengths or [max_new_tokens] * N) + [1], device=dev).clamp(1, max_new_tokens)
     cfg = Settings(seed if seed is not None else int(torch.randint(0, 2**62, ())), temperature, top_k, top_p,
                    torch.tensor(list(eos_token_ids) or [-1], device=dev), pad_token_id, limit)
+    if fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.valid):
+        cfg.fused, cfg.seed_t = True, seed_tensor(cfg.seed, dev)
+        cfg.inv_t = torch.tensor([1.0 / temperature if temperature else 1.0], dtype=torch.float32, device=dev)
 
     def zeros(*shape, dtype=torch.long):
         return torch.zeros(shape, dtype=dtype, device=dev)
@@ -505,8 +552,9 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                     t_host = [t_host[r] for r in keep]
             if min(t_host) >= max_new_tokens:
                 continue
-        logits = decoder(st.tok, st.pos, st.slot, min(Tp + max(t_host) - 1, S - 1), ~st.done)
-        draw(st, slice(None), logits, cfg)
+        out = decoder(st.tok, st.pos, st.slot, min(Tp + max(t_host) - 1, S - 1), ~st.done,
+                      (cfg, st.sample, st.t) if cfg.fused else None)
+        draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
         st.pos += 1
         st.slot = (st.slot + 1).clamp_(max=S - 1)  # a done row's slot stops at the last one (never read again)
         t_host = [t + 1 for t in t_host]

@@ -22,9 +22,10 @@ Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, b
                layer's transient activations and the logits of one micro-batch (no autograd)
     update     the same + saved activations of one micro-batch (all layers, or only the layer inputs with
                checkpointing plus one layer recomputed) + a backward workspace (one layer) + the logits
-The rollout also counts what only a GPU adds: compaction's temporary (one layer's kept rows), the float64 copy that
-`cumsum(dtype=float64)` makes of the sampler's probabilities, and with CUDA graphs the static logits buffer and the
-blocks the warm-up run leaves cached on the capture stream.
+The rollout also counts what only a GPU adds: compaction's temporary (one layer's kept rows), with CUDA graphs the
+blocks the warm-up run leaves cached on the capture stream, and the sampler as it runs there: the fused Triton one
+(adamame/sampler.py: no [rows x vocabulary] buffer) unless top-k, top-p or ADAMAME_SAMPLER=torch need PyTorch's
+(float32 buffers, the float64 copy that `cumsum(dtype=float64)` makes, and the graphs' static float32 logits).
 The peak is the largest phase; a plan fits when the peak is at most the usable memory. On a GPU that is the card's
 memory less a fixed reserve for what lives outside PyTorch's allocator (the CUDA context and kernel images ~0.6 GiB,
 NCCL's buffers ~1 GiB on 8 ranks, library handles; together RESERVE_GIB = 2 GiB, a stated estimate that the GPU
@@ -57,22 +58,22 @@ hold their public configurations; `--plan` needs only config.json and runs on an
     weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.07
     rollout    rollout copy (bfloat16, LoRA merged)                               3.31
     rollout    KV cache: 512 rows x 4608 slots                                   63.00
-    rollout    sampler: float32 and float64 buffers of rows x vocabulary          2.03
+    rollout    sampler: fused (Triton), a few numbers per row                     0.00
     rollout    compaction: one layer's kept rows                                  0.84
-    rollout    CUDA graphs: static logits, warm-up blocks                         1.05
+    rollout    CUDA graphs: warm-up blocks                                        0.18
     rollout    prefill, decode step, outputs                                      1.31
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.19
     update     activations, 32768 tokens (checkpointing on)                       8.80
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               0.48
-    rollout    peak                                                              72.03
+    rollout    peak                                                              69.13
     logprobs   peak                                                              13.15
     update     peak                                                              19.74
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
     rollout: 512 samples (64 prompts x 8) in one generate call, 512 KV-cache rows
     activation checkpointing on: without it the update would need 97.7 GiB
-    plan: peak 72.0 GiB per GPU of 80.0 GiB: fits
+    plan: peak 69.1 GiB per GPU of 80.0 GiB: fits
 
     $ python train_grpo.py --plan --model tests/fixtures/qwen3-4b --nproc-per-node 8 --gpu-memory-gib 80
     memory plan for tests/fixtures/qwen3-4b on 8 GPU(s)
@@ -81,23 +82,23 @@ hold their public configurations; `--plan` needs only config.json and runs on an
     weights    frozen base weights (bfloat16), sharded 1/8                        0.94
     weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.12
     rollout    rollout copy (bfloat16, LoRA merged)                               7.49
-    rollout    KV cache: 100 rows x 4608 slots                                   63.28
-    rollout    sampler: float32 and float64 buffers of rows x vocabulary          0.40
+    rollout    KV cache: 101 rows x 4608 slots                                   63.91
+    rollout    sampler: fused (Triton), a few numbers per row                     0.00
     rollout    compaction: one layer's kept rows                                  0.66
-    rollout    CUDA graphs: static logits, warm-up blocks                         0.21
+    rollout    CUDA graphs: warm-up blocks                                        0.04
     rollout    prefill, decode step, outputs                                      2.00
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.35
     update     activations, 32768 tokens (checkpointing on)                      15.12
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               1.06
-    rollout    peak                                                              75.10
+    rollout    peak                                                              75.17
     logprobs   peak                                                              14.59
     update     peak                                                              26.81
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
-    rollout: 512 samples (64 prompts x 8) in one generate call, 100 KV-cache rows (finished rows refilled)
+    rollout: 512 samples (64 prompts x 8) in one generate call, 101 KV-cache rows (finished rows refilled)
     activation checkpointing on: without it the update would need 181.7 GiB
-    plan: peak 75.1 GiB per GPU of 80.0 GiB: fits
+    plan: peak 75.2 GiB per GPU of 80.0 GiB: fits
 
 Imports: torch; adamame: dist, generate, lora, model.
 """
@@ -283,11 +284,15 @@ def shared_plan(make, rank: int, world: int, device) -> "Plan":
 # ---------------------------------------------------------------------------------------------- the rollout's bytes
 # what adamame.generate allocates, counted from its code
 
-def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0) -> int:
-    """Peak temporaries of one decode step's logits and sample_next for `rows` rows: [rows, V] buffers (the step's
-    float32 logits, log-probs, probabilities, and the float64 CDF with the float64 copy of the probabilities that
+def sampler_bytes(rows: int, vocab: int, top_k: int = 0, top_p: float = 1.0, fused: bool = False) -> int:
+    """Peak temporaries of one decode step's sampling for `rows` rows. fused (adamame/sampler.py, on a GPU with top-k
+    0 and top-p 1): per row its token, log-probability, the programs' (M, S, candidate) and the merge's few numbers,
+    at most 256 bytes; no [rows, V] buffer. Else sample_next's [rows, V] buffers (the step's float32 logits,
+    log-probs, probabilities, and the float64 CDF with the float64 copy of the probabilities that
     cumsum(dtype=float64) makes first), plus top-k's masked copy and top-p's sort (values, int64 order, cumulative
     sums, masks)."""
+    if fused:
+        return rows * 256
     per_elem = 3 * 4 + 8 + 8 + (4 if top_k else 0) + (8 + 4 * 5 + 2 if top_p < 1.0 else 0)
     return rows * vocab * per_elem
 
@@ -321,24 +326,25 @@ def compaction_bytes(cfg, rows: int, slots: int, dtype) -> int:
     return int(COMPACT_AT * rows) * cfg.num_key_value_heads * slots * cfg.head_dim * dtype.itemsize
 
 
-def graph_bytes(cfg, rows: int, dtype) -> int:
-    """With CUDA graphs: the static float32 logits buffer and the float32 copy a captured step makes into it, and the
-    blocks the warm-up run (on the capture stream, outside the graphs' pool) leaves cached there: one step's
-    activations and its float32 logits."""
-    return 2 * 4 * rows * cfg.vocab_size + step_bytes(cfg, rows, dtype) + 4 * rows * cfg.vocab_size
+def graph_bytes(cfg, rows: int, dtype, fused: bool = False) -> int:
+    """With CUDA graphs: the blocks the warm-up run (on the capture stream, outside the graphs' pool) leaves cached
+    there, one step's activations; without the fused sampler also the static float32 logits buffer, the float32 copy
+    a captured step makes into it, and the warm-up's float32 logits."""
+    return step_bytes(cfg, rows, dtype) + (0 if fused else 3 * 4 * rows * cfg.vocab_size)
 
 
-def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens: int, dtype, top_k=0, top_p=1.0,
-                  graphs: bool = False) -> int:
+def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens: int, dtype, *, top_k=0, top_p=1.0,
+                  graphs: bool = False, fused: bool = False) -> int:
     """Bytes one generate call allocates beyond the weights, for `samples` samples decoded in a cache of `rows` rows:
-    the KV cache, prefill, one decode step, the sampler, an admission's prefill logits (float32, one per row at most),
-    compaction's temporary, the samples' tokens and log-probs, and with CUDA graphs their buffers (graph_bytes)."""
+    the KV cache, prefill, one decode step, the sampler (fused: adamame/sampler.py), an admission's prefill logits
+    (float32, one per row at most), compaction's temporary, the samples' tokens and log-probs, and with CUDA graphs
+    their buffers (graph_bytes)."""
     slots = cache_slots(prompt_len, max_new_tokens)
     return (KVCache.nbytes(cfg, rows, slots, dtype)
             + prefill_bytes(cfg, min(rows * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
-            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
+            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p, fused)
             + 4 * rows * cfg.vocab_size + compaction_bytes(cfg, rows, slots, dtype)
-            + 12 * (samples + 1) * max_new_tokens + (graph_bytes(cfg, rows, dtype) if graphs else 0))
+            + 12 * (samples + 1) * max_new_tokens + (graph_bytes(cfg, rows, dtype, fused) if graphs else 0))
 
 # ---------------------------------------------------------------------------------------------- the update's bytes
 
@@ -396,9 +402,13 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     cap = samples if rollout_rows == "auto" else min(samples, int(rollout_rows))
     slots = cache_slots(max_prompt_tokens, max_response_tokens)
 
+    # on a GPU the fused sampler (adamame/sampler.py) samples unless top-k / top-p need PyTorch's, or its switch is off
+    fused = device == "cuda" and top_k == 0 and top_p == 1.0 and \
+        (os.environ.get("ADAMAME_SAMPLER") or os.environ.get("ADAMAME_KERNELS", "auto")) != "torch"
+
     def rollout_peak(r):
-        return base + copy + memory_needed(cfg, r, samples, max_prompt_tokens, max_response_tokens, dtype, top_k,
-                                           top_p, graphs=device == "cuda")
+        return base + copy + memory_needed(cfg, r, samples, max_prompt_tokens, max_response_tokens, dtype,
+                                           top_k=top_k, top_p=top_p, graphs=device == "cuda", fused=fused)
 
     rows = cap
     while rows > 1 and rollout_peak(rows) > plan.budget:
@@ -406,15 +416,16 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     plan.rollout_rows = rows
     kv = KVCache.nbytes(cfg, rows, slots, dtype)
     plan.sizes.update(rollout_copy=copy, kv_cache=kv)
-    graphs = graph_bytes(cfg, rows, dtype) if device == "cuda" else 0
-    sampler = sampler_bytes(rows, cfg.vocab_size, top_k, top_p)
+    graphs = graph_bytes(cfg, rows, dtype, fused) if device == "cuda" else 0
+    sampler = sampler_bytes(rows, cfg.vocab_size, top_k, top_p, fused)
     compaction = compaction_bytes(cfg, rows, slots, dtype)
     plan.items += [("rollout", f"rollout copy ({dtype_name(dtype)}, LoRA merged)", copy),
                    ("rollout", f"KV cache: {rows} rows x {slots} slots", kv),
-                   ("rollout", "sampler: float32 and float64 buffers of rows x vocabulary", sampler),
+                   ("rollout", "sampler: fused (Triton), a few numbers per row" if fused else
+                    "sampler: float32 and float64 buffers of rows x vocabulary", sampler),
                    ("rollout", "compaction: one layer's kept rows", compaction)]
     if graphs:
-        plan.items.append(("rollout", "CUDA graphs: static logits, warm-up blocks", graphs))
+        plan.items.append(("rollout", "CUDA graphs: warm-up blocks" + ("" if fused else ", static logits"), graphs))
     plan.items.append(("rollout", "prefill, decode step, outputs", rollout_peak(rows) - base - copy - kv - sampler
                        - compaction - graphs))
     plan.phases["rollout"] = max(rollout_peak(rows), base + copy + 2 * gather)

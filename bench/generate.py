@@ -287,6 +287,14 @@ H100 = dict(bandwidth=3.0e12, flops=790e12)  # measured copy bandwidth and bf16 
 # logits / T (4 + 4), log_softmax (4 + 4), exp (4 + 4), cumsum(dtype=float64) first casts (4 + 8), then sums (8 + 8)
 LOGIT_BYTES = 2 + 2 + 4 + 4 + 4
 SAMPLER_BYTES = 8 + 8 + 8 + 12 + 16
+# the fused sampler (adamame/sampler.py): the lm_head writes bf16 logits (2), the kernel reads them once (2); per
+# entry its compute is one exp and ~8 float32 operations (scale, max, subtract, sum, scan, compare). A race over
+# the vocabulary (Gumbel-max: argmax z / T - log(-log u)) reads the same but needs a hashed random number (~12
+# integer operations) and two logs per entry. Rates of an H100 SXM from its published per-SM throughputs at
+# 1.755 GHz (132 SMs; 16 transcendental, 128 float32 and 64 int32 operations per clock each), not measured:
+FUSED_BYTES = 2 + 2
+SFU, FP32, INT32 = 132 * 16 * 1.755e9, 132 * 128 * 1.755e9, 132 * 64 * 1.755e9
+NOISE = {"blocks": dict(sfu=1, fp=8, int=0), "race": dict(sfu=3, fp=6, int=12)}
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
 
 
@@ -323,21 +331,33 @@ def model_shape(name):
     return dict(name=name, rows=plan.rollout_rows, **decode_costs(cfg))
 
 
-def step_time_model(m, sched, gpu=H100) -> dict:
+def sampler_seconds(entries, gpu=H100, noise="blocks") -> float:
+    """The fused sampler over `entries` logits (rows x vocabulary): max of its read and of each unit's work."""
+    n = NOISE[noise]
+    return max(2 * entries / gpu["bandwidth"], n["sfu"] * entries / SFU, n["fp"] * entries / FP32,
+               n["int"] * entries / INT32)
+
+
+def step_time_model(m, sched, gpu=H100, sampler="torch") -> dict:
     """Seconds of one GPU's rollout by a roofline model over a replayed schedule (kv_reads(..., trace=True), one per
     generate call): each decode step costs max(bytes / bandwidth, FLOPs / peak) + STEP_OVERHEAD, with bytes = the
-    weights, the KV each step reads, the layers' temporaries and the logits over the rows run, the sampler's over the
-    live rows; FLOPs = 2 x matmul parameters x rows run + attention over the slots read. Compaction moves its kept
-    rows' used slots (a gather into a temporary, then a copy: 4 passes); prefill runs at the peak FLOP rate."""
-    t = {"decode": 0.0, "prefill": 0.0, "compaction": 0.0}
+    weights, the KV each step reads, the layers' temporaries and the logits over the rows run, PyTorch's sampler's over
+    the live rows; FLOPs = 2 x matmul parameters x rows run + attention over the slots read. With sampler="blocks"
+    (the fused kernel) or "race" (a per-entry noise race) the step writes bf16 logits and the sampler kernel's time
+    (sampler_seconds over the rows run) follows the step's. Compaction moves its kept rows' used slots (a gather into
+    a temporary, then a copy: 4 passes); prefill runs at the peak FLOP rate."""
+    t = {"decode": 0.0, "sampler": 0.0, "prefill": 0.0, "compaction": 0.0}
     bytes_ = {"weights": 0.0, "kv": 0.0, "layers": 0.0, "logits+sampler": 0.0, "compaction": 0.0}
     steps = 0
     for call in sched:
         for rows, slots, live, active, read in call["steps_trace"]:
-            b = (2 * m["matmul"], read * m["slot_bytes"], rows * m["layer_bytes"],
-                 m["vocab"] * (rows * LOGIT_BYTES + live * SAMPLER_BYTES))
+            per_entry = rows * LOGIT_BYTES + live * SAMPLER_BYTES if sampler == "torch" else rows * 2
+            b = (2 * m["matmul"], read * m["slot_bytes"], rows * m["layer_bytes"], m["vocab"] * per_entry)
             flops = 2 * m["matmul"] * rows + read * m["attn_flops_per_slot"]
             t["decode"] += max(sum(b) / gpu["bandwidth"], flops / gpu["flops"]) + STEP_OVERHEAD
+            if sampler != "torch":
+                t["sampler"] += sampler_seconds(rows * m["vocab"], gpu, sampler)
+                bytes_["logits+sampler"] += 2 * rows * m["vocab"]
             for k, v in zip(("weights", "kv", "layers", "logits+sampler"), b):
                 bytes_[k] += v
             steps += 1
@@ -381,6 +401,41 @@ def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidt
             "decode_steps": stats["steps"], "replayed_steps": sched["steps"], "refilled": stats["refilled"],
             "measured_s": seconds, "predicted_s": pred and pred["seconds"],
             "measured_vs_predicted": pred and seconds / pred["seconds"]}
+
+
+def sampler_case(rows, vocab, device, bandwidth, repeats=20) -> dict:
+    """The fused sampler (adamame/sampler.py) against PyTorch's (sample_next on the float32 copy, as the decode step
+    without it), on the same bf16 logits at temperature 0.8; the fused one's fraction of the bandwidth bound (one read
+    of the bf16 logits at the copy bandwidth measured in this process)."""
+    import torch
+
+    from adamame.generate import keyed_uniforms, sample_next
+    from adamame.sampler import sample, seed_tensor
+
+    g = torch.Generator(device).manual_seed(0)
+    z = (torch.randn(rows, vocab, generator=g, device=device) * 3).to(torch.bfloat16)
+    ids, index, seed = torch.arange(rows, device=device), torch.zeros(rows, dtype=torch.long, device=device), 7
+    inv_t, seed_t = torch.tensor([1 / 0.8], device=device), seed_tensor(seed, device)
+    sides = {"fused": lambda: sample(z, inv_t, seed_t, ids, index, False),
+             "torch": lambda: sample_next(z.float(), 0.8, uniforms=keyed_uniforms(seed, ids, index))}
+    ms = {}
+    for name, fn in sides.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        ms[name] = 1e3 * sorted(times)[len(times) // 2]
+    fused_lp = sample(z, inv_t, seed_t, ids, index, False)
+    want = torch.log_softmax(z.float() / 0.8, -1).gather(1, fused_lp[0][:, None])[:, 0]
+    return {"rows": rows, "vocab": vocab, "dtype": "bfloat16", "fused_ms": ms["fused"], "torch_ms": ms["torch"],
+            "torch_vs_fused": ms["torch"] / ms["fused"], "max_abs_logp_diff": (fused_lp[1] - want).abs().max().item(),
+            "frac_of_copy_bw": bandwidth and 2 * rows * vocab / (ms["fused"] / 1e3) / bandwidth}
 
 
 def schedules(plens, resp, rows, n=8):
@@ -428,18 +483,28 @@ def reads_report():
     print(f"\nuseful KV fraction {out[ways[-1][0]]['useful_fraction']:.3f}")
 
     print(f"\nstep-time model (H100: {H100['bandwidth'] / 1e12:.1f} TB/s, {H100['flops'] / 1e12:.0f} TFLOP/s, "
-          f"{STEP_OVERHEAD * 1e6:.0f} us per step; logits and sampler {LOGIT_BYTES} + {SAMPLER_BYTES} B per "
-          f"vocabulary entry per row), one GPU's rollout of {len(plens)} samples:")
+          f"{STEP_OVERHEAD * 1e6:.0f} us per step), one GPU's rollout of {len(plens)} samples; logits and sampler "
+          f"bytes per vocabulary entry per row: PyTorch's sampler {LOGIT_BYTES + SAMPLER_BYTES}, the fused one "
+          f"{FUSED_BYTES}")
+    e = 512 * 151936
+    print(f"  the fused sampler at 512 rows x 151,936: blocks (one exp per entry) {sampler_seconds(e) * 1e6:.0f} us, a "
+          f"Gumbel race (noise and two logs per entry) {sampler_seconds(e, noise='race') * 1e6:.0f} us, the read "
+          f"alone {2 * e / H100['bandwidth'] * 1e6:.0f} us: blocks")
     final = {}
     for name in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b"):
         shape = model_shape(name)
         before, after = schedules(plens, resp, shape["rows"])
-        res = {"before": step_time_model(shape, before), "after": step_time_model(shape, after), "rows": shape["rows"]}
+        res = {"before": step_time_model(shape, before), "refilled": step_time_model(shape, after),
+               "after": step_time_model(shape, after, sampler="blocks"),
+               "race": step_time_model(shape, after, sampler="race"), "rows": shape["rows"]}
         out[f"model {name}"] = res
         final[name] = res
-        for when, r, sched in (("before", res["before"], before), ("after", res["after"], after)):
-            how = (f"{len(sched)} call(s) of up to {max(max(s[0] for s in c['steps_trace']) for c in sched)} rows"
-                   if when == "before" else f"one call, {shape['rows']} rows refilled")
+        calls = f"{len(before)} call(s) of up to {max(max(s[0] for s in c['steps_trace']) for c in before)} rows"
+        for when, how in (("before", f"{calls}, PyTorch's sampler"),
+                          ("refilled", f"one call, {shape['rows']} rows refilled, PyTorch's sampler"),
+                          ("race", f"one call, {shape['rows']} rows refilled, a fused race sampler"),
+                          ("after", f"one call, {shape['rows']} rows refilled, the fused sampler")):
+            r = res[when]
             tb = {k: v / 1e12 for k, v in r["bytes"].items()}
             print(f"  {name} {when} ({how}): {r['seconds']:.1f} s, {r['steps']:,} decode steps; "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items()) + "; TB moved: "
@@ -491,6 +556,8 @@ def main(argv=None):
             c["frac_of_bound"] = c["ours"]["tokens_per_s"] / c["bound_tokens_per_s"]
             result["cases"].append(c)
             save()
+        result["sampler"] = sampler_case(512, 151936, dev, bw)
+        save()
         # the refilled schedule at a reduced paper-like shape: 24 prompts x 8 in 128 rows, up to 1,024 new tokens
         result["refill"] = refill_case(ours, dev, prompts=24, n=8, rows=128, max_new=1024, max_prompt=256,
                                        bandwidth=bw)
@@ -504,7 +571,8 @@ def main(argv=None):
         result["cases"].append(run_case(hf, ours, "cpu", P, n, ctx, new))
         result["refill"] = refill_case(ours, "cpu", prompts=3, n=2, rows=4, max_new=8 if args.tiny else 64,
                                        max_prompt=16, bandwidth=None)
-        if args.tiny and os.environ.get("TRITON_INTERPRET") == "1":  # the kernel under the interpreter: a smoke test
+        if args.tiny and os.environ.get("TRITON_INTERPRET") == "1":  # the kernels under the interpreter: a smoke test
+            result["sampler"] = sampler_case(4, 3000, "cpu", None, repeats=1)
             result["attention"] = [attention_case(3, 2, 2, 32, 300, [100, 0, 250], "cpu", torch.float32, repeats=2)]
         save()
     print(f"device: {result['device']}  torch {torch.__version__}  model: qwen2, {result['parameters'] / 1e6:.1f}M "
@@ -518,6 +586,12 @@ def main(argv=None):
         print(f"decode attention {a['rows']} rows x {a['slots']} slots ({a['n_kv']} kv x {a['rep']} heads, "
               f"{a['dtype']}, {a['splits']} split(s)): Triton {a['ours_ms']:.3f} ms{frac}, SDPA {a['sdpa_ms']:.3f} ms: "
               f"SDPA / ours = {a['sdpa_vs_ours']:.2f}x, max |diff| {a['max_abs_diff']:.1e}")
+    sm = result.get("sampler")
+    if sm:
+        frac = f", {100 * sm['frac_of_copy_bw']:.0f}% of copy bandwidth" if sm["frac_of_copy_bw"] else ""
+        print(f"sampler {sm['rows']} rows x {sm['vocab']:,} {sm['dtype']}: fused {sm['fused_ms']:.3f} ms{frac}, "
+              f"PyTorch {sm['torch_ms']:.3f} ms: PyTorch / fused = {sm['torch_vs_fused']:.2f}x, max |logp diff| "
+              f"{sm['max_abs_logp_diff']:.1e}")
     r = result.get("refill")
     if r:
         pred = f", predicted {r['predicted_s']:.2f} s (measured / predicted {r['measured_vs_predicted']:.2f})" \

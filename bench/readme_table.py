@@ -62,6 +62,12 @@ def table(res: dict) -> str:
         lines.append(f"| generate | {c['rows']} rows x {c['new_tokens']} new tokens, prompts {c['context']} | "
                      f"{o['tokens_per_s']:.0f} tok/s{frac}{cap} | transformers {h['tokens_per_s']:.0f} tok/s: "
                      f"{c['speedup_vs_transformers']:.2f}x |")
+    sm = g.get("sampler")
+    if sm:
+        frac = _f(sm.get("frac_of_copy_bw") and 100 * sm["frac_of_copy_bw"], ", {:.0f}% of copy bandwidth", "")
+        lines.append(f"| generate | sampler, {sm['rows']} rows x {sm['vocab']:,} {sm['dtype']} logits | fused "
+                     f"{sm['fused_ms']:.3f} ms{frac} | PyTorch {sm['torch_ms']:.3f} ms: {sm['torch_vs_fused']:.2f}x the "
+                     f"time of the fused one |")
     rf = g.get("refill")
     if rf and rf.get("predicted_s"):
         lines.append(f"| generate | refilled rollout: {rf['prompts']} prompts x {rf['n']} in {rf['rows']} rows, "

@@ -47,6 +47,16 @@ start, end = torch.tensor([0, 5, 0], dtype=torch.int32), torch.tensor([40, 17, 0
 out = decode_attention(q, k, v, start, end, 0.25)  # a CPU tensor outside the Triton interpreter: the reference
 assert torch.equal(out, decode_attention_torch(q, k, v, start, end, 0.25)) and out[2].abs().max() == 0
 """,
+    "sampler": """
+import torch
+from adamame.sampler import sample, sample_torch, seed_tensor
+z = torch.randn(3, 5000)
+inv_t, seed, ids, index = torch.tensor([1.25]), seed_tensor(7, "cpu"), torch.arange(3), torch.zeros(3, dtype=torch.long)
+tok, lp = sample(z, inv_t, seed, ids, index, False)  # a CPU tensor outside the Triton interpreter: the reference
+assert torch.equal(tok, sample_torch(z, inv_t, seed, ids, index, False)[0])
+assert torch.allclose(lp, torch.log_softmax(z * 1.25, -1).gather(1, tok[:, None])[:, 0], atol=1e-5)
+assert torch.equal(sample(z, inv_t, seed, ids, index, True)[0], z.argmax(1))
+""",
     "answer": """
 from adamame.answer import extract_answer, verify
 assert verify(extract_answer("so \\\\boxed{\\\\frac{1}{2}}"), "0.5") and not verify("0.4", "0.5")

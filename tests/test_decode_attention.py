@@ -121,6 +121,7 @@ def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatc
     model = _tiny(tmp_path)
     kw = dict(max_new_tokens=24, n=3, seed=3, eos_token_ids=list(range(100, 130)), return_logprobs=True,
               check_every=4)
+    monkeypatch.setenv("ADAMAME_SAMPLER", "torch")  # like with like: the attention paths, one sampler
     monkeypatch.setenv("ADAMAME_KERNELS", "torch")
     want = generate(model, PROMPTS, **kw)
     monkeypatch.setenv("ADAMAME_KERNELS", "triton")

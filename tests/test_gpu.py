@@ -86,18 +86,39 @@ def test_decode_kernel_on_cuda_equals_the_reference_at_the_papers_head_shape(dty
 
 def test_cuda_graph_decode_with_the_kernel_samples_what_sdpa_does(tmp_path, monkeypatch):
     """The engine as it runs on CUDA (graphs, padded row buckets, the Triton decode kernel) against the SDPA hatch, in
-    float32 with the same uniforms: the same tokens."""
+    float32 with the same uniforms (one sampler, PyTorch's, on both sides): the same tokens."""
     save_tiny_hf(tmp_path, "qwen2", num_attention_heads=8, num_key_value_heads=2, hidden_size=128)
     m = load_model(str(tmp_path), device="cuda").eval()
     prompts = [[5, 17, 3, 88], [60], [33, 2, 71], list(range(40, 70))]
     kw = dict(max_new_tokens=40, n=3, temperature=1.0, seed=0, return_logprobs=True, eos_token_ids=[7, 11],
               check_every=2, slot_bucket=16, cuda_graphs=True)
+    monkeypatch.setenv("ADAMAME_SAMPLER", "torch")
     monkeypatch.setenv("ADAMAME_KERNELS", "torch")
     a = generate(m, prompts, **kw)
     monkeypatch.setenv("ADAMAME_KERNELS", "auto")
     b = generate(m, prompts, **kw)
     assert [s.tokens for s in a] == [s.tokens for s in b]
     assert max(abs(x - y) for s, t in zip(a, b) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-4
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_the_fused_sampler_inside_cuda_graphs_gives_the_models_logprobs(tmp_path, monkeypatch, temperature):
+    """generate as it runs on CUDA (graphs, the decode kernel, the fused sampler inside each graph) against a full
+    float32 forward: every sampled token's log-probability, and the same tokens with 3 rows refilled."""
+    save_tiny_hf(tmp_path, "qwen2", num_attention_heads=8, num_key_value_heads=2, hidden_size=128)
+    m = load_model(str(tmp_path), device="cuda").eval()
+    prompts = [[5, 17, 3, 88], [60], [33, 2, 71], list(range(40, 70))]
+    kw = dict(max_new_tokens=30, n=3, temperature=temperature, seed=4, return_logprobs=True, eos_token_ids=[7, 11],
+              check_every=2, cuda_graphs=True)
+    monkeypatch.setenv("ADAMAME_SAMPLER", "triton")
+    full = generate(m, prompts, **kw)
+    assert [s.tokens for s in generate(m, prompts, max_rows=3, **kw)] == [s.tokens for s in full]
+    for i, s in enumerate(full):
+        ids = torch.tensor([prompts[i // 3] + s.tokens], device="cuda")
+        with torch.no_grad():
+            z = m(ids)[0, len(prompts[i // 3]) - 1:-1].float()
+        ref = torch.log_softmax(z / (temperature or 1.0), -1).gather(1, ids[0, len(prompts[i // 3]):, None])[:, 0]
+        assert (torch.tensor(s.logprobs, device="cuda") - ref).abs().max().item() <= 1e-4
 
 
 def test_plan_sizes_are_the_cuda_allocations(tmp_path):

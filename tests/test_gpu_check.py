@@ -43,6 +43,10 @@ def test_cpu_mode_of_the_gpu_check_writes_every_field(tmp_path):
     assert case["ours"]["tokens_per_s"] > 0 and case["transformers"]["tokens_per_s"] > 0
     for key in ("speedup_vs_transformers", "rows", "new_tokens", "cuda_graphs"):
         assert key in case
+    sampler = steps["generate"]["sampler"]  # the fused sampler against PyTorch's (512 x 151,936 bf16 on a GPU)
+    for key in ("fused_ms", "torch_ms", "torch_vs_fused", "max_abs_logp_diff", "frac_of_copy_bw"):
+        assert key in sampler, key
+    assert sampler["max_abs_logp_diff"] < 1e-5
     refill = steps["generate"]["refill"]  # the refilled schedule: its steps are the ones kv_reads replays
     assert refill["decode_steps"] == refill["replayed_steps"] > 0 and refill["refilled"] > 0
     att = steps["generate"]["attention"][0]  # the decode kernel against SDPA (paper shapes on a GPU)

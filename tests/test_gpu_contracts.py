@@ -424,6 +424,39 @@ def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_
         assert a == b, f"op {i}: {a[0]} differs between the two steps"
 
 
+@pytest.mark.parametrize("greedy", [False, True], ids=["sample", "greedy"])
+def test_a_fused_sampling_step_syncs_nothing_and_replays_the_same_ops(tmp_path, monkeypatch, greedy):
+    """The decode step with the fused sampler inside it (what a CUDA graph captures on a GPU: attention kernel,
+    lm_head, adamame::sample), on the meta device: no host sync, and two steps of one bucket at other slots, samples,
+    token indices and seeds issue the same ops with the same shapes (all of those live in device tensors)."""
+    from types import SimpleNamespace
+
+    from adamame.generate import Decoder
+
+    monkeypatch.setenv("ADAMAME_KERNELS", "triton")
+    cfg = _gqa_model(tmp_path).config
+    recs = []
+    with torch.device("meta"):
+        model = Transformer(cfg)
+        cache, tokens, positions = _step_setup(model)
+        dec = Decoder(model, cache, cuda_graphs=False)
+        settings = [SimpleNamespace(temperature=0.0 if greedy else t, seed_t=torch.zeros(2, dtype=torch.long),
+                                    inv_t=torch.ones(1)) for t in (0.8, 1.3)]
+    for k, (slot, st) in enumerate(((6, settings[0]), (9, settings[1]))):
+        with torch.device("meta"):
+            keys = (torch.arange(5) + 10 * k, torch.full((5,), slot - 6))
+            pos, slots = positions + (slot - 6), torch.full((5,), slot)
+        rec = OpRecorder()
+        with rec, torch.no_grad():
+            tok, lp = dec(tokens, pos, slots, slot, None, (st, *keys))
+        assert rec.syncs == [] and tok.shape == (5,) and lp.dtype == torch.float32
+        assert _devices([op[3] for op in rec.ops]) == {"meta"}
+        recs.append(rec.ops)
+    names = [op[0] for op in recs[0]]
+    assert names.count("adamame.sample") == 1 and "aten.log_softmax" not in " ".join(names)
+    assert recs[0] == recs[1]
+
+
 def test_the_sampling_step_has_no_host_sync():
     """draw (keyed uniforms, sample_next, the done/EOS bookkeeping) with top-k and top-p on, for every row and for an
     admission's rows, on the meta device, where an `.item()`, a `.cpu()` or a `nonzero` fails: nothing waits for the
@@ -469,7 +502,7 @@ def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, ca
         return first + src[:src.index(text)].count("\n")
 
     loop = (line_of("    while True:"), line_of("    if progress is not None:\n        progress.update(N - finished)"))
-    look = (line_of("        if (steps + 1) % check_every == 0"), line_of("        logits = decoder("))
+    look = (line_of("        if (steps + 1) % check_every == 0"), line_of("        out = decoder("))
     in_loop = [s for s in rec.syncs if any(f == "generate.py" and fn == "generate" and loop[0] <= ln < loop[1]
                                            for f, fn, ln in s[3])]
     at_look = [s for s in in_loop if any(f == "generate.py" and fn == "generate" and look[0] <= ln < look[1]
@@ -512,10 +545,11 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, sys.argv[1])
-from adamame import decode_attention, kernels
+from adamame import decode_attention, kernels, sampler
 from triton.runtime.jit import JITFunction
 
-kernels_found = {n: f for m in (kernels, decode_attention) for n, f in vars(m).items() if isinstance(f, JITFunction)}
+kernels_found = {n: f for m in (kernels, decode_attention, sampler) for n, f in vars(m).items()
+                 if isinstance(f, JITFunction) and n.endswith("_kernel")}  # launched kernels (not their helpers)
 sigs = json.loads(sys.argv[2])
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 out = {"triton": triton.__version__, "kernels": sorted(kernels_found), "rows": []}
@@ -533,7 +567,7 @@ for name, fn in sorted(kernels_found.items()):
         usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         os.unlink(f.name)
         fields = dict(p.split(":", 1) for p in next(l for l in usage.splitlines() if "REG:" in l).split() if ":" in p)
-        out["rows"].append({"kernel": name + "".join(f" {k}={v}" for k, v in cx.items() if k in ("REP", "D")), "sm": cc,
+        out["rows"].append({"kernel": name + "".join(f" {k}={v}" for k, v in cx.items() if k in ("REP", "D", "GREEDY")), "sm": cc,
                             "dtype": dtype, "hints": hints,
                             "vector_loads": "ld.global.v" in k.asm["ptx"], "registers": int(fields["REG"]),
                             "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
@@ -569,6 +603,14 @@ TRITON_SIGNATURES = {
         "num_warps": 8,
         "divisible": ["q_ptr", "k_ptr", "v_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr", "sq_r", "sq_h", "sk_r",
                       "sk_h", "sk_s", "sv_r", "sv_h", "sv_s"]},
+    # DTYPE: the decode step's logits (bf16 on a GPU); sampling and greedy (count_ptr: a dummy, the state's)
+    "_sample_kernel": {
+        "args": {"z_ptr": "*DTYPE", "sz": "i64", "state_ptr": "*fp32", "cand_ptr": "*i64", "inv_t_ptr": "*fp32",
+                 "seed_ptr": "*i64", "sample_ptr": "*i64", "index_ptr": "*i64", "count_ptr": "*fp32", "V": "i32",
+                 "per": "i32", "BLOCK": "constexpr", "SPLITS": "constexpr", "GREEDY": "constexpr",
+                 "COUNT": "constexpr"},
+        "variants": [{"BLOCK": 2048, "SPLITS": 1, "GREEDY": g, "COUNT": False} for g in (False, True)],
+        "num_warps": 8, "divisible": ["z_ptr", "sz", "state_ptr", "cand_ptr", "V"]},
 }
 
 
@@ -577,10 +619,11 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
     kernel); the cubin's resource usage, read with the cuobjdump the triton wheel ships, must show no local memory
     (register spills)."""
     pytest.importorskip("triton")
-    from adamame import decode_attention, kernels
+    from adamame import decode_attention, kernels, sampler
 
     assert kernels.NUM_WARPS == 8 and kernels.BLOCK_V == 4096  # what the signatures above compile
     assert decode_attention.BLOCK_S == 32 and decode_attention.NUM_WARPS == 8
+    assert sampler.BLOCK == 2048 and sampler.NUM_WARPS == 8
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", _AOT, ROOT, json.dumps(TRITON_SIGNATURES)], capture_output=True,
                        text=True, env=env, timeout=600)

@@ -1,0 +1,269 @@
+"""The fused sampler: a row's next token and its log-probability from its logits in one read, in Triton.
+
+Why: at the paper's rollout shape a decode step's sampler is, after the KV cache, its largest traffic. In PyTorch
+(adamame/generate.py's sample_next) it moves ~68 bytes per vocabulary entry and row: the bf16 logits, their float32
+copy, the temperature's divide, log-softmax, exp and a float64 CDF. This kernel reads the logits (bf16 or float32)
+once and writes two numbers per row: the token y ~ softmax(z / T) and log softmax(z / T)[y] (the trainer's
+definition), or at T = 0 the greedy token (the first maximum) and its log-probability at T = 1.
+
+How, with one exp per entry and no per-entry random number (a race such as Gumbel-max needs a random number and two
+logs per entry, which the step-time model in bench/generate.py finds slower than the read): the vocabulary is cut
+into blocks of BLOCK entries, and a program walks its row's blocks once:
+
+    per block b: x = z * (1 / T), m_b = max x, p = exp(x - m_b), s_b = sum p; its candidate c_b by inverting the
+                 block's CDF (cumsum p) at u_b s_b, u_b a uniform number keyed by (seed, sample, token index, 2b);
+    across blocks, a weighted reservoir: with the running (M, S), the block's weight w_b = s_b exp(m_b - M') joins
+                 S' = S exp(M - M') + w_b, and c_b replaces the running candidate when v_b S' < w_b (v_b keyed by
+                 2b + 1); the candidate is then c_b with probability s_b e^(m_b) / sum of all, and within its block
+                 with probability p / s_b: softmax(x) exactly. M + log S is the log-sum-exp.
+
+When rows are few, each row's blocks are split over several programs (`num_splits`, a function of the row count
+and the vocabulary only, so a CUDA graph replays it); their (M, S, candidate) are merged in PyTorch by inverting the
+CDF over the splits' weights at one more keyed uniform. The uniform numbers come from a counter-based hash of
+(seed, sample, token index, stream), so a sample's tokens do not depend on its row or on the batch, and nothing on
+the host is needed: the op runs inside a CUDA graph, its seed, temperature, samples and token indices in device
+tensors. It is registered as `adamame::sample` (torch.library): op recorders and the meta device see one op.
+
+`sample_torch` is the same algorithm in plain PyTorch (the reference the tests hold the kernel to, and what the op
+computes where the kernel cannot run). `use_kernel` is the decode step's switch: ADAMAME_SAMPLER, else
+ADAMAME_KERNELS (auto: the kernel for CUDA tensors when triton is installed). The same seed gives other tokens here
+than through sample_next (another way of drawing from the same distribution).
+
+Imports: torch, triton (optional).
+"""
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+BLOCK = 2048  # vocabulary entries per block (the paper's 151,936 is 75 blocks)
+NUM_WARPS = 8
+TARGET_PROGRAMS = 264  # split a row's blocks until rows x splits reach this (~2 waves of 132 SMs)
+MIN_BLOCKS = 4  # ... but never below this many blocks per split
+MASK32 = 0xFFFFFFFF
+
+
+def use_kernel(x: torch.Tensor) -> bool:
+    """The switch for a decode step's tensors x: ADAMAME_SAMPLER, else ADAMAME_KERNELS: auto (default) takes the kernel
+    for CUDA tensors when triton is installed; triton forces it (CPU tensors need TRITON_INTERPRET=1 set before
+    triton is imported); torch never takes it (the caller samples in PyTorch: the escape hatch)."""
+    mode = os.environ.get("ADAMAME_SAMPLER") or os.environ.get("ADAMAME_KERNELS", "auto")
+    if mode not in ("auto", "triton", "torch"):
+        raise ValueError(f"ADAMAME_SAMPLER / ADAMAME_KERNELS={mode!r}: use triton, torch or auto")
+    if mode == "triton" and not _kernel_runs(x):
+        raise RuntimeError("the Triton sampler needs triton, and on CPU tensors TRITON_INTERPRET=1 before import")
+    return mode == "triton" or (mode == "auto" and triton is not None and x.is_cuda)
+
+
+def _kernel_runs(x: torch.Tensor) -> bool:
+    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def num_splits(rows: int, vocab: int, block: int = BLOCK) -> int:
+    """Programs per row: a function of the row count and the vocabulary only (graph-safe)."""
+    blocks = -(-vocab // block)
+    return max(1, min(-(-TARGET_PROGRAMS // max(1, rows)), blocks // MIN_BLOCKS))
+
+
+def seed_tensor(seed: int, device) -> torch.Tensor:
+    """A seed as the op takes it: int64 [2], its low and high 32 bits."""
+    return torch.tensor([seed & MASK32, (seed >> 32) & MASK32], dtype=torch.int64, device=device)
+
+
+# ---------------------------------------------------------------------------------------------- the keyed numbers
+
+def _mix32(x):
+    """murmur3's 32-bit finaliser on int64 values holding unsigned 32-bit ones (PyTorch or Triton tensors)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & MASK32
+    return x ^ (x >> 16)
+
+
+def _row_key(seed, sample, index):
+    """A row's key from the seed [2] and its (sample, token index)."""
+    return _mix32(_mix32((sample & MASK32) ^ seed[0]) ^ index) ^ seed[1]
+
+
+def _uniform(key, stream):
+    """A float32 uniform number in [0, 1) for stream `stream` of a row's key (24 random bits)."""
+    return (_mix32(key ^ ((stream * 0x9E3779B1) & MASK32)) >> 8).to(torch.float32) * 2.0 ** -24
+
+
+# ---------------------------------------------------------------------------------------------- the reference
+
+def sample_torch(logits, inv_t, seed, sample, index, greedy: bool, block: int = BLOCK, splits: int | None = None):
+    """The kernel's algorithm in PyTorch (float32): (tokens [R] int64, log-probabilities [R] float32) for logits
+    [R, V] at temperature 1 / inv_t ([1] float32; greedy: argmax, log-probability at T = 1), seed int64 [2], the
+    rows' sample ids and token indices [R] int64."""
+    R, V = logits.shape
+    splits = num_splits(R, V, block) if splits is None else splits
+    nb = -(-V // block)
+    per = -(-nb // splits)
+    key = _row_key(seed, sample, index)
+    x = torch.full((R, nb * block), float("-inf"), device=logits.device)
+    x[:, :V] = logits.float() * (1.0 if greedy else inv_t.float())
+    x = x.view(R, nb, block)
+    state = []  # per split: (M, S, candidate, its x)
+    for j in range(splits):
+        M = torch.full((R,), float("-inf"), device=logits.device)
+        S = torch.zeros(R, device=logits.device)
+        cand = torch.zeros(R, dtype=torch.int64, device=logits.device)
+        xc = torch.full((R,), float("-inf"), device=logits.device)
+        for b in range(j * per, min((j + 1) * per, nb)):
+            xb = x[:, b]
+            bm = xb.amax(1)
+            p = torch.exp(xb - bm[:, None])
+            s = p.sum(1)
+            if greedy:
+                c = xb.argmax(1)
+            else:
+                cum = p.cumsum(1)
+                k = (cum <= (_uniform(key, 2 * b) * s)[:, None]).sum(1)
+                last = torch.where(p > 0, torch.arange(block, device=x.device), -1).amax(1)
+                c = torch.minimum(k, last)
+            new_m = torch.maximum(M, bm)
+            w = s * torch.exp(bm - new_m)
+            S = S * torch.exp(M - new_m) + w
+            take = bm > M if greedy else _uniform(key, 2 * b + 1) * S < w
+            cand = torch.where(take, b * block + c, cand)
+            xc = torch.where(take, xb.gather(1, c[:, None])[:, 0], xc)
+            M = new_m
+        state.append((M, S, cand, xc))
+    return _merge(*(torch.stack(t, 1) for t in zip(*state)), key, nb, greedy)
+
+
+def _merge(M, S, cand, xc, key, nb: int, greedy: bool):
+    """The splits' (M, S, candidate, its x) [R, splits] -> (token, log-probability): a split by the inverse CDF of
+    its weight S e^M at the keyed uniform of stream 2 nb (greedy: the first largest maximum)."""
+    top = M.amax(1, keepdim=True)
+    w = S * torch.exp(M - top)
+    total = w.sum(1)
+    if greedy:
+        j = M.argmax(1)
+    else:
+        k = (w.cumsum(1) <= (_uniform(key, 2 * nb) * total)[:, None]).sum(1)
+        last = torch.where(w > 0, torch.arange(w.shape[1], device=w.device), -1).amax(1)
+        j = torch.minimum(k, last)
+    lse = top[:, 0] + torch.log(total)
+    return cand.gather(1, j[:, None])[:, 0], xc.gather(1, j[:, None])[:, 0] - lse
+
+
+# ---------------------------------------------------------------------------------------------- the kernel
+
+if triton is not None:
+
+    @triton.jit
+    def _mix32_tl(x):
+        x = x ^ (x >> 16)
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x = x ^ (x >> 13)
+        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    @triton.jit
+    def _uniform_tl(key, stream):
+        h = _mix32_tl(key ^ ((tl.cast(stream, tl.int64) * 0x9E3779B1) & 0xFFFFFFFF))
+        return (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24
+
+    @triton.jit
+    def _sample_kernel(z_ptr, sz, state_ptr, cand_ptr, inv_t_ptr, seed_ptr, sample_ptr, index_ptr, count_ptr,
+                       V, per, BLOCK: tl.constexpr, SPLITS: tl.constexpr, GREEDY: tl.constexpr,
+                       COUNT: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        split = tl.program_id(1)
+        s0, s1 = tl.load(seed_ptr), tl.load(seed_ptr + 1)
+        key = _mix32_tl(_mix32_tl((tl.load(sample_ptr + row) & 0xFFFFFFFF) ^ s0) ^ tl.load(index_ptr + row)) ^ s1
+        inv_t = 1.0 if GREEDY else tl.load(inv_t_ptr)
+        cols = tl.arange(0, BLOCK)
+        M = -float("inf")
+        S = 0.0
+        cand = 0
+        xc = -float("inf")
+        b0 = split * per
+        b1 = tl.minimum(b0 + per, tl.cdiv(V, BLOCK))
+        for b in range(b0, b1):  # this row's blocks, each entry loaded once
+            idx = b * BLOCK + cols
+            valid = idx < V
+            x = tl.load(z_ptr + row * sz + idx, mask=valid, other=-float("inf")).to(tl.float32) * inv_t
+            bm = tl.max(x, axis=0)
+            p = tl.exp(x - bm)
+            s = tl.sum(p, axis=0)
+            if GREEDY:
+                c = tl.argmax(x, axis=0)
+            else:
+                cum = tl.cumsum(p, axis=0)
+                k = tl.sum((cum <= _uniform_tl(key, 2 * b) * s).to(tl.int32), axis=0)
+                last = tl.max(tl.where(p > 0, cols, -1), axis=0)
+                c = tl.minimum(k, last)
+            new_m = tl.maximum(M, bm)
+            w = s * tl.exp(bm - new_m)
+            S = S * tl.exp(M - new_m) + w
+            if GREEDY:
+                take = bm > M
+            else:
+                take = _uniform_tl(key, 2 * b + 1) * S < w
+            cand = tl.where(take, b * BLOCK + c, cand)
+            xc = tl.where(take, tl.sum(tl.where(cols == c, x, 0.0), axis=0), xc)
+            M = new_m
+            if COUNT:  # tests only: entries loaded per row
+                tl.atomic_add(count_ptr + row, tl.sum(valid.to(tl.int32), axis=0))
+        out = row * SPLITS + split  # state [R, SPLITS, 3] (M, S, x of the candidate), cand [R, SPLITS]
+        tl.store(state_ptr + out * 3, M)
+        tl.store(state_ptr + out * 3 + 1, S)
+        tl.store(state_ptr + out * 3 + 2, xc)
+        tl.store(cand_ptr + out, cand.to(tl.int64))
+
+
+def _launch(logits, inv_t, seed, sample, index, greedy, *, block=BLOCK, splits=None, count=None):
+    R, V = logits.shape
+    splits = num_splits(R, V, block) if splits is None else splits
+    nb = -(-V // block)
+    per = -(-nb // splits)
+    state = torch.empty(R, splits, 3, dtype=torch.float32, device=logits.device)
+    cand = torch.empty(R, splits, dtype=torch.int64, device=logits.device)
+    if R:
+        try:
+            _sample_kernel[(R, splits)](logits, logits.stride(0), state, cand, inv_t, seed, sample, index,
+                                        state if count is None else count, V, per, BLOCK=block, SPLITS=splits,
+                                        GREEDY=greedy, COUNT=count is not None, num_warps=NUM_WARPS)
+        except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
+            raise RuntimeError(f"Triton kernel _sample_kernel failed ({type(e).__name__}: {str(e).strip()[:300]}); "
+                               f"ADAMAME_SAMPLER=torch samples in PyTorch instead") from e
+    key = _row_key(seed, sample, index)
+    return _merge(state[..., 0], state[..., 1], cand, state[..., 2], key, nb, greedy)
+
+
+@torch.library.custom_op("adamame::sample", mutates_args=())
+def sample(logits: torch.Tensor, inv_t: torch.Tensor, seed: torch.Tensor, sample_ids: torch.Tensor,
+           index: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [R, V] (bf16, fp16 or fp32; unit last stride), inv_t [1] float32 (1 / temperature), seed [2] int64
+    (seed_tensor), sample_ids and index [R] int64 (each row's sample and token index) -> (tokens [R] int64,
+    log-probabilities [R] float32). Where the kernel cannot run (no triton; CPU tensors outside the Triton
+    interpreter) the reference computes it."""
+    if logits.stride(-1) != 1:
+        raise ValueError("sample: the logits need a unit stride in their last dimension")
+    if not _kernel_runs(logits):
+        return sample_torch(logits, inv_t, seed, sample_ids, index, greedy)
+    return _launch(logits, inv_t, seed, sample_ids, index, greedy)
+
+
+@sample.register_fake
+def _(logits, inv_t, seed, sample_ids, index, greedy):
+    R = logits.shape[0]
+    return (torch.empty(R, dtype=torch.int64, device=logits.device),
+            torch.empty(R, dtype=torch.float32, device=logits.device))
+
+
+def entries_loaded(logits, inv_t, seed, sample_ids, index, greedy, block=BLOCK, splits=None) -> torch.Tensor:
+    """[R] int32: the logits the kernel loads per row (the tests hold it to V: each entry once)."""
+    count = torch.zeros(logits.shape[0], dtype=torch.int32, device=logits.device)
+    _launch(logits, inv_t, seed, sample_ids, index, greedy, block=block, splits=splits, count=count)
+    return count
