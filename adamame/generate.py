@@ -159,7 +159,7 @@ def row_bucket(live: int) -> int:
     return pow2_rows(live) if live <= ROW_STEP else -(-live // ROW_STEP) * ROW_STEP
 
 
-def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, slot_bucket: int, pad_rows: bool,
+def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, *, slot_bucket: int, pad_rows: bool,
                  rows_fn=row_bucket) -> tuple:
     """(rows, slots) of the decode step that writes cache `slot` with `live` live rows (Decoder and kv_reads)."""
     rows = min(rows_fn(live), rows_total) if pad_rows else live
@@ -192,7 +192,7 @@ class Decoder:
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
     def buckets(self, live: int, slot: int) -> tuple:
-        return step_buckets(live, slot, *self.cache.valid.shape, self.bucket, self.pad_rows)
+        return step_buckets(live, slot, *self.cache.valid.shape, slot_bucket=self.bucket, pad_rows=self.pad_rows)
 
     def _run(self, rows, slots, greedy=None):
         """The step's float32 logits [rows, V]; with greedy (True/False) its fused sample (tokens, log-probs)."""
@@ -235,6 +235,7 @@ class Decoder:
         self.tokens[:live] = tokens
         self.positions[:live] = positions
         self.slot[:live] = slot
+        self.slot[live:].fill_(0)  # a padding row writes slot 0 of its (unused) row: always inside the bucket
         self.active[live:].fill_(False)
         if active is None:
             self.active[:live].fill_(True)
@@ -350,7 +351,7 @@ def kv_reads(prompt_lens, response_lens, max_new_tokens, *, rows=None, n=1, kern
             if min(row_t) >= max_new_tokens:
                 continue
         last = min(Tp + max(row_t) - 1, S - 1)
-        run, slots = step_buckets(len(row_s), last, B, S, slot_bucket, pad_rows, rows_fn)
+        run, slots = step_buckets(len(row_s), last, B, S, slot_bucket=slot_bucket, pad_rows=pad_rows, rows_fn=rows_fn)
         buckets.add((run, slots))
         active = [r for r in range(len(row_s)) if not done(r)]
         useful = sum(plen[row_s[r]] + row_t[r] for r in active)
@@ -449,7 +450,7 @@ def prefill(model, prompts, Tp: int, pad_token_id: int):
         yield a, pre, logits
 
 
-def admit(model, st: State, cache: KVCache, rows: list, samples: list, prompts: list, n: int, cfg: Settings):
+def admit(model, st: State, cache: KVCache, rows: list, samples: list, *, prompts: list, n: int, cfg: Settings):
     """Samples `samples` into cache rows `rows`: their prompts prefilled (each distinct prompt once) and copied into
     slots [0, Tp) of their rows, their first tokens drawn from the prefill's logits."""
     dev, Tp = cache.valid.device, max(map(len, prompts))
@@ -486,10 +487,12 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the samples that took a
     finished sample's row, the graphs captured and the seconds spent capturing them; `progress.update(k)` (a tqdm
     bar) is told of finished samples at each look. response_lengths (a benchmark's hook: random weights rarely stop)
-    ends sample s after response_lengths[s] tokens, as if its last were a stop token.
+    ends sample s after min(response_lengths[s], max_new_tokens) tokens (finish reason "length").
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
+    if response_lengths is not None and (len(response_lengths) != len(prompts) * n or min(response_lengths) < 1):
+        raise ValueError(f"response_lengths: one positive length per sample ({len(prompts) * n})")
     if max_new_tokens < 1 or n < 1 or (max_rows is not None and max_rows < 1):
         raise ValueError(f"max_new_tokens, n and max_rows must be positive (got {max_new_tokens}, {n}, {max_rows})")
     if not (0.0 < top_p <= 1.0) or top_k < 0 or temperature < 0:
@@ -510,11 +513,11 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     B = min(N, cache.valid.shape[0])
     cache.valid.zero_()  # slots of an earlier call are stale: invisible until written again
     limit = torch.tensor(list(response_lengths or [max_new_tokens] * N) + [1], device=dev).clamp(1, max_new_tokens)
-    cfg = Settings(seed if seed is not None else int(torch.randint(0, 2**62, ())), temperature, top_k, top_p,
-                   torch.tensor(list(eos_token_ids) or [-1], device=dev), pad_token_id, limit)
-    if fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.valid):
-        cfg.fused, cfg.seed_t = True, seed_tensor(cfg.seed, dev)
-        cfg.inv_t = torch.tensor([1.0 / temperature if temperature else 1.0], dtype=torch.float32, device=dev)
+    seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    fused = fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.valid)
+    cfg = Settings(seed, temperature, top_k, top_p, torch.tensor(list(eos_token_ids) or [-1], device=dev),
+                   pad_token_id, limit, fused, seed_tensor(seed, dev) if fused else None,
+                   torch.tensor([1.0 / temperature if temperature else 1.0], device=dev) if fused else None)
 
     def zeros(*shape, dtype=torch.long):
         return torch.zeros(shape, dtype=dtype, device=dev)
@@ -525,7 +528,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                tok=zeros(B), done=zeros(B, dtype=torch.bool))
     waiting = list(range(N))[::-1]  # popped from the end: sample order
     t_host = [1] * B  # tokens each row has drawn, as the host knows it without looking (done rows count on)
-    admit(model, st, cache, list(range(B)), [waiting.pop() for _ in range(B)], prompts, n, cfg)
+    admit(model, st, cache, list(range(B)), [waiting.pop() for _ in range(B)], prompts=prompts, n=n, cfg=cfg)
     steps, finished = 0, 0
     while True:
         length_done = min(t_host) >= max_new_tokens
@@ -534,14 +537,16 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
         if (steps + 1) % check_every == 0 or length_done:  # the only host syncs: refill, stop, or drop rows
             done = st.done.tolist()
             free = [r for r, d in enumerate(done) if d]
-            if progress is not None:
-                progress.update(N - len(waiting) - (len(done) - len(free)) - finished)
-                finished = N - len(waiting) - (len(done) - len(free))
+            if progress is not None:  # finished: every sample admitted so far but those still running
+                ended = N - len(waiting) - (len(done) - len(free))
+                progress.update(ended - finished)
+                finished = ended
             if waiting and free:
                 took = free[:len(waiting)]
-                admit(model, st, cache, took, [waiting.pop() for _ in took], prompts, n, cfg)
+                admit(model, st, cache, took, [waiting.pop() for _ in took], prompts=prompts, n=n, cfg=cfg)
                 for r in took:
-                    t_host[r], done[r] = 1, False
+                    t_host[r] = 1
+                done = st.done.tolist()  # an admitted sample may end at its first token
             if not waiting:
                 keep = [r for r, d in enumerate(done) if not d]
                 if not keep:

@@ -339,7 +339,7 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start=0,
+    def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, start=0, *,
                 logits_at=slice(None), head=None):
         """input_ids, positions, mask: [B, T] (mask: bool, True = real token; left padding = False).
 

@@ -6,22 +6,23 @@ copy, the temperature's divide, log-softmax, exp and a float64 CDF. This kernel 
 once and writes two numbers per row: the token y ~ softmax(z / T) and log softmax(z / T)[y] (the trainer's
 definition), or at T = 0 the greedy token (the first maximum) and its log-probability at T = 1.
 
-How, with one exp per entry and no per-entry random number (a race such as Gumbel-max needs a random number and two
-logs per entry, which the step-time model in bench/generate.py finds slower than the read): the vocabulary is cut
-into blocks of BLOCK entries, and a program walks its row's blocks once:
+How, with one exp per entry and no per-entry random number (a race such as Gumbel-max over the whole vocabulary
+needs a random number and two logs per entry, which the step-time model in bench/generate.py finds slower than the
+read): the vocabulary is cut into blocks of BLOCK entries, and a program walks its row's blocks once:
 
     per block b: x = z * (1 / T), m_b = max x, p = exp(x - m_b), s_b = sum p; its candidate c_b by inverting the
                  block's CDF (cumsum p) at u_b s_b, u_b a uniform number keyed by (seed, sample, token index, 2b);
-    across blocks, a weighted reservoir: with the running (M, S), the block's weight w_b = s_b exp(m_b - M') joins
-                 S' = S exp(M - M') + w_b, and c_b replaces the running candidate when v_b S' < w_b (v_b keyed by
-                 2b + 1); the candidate is then c_b with probability s_b e^(m_b) / sum of all, and within its block
-                 with probability p / s_b: softmax(x) exactly. M + log S is the log-sum-exp.
+    between blocks, Gumbel-max over the blocks' masses: the row's token is the candidate of the block with the
+                 largest m_b + log s_b + g_b, g_b = -log(-log v_b) (v_b keyed by 2b + 1), which is block b with
+                 probability s_b e^(m_b) / sum of all; within it the token is v with probability p_v / s_b. So
+                 y ~ softmax(x), up to float32 (a token's share of its block's mass resolved to ~2^-24). The
+                 running (M, S) of the blocks' maxima and masses give the log-sum-exp M + log S.
 
-When rows are few, each row's blocks are split over several programs (`num_splits`, a function of the row count
-and the vocabulary only, so a CUDA graph replays it); their (M, S, candidate) are merged in PyTorch by inverting the
-CDF over the splits' weights at one more keyed uniform. The uniform numbers come from a counter-based hash of
-(seed, sample, token index, stream), so a sample's tokens do not depend on its row or on the batch, and nothing on
-the host is needed: the op runs inside a CUDA graph, its seed, temperature, samples and token indices in device
+When rows are few, a row's blocks are split over several programs (`num_splits`: a function of the row count and
+the vocabulary only, so a CUDA graph replays it); their (M, S, best score, candidate) are merged in PyTorch. A maximum
+does not depend on how the blocks are grouped, so a sample's token is the same whatever the number of programs,
+rows or batch. The uniform numbers come from a counter-based hash of (seed, sample, token index, stream), so nothing
+on the host is needed: the op runs inside a CUDA graph, its seed, temperature, samples and token indices in device
 tensors. It is registered as `adamame::sample` (torch.library): op recorders and the meta device see one op.
 
 `sample_torch` is the same algorithm in plain PyTorch (the reference the tests hold the kernel to, and what the op
@@ -93,16 +94,17 @@ def _row_key(seed, sample, index):
 
 
 def _uniform(key, stream):
-    """A float32 uniform number in [0, 1) for stream `stream` of a row's key (24 random bits)."""
-    return (_mix32(key ^ ((stream * 0x9E3779B1) & MASK32)) >> 8).to(torch.float32) * 2.0 ** -24
+    """A float32 uniform number in (0, 1) for stream `stream` of a row's key (24 random bits, centred)."""
+    return ((_mix32(key ^ ((stream * 0x9E3779B1) & MASK32)) >> 8).to(torch.float32) + 0.5) * 2.0 ** -24
 
 
 # ---------------------------------------------------------------------------------------------- the reference
 
-def sample_torch(logits, inv_t, seed, sample, index, greedy: bool, block: int = BLOCK, splits: int | None = None):
+def sample_torch(logits, inv_t, seed, sample, index, greedy: bool, *, block: int = BLOCK, splits: int | None = None):
     """The kernel's algorithm in PyTorch (float32): (tokens [R] int64, log-probabilities [R] float32) for logits
     [R, V] at temperature 1 / inv_t ([1] float32; greedy: argmax, log-probability at T = 1), seed int64 [2], the
-    rows' sample ids and token indices [R] int64."""
+    rows' sample ids and token indices [R] int64. `splits` groups the blocks as the kernel's programs do (the result
+    does not depend on it)."""
     R, V = logits.shape
     splits = num_splits(R, V, block) if splits is None else splits
     nb = -(-V // block)
@@ -111,49 +113,45 @@ def sample_torch(logits, inv_t, seed, sample, index, greedy: bool, block: int = 
     x = torch.full((R, nb * block), float("-inf"), device=logits.device)
     x[:, :V] = logits.float() * (1.0 if greedy else inv_t.float())
     x = x.view(R, nb, block)
-    state = []  # per split: (M, S, candidate, its x)
+    cols = torch.arange(block, device=x.device)
+    state = []  # per split: (M, S, best score, candidate, its x)
     for j in range(splits):
-        M = torch.full((R,), float("-inf"), device=logits.device)
-        S = torch.zeros(R, device=logits.device)
-        cand = torch.zeros(R, dtype=torch.int64, device=logits.device)
-        xc = torch.full((R,), float("-inf"), device=logits.device)
+        M = torch.full((R,), float("-inf"), device=x.device)
+        S = torch.zeros(R, device=x.device)
+        best = torch.full((R,), float("-inf"), device=x.device)
+        cand = torch.zeros(R, dtype=torch.int64, device=x.device)
+        xc = torch.full((R,), float("-inf"), device=x.device)
         for b in range(j * per, min((j + 1) * per, nb)):
             xb = x[:, b]
             bm = xb.amax(1)
-            p = torch.exp(xb - bm[:, None])
+            safe = torch.where(bm == float("-inf"), 0.0, bm)  # a block of -inf only: mass 0, never chosen
+            p = torch.exp(xb - safe[:, None])
             s = p.sum(1)
             if greedy:
-                c = xb.argmax(1)
+                c, score = xb.argmax(1), bm
             else:
-                cum = p.cumsum(1)
-                k = (cum <= (_uniform(key, 2 * b) * s)[:, None]).sum(1)
-                last = torch.where(p > 0, torch.arange(block, device=x.device), -1).amax(1)
-                c = torch.minimum(k, last)
+                k = (p.cumsum(1) <= (_uniform(key, 2 * b) * s)[:, None]).sum(1)
+                c = torch.minimum(k, torch.where(p > 0, cols, 0).amax(1))
+                score = safe + torch.log(s) - torch.log(-torch.log(_uniform(key, 2 * b + 1)))
             new_m = torch.maximum(M, bm)
-            w = s * torch.exp(bm - new_m)
-            S = S * torch.exp(M - new_m) + w
-            take = bm > M if greedy else _uniform(key, 2 * b + 1) * S < w
+            ref = torch.where(new_m == float("-inf"), 0.0, new_m)
+            S = S * torch.exp(M - ref) + s * torch.exp(safe - ref)
+            M = new_m
+            take = score > best  # ties: the first block
+            best = torch.where(take, score, best)
             cand = torch.where(take, b * block + c, cand)
             xc = torch.where(take, xb.gather(1, c[:, None])[:, 0], xc)
-            M = new_m
-        state.append((M, S, cand, xc))
-    return _merge(*(torch.stack(t, 1) for t in zip(*state)), key, nb, greedy)
+        state.append((M, S, best, cand, xc))
+    return _merge(*(torch.stack(t, 1) for t in zip(*state)))
 
 
-def _merge(M, S, cand, xc, key, nb: int, greedy: bool):
-    """The splits' (M, S, candidate, its x) [R, splits] -> (token, log-probability): a split by the inverse CDF of
-    its weight S e^M at the keyed uniform of stream 2 nb (greedy: the first largest maximum)."""
+def _merge(M, S, best, cand, xc):
+    """The programs' (M, S, best score, candidate, its x) [R, splits] -> (token, log-probability): the candidate of
+    the best score (ties: the first), log-probability its x less the log-sum-exp of all."""
     top = M.amax(1, keepdim=True)
-    w = S * torch.exp(M - top)
-    total = w.sum(1)
-    if greedy:
-        j = M.argmax(1)
-    else:
-        k = (w.cumsum(1) <= (_uniform(key, 2 * nb) * total)[:, None]).sum(1)
-        last = torch.where(w > 0, torch.arange(w.shape[1], device=w.device), -1).amax(1)
-        j = torch.minimum(k, last)
-    lse = top[:, 0] + torch.log(total)
-    return cand.gather(1, j[:, None])[:, 0], xc.gather(1, j[:, None])[:, 0] - lse
+    lse = top[:, 0] + torch.log((S * torch.exp(M - top)).sum(1))
+    j = best.argmax(1, keepdim=True)
+    return cand.gather(1, j)[:, 0], xc.gather(1, j)[:, 0] - lse
 
 
 # ---------------------------------------------------------------------------------------------- the kernel
@@ -171,7 +169,7 @@ if triton is not None:
     @triton.jit
     def _uniform_tl(key, stream):
         h = _mix32_tl(key ^ ((tl.cast(stream, tl.int64) * 0x9E3779B1) & 0xFFFFFFFF))
-        return (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24
+        return ((h >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2^-24
 
     @triton.jit
     def _sample_kernel(z_ptr, sz, state_ptr, cand_ptr, inv_t_ptr, seed_ptr, sample_ptr, index_ptr, count_ptr,
@@ -185,6 +183,7 @@ if triton is not None:
         cols = tl.arange(0, BLOCK)
         M = -float("inf")
         S = 0.0
+        best = -float("inf")
         cand = 0
         xc = -float("inf")
         b0 = split * per
@@ -194,40 +193,40 @@ if triton is not None:
             valid = idx < V
             x = tl.load(z_ptr + row * sz + idx, mask=valid, other=-float("inf")).to(tl.float32) * inv_t
             bm = tl.max(x, axis=0)
-            p = tl.exp(x - bm)
+            safe = tl.where(bm == -float("inf"), 0.0, bm)  # a block of -inf only: mass 0, never chosen
+            p = tl.exp(x - safe)
             s = tl.sum(p, axis=0)
             if GREEDY:
                 c = tl.argmax(x, axis=0)
+                score = bm
             else:
-                cum = tl.cumsum(p, axis=0)
-                k = tl.sum((cum <= _uniform_tl(key, 2 * b) * s).to(tl.int32), axis=0)
-                last = tl.max(tl.where(p > 0, cols, -1), axis=0)
-                c = tl.minimum(k, last)
+                k = tl.sum((tl.cumsum(p, axis=0) <= _uniform_tl(key, 2 * b) * s).to(tl.int32), axis=0)
+                c = tl.minimum(k, tl.max(tl.where(p > 0, cols, 0), axis=0))
+                score = safe + tl.log(s) - tl.log(-tl.log(_uniform_tl(key, 2 * b + 1)))
             new_m = tl.maximum(M, bm)
-            w = s * tl.exp(bm - new_m)
-            S = S * tl.exp(M - new_m) + w
-            if GREEDY:
-                take = bm > M
-            else:
-                take = _uniform_tl(key, 2 * b + 1) * S < w
+            ref = tl.where(new_m == -float("inf"), 0.0, new_m)
+            S = S * tl.exp(M - ref) + s * tl.exp(safe - ref)
+            M = new_m
+            take = score > best  # ties: the first block
+            best = tl.where(take, score, best)
             cand = tl.where(take, b * BLOCK + c, cand)
             xc = tl.where(take, tl.sum(tl.where(cols == c, x, 0.0), axis=0), xc)
-            M = new_m
             if COUNT:  # tests only: entries loaded per row
                 tl.atomic_add(count_ptr + row, tl.sum(valid.to(tl.int32), axis=0))
-        out = row * SPLITS + split  # state [R, SPLITS, 3] (M, S, x of the candidate), cand [R, SPLITS]
-        tl.store(state_ptr + out * 3, M)
-        tl.store(state_ptr + out * 3 + 1, S)
-        tl.store(state_ptr + out * 3 + 2, xc)
+        out = row * SPLITS + split  # state [R, SPLITS, 4] (M, S, best score, x of the candidate), cand [R, SPLITS]
+        tl.store(state_ptr + out * 4, M)
+        tl.store(state_ptr + out * 4 + 1, S)
+        tl.store(state_ptr + out * 4 + 2, best)
+        tl.store(state_ptr + out * 4 + 3, xc)
         tl.store(cand_ptr + out, cand.to(tl.int64))
 
 
 def _launch(logits, inv_t, seed, sample, index, greedy, *, block=BLOCK, splits=None, count=None):
     R, V = logits.shape
     splits = num_splits(R, V, block) if splits is None else splits
-    nb = -(-V // block)
-    per = -(-nb // splits)
-    state = torch.empty(R, splits, 3, dtype=torch.float32, device=logits.device)
+    blocks = -(-V // block)
+    per = -(-blocks // splits)  # blocks per program
+    state = torch.empty(R, splits, 4, dtype=torch.float32, device=logits.device)
     cand = torch.empty(R, splits, dtype=torch.int64, device=logits.device)
     if R:
         try:
@@ -237,8 +236,10 @@ def _launch(logits, inv_t, seed, sample, index, greedy, *, block=BLOCK, splits=N
         except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
             raise RuntimeError(f"Triton kernel _sample_kernel failed ({type(e).__name__}: {str(e).strip()[:300]}); "
                                f"ADAMAME_SAMPLER=torch samples in PyTorch instead") from e
-    key = _row_key(seed, sample, index)
-    return _merge(state[..., 0], state[..., 1], cand, state[..., 2], key, nb, greedy)
+    M, S, best, xc = state.unbind(-1)
+    if splits == 1:  # nothing to choose between: the candidate, its x less M + log S
+        return cand[:, 0], xc[:, 0] - M[:, 0] - torch.log(S[:, 0])
+    return _merge(M, S, best, cand, xc)
 
 
 @torch.library.custom_op("adamame::sample", mutates_args=())
@@ -262,7 +263,7 @@ def _(logits, inv_t, seed, sample_ids, index, greedy):
             torch.empty(R, dtype=torch.float32, device=logits.device))
 
 
-def entries_loaded(logits, inv_t, seed, sample_ids, index, greedy, block=BLOCK, splits=None) -> torch.Tensor:
+def entries_loaded(logits, inv_t, seed, sample_ids, index, greedy, *, block=BLOCK, splits=None) -> torch.Tensor:
     """[R] int32: the logits the kernel loads per row (the tests hold it to V: each entry once)."""
     count = torch.zeros(logits.shape[0], dtype=torch.int32, device=logits.device)
     _launch(logits, inv_t, seed, sample_ids, index, greedy, block=block, splits=splits, count=count)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from adamame.generate import Decoder, compact, generate, make_decoder, sample_next
+from adamame.generate import Decoder, compact, generate, kv_reads, make_decoder, sample_next
 from adamame.model import KVCache
 from adamame.hf import load_model
 from tests.helpers import save_tiny_hf
@@ -272,6 +272,25 @@ def test_a_small_refilled_cache_draws_the_samples_of_a_full_one(tmp_path, rows):
     assert max(abs(x - y) for s, t in zip(small, full) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-5
     for i, s in enumerate(small):  # and each is a sample of its own prompt: the log-probs of a full forward
         assert (torch.tensor(s.logprobs) - _full_logprobs(m, PROMPTS[i // 4], s.tokens, 1.0)).abs().max() <= 1e-4
+
+
+def test_refill_with_padded_buckets_and_forced_lengths_replays_as_kv_reads_says(tmp_path):
+    """Padded row buckets (as CUDA graphs run them) after compaction, where a padding row once held an older sample
+    than any live one (its stale slot must not land outside the shrunk bucket), and forced response lengths, among
+    them samples that end at their first token (refilled rows that are done at once): generate runs exactly the
+    decode steps kv_reads replays, and each sample has its forced length."""
+    _, m = _models(tmp_path, "qwen3", num_attention_heads=6, num_key_value_heads=2)
+    for resp, rows, every in (([15, 11, 36, 36, 5, 33, 11, 2, 11, 34, 27, 39], 6, 2), ([1, 1, 1, 1, 1, 1], 2, 4),
+                              ([3, 3, 1, 1, 1, 40, 1, 2], 3, 4)):
+        dec = Decoder(m, make_decoder(m, rows, 4, 40).cache, cuda_graphs=False, slot_bucket=16, pad_rows=True)
+        stats = {}
+        out = generate(m, [[1, 2, 3, 4]] * len(resp), max_new_tokens=40, seed=0, check_every=every, decoder=dec,
+                       response_lengths=resp, stats=stats)
+        assert [len(s.tokens) for s in out] == resp and {s.finish_reason for s in out} == {"length"}
+        replay = kv_reads([4] * len(resp), resp, 40, rows=rows, kernel=False, check_every=every, slot_bucket=16)
+        assert stats["steps"] == replay["steps"], resp
+    with pytest.raises(ValueError, match="one positive length per sample"):
+        generate(m, [[1, 2]], max_new_tokens=4, n=2, response_lengths=[3])
 
 
 def test_keyed_uniforms_are_uniform_and_keyed():

@@ -58,6 +58,28 @@ def test_kernel_equals_its_reference_and_log_softmax(dtype, greedy, splits):
     assert loaded.tolist() == [V] * R  # each logit loaded once, whatever the splits
 
 
+@pytest.mark.parametrize("greedy", [False, True], ids=["sample", "greedy"])
+def test_the_token_does_not_depend_on_how_many_programs_share_a_row(greedy):
+    """A maximum does not depend on how the blocks are grouped: 1, 2, 3 or 10 programs per row (what the row count
+    picks on a GPU) give the same tokens, so a sample's token depends on neither its row bucket nor its batch; a block
+    whose logits are all -inf (masked) is never chosen and costs nothing."""
+    g = torch.Generator().manual_seed(3)
+    R, V = 5, 320
+    z = torch.randn(R, V, generator=g) * 2
+    z[:, 64:96] = float("-inf")  # block 2 of 10, masked
+    z[1, :] = float("-inf")
+    z[1, 200] = 0.0  # a row with one allowed token
+    inv_t = torch.tensor([1.0])
+    seed, sample, index = _keys(R)
+    outs = [S._launch(z, inv_t, seed, sample, index, greedy, block=32, splits=k) for k in (1, 2, 3, 10)]
+    outs.append(S.sample_torch(z, inv_t, seed, sample, index, greedy, block=32, splits=4))
+    for tok, lp in outs[1:]:
+        assert torch.equal(tok, outs[0][0]) and (lp - outs[0][1]).abs().max() <= 1e-6
+    tok, lp = outs[0]
+    assert tok[1] == 200 and lp[1].abs() < 1e-6 and not ((tok >= 64) & (tok < 96)).any()
+    assert torch.isfinite(lp).all()
+
+
 def test_bf16_log_probabilities_within_bf16_precision_of_the_float32_logits():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(5, 500, generator=g) * 4
