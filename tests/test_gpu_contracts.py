@@ -41,6 +41,15 @@ Nothing here has run on a GPU yet. Each GPU-only assumption, and how a CPU test 
     device; compiled for sm_80/sm_90 without spills (62-65 registers with the launch's hints, <= 128 without).
     The interpreter casts bf16 operands to fp32 before its dots (it mishandles bf16 `tl.dot`), so the GPU's bf16
     dots are checked only by the preflight and the GPU check.
+  * On CUDA the fused sampler (adamame/sampler.py) samples inside the decode step's graph: its seed, temperature,
+    samples and token indices live in device tensors, and the number of programs per row depends on the bucket's
+    rows only (the token does not). Checked: the op recorder sees one `adamame::sample` op and no sync on the meta
+    device, the same ops at two steps of one bucket; compiled for sm_80/sm_90 without spills; under the interpreter
+    its draws follow softmax(z / T) and equal its PyTorch reference's for any number of programs
+    (tests/test_sampler.py).
+  * Every step input of a refilled cache lives on the device: each row's own write slot (rows hold samples of
+    different ages), and a padding row of a bucket writes slot 0 of its unused row. Checked: two steps of one bucket
+    at per-row slots issue the same ops; a refilled run with padded buckets and forced lengths after compaction.
   * A failed capture or Triton launch says what to do. Checked: both errors provoked on the CPU name their escape
     hatch.
   * bf16 compute with float32 masters and gradient reduction, bf16 rollout copy. Checked:
@@ -69,7 +78,7 @@ timed on a GPU.
 
 Escape hatches: if a GPU run fails at one of these places, set the variable (the error message names it too):
   * a Triton kernel (compile or launch): `ADAMAME_KERNELS=torch`, log-probs and loss with the PyTorch reference,
-    decode attention with SDPA;
+    decode attention with SDPA, sampling with sample_next (`ADAMAME_SAMPLER=torch` for the sampler alone);
   * CUDA-graph capture of the decode step: `ADAMAME_CUDA_GRAPHS=0`, the same bucketed decode step, eager;
   * attention ("No available kernel"): `ADAMAME_SDPA=any` (or `math`), which lets torch choose its SDPA backend,
     math included (or only math);
