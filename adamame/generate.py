@@ -28,8 +28,9 @@ weights to produce one token per row, so the step must be memory-bound, not laun
     at a time, so sequences that stopped early stop costing work);
   * draws sample s's token i from the uniform number `keyed_uniforms(seed, s, i)` (a counter-based hash; the fused
     sampler keys its own numbers by the same triple), so the samples depend on neither the rows, nor refill, nor
-    compaction, nor the buckets: the same seed gives the same tokens with a cache of 3 rows or of all of them (and
-    other tokens, from the same distribution, with the fused sampler than with sample_next);
+    compaction, nor the buckets: the same seed gives the same tokens with a cache of 3 rows or of all of them (in
+    float32; in bf16 on a GPU the logits may differ in their last bits between row buckets, moving a rare draw that
+    sits on a boundary), and other tokens, from the same distribution, with the fused sampler than with sample_next;
   * returns the log-probability of every sampled token under the sampling temperature,
     log softmax(z / T)[y], which is what the trainer's forward computes.
 

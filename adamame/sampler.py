@@ -3,7 +3,7 @@
 Why: at the paper's rollout shape a decode step's sampler is, after the KV cache, its largest traffic. In PyTorch
 (adamame/generate.py's sample_next) it moves ~68 bytes per vocabulary entry and row: the bf16 logits, their float32
 copy, the temperature's divide, log-softmax, exp and a float64 CDF. This kernel reads the logits (bf16 or float32)
-once and writes two numbers per row: the token y ~ softmax(z / T) and log softmax(z / T)[y] (the trainer's
+once and gives two numbers per row: the token y ~ softmax(z / T) and log softmax(z / T)[y] (the trainer's
 definition), or at T = 0 the greedy token (the first maximum) and its log-probability at T = 1.
 
 How, with one exp per entry and no per-entry random number (a race such as Gumbel-max over the whole vocabulary
@@ -15,13 +15,14 @@ read): the vocabulary is cut into blocks of BLOCK entries, and a program walks i
     between blocks, Gumbel-max over the blocks' masses: the row's token is the candidate of the block with the
                  largest m_b + log s_b + g_b, g_b = -log(-log v_b) (v_b keyed by 2b + 1), which is block b with
                  probability s_b e^(m_b) / sum of all; within it the token is v with probability p_v / s_b. So
-                 y ~ softmax(x), up to float32 (a token's share of its block's mass resolved to ~2^-24). The
+                 y ~ softmax(x), up to float32 rounding (errors of a few 2^-24 of a block's mass). The
                  running (M, S) of the blocks' maxima and masses give the log-sum-exp M + log S.
 
 When rows are few, a row's blocks are split over several programs (`num_splits`: a function of the row count and
 the vocabulary only, so a CUDA graph replays it); their (M, S, best score, candidate) are merged in PyTorch. A maximum
-does not depend on how the blocks are grouped, so a sample's token is the same whatever the number of programs,
-rows or batch. The uniform numbers come from a counter-based hash of (seed, sample, token index, stream), so nothing
+does not depend on how the blocks are grouped, so for the same logits a sample's token is the same whatever the
+number of programs, rows or batch (on a GPU the bf16 logits themselves may differ in their last bits between row
+buckets, which can move a draw that sits on a boundary). The uniform numbers come from a counter-based hash of (seed, sample, token index, stream), so nothing
 on the host is needed: the op runs inside a CUDA graph, its seed, temperature, samples and token indices in device
 tensors. It is registered as `adamame::sample` (torch.library): op recorders and the meta device see one op.
 
@@ -93,9 +94,15 @@ def _row_key(seed, sample, index):
     return _mix32(_mix32((sample & MASK32) ^ seed[0]) ^ index) ^ seed[1]
 
 
+def _unit(h):
+    """A 32-bit hash -> a float32 number in (0, 1): 23 random bits, centred, so 0 < v <= 1 - 2^-24 exactly (24 bits
+    plus the half would round the largest up to 1.0, and -log(-log v) to +inf)."""
+    return ((h >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
+
+
 def _uniform(key, stream):
-    """A float32 uniform number in (0, 1) for stream `stream` of a row's key (24 random bits, centred)."""
-    return ((_mix32(key ^ ((stream * 0x9E3779B1) & MASK32)) >> 8).to(torch.float32) + 0.5) * 2.0 ** -24
+    """A float32 uniform number in (0, 1) for stream `stream` of a row's key."""
+    return _unit(_mix32(key ^ ((stream * 0x9E3779B1) & MASK32)))
 
 
 # ---------------------------------------------------------------------------------------------- the reference
@@ -130,7 +137,8 @@ def sample_torch(logits, inv_t, seed, sample, index, greedy: bool, *, block: int
             if greedy:
                 c, score = xb.argmax(1), bm
             else:
-                k = (p.cumsum(1) <= (_uniform(key, 2 * b) * s)[:, None]).sum(1)
+                cum = p.cumsum(1)  # inverted at u times its own total (the sum s may differ in its last bits)
+                k = (cum <= (_uniform(key, 2 * b) * cum[:, -1])[:, None]).sum(1)
                 c = torch.minimum(k, torch.where(p > 0, cols, 0).amax(1))
                 score = safe + torch.log(s) - torch.log(-torch.log(_uniform(key, 2 * b + 1)))
             new_m = torch.maximum(M, bm)
@@ -169,7 +177,7 @@ if triton is not None:
     @triton.jit
     def _uniform_tl(key, stream):
         h = _mix32_tl(key ^ ((tl.cast(stream, tl.int64) * 0x9E3779B1) & 0xFFFFFFFF))
-        return ((h >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2^-24
+        return ((h >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # as _unit: 23 bits, centred, times 2^-23
 
     @triton.jit
     def _sample_kernel(z_ptr, sz, state_ptr, cand_ptr, inv_t_ptr, seed_ptr, sample_ptr, index_ptr, count_ptr,
@@ -200,7 +208,8 @@ if triton is not None:
                 c = tl.argmax(x, axis=0)
                 score = bm
             else:
-                k = tl.sum((tl.cumsum(p, axis=0) <= _uniform_tl(key, 2 * b) * s).to(tl.int32), axis=0)
+                cum = tl.cumsum(p, axis=0)  # inverted at u times its own total (the sum s may differ in its last bits)
+                k = tl.sum((cum <= _uniform_tl(key, 2 * b) * tl.max(cum, axis=0)).to(tl.int32), axis=0)
                 c = tl.minimum(k, tl.max(tl.where(p > 0, cols, 0), axis=0))
                 score = safe + tl.log(s) - tl.log(-tl.log(_uniform_tl(key, 2 * b + 1)))
             new_m = tl.maximum(M, bm)

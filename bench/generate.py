@@ -288,14 +288,14 @@ H100 = dict(bandwidth=3.0e12, flops=790e12)  # measured copy bandwidth and bf16 
 LOGIT_BYTES = 2 + 2 + 4 + 4 + 4
 SAMPLER_BYTES = 8 + 8 + 8 + 12 + 16
 # the fused sampler (adamame/sampler.py): the lm_head writes bf16 logits (2), the kernel reads them once (2); per
-# entry its compute is one exp and ~12 float32 operations (scale, max, subtract, sum, a scan, a compare and count,
-# two selects with their reductions). A race over
+# entry its compute is one exp, ~12 float32 operations (scale, max, subtract, sum, a scan, a compare and count, two
+# selects with their reductions) and ~5 integer ones (indices, masks). A race over
 # the vocabulary (Gumbel-max: argmax z / T - log(-log u)) reads the same but needs a hashed random number (~12
 # integer operations) and two logs per entry. Rates of an H100 SXM from its published per-SM throughputs at
 # 1.755 GHz (132 SMs; 16 transcendental, 128 float32 and 64 int32 operations per clock each), not measured:
 FUSED_BYTES = 2 + 2
 SFU, FP32, INT32 = 132 * 16 * 1.755e9, 132 * 128 * 1.755e9, 132 * 64 * 1.755e9
-NOISE = {"blocks": dict(sfu=1, fp=12, int=0), "race": dict(sfu=3, fp=6, int=12)}
+NOISE = {"blocks": dict(sfu=1, fp=12, int=5), "race": dict(sfu=3, fp=6, int=12)}
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
 
 

@@ -80,6 +80,13 @@ def test_the_token_does_not_depend_on_how_many_programs_share_a_row(greedy):
     assert torch.isfinite(lp).all()
 
 
+def test_the_uniform_numbers_stay_strictly_inside_zero_and_one():
+    """The extreme hashes: 0 and 2^32 - 1 map inside (0, 1) (at 1.0 the Gumbel noise -log(-log v) would be +inf and
+    its block would win whatever its mass), as the kernel's copy of the formula does."""
+    v = S._unit(torch.tensor([0, 2**32 - 1, 2**31], dtype=torch.int64))
+    assert 0 < v[0] and v[1] < 1 and torch.isfinite(-torch.log(-torch.log(v))).all()
+
+
 def test_bf16_log_probabilities_within_bf16_precision_of_the_float32_logits():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(5, 500, generator=g) * 4

@@ -26,7 +26,7 @@ def test_the_step_time_model_prices_a_schedule_as_computed_by_hand():
     want = max(torch_bytes / bw, flops / peak) + 20e-6 + prefill + compaction
     assert G.step_time_model(m, sched)["seconds"] == pytest.approx(want, rel=1e-12)
     fused_bytes = 2e9 + 500 * 1000 + 4 * 100 + 1000 * 4 * 2  # the step writes bf16 logits; the kernel reads them
-    sampler = max(2 * 4000 / bw, 4000 / G.SFU, 12 * 4000 / G.FP32)
+    sampler = max(2 * 4000 / bw, 4000 / G.SFU, 12 * 4000 / G.FP32, 5 * 4000 / G.INT32)
     want = max(fused_bytes / bw, flops / peak) + 20e-6 + sampler + prefill + compaction
     assert G.step_time_model(m, sched, sampler="blocks")["seconds"] == pytest.approx(want, rel=1e-12)
     race = max(2 * 4000 / bw, 3 * 4000 / G.SFU, 6 * 4000 / G.FP32, 12 * 4000 / G.INT32)
