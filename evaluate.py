@@ -43,7 +43,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=8192, help="response budget (the paper's)")
     ap.add_argument("--max-rows", type=int, default=128,
                     help="KV-cache rows: samples decoded at once, a finished one's row taken by a waiting one "
-                         "(a memory knob; it changes no sample)")
+                         "(a memory knob; in float32 it changes no sample)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N questions of each file")
     ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
                     help="answer checker: builtin or math-verify (the paper's; pip install math-verify)")
