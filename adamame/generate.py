@@ -190,6 +190,7 @@ class Decoder:
         self.sample, self.index, self.seed, self.inv_t = zeros(B), zeros(B), zeros(2), zeros(1, dtype=torch.float32)
         self.tok_out, self.lp_out = zeros(B), zeros(B, dtype=torch.float32)
         self.logits = None  # [B, V] float32, made at the first graph that needs it
+        self.settings = None  # the generate call whose seed and 1 / temperature the static buffers hold
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
     def buckets(self, live: int, slot: int) -> tuple:
@@ -247,8 +248,10 @@ class Decoder:
             cfg, samples, index = fused
             greedy = cfg.temperature == 0
             self.sample[:live], self.index[:live] = samples, index
-            self.seed.copy_(cfg.seed_t)
-            self.inv_t.copy_(cfg.inv_t)
+            if cfg is not self.settings:  # a call's seed and temperature: copied once, not at every step
+                self.seed.copy_(cfg.seed_t)
+                self.inv_t.copy_(cfg.inv_t)
+                self.settings = cfg
         if not self.graphs_on:
             out = self._run(rows, slots, greedy)
             return out[:live] if greedy is None else (out[0][:live], out[1][:live])
@@ -528,11 +531,13 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(B), t=zeros(B), pos=zeros(B), slot=zeros(B),
                tok=zeros(B), done=zeros(B, dtype=torch.bool))
     waiting = list(range(N))[::-1]  # popped from the end: sample order
-    t_host = [1] * B  # tokens each row has drawn, as the host knows it without looking (done rows count on)
+    # what the host knows without looking: row r has drawn steps - born[r] + 1 tokens (done rows count on), so the
+    # rows' fewest and most drawn follow from the youngest and the oldest birth, which change only at a look
+    born = [0] * B
     admit(model, st, cache, list(range(B)), [waiting.pop() for _ in range(B)], prompts=prompts, n=n, cfg=cfg)
-    steps, finished = 0, 0
+    steps, finished, youngest, oldest = 0, 0, 0, 0
     while True:
-        length_done = min(t_host) >= max_new_tokens
+        length_done = steps - youngest + 1 >= max_new_tokens  # every row has drawn all it may
         if length_done and not waiting:
             break
         if (steps + 1) % check_every == 0 or length_done:  # the only host syncs: refill, stop, or drop rows
@@ -546,24 +551,24 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                 took = free[:len(waiting)]
                 admit(model, st, cache, took, [waiting.pop() for _ in took], prompts=prompts, n=n, cfg=cfg)
                 for r in took:
-                    t_host[r] = 1
+                    born[r] = steps
                 done = st.done.tolist()  # an admitted sample may end at its first token
             if not waiting:
                 keep = [r for r, d in enumerate(done) if not d]
                 if not keep:
                     break
                 if len(keep) <= COMPACT_AT * len(done):
-                    compact(cache, torch.tensor(keep, device=dev), min(Tp + max(t_host) - 1, S))
+                    compact(cache, torch.tensor(keep, device=dev), min(Tp + steps - min(born), S))
                     st.take(torch.tensor(keep, device=dev))
-                    t_host = [t_host[r] for r in keep]
-            if min(t_host) >= max_new_tokens:
+                    born = [born[r] for r in keep]
+            youngest, oldest = max(born), min(born)
+            if steps - youngest + 1 >= max_new_tokens:
                 continue
-        out = decoder(st.tok, st.pos, st.slot, min(Tp + max(t_host) - 1, S - 1), ~st.done,
+        out = decoder(st.tok, st.pos, st.slot, min(Tp + steps - oldest, S - 1), ~st.done,
                       (cfg, st.sample, st.t) if cfg.fused else None)
         draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
         st.pos += 1
         st.slot = (st.slot + 1).clamp_(max=S - 1)  # a done row's slot stops at the last one (never read again)
-        t_host = [t + 1 for t in t_host]
         steps += 1
 
     if progress is not None:

@@ -9,7 +9,8 @@ Each check records ok / failed with its error and, when it fails, the escape hat
     sdpa          each attention call site (masked prefill, decode step, causal training forward) with its own inputs
                   in bf16 and fp32 as the code runs them: the aten backend op it dispatched to, and torch's
                   can_use_{flash,efficient,cudnn}_attention verdicts with debug=True (their warnings say why not)
-    cuda_graph    one CUDA-graph capture of a 2-layer decode step, replayed against the eager step
+    cuda_graph    one CUDA-graph capture of a 2-layer decode step, replayed against the eager step, and of the
+                  step with the fused sampler inside it (tokens and log-probs against the eager step's)
 The model has the attention shape of the paper's 1.5B model (12 query heads, 2 kv heads, head_dim 128) and 2 layers.
 """
 
@@ -25,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 HATCHES = {"triton": "ADAMAME_KERNELS=torch", "sdpa": "ADAMAME_SDPA=any (or =math)",
-           "cuda_graph": "ADAMAME_CUDA_GRAPHS=0", "imports": "carry the missing wheel in .whl/ (bench/gpu_wheels.sh)"}
+           "cuda_graph": "ADAMAME_CUDA_GRAPHS=0 (ADAMAME_SAMPLER=torch if only the fused step fails)",
+           "imports": "carry the missing wheel in .whl/ (bench/gpu_wheels.sh)"}
 SHAPE = dict(model_type="qwen2", vocab_size=1024, hidden_size=1536, intermediate_size=512, num_hidden_layers=2,
              num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)
 TINY = {**SHAPE, "hidden_size": 96, "num_attention_heads": 6, "intermediate_size": 64}
@@ -200,7 +202,23 @@ def check_cuda_graph(ctx):
         torch.cuda.synchronize()
     err = (got - eager).abs().max().item()
     assert err < 5e-2, f"graph replay differs from the eager step by {err}"
-    return {"max_abs_err": err, "capture_s": round(time.perf_counter() - t0, 3), "graphs": len(graphed.graphs)}
+    capture_s = round(time.perf_counter() - t0, 3)
+    # the rollout's step: the fused sampler (a Triton kernel and its merge) captured inside the same graph
+    from types import SimpleNamespace
+
+    from adamame.sampler import seed_tensor
+
+    keys = (SimpleNamespace(temperature=0.8, seed_t=seed_tensor(5, "cuda"), inv_t=torch.tensor([1.25], device="cuda")),
+            torch.arange(8, device="cuda"), torch.zeros(8, dtype=torch.long, device="cuda"))
+    with torch.no_grad():
+        e_tok, e_lp = (t.clone() for t in Decoder(model, cache, cuda_graphs=False)(tokens, positions, positions, 100,
+                                                                                   None, keys))
+        g_tok, g_lp = (t.clone() for t in graphed(tokens, positions, positions, 100, None, keys))
+        torch.cuda.synchronize()
+    same = int((e_tok == g_tok).sum())
+    assert same >= 7, f"the fused sampler's tokens under graph replay differ from the eager step's ({same} of 8 equal)"
+    return {"max_abs_err": err, "capture_s": capture_s, "graphs": len(graphed.graphs), "fused_tokens_equal": same,
+            "fused_logp_err": (e_lp - g_lp).abs().max().item()}
 
 
 CHECKS = (("imports", check_imports), ("triton", check_triton), ("sdpa", check_sdpa), ("cuda_graph", check_cuda_graph))

@@ -538,6 +538,10 @@ def test_a_failed_graph_capture_and_a_failed_triton_launch_name_their_hatch(tmp_
     if kernels.triton is not None:
         with pytest.raises(RuntimeError, match="ADAMAME_KERNELS=torch"):
             kernels._launch(kernels._logprob_fwd_kernel, 1, torch.zeros(1))  # wrong arguments: it cannot launch
+        from adamame import sampler
+
+        with pytest.raises(RuntimeError, match="ADAMAME_SAMPLER=torch"):  # a seed of the wrong dtype: no launch
+            sampler._launch(torch.zeros(2, 8), torch.ones(1), torch.zeros(2), torch.arange(2), torch.zeros(2), False)
     assert graphs_default("cuda") and not graphs_default("cpu")
     monkeypatch.setenv("ADAMAME_CUDA_GRAPHS", "0")
     assert not graphs_default("cuda")
