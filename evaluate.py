@@ -3,11 +3,18 @@
     python evaluate.py --model DIR --data FILES_OR_DIR [--k 4 --temperature 0.6 --max-new-tokens 8192 --out DIR]
     torchrun --nproc_per_node N evaluate.py --model DIR --data DIR        (questions split over ranks)
     python evaluate.py --score generations.jsonl --out DIR [--tokenizer DIR]   (score another engine's outputs)
+    python evaluate.py --model SFT_DIR --data POOL --select-rl 2000 --out DIR      (choose the RL prompts)
 
 For every question the localized instruction (adamame/language.py) + question is rendered with the model's chat template
 and k candidates are drawn with adamame's generation engine. Writes --out/generations.jsonl (one record per
 question: candidates, token counts, extracted answers, correctness, fidelity flags), --out/summary.json,
 --out/summary.csv, and prints a table with the languages as columns. Metric definitions: adamame/scoring.py.
+
+--select-rl N is the released recipe's RL data stage (3_eval/sample_for_rl.py, then filter_for_rl.py): per language
+N questions drawn from --data (seed 42; --select-val M more, disjoint, written unfiltered to rl_val.jsonl), k = 8
+candidates each from the SFT model, and the questions it solves 1 to 7 times of 8 written to --out/rl_train.jsonl
+(train_grpo.py --data reads it; each row keeps its correct_num); per language kept / total and the mean count are
+printed. With --score it selects from another engine's candidates (N drawn from the records; 0: all of them).
 
 Records for --score: {"lang", "answer", "candidates": [str, ...]} plus optional "id", "question" and
 "candidate_tokens": [int, ...]; without token counts, --tokenizer counts them.
@@ -22,11 +29,15 @@ from adamame import dist
 from adamame.answer import require_verifier
 from adamame.chat import load_tokenizer
 from adamame.checkpoint import lock_output
-from adamame.data import DataError, HelpFormatter, check_flags, exit_with, read_jsonl, read_questions
+from adamame.data import (DataError, HelpFormatter, check_flags, draw_per_language, exit_with, read_jsonl,
+                          read_questions, write_jsonl)
 from adamame.hf import resolve
 from adamame.language import KNOWN_LANGUAGES
 from adamame.rollout import detectors, evaluate_model
-from adamame.scoring import format_table, score_record, summarize, write_paper_csv, write_summary
+from adamame.scoring import (format_selection, format_table, score_record, select_for_rl, summarize, write_paper_csv,
+                             write_summary)
+
+DRAW_SEED = 42  # the released sample_for_rl.py's --seed
 
 
 def parse_args(argv=None):
@@ -36,7 +47,8 @@ def parse_args(argv=None):
     ap.add_argument("--score", help="score existing generations (JSONL records with lang, answer, candidates)")
     ap.add_argument("--tokenizer", help="with --score: tokenizer folder or hub id, to count response tokens")
     ap.add_argument("--out", default="runs/eval", help="output folder")
-    ap.add_argument("--k", type=int, default=4, help="candidates per question, pass@k (the paper's)")
+    ap.add_argument("--k", type=int, help="candidates per question, pass@k (default: the paper's 4; 8 with "
+                                          "--select-rl, the released selection's)")
     ap.add_argument("--temperature", type=float, default=0.6,
                     help="sampling temperature, 0 = greedy (not given in the paper; 0.6 as recommended for R1 models)")
     ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (not given in the paper)")
@@ -53,6 +65,11 @@ def parse_args(argv=None):
                     help="identify languages among the paper's set for this benchmark (default: among all 15 "
                          "languages this project knows)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--select-rl", type=int, metavar="N",
+                    help="also write --out/rl_train.jsonl: of N questions drawn per language (0: all), those with "
+                         "1 <= correct < k (the released RL data stage; released N: 2000)")
+    ap.add_argument("--select-val", type=int, default=0, metavar="M",
+                    help="with --select-rl: M more questions per language, disjoint, to --out/rl_val.jsonl")
     return ap.parse_args(argv)
 
 
@@ -109,10 +126,26 @@ def write_outputs(recs, k, out):
     return summary
 
 
+def write_selection(recs, val, out):
+    """--select-rl's files: rl_train.jsonl (the kept questions) and, when drawn, rl_val.jsonl; the per-language
+    counts printed."""
+    rows, stats = select_for_rl(recs)
+    write_jsonl(rows, os.path.join(out, "rl_train.jsonl"))
+    print(format_selection(stats) + f" -> {out}/rl_train.jsonl")
+    if val:
+        write_jsonl([{k: r[k] for k in ("id", "lang", "prompt", "question", "answer") if k in r} for r in val],
+                    os.path.join(out, "rl_val.jsonl"))
+        print(f"validation: {len(val)} questions -> {out}/rl_val.jsonl")
+    return rows
+
+
 def main(argv=None):
 
     args = parse_args(argv)
-    check_flags(args, positive=("k", "max_new_tokens", "max_rows", "limit"), non_negative=("temperature",))
+    if args.k is None:
+        args.k = 8 if args.select_rl is not None else 4
+    check_flags(args, positive=("k", "max_new_tokens", "max_rows", "limit"),
+                non_negative=("temperature", "select_rl", "select_val"))
     if not 0 < args.top_p <= 1:
         raise DataError(f"--top-p must be in (0, 1], got {args.top_p}")
     require_verifier(args.verifier)
@@ -127,20 +160,30 @@ def main(argv=None):
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
+        if args.select_rl is not None:
+            recs, val = draw_per_language(recs, args.select_rl, args.select_val, DRAW_SEED)
         lock_output(args.out)
         recs = [score_record(r, count, args.verifier, detector, train_detector) for r in recs]
-        return write_outputs(recs, args.k, args.out)
+        summary = write_outputs(recs, args.k, args.out)
+        if args.select_rl is not None:
+            write_selection(recs, val, args.out)
+        return summary
     if not args.model or not args.data:
         raise DataError("give --model and --data to generate, or --score FILE to score existing generations")
 
-    questions = []
+    questions, val = [], []
     for f in data_files(args.data):
         questions += read_questions(f)[:args.limit]
+    if args.select_rl is not None:
+        questions, val = draw_per_language(questions, args.select_rl, args.select_val, DRAW_SEED)
     rank, world, device = dist.setup()
     lock_output(args.out)
 
     recs = evaluate_model(resolve(args.model), questions, args, rank=rank, world=world, device=device)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None
+    if rank == 0 and args.select_rl is not None:
+        write_selection(recs, [{"id": q.id, "lang": q.lang, "prompt": q.prompt, "answer": q.answer} for q in val],
+                        args.out)
     dist.cleanup()
     return summary
 

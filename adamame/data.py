@@ -115,6 +115,15 @@ def read_jsonl(path: str) -> list:
     return rows
 
 
+def write_jsonl(rows: list, path: str) -> None:
+    """One JSON object a line, written atomically (a temporary file, then renamed)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
 def _field(path, i, obj, *names, required=True):
     for name in names:
         if name in obj:
@@ -176,6 +185,37 @@ def read_questions(path: str) -> list:
             prompt = localized_prompt(lang, _field(path, i, obj, "prompt", "question"))
         out.append(Question(qid, lang, prompt, _field(path, i, obj, "answer")))
     return out
+
+
+def draw_per_language(items: list, n: int, m: int = 0, seed: int = 42) -> tuple:
+    """(train, validation): per language (in order of first appearance) n items for training and the next m for
+    validation from a seeded shuffle, no question text twice (disjoint), as the released 3_eval/sample_for_rl.py draws
+    (its --n 2000 --m 0 --seed 42); n = 0 takes every item as it is, in order (no draw). items: objects with .lang and .prompt (Question) or
+    dicts with "lang" and "question"."""
+    if n == 0:
+        return list(items), []
+    rng, seen, train, val = random.Random(seed), set(), [], []
+    lang_of = (lambda x: x["lang"]) if items and isinstance(items[0], dict) else (lambda x: x.lang)
+    for lang in dict.fromkeys(map(lang_of, items)):
+        rows = [x for x in items if lang_of(x) == lang]
+        rng.shuffle(rows)
+        tr, va = [], []
+        for x in rows:
+            text = x.get("question", x.get("prompt", id(x))) if isinstance(x, dict) else x.prompt
+            if text in seen:
+                continue
+            seen.add(text)
+            if len(tr) < n:
+                tr.append(x)
+            elif len(va) < m:
+                va.append(x)
+            else:
+                break
+        train += tr
+        val += va
+    rng.shuffle(train)
+    rng.shuffle(val)
+    return train, val
 
 
 def tokenize_sft(tokenizer, ex: SFTExample) -> tuple:

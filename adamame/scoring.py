@@ -59,7 +59,7 @@ from collections import Counter
 from math import comb
 
 from adamame.answer import paper_answers, split_response, verify_with
-from adamame.language import KNOWN_LANGUAGES, fidelity, get_detector, reward_language
+from adamame.language import INSTRUCTIONS, KNOWN_LANGUAGES, fidelity, get_detector, reward_language
 
 IN_DOMAIN = ("fr", "ja", "ko", "pt", "th")
 METRICS = ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "lang_match", "tokens",
@@ -257,3 +257,36 @@ def write_paper_csv(records: list, path: str, k: int = 4) -> list:
         w.writeheader()
         w.writerows(rows)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------- RL prompt selection
+
+def select_for_rl(records: list) -> tuple:
+    """The released RL data stage (3_eval/filter_for_rl.py): keep the questions whose candidates are correct at least
+    once and not every time, 1 <= correct < n of their n candidates (the released script: 8), `correct` as scored
+    above (the first box of the answer part or of the trace verifies: its compute_acc with --verifier math-verify).
+    Only such mixed groups carry a GRPO gradient. Returns (rows in the RL format train_grpo.py reads, each with its
+    `correct_num`; {lang: (kept, total, mean correct_num of the kept)}), in the records' order."""
+    rows, stats = [], {}
+    for i, r in enumerate(records):
+        c = sum(s["correct"] for s in r["scores"])
+        st = stats.setdefault(r["lang"], [0, 0, 0])  # kept, total, sum of the kept's correct_num
+        st[1] += 1
+        if 1 <= c < len(r["candidates"]):
+            st[0] += 1
+            st[2] += c
+            q = r.get("prompt") or r.get("question")
+            if q is None:
+                raise ValueError(f"record {i + 1} ({r.get('id', 'no id')}): no 'question' or 'prompt' to select")
+            # evaluate.py's records hold the rendered prompt (instruction first); another engine's, the bare question
+            field = "prompt" if "prompt" in r or q.startswith(INSTRUCTIONS.get(r["lang"], "\0")) else "question"
+            rows.append({"id": r.get("id", f"record-{i + 1}"), "lang": r["lang"], field: q, "answer": r["answer"],
+                         "correct_num": c})
+    return rows, {lang: (k, t, sc / k if k else 0.0) for lang, (k, t, sc) in stats.items()}
+
+
+def format_selection(stats: dict) -> str:
+    """Per language kept / total and the mean count of correct candidates, as the released script prints them."""
+    lines = [f"[{lang}] {k}/{t} kept ({100 * k / t:.1f}%) | avg correct_num={m:.3f}" for lang, (k, t, m) in stats.items()]
+    kept, total = sum(s[0] for s in stats.values()), sum(s[1] for s in stats.values())
+    return "\n".join(lines + [f"Total: {kept}/{total} kept"])

@@ -33,7 +33,7 @@ import string
 
 import torch
 
-from adamame.data import localized_prompt, read_questions
+from adamame.data import localized_prompt, read_questions, write_jsonl
 from adamame.language import INSTRUCTIONS
 from adamame.hf import save_model
 from adamame.model import ModelConfig, Transformer
@@ -218,14 +218,6 @@ def build_model(path, vocab_size, *, hidden=128, layers=2, heads=4, kv_heads=2, 
                 p.normal_(0.0, 0.02)
     save_model(model, path)
     return model
-
-
-def write_jsonl(rows, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def build_toy(root: str, rank: int = 0) -> dict:
