@@ -49,7 +49,7 @@ from adamame.memory import grpo_plan
 from adamame.report import Reporter, require_reporter
 from adamame.rewards import advantages, alignment_factor, shaped_scores
 from adamame.rollout import encode_questions, rollouts, score
-from adamame.toy import GRPO_SETTINGS, build_toy, demo_report
+from adamame.toy import GRPO_SETTINGS, build_toy, demo_report, select_rl_prompts
 
 REWARDS = ("grpo", "binary-lang", "adamame", "adamame-const", "adamame-diversity")
 
@@ -255,7 +255,7 @@ def ppo_update(run, batch):
     return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
 
 
-def prepare_default(args, rank):
+def prepare_default(args, rank, world, device):
     """The toy demo: its two SFT stages if not done yet (train_sft.py's default), then RL on toy prompts."""
     if rank == 0:
         print("toy demo settings: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in GRPO_SETTINGS))
@@ -267,6 +267,9 @@ def prepare_default(args, rank):
         torch.distributed.barrier()
         steps = ["--max-steps", str(args.sft_steps)] if args.sft_steps else []
         train_sft.main(["--out", sft_dir, "--seed", str(args.seed), *steps], keep_process_group=True)
+    if not os.path.exists(paths["train"]):  # the RL data stage: the pool's questions the SFT model solves 1-7 of 8
+        select_rl_prompts(os.path.join(sft_dir, "final"), paths["pool"], paths["train"], rank=rank, world=world,
+                          device=device, max_new_tokens=args.max_response_tokens, seed=args.seed)
     args.val_data = args.val_data or paths["test"]
     return os.path.join(sft_dir, "final"), paths["train"]
 
@@ -343,7 +346,7 @@ def setup(args) -> Run:
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
     checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
-    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, rank)
+    model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, rank, world, device)
     if args.batch_prompts % world or args.mini_batch_prompts % world or args.batch_prompts % args.mini_batch_prompts:
         raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
                         f"must split evenly over {world} ranks, and the first into whole mini-batches")
@@ -480,7 +483,11 @@ def metrics_row(run, batch, up, times):
     rolls, sc, device = batch.rolls, batch.sc, run.device
     correct, langs, qlangs = sc["correct"], sc["langs"], sc["qlangs"]
     languages = sorted({q.lang for q in run.questions})
-    local = {"n": len(rolls), "reward": float(sc["scores"].sum()), "accuracy": sum(correct),
+    per_group = {}
+    for r, c in zip(rolls, correct):
+        per_group.setdefault(r.question, []).append(c)
+    local = {"n": len(rolls), "groups": len(per_group), "reward": float(sc["scores"].sum()), "accuracy": sum(correct),
+             "mixed": sum(0 < sum(cs) < len(cs) for cs in per_group.values()),  # groups with a GRPO gradient
              "lang_match": sum(lg == q for lg, q in zip(langs, qlangs)), "adv_abs": float(abs(sc["adv"]).sum()),
              "response_tokens": sum(len(r.tokens) for r in rolls),
              "verify_timeouts": sum(r.verify_timed_out for r in rolls)}
@@ -500,7 +507,8 @@ def metrics_row(run, batch, up, times):
     clip_frac, kl, ratio = (extra[1:] / n_updates).tolist()
     n = tot["n"]
     return {"step": batch.step + 1, "reward": tot["reward"] / n, "accuracy": tot["accuracy"] / n,
-            "lang_match": tot["lang_match"] / n, "alignment_factor": sc["alpha"], "adv_abs_mean": tot["adv_abs"] / n,
+            "lang_match": tot["lang_match"] / n, "mixed_groups": tot["mixed"] / tot["groups"],
+            "alignment_factor": sc["alpha"], "adv_abs_mean": tot["adv_abs"] / n,
             "loss": sum(up["losses"]) / n_updates, "losses": up["losses"], "grad_norm": max(up["grad_norms"]),
             "kl": kl, "clip_frac": clip_frac, "ratio": ratio, "logprob_diff": extra[0].item(),
             "response_tokens": tot["response_tokens"] / n, "verify_timeouts": int(tot["verify_timeouts"]),

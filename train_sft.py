@@ -115,9 +115,9 @@ def collate(encoded, pad_id):
 # base stage stands in for the base reasoning model (it answers a plain question in English and a "reason in
 # <language>" request in that language: a preference, not an inability); Stage 1 is the paper's SFT on plain questions
 # with 30% of the traces in the query language. Flags given on the command line still win (--max-steps: both stages).
-TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, max_steps=120, max_length=128,
+TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, max_steps=60, max_length=128,
                     warmup_ratio=0.05, save_every=200)
-TOY_BASE_STEPS = 400
+TOY_BASE_STEPS = 700
 
 
 def prepare_default(args, rank):
