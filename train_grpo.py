@@ -269,7 +269,8 @@ def prepare_default(args, rank, world, device):
         train_sft.main(["--out", sft_dir, "--seed", str(args.seed), *steps], keep_process_group=True)
     if not os.path.exists(paths["train"]):  # the RL data stage: the pool's questions the SFT model solves 1-7 of 8
         select_rl_prompts(os.path.join(sft_dir, "final"), paths["pool"], paths["train"], rank=rank, world=world,
-                          device=device, max_new_tokens=args.max_response_tokens, seed=args.seed)
+                          device=device, max_new_tokens=args.max_response_tokens, seed=args.seed,
+                          min_rows=args.batch_prompts)
     args.val_data = args.val_data or paths["test"]
     return os.path.join(sft_dir, "final"), paths["train"]
 

@@ -403,10 +403,12 @@ def demo_report(args, rank, world, device, t_start):
 SELECT_K = 8  # the released selection: 8 candidates per pool question, at evaluate.py's default sampling
 
 
-def select_rl_prompts(model_dir, pool_path, out_path, *, rank=0, world=1, device="cpu", max_new_tokens=64, seed=0):
+def select_rl_prompts(model_dir, pool_path, out_path, *, rank=0, world=1, device="cpu", max_new_tokens=64, seed=0,
+                      min_rows=10):
     """The RL data stage on the toy (evaluate.py --select-rl's code, every pool question): k = 8 candidates from the
     SFT model at evaluate.py's defaults (temperature 0.6, top-p 0.95), the questions solved 1 to 7 times written to
-    out_path (rank 0; every rank waits). Returns the per-language (kept, total, mean correct_num)."""
+    out_path (rank 0; every rank waits). Fewer than min_rows kept (an SFT model of a few steps, as in the smoke run):
+    the whole pool, said in a line. Returns the per-language (kept, total, mean correct_num)."""
     from types import SimpleNamespace
 
     ev = SimpleNamespace(k=SELECT_K, temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens, max_rows=256,
@@ -415,8 +417,12 @@ def select_rl_prompts(model_dir, pool_path, out_path, *, rank=0, world=1, device
                           desc="select RL prompts")
     rows, stats = select_for_rl(recs)
     if rank == 0:
-        write_jsonl(rows, out_path)
         print(format_selection(stats) + f" -> {out_path}")
+        if len(rows) < min_rows:
+            rows = [{"id": q.id, "lang": q.lang, "prompt": q.prompt, "answer": q.answer}
+                    for q in read_questions(pool_path)]
+            print(f"note: fewer than {min_rows} questions of mixed correctness; RL on the whole pool instead")
+        write_jsonl(rows, out_path)
     import torch.distributed as tdist
 
     if tdist.is_initialized():

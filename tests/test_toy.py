@@ -6,9 +6,12 @@ from adamame.language import reward_language
 from tests.helpers import run_cli
 
 
+ALL = toy.LANGS + toy.OOD
+
+
 def test_traces_are_identified_as_their_language():
     wrong = []
-    problems = toy.problems("train") + toy.problems("test")
+    problems = toy.problems("train") + toy.problems("rl") + toy.problems("test")
     for p in problems:
         for trace_lang in (p[1], "en"):
             _, trace, c = toy.render(p, trace_lang=trace_lang)
@@ -16,38 +19,67 @@ def test_traces_are_identified_as_their_language():
             if got != trace_lang:
                 wrong.append((trace_lang, got, trace))
     assert not wrong, wrong[:3]
-    assert len(problems) == 800
+    cells = len(ALL) * len(toy.TYPES)
+    assert len(toy.problems("test")) == cells * toy.SPLIT["test"] and len(toy.problems("rl")) == cells * toy.SPLIT["rl"]
 
 
-def test_train_and_held_out_questions_are_disjoint():
-    def questions(split):
-        return {toy.render(p)[0] for p in toy.problems(split)}
+def test_the_splits_are_disjoint_and_answers_are_right():
+    texts = {s: {toy.render(p)[0] for p in toy.problems(s)} for s in ("train", "rl", "test")}
+    assert all(texts.values())
+    assert not texts["train"] & texts["rl"] and not texts["train"] & texts["test"] and not texts["rl"] & texts["test"]
+    for p in toy.problems("test"):
+        kind, _, _, _, a, b, c = p
+        expected = {"add": a + b + c, "sub": a - b - c, "mul": a * b + c, "dbl": (a + b) * 2}[kind]
+        assert toy.render(p)[2] == str(expected) and expected >= 0
+    # an out-of-domain language has OOD_SHARE of the others' training problems
+    train = toy.problems("train")
+    assert sum(p[1] == "de" for p in train) == round(0.25 * sum(p[1] == "es" for p in train))
 
-    train, test = questions("train"), questions("test")
-    assert train and test and not (train & test)
-    assert len(test) == len(train) == 2 * len({(p[0], p[1], p[4], p[5]) for p in toy.problems("train")})
-    # what a held-out question needs is taught: the same arithmetic in the same language
-    facts = {(p[0], p[1], p[4], p[5]) for p in toy.problems("train")}
-    assert all((p[0], p[1], p[4], p[5]) in facts for p in toy.problems("test"))
+
+def test_weak_cells_are_terse_in_their_language_and_english_writes_every_step():
+    """The competence gap is by construction: a weak cell's query-language trace computes both steps in one
+    equation; the same problem's English trace (and a strong cell's) writes one equation a step."""
+    for p in toy.problems("train"):
+        kind, lang = p[0], p[1]
+        _, own, _ = toy.render(p)
+        _, en, _ = toy.render(p, trace_lang="en")
+        assert en.count(" = ") == 2
+        assert own.count(" = ") == (1 if kind in toy.WEAK.get(lang, ()) else 2), own
+    assert all(toy.WEAK.get(lang) for lang in toy.LANGS) and not any(lang in toy.WEAK for lang in toy.OOD)
 
 
-def test_stage_1_mix_is_mostly_english():
+def test_stage_1_is_query_language_answer_correct_traces_of_in_domain_questions():
+    from adamame.answer import verify
+
     rows = toy.sft_rows()
-    english = sum(reward_language(r["trace"]) == "en" for r in rows) / len(rows)
-    assert 0.64 <= english <= 0.76  # 30% of the traces in the query language
+    assert len(rows) == len(toy.problems("train", toy.LANGS)) and {r["lang"] for r in rows} == set(toy.LANGS)
+    assert all(reward_language(r["trace"]) == r["lang"] for r in rows)
     assert not any(r["question"].endswith(tuple(toy.REQUESTS.values())) for r in rows)
+    assert all(verify(r["trace"].rsplit("\\boxed{", 1)[1].split("}")[0], r["answer"][7:-1]) for r in rows)
 
 
 def test_the_base_stage_answers_plain_questions_in_english_and_requests_in_their_language():
     rows = toy.base_rows()
-    assert len(rows) == 2 * len(toy.problems("train"))
+    assert len(rows) == 2 * len(toy.problems("train")) and {r["lang"] for r in rows} == set(ALL)
+    switched = 0
     for r in rows:
         requested = r["question"].endswith(toy.REQUESTS[r["lang"]])
-        assert reward_language(r["trace"]) == (r["lang"] if requested else "en"), r
-    assert sum(r["question"].endswith(tuple(toy.REQUESTS.values())) for r in rows) == len(rows) // 2
-    held_out = {toy.render(p)[0] for p in toy.problems("test")}
+        first = r["trace"].split(". ")[0] if r["lang"] not in ("ja", "th") else r["trace"][:12]
+        if not requested:
+            assert reward_language(r["trace"]) == "en", r
+        elif reward_language(r["trace"]) != r["lang"]:  # a switch: its first step in the language, then English
+            switched += 1
+            assert reward_language(first) == r["lang"] or r["lang"] in ("ja", "th"), r
+    assert 0.05 < switched / (len(rows) / 2) < 0.15  # SWITCH = 10% of requested traces
+    held_out = {toy.render(p)[0] for p in toy.problems("test") + toy.problems("rl")}
     assert not held_out & {r["question"] for r in rows}  # nothing held out is seen, with or without a request
     assert not held_out & {r["question"].rsplit(" ", 1)[0] for r in rows}
+
+
+def test_out_of_domain_languages_reach_only_the_base_stage_and_evaluation(tmp_path):
+    assert not {r["lang"] for r in toy.sft_rows()} & set(toy.OOD)
+    assert not {r["lang"] for r in toy.rl_rows("rl")} & set(toy.OOD)
+    assert {r["lang"] for r in toy.rl_rows("test", ALL)} == set(ALL)
 
 
 def test_the_demo_samples_as_the_paper_and_balances_languages():
@@ -86,11 +118,12 @@ def test_the_demo_scores_at_evaluate_py_s_temperature():
 
 def test_tokenizer_makes_short_sequences_and_round_trips(tmp_path):
     tok = toy.build_tokenizer(str(tmp_path))
-    q, t, c = toy.render(("add", "th", 1, "apple", 11, 5), trace_lang="en")
-    assert len(tok(q)["input_ids"]) <= 12 and len(tok(t)["input_ids"]) <= 20
-    assert tok.decode(tok(t)["input_ids"]) == t
-    assert all(len(tok(str(n))["input_ids"]) == 1 for n in range(0, 2 * toy.MAX_N + 1))
-    assert tok.unk_token_id not in tok(t + "\n</think>\n\\boxed{22}")["input_ids"]
+    for p in toy.problems("test")[::7]:
+        q, t, c = toy.render(p, trace_lang="en")
+        assert len(tok(q)["input_ids"]) <= 16 and len(tok(t)["input_ids"]) <= 26
+        assert tok.decode(tok(t)["input_ids"]) == t
+        assert tok.unk_token_id not in tok(t + "\n</think>\n\\boxed{22}")["input_ids"]
+    assert all(len(tok(str(n))["input_ids"]) == 1 for n in range(0, toy.MAX_ANSWER + 1))
 
 
 def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
@@ -103,12 +136,23 @@ def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
     assert s["reward"] == "adamame"
     for stage in ("sft", "rl"):
         assert 0.0 <= s[stage]["accuracy"] <= 1.0 and 0.0 <= s[stage]["lang_match"] <= 1.0
-        assert set(s[stage]["summary"]["languages"]) == set(toy.LANGS)
+        assert set(s[stage]["summary"]["languages"]) == set(ALL)  # out-of-domain languages reported apart
+        assert s[stage]["summary"]["out_of_domain"]["pass@k"] is not None
     from bench.readme_table import demo
 
     block = demo(s)  # the README's demo block is rendered from this file
     assert f"accuracy {s['sft']['accuracy']:.3f} -> {s['rl']['accuracy']:.3f}" in block and "10 + 10 SFT steps" in block
     assert os.path.exists(out / "toy_model" / "tokenizer.json") and os.path.exists(out / "final" / "config.json")
+    # the RL prompts are the pool's the SFT model solved 1 to 7 times of 8; mixed groups are logged per step
+    pool = {q["id"]: q for q in map(json.loads, open(out / "toy_rl_pool.jsonl", encoding="utf-8"))}
+    kept = [json.loads(line) for line in open(out / "toy_rl_train.jsonl", encoding="utf-8")]
+    assert "Total: " in r.stdout and all(pool[k["id"]]["prompt"] == k["prompt"] for k in kept)
+    if "RL on the whole pool instead" in r.stdout:  # an SFT model of 10 steps may solve none of them
+        assert len(kept) == len(pool)
+    else:
+        assert all(1 <= k["correct_num"] <= 7 for k in kept) and f"{len(kept)}/{len(pool)} kept" in r.stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
+    assert all(0 <= row["mixed_groups"] <= 1 for row in rows) and "mixed_groups_first_10_steps" in s
     assert "query-language match" in r.stdout and "lang_match" in r.stdout
     # a second run reuses the toy model and the SFT result
     r2 = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "10", "--max-steps", "1", "--reward", "grpo"])
