@@ -23,7 +23,10 @@ Records for --score: {"lang", "answer", "candidates": [str, ...]} plus optional 
 import argparse
 import json
 import os
+import shutil
 import sys
+
+import torch.distributed as tdist
 
 from adamame import dist
 from adamame.answer import require_verifier
@@ -32,12 +35,13 @@ from adamame.checkpoint import lock_output
 from adamame.data import (DataError, HelpFormatter, check_flags, draw_per_language, exit_with, read_jsonl,
                           read_questions, write_jsonl)
 from adamame.hf import resolve
-from adamame.language import KNOWN_LANGUAGES
+from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES
 from adamame.rollout import detectors, evaluate_model
 from adamame.scoring import (format_selection, format_table, score_record, select_for_rl, summarize, write_paper_csv,
                              write_summary)
 
 DRAW_SEED = 42  # the released sample_for_rl.py's --seed
+EVAL_FILES = ("generations.jsonl", "summary.json", "partial")  # an earlier evaluation, finished or interrupted
 
 
 def parse_args(argv=None):
@@ -45,7 +49,8 @@ def parse_args(argv=None):
     ap.add_argument("--model", help="model to generate with: a folder (HF format) or a hub id")
     ap.add_argument("--data", nargs="+", help="JSONL files or folders of them ({id, lang, question, answer})")
     ap.add_argument("--score", help="score existing generations (JSONL records with lang, answer, candidates)")
-    ap.add_argument("--tokenizer", help="with --score: tokenizer folder or hub id, to count response tokens")
+    ap.add_argument("--tokenizer", help="with --score: tokenizer folder or hub id, to count response tokens (default: "
+                                        "--model's, when given)")
     ap.add_argument("--out", default="runs/eval", help="output folder")
     ap.add_argument("--k", type=int, help="candidates per question, pass@k (default: the paper's 4; 8 with "
                                           "--select-rl, the released selection's)")
@@ -64,7 +69,13 @@ def parse_args(argv=None):
     ap.add_argument("--benchmark", choices=("mgsm", "msvamp"),
                     help="identify languages among the paper's set for this benchmark (default: among all 15 "
                          "languages this project knows)")
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (a candidate's random numbers are keyed by "
+                                                        "seed, question and candidate: any number of processes draws "
+                                                        "the same candidates)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted evaluation in --out: its finished questions are kept, not redrawn")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier evaluation in --out (without it or --resume, one there stops at once)")
     ap.add_argument("--select-rl", type=int, metavar="N",
                     help="also write --out/rl_train.jsonl: of N questions drawn per language (0: all), those with "
                          "1 <= correct < k (the released RL data stage; released N: 2000)")
@@ -88,7 +99,17 @@ def data_files(paths):
     return files
 
 
-def read_generations(path, k):
+def check_benchmark(path, langs, benchmark):
+    """A file whose language --benchmark cannot identify is an error (its traces would all count as not faithful)."""
+    allowed = BENCHMARK_LANGUAGES.get(benchmark, KNOWN_LANGUAGES)
+    bad = sorted(set(langs) - set(allowed))
+    if bad:
+        raise DataError(f"{path}: language {', '.join(bad)} is not among --benchmark {benchmark}'s languages "
+                        f"({' '.join(allowed)}): its traces could never count as faithful; leave out --benchmark to "
+                        f"identify among all {len(KNOWN_LANGUAGES)} languages")
+
+
+def read_generations(path, k, benchmark=None):
     """The records of a --score file, every one checked (at least k candidates; candidate_tokens, when given, one
     count per candidate) before anything is written."""
     recs = []
@@ -109,6 +130,7 @@ def read_generations(path, k):
             raise DataError(f"{path}:{i}: field 'lang': unknown language code {obj['lang']!r}")
         obj["answer"] = str(obj["answer"])
         recs.append(obj)
+    check_benchmark(path, [r["lang"] for r in recs], benchmark)
     return recs
 
 
@@ -153,16 +175,16 @@ def main(argv=None):
     detector, train_detector = detectors(args)  # a missing lingua is reported before any work
     print(f"language identifier: {detector.version}, evaluation languages {' '.join(detector.languages)}")
     if args.score:
-        recs = read_generations(args.score, args.k)  # every input is read and checked before --out is touched
+        recs = read_generations(args.score, args.k, args.benchmark)  # all read and checked before --out is touched
         count = None
-        if args.tokenizer:
-            tok = load_tokenizer(resolve(args.tokenizer, "--tokenizer"))
+        if args.tokenizer or args.model:  # the model's own tokenizer counts its tokens
+            tok = load_tokenizer(resolve(args.tokenizer or args.model, "--tokenizer" if args.tokenizer else "--model"))
             count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         elif not all("candidate_tokens" in r for r in recs):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
         if args.select_rl is not None:
             recs, val = draw_per_language(recs, args.select_rl, args.select_val, DRAW_SEED)
-        lock_output(args.out)
+        lock_output(args.out, earlier=EVAL_FILES, keep=args.overwrite)
         recs = [score_record(r, count, args.verifier, detector, train_detector) for r in recs]
         summary = write_outputs(recs, args.k, args.out)
         if args.select_rl is not None:
@@ -174,13 +196,20 @@ def main(argv=None):
     questions, val = [], []
     for f in data_files(args.data):
         questions += read_questions(f)[:args.limit]
+        check_benchmark(f, [q.lang for q in questions], args.benchmark)
     if args.select_rl is not None:
         questions, val = draw_per_language(questions, args.select_rl, args.select_val, DRAW_SEED)
     rank, world, device = dist.setup()
-    lock_output(args.out)
-
-    recs = evaluate_model(resolve(args.model), questions, args, rank=rank, world=world, device=device)
+    lock_output(args.out, earlier=EVAL_FILES, keep=args.resume or args.overwrite)
+    partial = os.path.join(args.out, "partial")
+    if args.overwrite and rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    tdist.barrier()  # the old partial records are gone before any rank reads them
+    recs = evaluate_model(resolve(args.model), questions, args, rank=rank, world=world, device=device,
+                          partial=partial)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # every record is in generations.jsonl now
     if rank == 0 and args.select_rl is not None:
         write_selection(recs, [{"id": q.id, "lang": q.lang, "prompt": q.prompt, "answer": q.answer} for q in val],
                         args.out)
@@ -194,6 +223,10 @@ def cli():
     except (DataError, FileNotFoundError, ValueError) as e:
         dist.cleanup(barrier=False)
         exit_with(f"error: {e}", 2)
+    except KeyboardInterrupt:
+        dist.cleanup(barrier=False)
+        exit_with(f"interrupted: the finished questions are kept in {os.path.join(parse_args().out, 'partial')}; the "
+                  f"same command with --resume continues", 130)
 
 
 if __name__ == "__main__":

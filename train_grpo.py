@@ -16,12 +16,13 @@ checkpointing and the log-prob path. Then one RL step (t = step, T = total steps
      the two are the same numbers), and the reference pi_ref: the base model with the LoRA adapters switched off
      (no second copy of the weights; with full fine-tuning a frozen copy);
   4. update: --ppo-epochs passes over mini-batches of --mini-batch-prompts prompts, each one optimizer step of the
-     clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/kernels.py), gradient clipping at 1.0;
+     clipped surrogate + beta * k3 KL with Dr. GRPO aggregation (adamame/grpo_kernels.py), gradient clipping at 1.0;
   5. log: one metrics.jsonl row (global means over ranks), a few prompt groups to rollouts.jsonl, a checkpoint.
 
 Defaults are the paper's settings where a flag's help says so (the rest: memory knobs, logging, checkpointing). With
-no --model/--data it runs the built-in toy demo: the toy task's two
-SFT stages if not done yet (train_sft.py's default), then AdaMame-GRPO, then a before/after table (adamame/toy.py).
+no --model/--data it runs the built-in toy demo: the toy task's two SFT stages if not done yet (train_sft.py's
+default), the RL prompts the SFT model solves 1 to 7 times of 8 (evaluate.py --select-rl's code), then AdaMame-GRPO,
+then a before/after table (adamame/toy.py).
 """
 
 import argparse
@@ -39,10 +40,10 @@ from tqdm import tqdm
 from adamame import checkpoint, dist, memory
 from adamame.answer import require_verifier
 from adamame.chat import load_tokenizer
-from adamame.data import (DataError, HelpFormatter, balanced_batches, check_flags, exit_with, micro_batches,
-                          read_questions)
+from adamame.data import (DataError, HelpFormatter, balanced_batches, check_flags, exit_with, interrupted_training,
+                          micro_batches, read_questions)
 from adamame.hf import load_model, read_config, resolve
-from adamame.kernels import policy_loss, token_logprobs, token_logprobs_from_hidden
+from adamame.grpo_kernels import policy_loss, token_logprobs, token_logprobs_from_hidden
 from adamame.language import TRAIN_LANGUAGES, get_detector, reward_languages
 from adamame.lora import adapters_disabled, apply_lora
 from adamame.memory import grpo_plan
@@ -124,6 +125,8 @@ def parse_args(argv=None):
     ap.add_argument("--save-every", type=int, default=10, help="checkpoint every K steps")
     ap.add_argument("--log-rollouts", type=int, default=8, help="prompt groups per step written to rollouts.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run in --out (without it or --resume, a run there stops at once)")
     ap.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none",
                     help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
                          "(optional packages)")
@@ -266,7 +269,7 @@ def prepare_default(args, rank, world, device):
 
         torch.distributed.barrier()
         steps = ["--max-steps", str(args.sft_steps)] if args.sft_steps else []
-        train_sft.main(["--out", sft_dir, "--seed", str(args.seed), *steps], keep_process_group=True)
+        train_sft.main(["--out", sft_dir, "--seed", str(args.seed), "--overwrite", *steps], keep_process_group=True)
     if not os.path.exists(paths["train"]):  # the RL data stage: the pool's questions the SFT model solves 1-7 of 8
         select_rl_prompts(os.path.join(sft_dir, "final"), paths["pool"], paths["train"], rank=rank, world=world,
                           device=device, max_new_tokens=args.max_response_tokens, seed=args.seed,
@@ -346,7 +349,7 @@ def setup(args) -> Run:
     toy = args.model is None and args.data is None
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in toy demo)")
-    checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
+    checkpoint.lock_output(args.out, keep=args.resume or args.overwrite)  # before anything is written there
     model_dir, data_path = (resolve(args.model), args.data) if not toy else prepare_default(args, rank, world, device)
     if args.batch_prompts % world or args.mini_batch_prompts % world or args.batch_prompts % args.mini_batch_prompts:
         raise DataError(f"--batch-prompts {args.batch_prompts} and --mini-batch-prompts {args.mini_batch_prompts} "
@@ -631,6 +634,9 @@ def cli():
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         dist.cleanup(barrier=False)
         exit_with(f"error: {e}", 2)
+    except KeyboardInterrupt:
+        dist.cleanup(barrier=False)
+        interrupted_training(parse_args().out)
 
 
 if __name__ == "__main__":

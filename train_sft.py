@@ -12,8 +12,7 @@ alpha / rank) is exported to --out/final as a Hugging Face folder with the token
 Defaults are the paper's settings (LoRA rank 8 / alpha 16 on all linear layers, lr 2e-4 cosine with 10% warm-up,
 4 epochs, max length 8192, effective batch 8). With no --model/--data it runs the built-in toy task (adamame/toy.py) in
 two stages on a laptop CPU: a base stage that reasons in English unless asked otherwise (what a base reasoning model
-does), then Stage 1 on traces of which 30% are in the query language; the result still reasons in English about
-three times in four (the collapse AdaMame-GRPO then repairs), and is about as accurate when it does not.
+does), then Stage 1 on query-language traces only.
 """
 
 import argparse
@@ -30,10 +29,10 @@ from tqdm import tqdm
 
 from adamame import checkpoint, dist, memory
 from adamame.chat import load_tokenizer
-from adamame.data import (DataError, HelpFormatter, check_flags, exit_with, length_grouped_batches, read_sft,
-                          tokenize_sft)
+from adamame.data import (DataError, HelpFormatter, check_flags, exit_with, interrupted_training,
+                          length_grouped_batches, read_sft, tokenize_sft)
 from adamame.hf import load_model, read_config, resolve
-from adamame.kernels import token_logprobs
+from adamame.grpo_kernels import token_logprobs
 from adamame.lora import apply_lora
 from adamame.memory import sft_plan
 from adamame.report import Reporter, require_reporter
@@ -74,6 +73,8 @@ def parse_args(argv=None):
                     help="with --plan: GiB per GPU (default: this machine's GPU; without a GPU, its RAM)")
     ap.add_argument("--save-every", type=int, default=200, help="checkpoint every K steps")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run in --out (without it or --resume, a run there stops at once)")
     ap.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none",
                     help="also send every metrics.jsonl scalar to TensorBoard (--out/tensorboard) or Weights & Biases "
                          "(optional packages)")
@@ -113,8 +114,8 @@ def collate(encoded, pad_id):
 
 # The embedded default (no --model/--data): the toy task of adamame/toy.py in two stages, sized for a laptop CPU. A
 # base stage stands in for the base reasoning model (it answers a plain question in English and a "reason in
-# <language>" request in that language: a preference, not an inability); Stage 1 is the paper's SFT on plain questions
-# with 30% of the traces in the query language. Flags given on the command line still win (--max-steps: both stages).
+# <language>" request in that language); Stage 1 is the paper's SFT on plain questions with query-language traces
+# only. Flags given on the command line still win (--max-steps: both stages).
 TOY_SETTINGS = dict(lora_rank=0, lr=3e-3, batch_size=64, micro_batch_size=32, max_steps=60, max_length=128,
                     warmup_ratio=0.05, save_every=200)
 TOY_BASE_STEPS = 700
@@ -131,7 +132,7 @@ def prepare_default(args, rank):
     if not os.path.exists(os.path.join(base, "final", "config.json")):
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in TOY_SETTINGS.items() if k != "max_steps"]
         main(["--model", paths["model"], "--data", paths["base"], "--out", base, "--seed", str(args.seed),
-              "--max-steps", str(args.base_steps), *flags], keep_process_group=True)
+              "--overwrite", "--max-steps", str(args.base_steps), *flags], keep_process_group=True)
     return os.path.join(base, "final"), paths["sft"]
 
 
@@ -178,7 +179,7 @@ def setup(args) -> Run:
     say = print if rank == 0 else (lambda *a, **k: None)
     if (args.model is None) != (args.data is None):
         raise DataError("give both --model and --data, or neither (to run the built-in example)")
-    checkpoint.lock_output(args.out)  # one run per output folder, before anything is written there
+    checkpoint.lock_output(args.out, keep=args.resume or args.overwrite)  # before anything is written there
     model_dir, data_path = (resolve(args.model), args.data) if args.model else prepare_default(args, rank)
     if args.batch_size % world or (args.batch_size // world) % args.micro_batch_size:
         raise DataError(f"--batch-size {args.batch_size} must split into {world} ranks x whole micro-batches of "
@@ -313,6 +314,9 @@ def cli():
     except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
         dist.cleanup(barrier=False)
         exit_with(f"error: {e}", 2)
+    except KeyboardInterrupt:
+        dist.cleanup(barrier=False)
+        interrupted_training(parse_args().out)
 
 
 if __name__ == "__main__":

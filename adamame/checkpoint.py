@@ -15,10 +15,10 @@ import random
 import numpy as np
 import torch
 
-from adamame import dist
-from adamame.lora import lora_scales, merged_state_dict
-from adamame.hf import save_model
-from adamame.model import stored_dtype
+from . import dist
+from .lora import lora_scales, merged_state_dict
+from .hf import save_model
+from .model import stored_dtype
 
 
 class TrainingStopped(RuntimeError):
@@ -32,16 +32,26 @@ class OutputInUse(ValueError):
 _LOCKS = {}  # path -> open lock file: held for the life of the process, released by the kernel when it dies
 
 
-def lock_output(out_dir: str) -> None:
-    """One run per output folder: an exclusive fcntl lock on out_dir/.lock, held until the process exits (a killed
-    run releases it at once, a live one, even an orphaned rank, keeps it). Every rank calls this; rank 0 takes the
-    lock and all ranks raise OutputInUse if another process holds it."""
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "final")  # what a started or finished training run leaves
+
+
+def lock_output(out_dir: str, earlier=RUN_FILES, keep=False) -> None:
+    """One run per output folder, and none over an earlier one. An exclusive fcntl lock on out_dir/.lock, held until
+    the process exits (a killed run releases it at once, a live one, even an orphaned rank, keeps it); then, unless
+    `keep` (--resume or --overwrite), any of `earlier` already in out_dir stops the run before it writes anything,
+    naming what is there and the ways on. Every rank calls this; rank 0 looks and all ranks raise OutputInUse."""
     import torch.distributed as tdist
 
-    if not tdist.is_initialized():  # evaluate.py --score: a single process
+    def look():
         err = _take_lock(out_dir)
+        found = [] if keep or err else [f for f in earlier if os.path.exists(os.path.join(out_dir, f))]
+        return err or (found and f"{out_dir} holds an earlier run ({', '.join(found)}): continue it with --resume, "
+                                 f"or give another --out (--overwrite replaces it)")
+
+    if not tdist.is_initialized():  # evaluate.py --score: a single process
+        err = look()
     else:
-        box = [_take_lock(out_dir) if tdist.get_rank() == 0 else None]
+        box = [look() if tdist.get_rank() == 0 else None]
         tdist.broadcast_object_list(box, src=0)
         err = box[0]
     if err:

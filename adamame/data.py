@@ -12,15 +12,18 @@ Formats:
     RL    {"id", "lang", "prompt", "answer"}          (the paper's prompts: the instruction is already in `prompt`)
     eval  {"id", "lang", "question", "answer"}        (MGSM, MSVAMP: one file per language)
 
-The paper's data: its RL prompts are DAPO-Math-17k problems translated into fr ja ko pt th, released as
+The paper's data: its RL prompts are DAPO-Math-17k problems translated into fr ja ko pt th, those its SFT model solved
+1 to 7 times of 8 (evaluate.py --select-rl makes such a file from your own pool and model), released as
 `2_rl/data/train/train_dapomath17k_5k.parquet` in https://github.com/dayeonki/adamame (verl's parquet format: write
 each row as one RL object, `prompt` starting with the instruction); its validation file holds only training prompts,
 so keep your own prompts apart for --val-data to get held-out numbers. MGSM
 (https://huggingface.co/datasets/juletxara/mgsm) has 250 problems in bn de en es fr ja ru sw te th zh (the paper's
-MGSM-Rev2 adds ko); MSVAMP in the paper has ar en es fr ja ko pt th vi zh (the original release,
-https://huggingface.co/datasets/Mathoctopus/MSVAMP, has bn de en es fr ja ru sw th zh). All 15 languages have an
-instruction; evaluate.py's --benchmark reads the fidelity flags over the paper's set for it, and a trace's language
-over that set and the reward's 14 (adamame/language.py).
+MGSM-Rev2 adds ko). MSVAMP: the paper's evaluation script identifies its traces among ar en es fr ja ko pt th vi zh,
+the languages of the paper's MSVAMP, whose source the paper and the release do not give; the public release
+(https://huggingface.co/datasets/Mathoctopus/MSVAMP) has bn de en es fr ja ru sw th zh, so with --benchmark msvamp only
+its en es fr ja th zh files can be scored (a bn, de, ru or sw file is an error naming the set: leave out --benchmark to
+identify among all 15 languages). All 15 languages have an instruction; evaluate.py's --benchmark reads the fidelity
+flags over the paper's set for it, and a trace's language over that set and the reward's 14 (adamame/language.py).
 
 Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `micro_batches` (length-sorted
 forwards of at most a token budget, as many on every rank).
@@ -35,9 +38,9 @@ import random
 import sys
 from dataclasses import dataclass
 
-from adamame import dist
-from adamame.chat import encode_prompt, render_prompt
-from adamame.language import INSTRUCTIONS, KNOWN_LANGUAGES
+from . import dist
+from .chat import encode_prompt, render_prompt
+from .language import INSTRUCTIONS, KNOWN_LANGUAGES
 
 
 class DataError(ValueError):
@@ -62,6 +65,13 @@ def exit_with(message: str, code: int, every_rank: bool = False) -> None:
     if every_rank or os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) == "0":
         print(message, file=sys.stderr)
     sys.exit(code)
+
+
+def interrupted_training(out: str) -> None:
+    """Ctrl-C in a trainer: one line (once per node) naming the checkpoint a --resume continues from; exit 130."""
+    ck = os.path.join(out, "checkpoint.pt")
+    exit_with(f"interrupted: the last checkpoint is {ck}; the same command with --resume continues from it exactly"
+              if os.path.exists(ck) else f"interrupted before the first checkpoint of {out} (--save-every)", 130)
 
 
 def check_flags(args, positive=(), non_negative=(), fractions=()) -> None:
@@ -190,8 +200,8 @@ def read_questions(path: str) -> list:
 def draw_per_language(items: list, n: int, m: int = 0, seed: int = 42) -> tuple:
     """(train, validation): per language (in order of first appearance) n items for training and the next m for
     validation from a seeded shuffle, no question text twice (disjoint), as the released 3_eval/sample_for_rl.py draws
-    (its --n 2000 --m 0 --seed 42); n = 0 takes every item as it is, in order (no draw). items: objects with .lang and .prompt (Question) or
-    dicts with "lang" and "question"."""
+    (its --n 2000 --m 0 --seed 42); n = 0 takes every item as it is, in order (no draw). items: objects with .lang
+    and .prompt (Question) or dicts with "lang" and "question"."""
     if n == 0:
         return list(items), []
     rng, seen, train, val = random.Random(seed), set(), [], []

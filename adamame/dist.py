@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from adamame.lora import LoRALinear
-from adamame.model import Transformer, stored_dtype
+from .lora import LoRALinear
+from .model import Transformer, stored_dtype
 
 TIMEOUT_S = float(os.environ.get("ADAMAME_DIST_TIMEOUT", 1800))  # a collective waiting longer means a rank is gone
 

@@ -26,11 +26,12 @@ weights to produce one token per row, so the step must be memory-bound, not laun
     every `check_every` steps: to give finished rows to waiting samples, to stop when all are done, and, once no
     sample waits, to drop finished rows ("compaction": live rows move down inside the same cache buffers, one layer
     at a time, so sequences that stopped early stop costing work);
-  * draws sample s's token i from the uniform number `keyed_uniforms(seed, s, i)` (a counter-based hash; the fused
-    sampler keys its own numbers by the same triple), so the samples depend on neither the rows, nor refill, nor
-    compaction, nor the buckets: the same seed gives the same tokens with a cache of 3 rows or of all of them (in
-    float32; in bf16 on a GPU the logits may differ in their last bits between row buckets, moving a rare draw that
-    sits on a boundary), and other tokens, from the same distribution, with the fused sampler than with sample_next;
+  * draws sample s's token i from the uniform number `keyed_uniforms(seed, key_s, i)` (a counter-based hash; the
+    fused sampler keys its own numbers by the same triple; key_s = s, or the caller's `sample_keys[s]`), so the
+    samples depend on neither the rows, nor refill, nor compaction, nor the buckets: the same seed gives the same
+    tokens with a cache of 3 rows or of all of them (in float32; in bf16 on a GPU the logits may differ in their last
+    bits between row buckets, moving a rare draw that sits on a boundary), and other tokens, from the same
+    distribution, with the fused sampler than with sample_next;
   * returns the log-probability of every sampled token under the sampling temperature,
     log softmax(z / T)[y], which is what the trainer's forward computes.
 
@@ -50,10 +51,10 @@ from dataclasses import dataclass
 
 import torch
 
-from adamame.model import KVCache
+from .model import KVCache
 
 try:  # the optional sibling: the fused Triton sampler (without it every step samples with sample_next)
-    from adamame.sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
+    from .sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
 except ImportError:
     fused_sample = None
 
@@ -406,6 +407,7 @@ class Settings:
     eos: torch.Tensor
     pad: int
     limit: torch.Tensor  # [N + 1]: each sample's most tokens (max_new_tokens, or a benchmark's forced lengths)
+    keys: torch.Tensor  # [N + 1]: each sample's key in its random numbers (its index, or the caller's sample_keys)
     fused: bool = False  # sample with adamame/sampler.py (top-k 0 and top-p 1 only)
     seed_t: torch.Tensor | None = None  # the fused sampler's seed [2] and 1 / temperature [1], on the device
     inv_t: torch.Tensor | None = None
@@ -420,9 +422,9 @@ def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
     if picked is not None:
         tok, lp = picked
     elif cfg.fused:
-        tok, lp = fused_sample(logits, cfg.inv_t, cfg.seed_t, sample, t, cfg.temperature == 0)
+        tok, lp = fused_sample(logits, cfg.inv_t, cfg.seed_t, cfg.keys[sample], t, cfg.temperature == 0)
     else:
-        u = keyed_uniforms(cfg.seed, sample, t) if cfg.temperature else None
+        u = keyed_uniforms(cfg.seed, cfg.keys[sample], t) if cfg.temperature else None
         tok, lp = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, u)
     tok = torch.where(done, cfg.pad, tok)
     N, L = st.out.shape[0] - 1, st.out.shape[1]
@@ -481,7 +483,8 @@ def admit(model, st: State, cache: KVCache, rows: list, samples: list, *, prompt
 @torch.no_grad()
 def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
              seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
-             slot_bucket=SLOT_BUCKET, max_rows=None, stats=None, decoder=None, progress=None, response_lengths=None):
+             slot_bucket=SLOT_BUCKET, max_rows=None, stats=None, decoder=None, progress=None, response_lengths=None,
+             sample_keys=None):
     """Sample n continuations of every prompt (lists of token ids, any lengths).
 
     Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
@@ -491,12 +494,16 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the samples that took a
     finished sample's row, the graphs captured and the seconds spent capturing them; `progress.update(k)` (a tqdm
     bar) is told of finished samples at each look. response_lengths (a benchmark's hook: random weights rarely stop)
-    ends sample s after min(response_lengths[s], max_new_tokens) tokens (finish reason "length").
+    ends sample s after min(response_lengths[s], max_new_tokens) tokens (finish reason "length"). sample_keys (one
+    integer in [0, 2^32) per sample; default its index) key each sample's random numbers, so that a sample can be
+    drawn again in another call, among other prompts (evaluate.py keys them by question id and candidate).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
     if response_lengths is not None and (len(response_lengths) != len(prompts) * n or min(response_lengths) < 1):
         raise ValueError(f"response_lengths: one positive length per sample ({len(prompts) * n})")
+    if sample_keys is not None and len(sample_keys) != len(prompts) * n:
+        raise ValueError(f"sample_keys: one key per sample ({len(prompts) * n})")
     if max_new_tokens < 1 or n < 1 or (max_rows is not None and max_rows < 1):
         raise ValueError(f"max_new_tokens, n and max_rows must be positive (got {max_new_tokens}, {n}, {max_rows})")
     if not (0.0 < top_p <= 1.0) or top_k < 0 or temperature < 0:
@@ -519,8 +526,9 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     limit = torch.tensor(list(response_lengths or [max_new_tokens] * N) + [1], device=dev).clamp(1, max_new_tokens)
     seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
     fused = fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.valid)
+    keys = torch.tensor(list(range(N) if sample_keys is None else sample_keys) + [0], device=dev)
     cfg = Settings(seed, temperature, top_k, top_p, torch.tensor(list(eos_token_ids) or [-1], device=dev),
-                   pad_token_id, limit, fused, seed_tensor(seed, dev) if fused else None,
+                   pad_token_id, limit, keys, fused, seed_tensor(seed, dev) if fused else None,
                    torch.tensor([1.0 / temperature if temperature else 1.0], device=dev) if fused else None)
 
     def zeros(*shape, dtype=torch.long):
@@ -565,7 +573,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
             if steps - youngest + 1 >= max_new_tokens:
                 continue
         out = decoder(st.tok, st.pos, st.slot, min(Tp + steps - oldest, S - 1), ~st.done,
-                      (cfg, st.sample, st.t) if cfg.fused else None)
+                      (cfg, cfg.keys[st.sample], st.t) if cfg.fused else None)
         draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
         st.pos += 1
         st.slot = (st.slot + 1).clamp_(max=S - 1)  # a done row's slot stops at the last one (never read again)

@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from adamame.model import ModelConfig, Transformer
+from .model import ModelConfig, Transformer
 
 PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",

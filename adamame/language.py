@@ -38,7 +38,7 @@ Imports: langid; lingua (optional); adamame: answer (split_response).
 import re
 from functools import lru_cache
 
-from adamame.answer import split_response
+from .answer import split_response
 
 DETECTORS = ("langid", "lingua")
 # The instruction before every question (the prompt is instruction + "\n\n" + question). fr ja ko pt th are the

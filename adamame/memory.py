@@ -108,10 +108,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adamame.dist import compute_dtype
-from adamame.generate import COMPACT_AT, PREFILL_TOKENS, cache_slots, free_bytes
-from adamame.lora import apply_lora, lora_modules
-from adamame.model import KVCache, Transformer, stored_dtype
+from .dist import compute_dtype
+from .generate import COMPACT_AT, PREFILL_TOKENS, cache_slots, free_bytes
+from .lora import apply_lora, lora_modules
+from .model import KVCache, Transformer, stored_dtype
 
 GiB = 2**30
 

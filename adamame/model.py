@@ -38,8 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 try:  # the optional sibling: each decode row reads only its own cache slots (Triton, with a PyTorch fallback)
-    from adamame.decode_attention import decode_attention
-    from adamame.decode_attention import use_kernel as use_decode_kernel
+    from .decode_attention import decode_attention
+    from .decode_attention import use_kernel as use_decode_kernel
 except ImportError:
     decode_attention = None
 

@@ -9,15 +9,18 @@ The evaluation's generation lives here too (`evaluate_model`), so evaluate.py an
 Imports: torch, tqdm; adamame: answer, chat, dist, generate, hf, language, scoring.
 """
 
+import json
+import os
+import zlib
 from dataclasses import dataclass
 
-from adamame.answer import reward_check, think_format_ok
-from adamame.chat import encode_prompt, load_tokenizer
-from adamame.dist import compute_dtype
-from adamame.generate import generate
-from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, reward_language, trace_languages
-from adamame.hf import load_model
-from adamame.scoring import score_record
+from .answer import reward_check, think_format_ok
+from .chat import encode_prompt, load_tokenizer
+from .dist import compute_dtype
+from .generate import generate
+from .language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES, get_detector, reward_language, trace_languages
+from .hf import load_model
+from .scoring import score_record
 
 
 @dataclass
@@ -58,14 +61,14 @@ def encode_questions(tokenizer, questions, max_prompt_tokens=None):
 
 
 def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, top_p=1.0, top_k=0, seed=None,
-             max_rows=None, return_logprobs=False, progress=None):
+             max_rows=None, return_logprobs=False, progress=None, sample_keys=None):
     """n samples for every prompt (prompt-major order), in one generate call whose KV cache has max_rows rows (None:
     one per sample); progress counts finished samples."""
     if not prompt_ids:
         return []
     samples = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
                        top_k=top_k, eos_token_ids=stop_ids(tokenizer), seed=seed, return_logprobs=return_logprobs,
-                       max_rows=max_rows, progress=progress)
+                       max_rows=max_rows, progress=progress, sample_keys=sample_keys)
     out, prompt_texts = [], {}
     for j, s in enumerate(samples):
         q = j // n
@@ -107,14 +110,34 @@ def detectors(args):
     return get_detector(name, tuple(languages)), get_detector(name, trace_languages(benchmark))
 
 
-def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_tokens, max_rows, seed,
+EVAL_CHUNK = 256  # most questions per generate call in an evaluation: the unit written to disk and skipped on --resume
+
+
+def question_keys(questions) -> list:
+    """A key per question, unique within the list: "lang/id", with "#n" for the n-th repeat of one."""
+    seen, keys = {}, []
+    for q in questions:
+        base = f"{q.lang}/{q.id}"
+        seen[base] = seen.get(base, -1) + 1
+        keys.append(base + (f"#{seen[base]}" if seen[base] else ""))
+    return keys
+
+
+def sample_key(question_key: str, candidate: int) -> int:
+    """The 32-bit key of a candidate's random numbers (generate's sample_keys): a hash of (question, candidate)."""
+    return zlib.crc32(f"{question_key}\0{candidate}".encode())
+
+
+def generate_records(model, tok, questions, keys, *, k, temperature, top_p, max_new_tokens, max_rows, seed,
                      progress=None):
-    """One record per question with its k decoded candidates and their token counts."""
+    """One record per question with its k decoded candidates and their token counts; candidate j of the question
+    keyed `keys[i]` draws its random numbers by (seed, sample_key(keys[i], j)), whatever else is in the call."""
     qs, ids, _ = encode_questions(tok, questions)
     rolls = rollouts(model, tok, ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     seed=seed, max_rows=max_rows, progress=progress)
+                     seed=seed, max_rows=max_rows, progress=progress,
+                     sample_keys=[sample_key(key, j) for key in keys for j in range(k)])
     recs = [{"id": q.id, "lang": q.lang, "question": q.prompt, "answer": q.answer, "candidates": [],
-             "candidate_tokens": [], "finish_reasons": []} for q in qs]
+             "candidate_tokens": [], "finish_reasons": [], "key": key} for q, key in zip(qs, keys)]
     for r in rolls:
         recs[r.question]["candidates"].append(r.text)
         recs[r.question]["candidate_tokens"].append(len(r.tokens))
@@ -122,27 +145,62 @@ def generate_records(model, tok, questions, *, k, temperature, top_p, max_new_to
     return recs
 
 
-def evaluate_model(model_dir, questions, args, *, rank=0, world=1, device="cpu", desc="eval"):
-    """evaluate.py's generation and scoring: k candidates for this rank's share of the questions, scored, every
-    record gathered on every rank. args: k, temperature, top_p, max_new_tokens, max_rows, seed, and optionally
-    verifier, lang_id, benchmark (evaluate.py's flags)."""
+def read_partial(folder) -> dict:
+    """{question key: scored record} of an interrupted evaluation's partial files (a torn last line is dropped)."""
+    done = {}
+    if folder and os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the line a killed run was writing
+                    done[rec["key"]] = rec
+    return done
+
+
+def evaluate_model(model_dir, questions, args, *, rank=0, world=1, device="cpu", desc="eval", partial=None):
+    """evaluate.py's generation and scoring: k candidates per question, scored, every record (in the questions' order)
+    returned on every rank. args: k, temperature, top_p, max_new_tokens, max_rows, seed, and optionally verifier,
+    lang_id, benchmark (evaluate.py's flags).
+
+    The questions go in chunks of at most EVAL_CHUNK, chunk c to rank c % world, and candidate j of a question draws its
+    random numbers keyed by (seed, question, j): any number of processes, and a resumed evaluation, draw the same
+    candidates. partial: a folder where each rank appends its scored records after every chunk (flushed to disk);
+    questions with a record there are not generated again (evaluate.py --resume)."""
     from tqdm import tqdm
 
+    keys = question_keys(questions)
+    done = read_partial(partial)
+    todo = [(q, key) for q, key in zip(questions, keys) if key not in done]
+    size = max(1, min(EVAL_CHUNK, -(-len(todo) // world)))  # every rank busy; any split draws the same candidates
+    chunks = [todo[a:a + size] for a in range(0, len(todo), size)][rank::world]
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=compute_dtype(device), device=device).eval()
-    mine = questions[rank::world]
-    bar = tqdm(total=len(mine) * args.k, desc=desc, unit="sample", disable=rank != 0, dynamic_ncols=True)
-    recs = generate_records(model, tok, mine, k=args.k, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, max_rows=args.max_rows,
-                            seed=args.seed * 1000 + rank, progress=bar)
-    bar.close()
     detector, train_detector = detectors(args)
-    recs = [score_record(r, verifier=getattr(args, "verifier", "builtin"), detector=detector,
-                         train_detector=train_detector) for r in recs]
+    bar = tqdm(total=sum(map(len, chunks)) * args.k, desc=desc, unit="sample", disable=rank != 0,
+               dynamic_ncols=True)
+    mine = []
+    for chunk in chunks:
+        recs = generate_records(model, tok, [q for q, _ in chunk], [key for _, key in chunk], k=args.k,
+                                temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                max_rows=args.max_rows, seed=args.seed, progress=bar)
+        recs = [score_record(r, verifier=getattr(args, "verifier", "builtin"), detector=detector,
+                             train_detector=train_detector) for r in recs]
+        if partial:
+            os.makedirs(partial, exist_ok=True)
+            with open(os.path.join(partial, f"rank{rank}.jsonl"), "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+                f.flush()
+                os.fsync(f.fileno())
+        mine += recs
+    bar.close()
     if world > 1:
         import torch.distributed as tdist
 
         parts = [None] * world
-        tdist.all_gather_object(parts, recs)
-        recs = [r for p in parts for r in p]
-    return recs
+        tdist.all_gather_object(parts, mine)
+        mine = [r for p in parts for r in p]
+    done.update((r["key"], r) for r in mine)
+    return [done[key] for key in keys]

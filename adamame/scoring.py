@@ -58,8 +58,8 @@ Imports: numpy; adamame: answer, language.
 from collections import Counter
 from math import comb
 
-from adamame.answer import paper_answers, split_response, verify_with
-from adamame.language import INSTRUCTIONS, KNOWN_LANGUAGES, fidelity, get_detector, reward_language
+from .answer import paper_answers, split_response, verify_with
+from .language import INSTRUCTIONS, KNOWN_LANGUAGES, fidelity, get_detector, reward_language
 
 IN_DOMAIN = ("fr", "ja", "ko", "pt", "th")
 METRICS = ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "lang_match", "tokens",
@@ -287,6 +287,7 @@ def select_for_rl(records: list) -> tuple:
 
 def format_selection(stats: dict) -> str:
     """Per language kept / total and the mean count of correct candidates, as the released script prints them."""
-    lines = [f"[{lang}] {k}/{t} kept ({100 * k / t:.1f}%) | avg correct_num={m:.3f}" for lang, (k, t, m) in stats.items()]
+    lines = [f"[{lang}] {k}/{t} kept ({100 * k / t:.1f}%) | avg correct_num={m:.3f}"
+             for lang, (k, t, m) in stats.items()]
     kept, total = sum(s[0] for s in stats.values()), sum(s[1] for s in stats.values())
     return "\n".join(lines + [f"Total: {kept}/{total} kept"])

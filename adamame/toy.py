@@ -40,12 +40,12 @@ import string
 
 import torch
 
-from adamame.data import localized_prompt, read_questions, write_jsonl
-from adamame.hf import save_model
-from adamame.language import INSTRUCTIONS
-from adamame.model import ModelConfig, Transformer
-from adamame.rollout import evaluate_model
-from adamame.scoring import format_selection, format_table, select_for_rl, summarize
+from .data import localized_prompt, read_questions, write_jsonl
+from .hf import save_model
+from .language import INSTRUCTIONS
+from .model import ModelConfig, Transformer
+from .rollout import evaluate_model
+from .scoring import format_selection, format_table, select_for_rl, summarize
 
 LANGS = ("fr", "ja", "ko", "pt", "th")  # in-domain: base stage, Stage 1 and RL
 OOD = ("es", "de")  # out-of-domain: the base stage only
@@ -220,7 +220,8 @@ def render(problem, trace_lang=None, switch=False, terse=None):
 
 def base_rows(seed=0):
     """The base stage's rows: every training problem as a plain question with an English trace, and as a question with
-    a "reason in <language>" request and a trace in that language, SWITCH of them continuing in English. The model it makes reasons in English by habit and in a language when asked."""
+    a "reason in <language>" request and a trace in that language, SWITCH of them continuing in English. The model
+    it makes reasons in English by habit and in a language when asked."""
     rng, rows = random.Random(seed), []
     for p in problems("train"):
         lang = p[1]

@@ -123,16 +123,16 @@ def plot(res, path):
     return True
 
 
-def block(out, variants, seeds, env, bar):
+def block(out, variants, seeds, env, bar, *, steps=None, sft_steps=None, per_language=None, nproc=2):
     """The SFT model (once), its RL prompts (once), every variant x seed trained and scored."""
     from adamame.toy import GRPO_SETTINGS, evaluate, held_out_questions, select_rl_prompts
 
     toy = os.path.join(out, "sft")  # train_sft.py's default builds the toy task (pool and held-out prompts) here
     sft = os.path.join(toy, "final")
     if not os.path.exists(os.path.join(sft, "config.json")):
-        run(["train_sft.py", "--out", toy], 2, env)
+        run(["train_sft.py", "--out", toy, *(["--max-steps", str(sft_steps)] if sft_steps else [])], nproc, env)
     train = os.path.join(toy, "toy_rl_train.jsonl")
-    s = GRPO_SETTINGS
+    s = {**GRPO_SETTINGS, "max_steps": steps or GRPO_SETTINGS["max_steps"]}
     if not os.path.exists(train):
         os.environ.update(env)  # the selection runs in this process
         select_rl_prompts(sft, os.path.join(toy, "toy_rl_pool.jsonl"), train, max_new_tokens=s["max_response_tokens"])
@@ -142,7 +142,7 @@ def block(out, variants, seeds, env, bar):
                               s["max_prompt_tokens"], "--max-response-tokens", s["max_response_tokens"],
                               "--eval-every", "0", "--save-every", s["max_steps"], "--micro-batch-tokens",
                               s["micro_batch_tokens"], "--log-rollouts", "0"]]
-    questions = held_out_questions(toy)
+    questions = held_out_questions(toy, *([per_language] if per_language else []))
     res = {"sft": figures(evaluate(sft, questions, s["max_response_tokens"], 0, desc="eval sft")),
            "rl_prompts": sum(1 for _ in open(train, encoding="utf-8")), "variants": {}}
     for v in variants:
@@ -151,7 +151,7 @@ def block(out, variants, seeds, env, bar):
             run_dir = os.path.join(out, f"{v}-seed{seed}")
             if not os.path.exists(os.path.join(run_dir, "final", "config.json")):
                 run(["train_grpo.py", "--model", sft, "--data", train, "--out", run_dir, "--reward", v, "--seed",
-                     str(seed), *flags], 2, env)
+                     str(seed), *flags], nproc, env)
             summ = evaluate(os.path.join(run_dir, "final"), questions, s["max_response_tokens"], seed,
                             desc=f"eval {v} {seed}")
             rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
@@ -173,6 +173,10 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
                     help=f"default: {' '.join(DEFAULT_VARIANTS)}")
     ap.add_argument("--no-control", action="store_true", help="skip the no-gap control (grpo and adamame)")
+    ap.add_argument("--steps", type=int, default=90, help="RL steps per run (the demo's, the paper's T = 90)")
+    ap.add_argument("--sft-steps", type=int, help="steps of each toy SFT stage (default: the demo's)")
+    ap.add_argument("--eval-per-language", type=int, help="held-out prompts per language (default: all 60)")
+    ap.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
@@ -182,12 +186,13 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     n = len(args.variants) * args.seeds + (0 if args.no_control else len(CONTROL_VARIANTS) * args.seeds)
     bar = tqdm(total=n, desc="ablation runs", dynamic_ncols=True)
-    res = {"settings": {"seeds": args.seeds, "k": 4, "eval_temperature": EVAL_TEMPERATURE, "ranks": 2,
-                        "rl": GRPO_SETTINGS}}
-    res["main"] = block(out, args.variants, args.seeds, {"ADAMAME_TOY_NO_GAP": "0"}, bar)
+    res = {"settings": {"seeds": args.seeds, "k": 4, "eval_temperature": EVAL_TEMPERATURE, "ranks": args.nproc,
+                        "rl": {**GRPO_SETTINGS, "max_steps": args.steps}, "sft_steps": args.sft_steps}}
+    sizes = dict(steps=args.steps, sft_steps=args.sft_steps, per_language=args.eval_per_language, nproc=args.nproc)
+    res["main"] = block(out, args.variants, args.seeds, {"ADAMAME_TOY_NO_GAP": "0"}, bar, **sizes)
     if not args.no_control:
         res["control"] = block(os.path.join(out, "control"), CONTROL_VARIANTS, args.seeds,
-                               {"ADAMAME_TOY_NO_GAP": "1"}, bar)
+                               {"ADAMAME_TOY_NO_GAP": "1"}, bar, **sizes)
     bar.close()
     res["seconds"] = time.perf_counter() - t0
     res["plot"] = plot(res, os.path.join(out, "ablation.png"))

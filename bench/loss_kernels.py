@@ -79,7 +79,7 @@ def sides(compile_):
     position itself); the functions take (logits, ids [B, L + extra], adv, mask, old, ref) and return a tensor."""
     import torch
 
-    from adamame.kernels import grpo_loss, grpo_loss_torch, token_logprobs, token_logprobs_torch
+    from adamame.grpo_kernels import grpo_loss, grpo_loss_torch, token_logprobs, token_logprobs_torch
 
     def ours_loss(loss_fn):
         def run(logits, ids, adv, mask, old, ref):

@@ -93,7 +93,7 @@ def update(tiny: bool, save):
     import torch
 
     from adamame import dist
-    from adamame.kernels import policy_loss
+    from adamame.grpo_kernels import policy_loss
     from adamame.lora import apply_lora
     from adamame.memory import grpo_plan
     from train_grpo import response_logprobs

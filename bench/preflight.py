@@ -50,7 +50,7 @@ def check_imports(ctx):
 def check_triton(ctx):
     import torch
 
-    from adamame import kernels
+    from adamame import grpo_kernels as kernels
 
     if ctx["device"] == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return {"skipped": "no GPU and no TRITON_INTERPRET"}

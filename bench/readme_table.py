@@ -116,44 +116,40 @@ def demo(res: dict) -> str:
     out += [f"reward {res['reward']}: accuracy {sft['accuracy']:.3f} -> {rl['accuracy']:.3f}, query-language match "
             f"{sft['lang_match']:.3f} -> {rl['lang_match']:.3f}", "```", ""]
     q, e = sft["summary"]["in_domain"], rl["summary"]["in_domain"]
+    qo, eo = sft["summary"]["out_of_domain"], rl["summary"]["out_of_domain"]
+    sel = res["rl_prompts"]
     out += textwrap.wrap(
             f"({res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in all: "
-            f"{res['base_steps']} + {res['sft_steps']} SFT steps (the base stage, then Stage 1), {res['rl_steps']} RL "
-            f"steps of {res['batch_prompts']} prompts x {res['group_size']} rollouts at temperature "
-            f"{res['rl_temperature']}, two evaluations; the run is deterministic for a given seed.) The SFT "
-            f"model answers {100 * sft['accuracy']:.0f}% of the held-out prompts correctly but reasons in the query "
-            f"language only {100 * sft['lang_match']:.0f}% of the time, and not for want of ability: its "
-            f"query-language traces are right {100 * q['acc_query']:.1f}% of the time ({q['n_query']} candidates), its "
-            f"English ones {100 * q['acc_english']:.1f}% ({q['n_english']}). AdaMame-GRPO raises the match to "
-            f"{100 * rl['lang_match']:.0f}%, with accuracy {'down' if rl['accuracy'] < sft['accuracy'] else 'up'} "
-            f"{100 * abs(rl['accuracy'] - sft['accuracy']):.1f} points ({e['n_query']} of "
-            f"{e['n_query'] + e['n_english'] + e['n_other']} candidates now reason in the query language).", 116)
+            f"{res['base_steps']} + {res['sft_steps']} SFT steps (the base stage, then Stage 1 on query-language "
+            f"traces), the RL data stage ({sel['kept']} of {sel['pool']} pool prompts solved 1 to 7 times of 8; "
+            f"{100 * res['mixed_groups_first_10_steps']:.0f}% of the groups of the first 10 RL steps are of mixed "
+            f"correctness), {res['rl_steps']} RL steps of {res['batch_prompts']} prompts x {res['group_size']} "
+            f"rollouts at temperature {res['rl_temperature']}, two evaluations. The same seed gives the same numbers "
+            f"on one machine; another machine or package version moves them by about a point.) In domain the SFT "
+            f"model is right {100 * q['pass@1']:.1f}% of the time (pass@4 {100 * q['pass@k']:.1f}%) and reasons in "
+            f"the query language {100 * q['lang_match']:.1f}% of the time; after {res['reward']} RL, "
+            f"{100 * e['pass@1']:.1f}% ({100 * e['pass@k']:.1f}%) and {100 * e['lang_match']:.1f}%. Out of domain "
+            f"(es, de: seen in the base stage only) {100 * qo['pass@1']:.1f}% -> {100 * eo['pass@1']:.1f}% right, "
+            f"{100 * qo['lang_match']:.1f}% -> {100 * eo['lang_match']:.1f}% in the query language.", 116)
     return "\n".join(out)
 
 
-def rescored(res: dict) -> str:
-    """One sentence of an ablation-T<t>.json: the same runs scored at another temperature."""
-    sft, st = res["sft"], res["settings"]
-    cells = ", ".join(f"{v} {100 * d['summary']['accuracy']['mean']:.1f} ± {100 * d['summary']['accuracy']['std']:.1f}"
-                      for v, d in res["variants"].items())
-    return (f"Re-scored at temperature {st['eval_temperature']:g} (`--eval-temperature {st['eval_temperature']:g}`): "
-            f"the SFT model {100 * sft['accuracy']:.1f}% (query-language traces {100 * sft['acc_query']:.1f}% of "
-            f"{sft['n_query']}, English ones {100 * sft['acc_english']:.1f}% of {sft['n_english']}); pass@1 % {cells}.")
-
-
-def ablation(res: dict, others=()) -> str:
-    """bench/ablation.py's table (mean ± std over seeds) and its settings, from ablation.json; then a sentence per
-    re-scored temperature (`others`: the ablation-T<t>.json beside it)."""
+def ablation(res: dict) -> str:
+    """bench/ablation.py's tables (mean ± 95% interval over seeds, paired differences from grpo; the control after
+    them) and its settings, from ablation.json."""
     from bench.ablation import table as ablation_table
 
-    st = res["settings"]
-    extra = [line for o in others for line in [""] + textwrap.wrap(rescored(o), 116)]
-    return "\n".join(["```", ablation_table(res), "```", ""] + textwrap.wrap(
-        f"(In-domain held-out toy prompts, {st['held_out_prompts']} prompts x {st['k']} samples at temperature "
-        f"{st['eval_temperature']}; mean ± standard deviation over {st['seeds']} RL seeds of {st['rl_steps']} steps "
-        f"each from one SFT model; tokens are the tokenizer's; {res['seconds'] / 60:.0f} min on this project's "
-        f"2-core CPU machine: "
-        f"`python bench/ablation.py`.)", 116) + extra)
+    st, m = res["settings"], res["main"]
+    tables = [ablation_table(res, "main")]
+    if "control" in res:
+        tables += ["", "control: the same toy with no competence gap (every cell taught step by step)",
+                   ablation_table(res, "control")]
+    return "\n".join(["```", *tables, "```", ""] + textwrap.wrap(
+        f"(Held-out toy prompts, {m['held_out_prompts'] // 7} per language, {st['k']} samples each at temperature "
+        f"{st['eval_temperature']}; mean ± the half-width of the 95% t-interval over {st['seeds']} RL seeds of "
+        f"{st['rl']['max_steps']} steps each, all from one SFT model and its {m['rl_prompts']} selected RL prompts; "
+        f"'X - grpo' is the difference paired by seed; rates in %, tokens the tokenizer's; "
+        f"{res['seconds'] / 60:.0f} min on this project's 2-core CPU machine: `python bench/ablation.py`.)", 116))
 
 
 def newest() -> str | None:
@@ -186,14 +182,7 @@ def main(argv=None):
         raise SystemExit(f"no results file for {kind}" + (" in bench/results yet" if kind == "gpu" else ""))
     with open(path) as f:
         res = json.load(f)
-    if kind == "ablation":  # with the same runs re-scored at other temperatures, when present beside it
-        others = []
-        for p in sorted(glob.glob(os.path.join(os.path.dirname(path), "ablation-T*.json"))):
-            with open(p) as f:
-                others.append(json.load(f))
-        text = ablation(res, others)
-    else:
-        text = {"gpu": table, "demo": demo}[kind](res)
+    text = {"gpu": table, "demo": demo, "ablation": ablation}[kind](res)
     if kind == "gpu":
         text = f"From `{os.path.relpath(path, os.path.join(HERE, '..'))}`:\n\n{text}"
     if "--write" in argv:

@@ -3,10 +3,11 @@
 Each module's docstring has an "Imports:" line; after "adamame:" it names the sibling modules the module imports (an
 optional one followed by "(optional"). `test_imports_lines_name_exactly_the_sibling_imports` holds those lines to the
 code, read with ast: every sibling import is named, every named sibling is imported, and sibling imports sit at the
-top of the file (an optional one inside a top-level try). `test_a_copied_unit_works` copies a module with the closure
-of the required siblings the lines name into an empty folder, as the `adamame` package, and runs a documented use in
-a fresh process whose path holds only that folder and the installed packages (no TRITON_INTERPRET: a CPU machine as
-a copier has it). Extend USES when a module gains a use worth showing; every module's unit is at least imported.
+top of the file (an optional one inside a top-level try), relative (`from .x import y`), so that a copy works in a
+package of any name. `test_a_copied_unit_works` copies a module with the closure of the required siblings the lines
+name into an empty folder, as a package named `mylib`, and runs a documented use (its `adamame` read as `mylib`) in a
+fresh process whose path holds only that folder and the installed packages (no TRITON_INTERPRET: a CPU machine as a
+copier has it). Extend USES when a module gains a use worth showing; every module's unit is at least imported.
 """
 import ast
 import os
@@ -30,9 +31,9 @@ adv = advantages(correct=[1, 1, 0, 1], langs=["th", "en", "th", "en"], query_lan
 assert abs(adv[0] - 1 / (2 / 3) ** 0.5) < 1e-5 and adv[1] == 0 and abs(adv[2] + adv[0]) < 1e-12, adv
 assert "sympy" not in sys.modules and "langid" not in sys.modules
 """,
-    "kernels": """
+    "grpo_kernels": """
 import torch
-from adamame.kernels import policy_loss, token_logprobs
+from adamame.grpo_kernels import policy_loss, token_logprobs
 logits, targets = torch.randn(2, 3, 11), torch.randint(0, 11, (2, 3))
 lp = token_logprobs(logits, targets)
 assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0], atol=1e-6)
@@ -167,6 +168,8 @@ def sibling_imports(module: str, pkg: str = PKG) -> tuple[set, set, list]:
     tree = ast.parse(open(os.path.join(pkg, module + ".py"), encoding="utf-8").read())
 
     def siblings(node):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:  # from . import x / from .x import y
+            return {a.name for a in node.names} if node.module is None else {node.module.split(".")[0]}
         if isinstance(node, ast.ImportFrom) and node.module == "adamame":
             return {a.name for a in node.names}
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("adamame."):
@@ -190,6 +193,9 @@ def sibling_imports(module: str, pkg: str = PKG) -> tuple[set, set, list]:
 def test_imports_lines_name_exactly_the_sibling_imports(module):
     required, optional = imports_line(module)
     top, top_optional, late = sibling_imports(module)
+    text = open(os.path.join(PKG, module + ".py"), encoding="utf-8").read()
+    assert not re.search(r"^\s*(from adamame\b|import adamame\b)", text, re.M), (
+        f"adamame/{module}.py imports a sibling by the package's name: a copy into another package cannot find it")
     assert not late, f"adamame/{module}.py imports siblings inside functions, at lines {late}"
     assert (required, optional) == (top, top_optional), (
         f"adamame/{module}.py: its Imports: line names {sorted(required)} (optional {sorted(optional)}), the code "
@@ -205,14 +211,16 @@ def closure(module: str, pkg: str = PKG) -> set:
     return unit
 
 
-def run_copied(unit: set, code: str, tmp_path, src: str = PKG) -> subprocess.CompletedProcess:
-    pkg = tmp_path / "adamame"
+def run_copied(unit: set, code: str, tmp_path, src: str = PKG, name: str = "mylib") -> subprocess.CompletedProcess:
+    """The unit copied into tmp_path/<name>/ (a package of another name than adamame), `code` run against it."""
+    pkg = tmp_path / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for name in unit:
-        (pkg / f"{name}.py").write_bytes(open(os.path.join(src, name + ".py"), "rb").read())
+    for module in unit:
+        (pkg / f"{module}.py").write_bytes(open(os.path.join(src, module + ".py"), "rb").read())
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH", "ADAMAME_KERNELS")}
     prelude = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+    code = re.sub(r"\badamame\b", name, code)
     return subprocess.run([sys.executable, "-I", "-c", prelude + code], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -240,7 +248,7 @@ def test_the_copy_test_fails_when_a_unit_needs_an_unnamed_sibling(tmp_path):
     text = open(os.path.join(PKG, "rewards.py"), encoding="utf-8").read()
     assert "from adamame.answer import" not in text
     (src / "rewards.py").write_text(text.replace("import numpy as np\n", "import numpy as np\n\n"
-                                                 "from adamame.answer import verify  # noqa: F401\n", 1))
+                                                 "from .answer import verify  # noqa: F401\n", 1))
     assert imports_line("rewards", str(src)) != sibling_imports("rewards", str(src))[:2]
     r = run_copied(closure("rewards", str(src)), USES["rewards"], tmp_path, str(src))
-    assert r.returncode != 0 and "No module named 'adamame.answer'" in r.stderr
+    assert r.returncode != 0 and "No module named 'mylib.answer'" in r.stderr

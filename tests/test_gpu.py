@@ -160,7 +160,7 @@ def test_plan_sizes_are_the_cuda_allocations(tmp_path):
 
 
 def test_triton_kernel_writes_gradient_in_place_on_cuda():
-    from adamame.kernels import token_logprobs, token_logprobs_torch
+    from adamame.grpo_kernels import token_logprobs, token_logprobs_torch
 
     x = torch.randn(64, 151_936, device="cuda", dtype=torch.bfloat16)
     t = torch.randint(0, 151_936, (64,), device="cuda")

@@ -479,7 +479,8 @@ def test_the_sampling_step_has_no_host_sync():
                 st = State(out=zeros(N + 1, 8), out_lp=zeros(N + 1, 8, dtype=torch.float32), lengths=zeros(N + 1),
                            stopped=zeros(N + 1, dtype=torch.bool), sample=torch.arange(B), t=zeros(B), pos=zeros(B),
                            slot=zeros(B), tok=zeros(B), done=zeros(B, dtype=torch.bool))
-                cfg = Settings(2**40 + 3, temperature, top_k, top_p, torch.tensor([3, 9]), 0, torch.full((N + 1,), 8))
+                cfg = Settings(2**40 + 3, temperature, top_k, top_p, torch.tensor([3, 9]), 0, torch.full((N + 1,), 8),
+                               torch.arange(N + 1))
                 index = slice(None) if rows != "admitted" else torch.tensor([1, 3])
                 logits = torch.randn(B if rows != "admitted" else 2, V)
             rec = OpRecorder()
@@ -528,7 +529,7 @@ def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, ca
 
 
 def test_a_failed_graph_capture_and_a_failed_triton_launch_name_their_hatch(tmp_path, monkeypatch):
-    from adamame import kernels
+    from adamame import grpo_kernels as kernels
     from adamame.generate import Decoder, graphs_default
 
     model = _gqa_model(tmp_path)
@@ -558,7 +559,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, sys.argv[1])
-from adamame import decode_attention, kernels, sampler
+from adamame import decode_attention, grpo_kernels as kernels, sampler
 from triton.runtime.jit import JITFunction
 
 kernels_found = {n: f for m in (kernels, decode_attention, sampler) for n, f in vars(m).items()
@@ -588,7 +589,7 @@ for name, fn in sorted(kernels_found.items()):
 print(json.dumps(out))
 '''
 
-# Each @triton.jit kernel of adamame/kernels.py as the trainers launch it: DTYPE is the logits' dtype (bf16 on a GPU,
+# Each @triton.jit kernel of adamame/grpo_kernels.py as the trainers launch it: DTYPE is the logits' dtype (bf16 on a GPU,
 # fp32 on the reference path); a new kernel fails this test until its signature is listed here.
 TRITON_SIGNATURES = {
     "_logprob_fwd_kernel": {
@@ -632,7 +633,7 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
     kernel); the cubin's resource usage, read with the cuobjdump the triton wheel ships, must show no local memory
     (register spills)."""
     pytest.importorskip("triton")
-    from adamame import decode_attention, kernels, sampler
+    from adamame import decode_attention, grpo_kernels as kernels, sampler
 
     assert kernels.NUM_WARPS == 8 and kernels.BLOCK_V == 4096  # what the signatures above compile
     assert decode_attention.BLOCK_S == 32 and decode_attention.NUM_WARPS == 8

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from adamame import kernels
-from adamame.kernels import (grpo_loss, grpo_loss_from_hidden, grpo_loss_torch, policy_loss, token_logprobs,
+from adamame import grpo_kernels as kernels
+from adamame.grpo_kernels import (grpo_loss, grpo_loss_from_hidden, grpo_loss_torch, policy_loss, token_logprobs,
                              token_logprobs_from_hidden, token_logprobs_torch)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

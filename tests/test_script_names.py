@@ -50,3 +50,12 @@ def test_the_check_finds_a_clash(tmp_path):
     (tmp_path / "tests" / "scripts" / "numpy" / "__init__.py").write_text("")
     (tmp_path / "bench" / "not_a_module_name_anyone_uses.py").write_text("")
     assert clashes(str(tmp_path)) == sorted(["bench/torch", "json", "tests/scripts/numpy"])
+
+
+def test_no_library_module_shadows_an_installed_one():
+    """A module of adamame/ copied flat beside a user's script (rewards.py, grpo_kernels.py) is what `import NAME`
+    finds there, even inside transformers: no module may have the name of an installed top-level module (kernels.py
+    shadowed Hugging Face's `kernels` package that transformers 5 imports)."""
+    taken = set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+    found = sorted(importable_names(os.path.join(ROOT, "adamame")) & taken)
+    assert not found, f"rename these adamame/ modules: copied flat, they shadow installed modules: {found}"

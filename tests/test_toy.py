@@ -103,7 +103,7 @@ def test_the_toy_settings_are_defaults_the_command_line_overrides():
     assert toy_run.lr == 0.5 and all(getattr(toy_run, k) == v for k, v in toy.GRPO_SETTINGS.items() if k != "lr")
     assert train_grpo.parse_args(["--model", "m", "--data", "d"]).batch_prompts == 512
     sft = train_sft.parse_args([])
-    assert all(getattr(sft, k) == v for k, v in train_sft.TOY_SETTINGS.items()) and sft.base_steps == 400
+    assert all(getattr(sft, k) == v for k, v in train_sft.TOY_SETTINGS.items()) and sft.base_steps == train_sft.TOY_BASE_STEPS
     sft = train_sft.parse_args(["--max-steps", "7"])  # a --max-steps given sets both stages
     assert sft.max_steps == 7 and sft.base_steps == 7 and sft.lr == train_sft.TOY_SETTINGS["lr"]
     assert train_sft.parse_args(["--model", "m", "--data", "d"]).lora_rank == 8
