@@ -130,7 +130,8 @@ def block(out, variants, seeds, env, bar, *, steps=None, sft_steps=None, per_lan
     toy = os.path.join(out, "sft")  # train_sft.py's default builds the toy task (pool and held-out prompts) here
     sft = os.path.join(toy, "final")
     if not os.path.exists(os.path.join(sft, "config.json")):
-        run(["train_sft.py", "--out", toy, *(["--max-steps", str(sft_steps)] if sft_steps else [])], nproc, env)
+        run(["train_sft.py", "--out", toy, "--overwrite", *(["--max-steps", str(sft_steps)] if sft_steps else [])],
+            nproc, env)  # (an interrupted stage is redone)
     train = os.path.join(toy, "toy_rl_train.jsonl")
     s = {**GRPO_SETTINGS, "max_steps": steps or GRPO_SETTINGS["max_steps"]}
     if not os.path.exists(train):
@@ -151,7 +152,7 @@ def block(out, variants, seeds, env, bar, *, steps=None, sft_steps=None, per_lan
             run_dir = os.path.join(out, f"{v}-seed{seed}")
             if not os.path.exists(os.path.join(run_dir, "final", "config.json")):
                 run(["train_grpo.py", "--model", sft, "--data", train, "--out", run_dir, "--reward", v, "--seed",
-                     str(seed), *flags], nproc, env)
+                     str(seed), "--overwrite", *flags], nproc, env)
             summ = evaluate(os.path.join(run_dir, "final"), questions, s["max_response_tokens"], seed,
                             desc=f"eval {v} {seed}")
             rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]

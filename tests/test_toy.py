@@ -154,8 +154,9 @@ def test_shortened_demo_runs_the_whole_pipeline(tmp_path):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
     assert all(0 <= row["mixed_groups"] <= 1 for row in rows) and "mixed_groups_first_10_steps" in s
     assert "query-language match" in r.stdout and "lang_match" in r.stdout
-    # a second run reuses the toy model and the SFT result
-    r2 = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "10", "--max-steps", "1", "--reward", "grpo"])
+    # a second run reuses the toy model, the SFT result and the RL prompts (replacing the RL run only when asked)
+    r2 = run_cli(["train_grpo.py", "--out", str(out), "--sft-steps", "10", "--max-steps", "1", "--reward", "grpo",
+                  "--overwrite"])
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "examples, 1 rank(s)" not in r2.stdout  # train_sft did not run again (it prints this first)
     assert json.loads((out / "summary.json").read_text())["reward"] == "grpo"
