@@ -81,7 +81,10 @@ def parse_args(argv=None):
                          "1 <= correct < k (the released RL data stage; released N: 2000)")
     ap.add_argument("--select-val", type=int, default=0, metavar="M",
                     help="with --select-rl: M more questions per language, disjoint, to --out/rl_val.jsonl")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.k is None:
+        args.k = 8 if args.select_rl is not None else 4
+    return args
 
 
 def data_files(paths):
@@ -164,8 +167,6 @@ def write_selection(recs, val, out):
 def main(argv=None):
 
     args = parse_args(argv)
-    if args.k is None:
-        args.k = 8 if args.select_rl is not None else 4
     check_flags(args, positive=("k", "max_new_tokens", "max_rows", "limit"),
                 non_negative=("temperature", "select_rl", "select_val"))
     if not 0 < args.top_p <= 1:

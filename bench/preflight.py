@@ -41,7 +41,7 @@ def check_imports(ctx):
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
     for name in ("triton", "transformers", "tokenizers", "safetensors", "langid", "sympy", "numpy", "tqdm"):
         versions[name] = getattr(importlib.import_module(name), "__version__", "?")
-    for name in ("model", "generate", "kernels", "lora", "dist", "memory", "rewards", "language", "answer",
+    for name in ("model", "generate", "grpo_kernels", "lora", "dist", "memory", "rewards", "language", "answer",
                  "scoring", "rollout", "checkpoint", "data", "chat", "toy"):
         importlib.import_module(f"adamame.{name}")
     return versions

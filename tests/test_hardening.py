@@ -87,9 +87,10 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tiny, tmp_path):
     finally:
         first.kill()
         first.wait()
-    # once that process is gone (even killed with SIGKILL), the folder is free again
+    # once that process is gone (even killed with SIGKILL), the folder is free again: for its --resume (or an
+    # explicit --overwrite; a plain run would stop at the killed run's files)
     r = run_cli(["train_grpo.py", "--model", str(tiny / "model"), "--data", str(tiny / "rl.jsonl"), "--out",
-                 str(out), *SMALL, "--max-steps", "1"])
+                 str(out), *SMALL, "--max-steps", "1", "--overwrite"])
     assert r.returncode == 0, r.stderr[-2000:]
 
 

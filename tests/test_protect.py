@@ -98,7 +98,16 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_files(tiny, tmp_
     common = ["--model", str(tiny / "model"), "--data", str(tiny / "eval.jsonl"), "--k", "2", "--max-new-tokens", "6",
               "--temperature", "1.0"]
     monkeypatch.setattr(rollout, "EVAL_CHUNK", 5)  # 18 questions: 4 chunks
-    evaluate.main([*common, "--out", str(full)])
+
+    def main(*args):  # a fresh one-process group each time, as a new `python evaluate.py` would have
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            monkeypatch.delenv(var, raising=False)
+        try:
+            return evaluate.main([*common, *args])
+        finally:
+            dist.cleanup(barrier=False)
+
+    main("--out", str(full))
     real, calls = rollout.generate_records, []
 
     def stop_at_second(*a, **kw):
@@ -109,16 +118,14 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_files(tiny, tmp_
 
     monkeypatch.setattr(rollout, "generate_records", stop_at_second)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.main([*common, "--out", str(cut)])
-    dist.cleanup(barrier=False)
+        main("--out", str(cut))
     assert not (cut / "generations.jsonl").exists()
     assert sum(1 for _ in open(cut / "partial" / "rank0.jsonl")) == 5  # the first chunk is on disk
     calls.clear()
     monkeypatch.setattr(rollout, "generate_records", lambda *a, **kw: (calls.append(len(a[2])), real(*a, **kw))[1])
     with pytest.raises(Exception, match="holds an earlier run"):  # without --resume: refused
-        evaluate.main([*common, "--out", str(cut)])
-    dist.cleanup(barrier=False)
-    evaluate.main([*common, "--out", str(cut), "--resume"])
+        main("--out", str(cut))
+    main("--out", str(cut), "--resume")
     assert sum(calls) == 13  # only the 13 unfinished questions were generated
     for f in ("generations.jsonl", "summary.json", "summary.csv", "paper_summary.csv"):
         assert (cut / f).read_bytes() == (full / f).read_bytes(), f
@@ -146,7 +153,8 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tiny, tmp_path):
     out = tmp_path / "run"
     env, root = cli_env()
     p = subprocess.Popen([sys.executable, "train_grpo.py", "--model", str(tiny / "model"), "--data",
-                          str(tiny / "rl.jsonl"), "--out", str(out), "--batch-prompts", "5", "--group-size", "2",
+                          str(tiny / "rl.jsonl"), "--out", str(out), "--batch-prompts", "5", "--mini-batch-prompts",
+                          "5", "--group-size", "2",
                           "--max-response-tokens", "6", "--lora-rank", "0", "--save-every", "1", "--max-steps", "500"],
                          cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -33,7 +33,8 @@ def test_the_splits_are_disjoint_and_answers_are_right():
         assert toy.render(p)[2] == str(expected) and expected >= 0
     # an out-of-domain language has OOD_SHARE of the others' training problems
     train = toy.problems("train")
-    assert sum(p[1] == "de" for p in train) == round(0.25 * sum(p[1] == "es" for p in train))
+    assert sum(p[1] == "de" for p in train) == len(toy.TYPES) * round(0.25 * toy.SPLIT["train"])
+    assert sum(p[1] == "es" for p in train) == len(toy.TYPES) * toy.SPLIT["train"]
 
 
 def test_weak_cells_are_terse_in_their_language_and_english_writes_every_step():
@@ -61,16 +62,20 @@ def test_stage_1_is_query_language_answer_correct_traces_of_in_domain_questions(
 def test_the_base_stage_answers_plain_questions_in_english_and_requests_in_their_language():
     rows = toy.base_rows()
     assert len(rows) == 2 * len(toy.problems("train")) and {r["lang"] for r in rows} == set(ALL)
-    switched = 0
-    for r in rows:
-        requested = r["question"].endswith(toy.REQUESTS[r["lang"]])
-        first = r["trace"].split(". ")[0] if r["lang"] not in ("ja", "th") else r["trace"][:12]
-        if not requested:
+    english_answer = toy.PHRASES["en"]["t_answer"].split("\\")[0]  # "The answer is "
+    requested = [r["question"].endswith(toy.REQUESTS[r["lang"]]) for r in rows]
+    assert sum(requested) == len(rows) // 2
+    switched = stepwise = 0
+    for r, asked in zip(rows, requested):
+        if not asked:
             assert reward_language(r["trace"]) == "en", r
-        elif reward_language(r["trace"]) != r["lang"]:  # a switch: its first step in the language, then English
+        elif english_answer in r["trace"]:  # a switch: continued in English after its first step
             switched += 1
-            assert reward_language(first) == r["lang"] or r["lang"] in ("ja", "th"), r
-    assert 0.05 < switched / (len(rows) / 2) < 0.15  # SWITCH = 10% of requested traces
+            assert r["trace"].count(" = ") == 2 and not r["trace"].startswith(english_answer), r
+        else:
+            assert reward_language(r["trace"]) == r["lang"], r
+        stepwise += asked and r["trace"].count(" = ") == 2  # a terse (weak-cell) trace is never switched
+    assert 0.06 < switched / stepwise < 0.14  # SWITCH = 10% of the step-by-step requested traces
     held_out = {toy.render(p)[0] for p in toy.problems("test") + toy.problems("rl")}
     assert not held_out & {r["question"] for r in rows}  # nothing held out is seen, with or without a request
     assert not held_out & {r["question"].rsplit(" ", 1)[0] for r in rows}
