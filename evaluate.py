@@ -164,6 +164,27 @@ def write_selection(recs, val, out):
     return rows
 
 
+RESUME_KEYS = ("model", "k", "temperature", "top_p", "max_new_tokens", "seed", "verifier", "lang_id", "benchmark")
+
+
+def same_settings(partial, args):
+    """The settings of the records in `partial`: written with the first of them, compared on --resume (records drawn
+    with another seed, k or model must not be mixed into one evaluation)."""
+    now = {k: getattr(args, k) for k in RESUME_KEYS}
+    path = os.path.join(partial, "settings.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        diff = [f"--{k.replace('_', '-')} {before.get(k)} (now {now[k]})" for k in RESUME_KEYS if before.get(k) != now[k]]
+        if diff:
+            raise DataError(f"{path}: the interrupted evaluation ran with {', '.join(diff)}: resume with its settings, "
+                            f"or --overwrite to start again")
+        return
+    os.makedirs(partial, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(now, f)
+
+
 def main(argv=None):
 
     args = parse_args(argv)
@@ -203,9 +224,11 @@ def main(argv=None):
     rank, world, device = dist.setup()
     lock_output(args.out, earlier=EVAL_FILES, keep=args.resume or args.overwrite)
     partial = os.path.join(args.out, "partial")
-    if args.overwrite and rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-    tdist.barrier()  # the old partial records are gone before any rank reads them
+    if rank == 0:
+        if args.overwrite:
+            shutil.rmtree(partial, ignore_errors=True)
+        same_settings(partial, args)
+    tdist.barrier()  # the old partial records are gone, or known to match, before any rank reads them
     recs = evaluate_model(resolve(args.model), questions, args, rank=rank, world=world, device=device,
                           partial=partial)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None

@@ -149,7 +149,7 @@ def read_partial(folder) -> dict:
     """{question key: scored record} of an interrupted evaluation's partial files (a torn last line is dropped)."""
     done = {}
     if folder and os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
+        for name in sorted(n for n in os.listdir(folder) if n.startswith("rank")):
             with open(os.path.join(folder, name), encoding="utf-8") as f:
                 for line in f:
                     try:

@@ -125,6 +125,8 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_files(tiny, tmp_
     monkeypatch.setattr(rollout, "generate_records", lambda *a, **kw: (calls.append(len(a[2])), real(*a, **kw))[1])
     with pytest.raises(Exception, match="holds an earlier run"):  # without --resume: refused
         main("--out", str(cut))
+    with pytest.raises(Exception, match=r"ran with --seed 0 \(now 5\)"):  # records of other settings are not mixed
+        main("--out", str(cut), "--resume", "--seed", "5")
     main("--out", str(cut), "--resume")
     assert sum(calls) == 13  # only the 13 unfinished questions were generated
     for f in ("generations.jsonl", "summary.json", "summary.csv", "paper_summary.csv"):
