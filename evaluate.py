@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 
-import torch.distributed as tdist
 
 from adamame import dist
 from adamame.answer import require_verifier
@@ -41,7 +40,7 @@ from adamame.scoring import (format_selection, format_table, score_record, selec
                              write_summary)
 
 DRAW_SEED = 42  # the released sample_for_rl.py's --seed
-EVAL_FILES = ("generations.jsonl", "summary.json", "partial")  # an earlier evaluation, finished or interrupted
+FINISHED = ("generations.jsonl", "summary.json")  # an earlier evaluation that finished (partial/: one interrupted)
 
 
 def parse_args(argv=None):
@@ -52,8 +51,8 @@ def parse_args(argv=None):
     ap.add_argument("--tokenizer", help="with --score: tokenizer folder or hub id, to count response tokens (default: "
                                         "--model's, when given)")
     ap.add_argument("--out", default="runs/eval", help="output folder")
-    ap.add_argument("--k", type=int, help="candidates per question, pass@k (default: the paper's 4; 8 with "
-                                          "--select-rl, the released selection's)")
+    ap.add_argument("--k", type=int, default=4, help="candidates per question, pass@k (the paper's; 8 when not given "
+                                                     "with --select-rl, the released selection's)")
     ap.add_argument("--temperature", type=float, default=0.6,
                     help="sampling temperature, 0 = greedy (not given in the paper; 0.6 as recommended for R1 models)")
     ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (not given in the paper)")
@@ -77,13 +76,14 @@ def parse_args(argv=None):
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an earlier evaluation in --out (without it or --resume, one there stops at once)")
     ap.add_argument("--select-rl", type=int, metavar="N",
-                    help="also write --out/rl_train.jsonl: of N questions drawn per language (0: all), those with "
-                         "1 <= correct < k (the released RL data stage; released N: 2000)")
+                    help="also write --out/rl_train.jsonl: of N questions drawn per language (0: all, no draw), those "
+                         "with 1 <= correct < their candidates, 8 (the released RL data stage; released N: 2000)")
     ap.add_argument("--select-val", type=int, default=0, metavar="M",
                     help="with --select-rl: M more questions per language, disjoint, to --out/rl_val.jsonl")
     args = ap.parse_args(argv)
-    if args.k is None:
-        args.k = 8 if args.select_rl is not None else 4
+    given = sys.argv[1:] if argv is None else argv
+    if args.select_rl is not None and not any(a == "--k" or a.startswith("--k=") for a in given):
+        args.k = 8
     return args
 
 
@@ -151,10 +151,10 @@ def write_outputs(recs, k, out):
     return summary
 
 
-def write_selection(recs, val, out):
-    """--select-rl's files: rl_train.jsonl (the kept questions) and, when drawn, rl_val.jsonl; the per-language
-    counts printed."""
-    rows, stats = select_for_rl(recs)
+def write_selection(selection, val, out):
+    """--select-rl's files: rl_train.jsonl (the kept questions of `selection`, select_for_rl's result) and, when
+    drawn, rl_val.jsonl; the per-language counts printed."""
+    rows, stats = selection
     write_jsonl(rows, os.path.join(out, "rl_train.jsonl"))
     print(format_selection(stats) + f" -> {out}/rl_train.jsonl")
     if val:
@@ -164,25 +164,28 @@ def write_selection(recs, val, out):
     return rows
 
 
-RESUME_KEYS = ("model", "k", "temperature", "top_p", "max_new_tokens", "seed", "verifier", "lang_id", "benchmark")
+RESUME_KEYS = ("model", "data", "limit", "k", "temperature", "top_p", "max_new_tokens", "seed", "verifier", "lang_id",
+               "benchmark", "select_rl", "select_val")
 
 
 def same_settings(partial, args):
-    """The settings of the records in `partial`: written with the first of them, compared on --resume (records drawn
-    with another seed, k or model must not be mixed into one evaluation)."""
+    """(rank 0) The settings of the records in `partial`: written with the first of them, compared on --resume
+    (records drawn with other data, seed, k or model must not be mixed into one evaluation); --overwrite starts
+    afresh. Returns the error message, or None."""
+    if args.overwrite:
+        shutil.rmtree(partial, ignore_errors=True)
     now = {k: getattr(args, k) for k in RESUME_KEYS}
     path = os.path.join(partial, "settings.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
         diff = [f"--{k.replace('_', '-')} {before.get(k)} (now {now[k]})" for k in RESUME_KEYS if before.get(k) != now[k]]
-        if diff:
-            raise DataError(f"{path}: the interrupted evaluation ran with {', '.join(diff)}: resume with its settings, "
-                            f"or --overwrite to start again")
-        return
+        return diff and (f"{path}: the interrupted evaluation ran with {', '.join(diff)}: resume with its settings, "
+                         f"or --overwrite to start again") or None
     os.makedirs(partial, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(now, f)
+    return None
 
 
 def main(argv=None):
@@ -190,6 +193,8 @@ def main(argv=None):
     args = parse_args(argv)
     check_flags(args, positive=("k", "max_new_tokens", "max_rows", "limit"),
                 non_negative=("temperature", "select_rl", "select_val"))
+    if args.select_val and not args.select_rl:
+        raise DataError("--select-val needs --select-rl N with N > 0 (it draws the validation questions after the N)")
     if not 0 < args.top_p <= 1:
         raise DataError(f"--top-p must be in (0, 1], got {args.top_p}")
     require_verifier(args.verifier)
@@ -206,11 +211,12 @@ def main(argv=None):
             print("note: no candidate_tokens and no --tokenizer: token metrics are left empty", file=sys.stderr)
         if args.select_rl is not None:
             recs, val = draw_per_language(recs, args.select_rl, args.select_val, DRAW_SEED)
-        lock_output(args.out, earlier=EVAL_FILES, keep=args.overwrite)
+        lock_output(args.out, earlier=FINISHED + ("partial",), keep=args.overwrite)
         recs = [score_record(r, count, args.verifier, detector, train_detector) for r in recs]
+        selection = select_for_rl(recs) if args.select_rl is not None else None  # its errors before any file
         summary = write_outputs(recs, args.k, args.out)
-        if args.select_rl is not None:
-            write_selection(recs, val, args.out)
+        if selection:
+            write_selection(selection, val, args.out)
         return summary
     if not args.model or not args.data:
         raise DataError("give --model and --data to generate, or --score FILE to score existing generations")
@@ -222,21 +228,17 @@ def main(argv=None):
     if args.select_rl is not None:
         questions, val = draw_per_language(questions, args.select_rl, args.select_val, DRAW_SEED)
     rank, world, device = dist.setup()
-    lock_output(args.out, earlier=EVAL_FILES, keep=args.resume or args.overwrite)
     partial = os.path.join(args.out, "partial")
-    if rank == 0:
-        if args.overwrite:
-            shutil.rmtree(partial, ignore_errors=True)
-        same_settings(partial, args)
-    tdist.barrier()  # the old partial records are gone, or known to match, before any rank reads them
+    lock_output(args.out, earlier=FINISHED + (() if args.resume else ("partial",)), keep=args.overwrite,
+                check=lambda: same_settings(partial, args))  # every rank knows before any reads the old records
     recs = evaluate_model(resolve(args.model), questions, args, rank=rank, world=world, device=device,
                           partial=partial)
     summary = write_outputs(recs, args.k, args.out) if rank == 0 else None
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)  # every record is in generations.jsonl now
     if rank == 0 and args.select_rl is not None:
-        write_selection(recs, [{"id": q.id, "lang": q.lang, "prompt": q.prompt, "answer": q.answer} for q in val],
-                        args.out)
+        write_selection(select_for_rl(recs), [{"id": q.id, "lang": q.lang, "prompt": q.prompt, "answer": q.answer}
+                                              for q in val], args.out)
     dist.cleanup()
     return summary
 
@@ -249,8 +251,9 @@ def cli():
         exit_with(f"error: {e}", 2)
     except KeyboardInterrupt:
         dist.cleanup(barrier=False)
-        exit_with(f"interrupted: the finished questions are kept in {os.path.join(parse_args().out, 'partial')}; the "
-                  f"same command with --resume continues", 130)
+        args = parse_args()
+        exit_with("interrupted" if args.score else f"interrupted: the finished questions are kept in "
+                  f"{os.path.join(args.out, 'partial')}; the same command with --resume continues", 130)
 
 
 if __name__ == "__main__":

@@ -400,7 +400,8 @@ def resume_or_start(run) -> int:
     os.makedirs(run.args.out, exist_ok=True)
     logs = [run.paths["metrics"], run.paths["rollouts"]]
     if not run.args.resume:
-        checkpoint.start_fresh(logs)
+        checkpoint.start_fresh(logs + ([run.paths["checkpoint"], os.path.join(run.args.out, "final")]
+                                       if run.args.overwrite else []))
         return 0
     start = checkpoint.resume_training_state(
         run.paths["checkpoint"], run.model, run.optimizer, run.args,

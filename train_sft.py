@@ -214,7 +214,8 @@ def resume_or_start(run) -> int:
     """The first step: from --out/checkpoint.pt with --resume (its log cut back to it), else 0 with an empty log."""
     os.makedirs(run.args.out, exist_ok=True)
     if not run.args.resume:
-        checkpoint.start_fresh([run.paths["metrics"]])
+        checkpoint.start_fresh([run.paths["metrics"]] + ([run.paths["checkpoint"], os.path.join(run.args.out, "final")]
+                                                         if run.args.overwrite else []))
         return 0
     start = checkpoint.resume_training_state(run.paths["checkpoint"], run.model, run.optimizer, run.args,
                                              ("seed", "batch_size", "lora_rank", "max_length"), [run.paths["metrics"]])

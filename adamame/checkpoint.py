@@ -35,18 +35,20 @@ _LOCKS = {}  # path -> open lock file: held for the life of the process, release
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "final")  # what a started or finished training run leaves
 
 
-def lock_output(out_dir: str, earlier=RUN_FILES, keep=False) -> None:
+def lock_output(out_dir: str, earlier=RUN_FILES, keep=False, check=None) -> None:
     """One run per output folder, and none over an earlier one. An exclusive fcntl lock on out_dir/.lock, held until
     the process exits (a killed run releases it at once, a live one, even an orphaned rank, keeps it); then, unless
     `keep` (--resume or --overwrite), any of `earlier` already in out_dir stops the run before it writes anything,
-    naming what is there and the ways on. Every rank calls this; rank 0 looks and all ranks raise OutputInUse."""
+    naming what is there and the ways on; then `check()` (a message, or None), if given. Every rank calls this; rank 0
+    looks and all ranks raise OutputInUse, so that under torchrun no rank waits for one that stopped."""
     import torch.distributed as tdist
 
     def look():
         err = _take_lock(out_dir)
         found = [] if keep or err else [f for f in earlier if os.path.exists(os.path.join(out_dir, f))]
-        return err or (found and f"{out_dir} holds an earlier run ({', '.join(found)}): continue it with --resume, "
-                                 f"or give another --out (--overwrite replaces it)")
+        return err or (found and f"{out_dir} holds an earlier run ({', '.join(found)}): give another --out, or "
+                                 f"--overwrite to replace it (an interrupted run continues with --resume)") or (
+            check() if check else None)
 
     if not tdist.is_initialized():  # evaluate.py --score: a single process
         err = look()
@@ -173,13 +175,19 @@ def _step_of(line: str):
 
 
 def start_fresh(logs=()):
-    """A run that does not resume starts its JSONL logs empty."""
+    """A run that does not resume starts without them: its JSONL logs, and with --overwrite the earlier run's
+    checkpoint and export (so that a new run killed before its first save leaves nothing of the old one to resume)."""
+    import shutil
+
     import torch.distributed as tdist
 
     if tdist.get_rank() == 0:
         for log in logs:
-            if os.path.exists(log):
+            if os.path.isdir(log):
+                shutil.rmtree(log)
+            elif os.path.exists(log):
                 os.remove(log)
+    tdist.barrier()
 
 
 def export_hf(model, tokenizer, out_dir, lora_scale=None):

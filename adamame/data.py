@@ -199,9 +199,10 @@ def read_questions(path: str) -> list:
 
 def draw_per_language(items: list, n: int, m: int = 0, seed: int = 42) -> tuple:
     """(train, validation): per language (in order of first appearance) n items for training and the next m for
-    validation from a seeded shuffle, no question text twice (disjoint), as the released 3_eval/sample_for_rl.py draws
-    (its --n 2000 --m 0 --seed 42); n = 0 takes every item as it is, in order (no draw). items: objects with .lang
-    and .prompt (Question) or dicts with "lang" and "question"."""
+    validation from a seeded shuffle, no question text twice in any language (disjoint): the released
+    3_eval/sample_for_rl.py's rule (its --n 2000 --m 0 --seed 42; its own draw also depends on its fixed language
+    order and files); n = 0 takes every item as it is, in order (no draw). items: Question objects (their text
+    without the localized instruction) or dicts with "lang" and "question"."""
     if n == 0:
         return list(items), []
     rng, seen, train, val = random.Random(seed), set(), [], []
@@ -211,7 +212,8 @@ def draw_per_language(items: list, n: int, m: int = 0, seed: int = 42) -> tuple:
         rng.shuffle(rows)
         tr, va = [], []
         for x in rows:
-            text = x.get("question", x.get("prompt", id(x))) if isinstance(x, dict) else x.prompt
+            text = x.get("question", x.get("prompt", str(id(x)))) if isinstance(x, dict) else x.prompt
+            text = text.removeprefix(INSTRUCTIONS.get(lang, "") + "\n\n")  # the question, in any language
             if text in seen:
                 continue
             seen.add(text)

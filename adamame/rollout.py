@@ -173,6 +173,10 @@ def evaluate_model(model_dir, questions, args, *, rank=0, world=1, device="cpu",
 
     keys = question_keys(questions)
     done = read_partial(partial)
+    for q, key in zip(questions, keys):
+        if key in done and done[key]["question"] != q.prompt:
+            raise ValueError(f"{partial}: question {key} is not the one the interrupted evaluation drew; resume with "
+                             f"its data, or --overwrite to start again")
     todo = [(q, key) for q, key in zip(questions, keys) if key not in done]
     size = max(1, min(EVAL_CHUNK, -(-len(todo) // world)))  # every rank busy; any split draws the same candidates
     chunks = [todo[a:a + size] for a in range(0, len(todo), size)][rank::world]

@@ -19,7 +19,7 @@ A trace writes one sentence per step in its language around an equation every la
     query language is weak on one or two types (`WEAK`), as lower-resource languages are: there its traces are terse,
     both steps in one equation (`7 * 4 + 2 = 30`), which the model must compute at once and gets wrong more often.
   - Stage 1 (`sft_rows`, the paper's SFT): plain questions in fr ja ko pt th with query-language, answer-correct
-    traces only, the weak cells again at 15%.
+    traces only (terse in the weak cells).
   - RL prompts: a pool of other problems, of which train_grpo.py's demo keeps those the SFT model solves 1 to 7 times
     out of 8 (`select_rl_prompts`: evaluate.py --select-rl's code).
   - held out (`problems("test")`): other problems, in all seven languages.
@@ -284,7 +284,7 @@ def build_tokenizer(path, vocab_size=3000):
 
 
 def build_model(path, vocab_size, *, hidden=128, layers=2, heads=4, kv_heads=2, seed=0):
-    """A random Qwen3-architecture model (~0.8M parameters at the defaults), saved with save_model."""
+    """A random Qwen3-architecture model (~0.7M parameters at the defaults), saved with save_model."""
     cfg = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": vocab_size,
            "hidden_size": hidden, "intermediate_size": 3 * hidden, "num_hidden_layers": layers,
            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": hidden // heads,
@@ -311,7 +311,9 @@ def build_toy(root: str, rank: int = 0) -> dict:
     paths = {"model": os.path.join(root, "toy_model"), "base": os.path.join(root, "toy_base.jsonl"),
              "sft": os.path.join(root, "toy_sft.jsonl"), "pool": os.path.join(root, "toy_rl_pool.jsonl"),
              "train": os.path.join(root, "toy_rl_train.jsonl"), "test": os.path.join(root, "toy_rl_test.jsonl")}
-    done = os.path.join(root, ".toy_ready")
+    done = os.path.join(root, ".toy_ready-2")  # this toy's version: the two-step task with its RL pool
+    if os.path.exists(os.path.join(root, ".toy_ready")):  # the one-step toy's folder: its SFT model is not this toy's
+        raise ValueError(f"{root} holds the toy of an earlier version of this project; give another --out")
     if rank == 0 and not os.path.exists(done):
         os.makedirs(paths["model"], exist_ok=True)
         tok = build_tokenizer(paths["model"])
@@ -331,7 +333,7 @@ def build_toy(root: str, rank: int = 0) -> dict:
 # ---------------------------------------------------------------------------------------------- the demo's report
 
 # The embedded default's RL settings: the paper's recipe (G = 8, temperature 0.8, T = 90 steps) with sizes for a
-# ~0.6M-parameter model on a laptop CPU: 10 prompts per step (2 per language), one optimizer step per RL step.
+# ~0.7M-parameter model on a laptop CPU: 10 prompts per step (2 per language), one optimizer step per RL step.
 GRPO_SETTINGS = dict(batch_prompts=10, mini_batch_prompts=10, group_size=8, temperature=0.8, lr=1e-4, lora_rank=0,
                      max_steps=90, max_prompt_tokens=64, max_response_tokens=40, eval_every=0, save_every=20,
                      micro_batch_tokens=8192)

@@ -197,6 +197,8 @@ def main(argv=None):
     bar.close()
     res["seconds"] = time.perf_counter() - t0
     res["plot"] = plot(res, os.path.join(out, "ablation.png"))
+    if not res["plot"]:
+        print("matplotlib is not installed: no ablation.png (pip install matplotlib; the curves are in ablation.json)")
     with open(os.path.join(out, "ablation.json"), "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
     print(f"\nheld-out toy prompts, 4 samples each at temperature {EVAL_TEMPERATURE}; mean ± 95% interval over "
