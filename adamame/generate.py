@@ -381,7 +381,8 @@ def kv_reads(prompt_lens, response_lens, max_new_tokens, *, rows=None, n=1, kern
 class State:
     """generate's state on the device. Per sample (one spare at index N takes the writes of rows with no sample):
     the tokens out [N + 1, L], their log-probs out_lp, lengths and stopped [N + 1]. Per live cache row: its sample,
-    the tokens it has drawn (t), the position and cache slot of the token it feeds next, that token, and done."""
+    the tokens it has drawn (t), the position and cache slot of the token it feeds next, that token, done, and the
+    sample's key in its random numbers (set when the row takes the sample, read at every step)."""
     out: torch.Tensor
     out_lp: torch.Tensor
     lengths: torch.Tensor
@@ -392,9 +393,10 @@ class State:
     slot: torch.Tensor
     tok: torch.Tensor
     done: torch.Tensor
+    key: torch.Tensor
 
     def take(self, keep) -> None:  # compaction: keep these rows, in this order
-        for f in ("sample", "t", "pos", "slot", "tok", "done"):
+        for f in ("sample", "t", "pos", "slot", "tok", "done", "key"):
             setattr(self, f, getattr(self, f)[keep])
 
 
@@ -407,7 +409,7 @@ class Settings:
     eos: torch.Tensor
     pad: int
     limit: torch.Tensor  # [N + 1]: each sample's most tokens (max_new_tokens, or a benchmark's forced lengths)
-    keys: torch.Tensor  # [N + 1]: each sample's key in its random numbers (its index, or the caller's sample_keys)
+    keys: torch.Tensor  # [N]: each sample's key in its random numbers (its index, or the caller's sample_keys)
     fused: bool = False  # sample with adamame/sampler.py (top-k 0 and top-p 1 only)
     seed_t: torch.Tensor | None = None  # the fused sampler's seed [2] and 1 / temperature [1], on the device
     inv_t: torch.Tensor | None = None
@@ -422,9 +424,9 @@ def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
     if picked is not None:
         tok, lp = picked
     elif cfg.fused:
-        tok, lp = fused_sample(logits, cfg.inv_t, cfg.seed_t, cfg.keys[sample], t, cfg.temperature == 0)
+        tok, lp = fused_sample(logits, cfg.inv_t, cfg.seed_t, st.key[rows], t, cfg.temperature == 0)
     else:
-        u = keyed_uniforms(cfg.seed, cfg.keys[sample], t) if cfg.temperature else None
+        u = keyed_uniforms(cfg.seed, st.key[rows], t) if cfg.temperature else None
         tok, lp = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, u)
     tok = torch.where(done, cfg.pad, tok)
     N, L = st.out.shape[0] - 1, st.out.shape[1]
@@ -474,7 +476,7 @@ def admit(model, st: State, cache: KVCache, rows: list, samples: list, *, prompt
         logits[torch.tensor(sel, device=dev)] = lg[src]
     r = torch.tensor(rows, device=dev)
     s = torch.tensor(samples, device=dev)
-    st.sample[r], st.t[r], st.done[r] = s, 0, False
+    st.sample[r], st.t[r], st.done[r], st.key[r] = s, 0, False, cfg.keys[s]
     st.pos[r] = torch.tensor([len(prompts[x // n]) for x in samples], device=dev)
     st.slot[r] = Tp
     draw(st, r, logits, cfg)
@@ -526,7 +528,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     limit = torch.tensor(list(response_lengths or [max_new_tokens] * N) + [1], device=dev).clamp(1, max_new_tokens)
     seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
     fused = fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.valid)
-    keys = torch.tensor(list(range(N) if sample_keys is None else sample_keys) + [0], device=dev)
+    keys = torch.tensor(list(range(N) if sample_keys is None else sample_keys), device=dev)
     cfg = Settings(seed, temperature, top_k, top_p, torch.tensor(list(eos_token_ids) or [-1], device=dev),
                    pad_token_id, limit, keys, fused, seed_tensor(seed, dev) if fused else None,
                    torch.tensor([1.0 / temperature if temperature else 1.0], device=dev) if fused else None)
@@ -537,7 +539,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     st = State(out=torch.full((N + 1, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
                out_lp=zeros(N + 1, max_new_tokens, dtype=torch.float32), lengths=zeros(N + 1),
                stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(B), t=zeros(B), pos=zeros(B), slot=zeros(B),
-               tok=zeros(B), done=zeros(B, dtype=torch.bool))
+               tok=zeros(B), done=zeros(B, dtype=torch.bool), key=zeros(B))
     waiting = list(range(N))[::-1]  # popped from the end: sample order
     # what the host knows without looking: row r has drawn steps - born[r] + 1 tokens (done rows count on), so the
     # rows' fewest and most drawn follow from the youngest and the oldest birth, which change only at a look
@@ -573,7 +575,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
             if steps - youngest + 1 >= max_new_tokens:
                 continue
         out = decoder(st.tok, st.pos, st.slot, min(Tp + steps - oldest, S - 1), ~st.done,
-                      (cfg, cfg.keys[st.sample], st.t) if cfg.fused else None)
+                      (cfg, st.key, st.t) if cfg.fused else None)
         draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
         st.pos += 1
         st.slot = (st.slot + 1).clamp_(max=S - 1)  # a done row's slot stops at the last one (never read again)

@@ -478,9 +478,9 @@ def test_the_sampling_step_has_no_host_sync():
                     return torch.zeros(shape, dtype=dtype)
                 st = State(out=zeros(N + 1, 8), out_lp=zeros(N + 1, 8, dtype=torch.float32), lengths=zeros(N + 1),
                            stopped=zeros(N + 1, dtype=torch.bool), sample=torch.arange(B), t=zeros(B), pos=zeros(B),
-                           slot=zeros(B), tok=zeros(B), done=zeros(B, dtype=torch.bool))
+                           slot=zeros(B), tok=zeros(B), done=zeros(B, dtype=torch.bool), key=torch.arange(B))
                 cfg = Settings(2**40 + 3, temperature, top_k, top_p, torch.tensor([3, 9]), 0, torch.full((N + 1,), 8),
-                               torch.arange(N + 1))
+                               torch.arange(N))
                 index = slice(None) if rows != "admitted" else torch.tensor([1, 3])
                 logits = torch.randn(B if rows != "admitted" else 2, V)
             rec = OpRecorder()

@@ -128,3 +128,22 @@ def test_generate_with_the_fused_sampler_gives_the_models_logprobs_and_ignores_t
         assert (torch.tensor(s.logprobs) - want).abs().max() <= 1e-5
     monkeypatch.setenv("ADAMAME_SAMPLER", "torch")  # the hatch: the PyTorch sampler, other draws of the same law
     assert [s.tokens for s in generate(m, prompts, **kw)] != [s.tokens for s in full]
+
+
+@pytest.mark.parametrize("sampler", ["triton", "torch"])
+def test_sample_keys_make_a_sample_independent_of_its_place(tmp_path, monkeypatch, sampler):
+    """generate's sample_keys, on both samplers (the fused one as the decode step's CUDA graph runs it, and PyTorch's):
+    prompts in another order with their keys moved along draw the same samples, refilled or not (evaluate.py's
+    resume and any number of ranks rest on it); other keys draw others."""
+    save_tiny_hf(tmp_path, "qwen3", num_attention_heads=4, num_key_value_heads=2)
+    m = load_model(str(tmp_path)).eval()
+    monkeypatch.setenv("ADAMAME_SAMPLER", sampler)
+    prompts, keys = [[5, 17, 3], [60], [33, 2, 71, 4]], [[7, 2**32 - 1], [123456789, 0], [42, 99]]
+    kw = dict(max_new_tokens=6, n=2, temperature=0.9, seed=5)
+    a = generate(m, prompts, sample_keys=[k for ks in keys for k in ks], **kw)
+    order = [2, 0, 1]
+    b = generate(m, [prompts[i] for i in order], sample_keys=[k for i in order for k in keys[i]], max_rows=2, **kw)
+    assert [b[2 * j + c].tokens for j in range(3) for c in range(2)] == [a[2 * i + c].tokens for i in order
+                                                                         for c in range(2)]
+    other = generate(m, prompts, sample_keys=[k + 1 for ks in keys for k in ks], **kw)
+    assert [s.tokens for s in other] != [s.tokens for s in a]
