@@ -8,10 +8,12 @@ rows that have already finished. This kernel reads, for each row, only the slots
 
     grid = (rows, kv heads, splits); a program loads the rep = n_heads / n_kv query heads that share its KV head
     as one [rep, D] block (K and V are read once for all of them), walks its share of [start, end) in blocks of
-    BLOCK_S slots with an online softmax (running max m, sum l, accumulator acc, all float32), and writes the
-    unnormalised (acc, m, l); with one split that is the answer after acc / l, with several (FlashDecoding's
-    split-KV: when rows x kv heads are too few to fill the GPU, at a rollout's tail) they are combined as
+    BLOCK_S slots with an online softmax (running max m, sum l, accumulator acc, all float32); with one split it
+    writes the answer acc / l in q's dtype, with several (FlashDecoding's split-KV: when rows x kv heads are too few
+    to fill the GPU, at a rollout's tail) it writes the unnormalised (acc, m, l) and a second kernel combines them,
         out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s,   M = max_s m_s.
+    Nothing else runs in PyTorch: the op is one kernel launch, or two with splits (what the decode step's kernel
+    count, bench/kernel_count.py, holds it to).
 
 The number of splits depends only on (rows, slots), so a captured CUDA graph replays it at every step of a bucket;
 start and end live in device tensors. It is registered as the op `adamame::decode_attention` (torch.library), so
@@ -47,7 +49,7 @@ def use_kernel(x: torch.Tensor) -> bool:
     mode = os.environ.get("ADAMAME_KERNELS", "auto")
     if mode not in ("auto", "triton", "torch"):
         raise ValueError(f"ADAMAME_KERNELS={mode!r}: use triton, torch or auto")
-    if mode == "triton" and not _kernel_runs(x):
+    if mode == "triton" and not (_kernel_runs(x) or x.is_meta):  # on meta, the fake answers
         raise RuntimeError("ADAMAME_KERNELS=triton needs triton, and on CPU tensors TRITON_INTERPRET=1 before import")
     return mode == "triton" or (mode == "auto" and triton is not None and x.is_cuda)
 
@@ -80,7 +82,7 @@ def decode_attention_torch(q, k, v, start, end, scale=None):
 if triton is not None:
 
     @triton.jit
-    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
+    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, out_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
                             sq_r, sq_h, sk_r, sk_h, sk_s, sv_r, sv_h, sv_s, split_len, scale,
                             REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                             SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
@@ -126,11 +128,34 @@ if triton is not None:
             if COUNT:  # tests only: blocks visited and slots loaded, per row
                 tl.atomic_add(count_ptr + row * 2, 1)
                 tl.atomic_add(count_ptr + row * 2 + 1, tl.sum(smask.to(tl.int32), axis=0))
-        # partial results [R, H, SPLITS, D] and [R, H, SPLITS, 2] (m, l), contiguous
-        out = (row * (REP * tl.num_programs(1)) + heads) * SPLITS + split
-        tl.store(acc_ptr + out[:, None] * D + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
-        tl.store(ml_ptr + out * 2, m, mask=hmask)
-        tl.store(ml_ptr + out * 2 + 1, lsum, mask=hmask)
+        rh = row * (REP * tl.num_programs(1)) + heads  # the output's (row, head) [R, H]
+        if SPLITS == 1:  # the answer: acc / l in q's dtype [R, H, D], an empty row 0 (written so: no stack frame)
+            o = tl.where(lsum[:, None] > 0, acc / lsum[:, None], 0.0)
+            tl.store(out_ptr + rh[:, None] * D + d[None, :], o.to(out_ptr.dtype.element_ty),
+                     mask=hmask[:, None] & dmask[None, :])
+        else:  # partial results [R, H, SPLITS, D] and [R, H, SPLITS, 2] (m, l), contiguous
+            part = rh * SPLITS + split
+            tl.store(acc_ptr + part[:, None] * D + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
+            tl.store(ml_ptr + part * 2, m, mask=hmask)
+            tl.store(ml_ptr + part * 2 + 1, lsum, mask=hmask)
+
+    @triton.jit
+    def _combine_kernel(acc_ptr, ml_ptr, out_ptr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, D: tl.constexpr,
+                        D_PAD: tl.constexpr):
+        # program (row * H + head): out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s over the splits
+        rh = tl.program_id(0).to(tl.int64)
+        s = tl.arange(0, SPLITS_PAD)
+        smask = s < SPLITS
+        d = tl.arange(0, D_PAD)
+        dmask = d < D
+        m = tl.load(ml_ptr + (rh * SPLITS + s) * 2, mask=smask, other=float("-inf"))
+        lsum = tl.load(ml_ptr + (rh * SPLITS + s) * 2 + 1, mask=smask, other=0.0)
+        top = tl.max(m, axis=0)
+        w = tl.exp(m - tl.where(top == float("-inf"), 0.0, top))  # a split that read nothing weighs 0
+        acc = tl.load(acc_ptr + (rh * SPLITS + s)[:, None] * D + d[None, :], mask=smask[:, None] & dmask[None, :],
+                      other=0.0)
+        o = tl.sum(acc * w[:, None], axis=0) / tl.maximum(tl.sum(lsum * w, axis=0), 1e-30)
+        tl.store(out_ptr + rh * D + d, o.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
 def _next_pow2(n: int) -> int:
@@ -143,26 +168,27 @@ def _launch(q, k, v, start, end, scale, *, count=None):
     rep = H // n_kv
     splits = num_splits(R, n_kv, S)
     split_len = -(-S // (splits * BLOCK_S)) * BLOCK_S  # whole blocks per split
-    acc = torch.empty(R, H, splits, D, dtype=torch.float32, device=q.device)
-    ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device)
-    if R:
-        try:
-            _decode_attn_kernel[(R, n_kv, splits)](
-                q, k, v, acc, ml, start, end, acc if count is None else count, q.stride(0), q.stride(1),
-                k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), split_len, scale,
-                REP=rep, REP_PAD=max(16, _next_pow2(rep)), D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits,
-                BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None,
-                DOT_F32=q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1")
-        except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
-            raise RuntimeError(f"Triton kernel _decode_attn_kernel failed ({type(e).__name__}: "
-                               f"{str(e).strip()[:300]}); ADAMAME_KERNELS=torch decodes with SDPA instead") from e
-    m, l = ml[..., 0], ml[..., 1]
-    if splits == 1:  # nothing to combine (an empty row: 0 / tiny = 0)
-        return (acc[:, :, 0] / l.clamp_min(1e-30)).to(q.dtype)
-    top = m.amax(-1, keepdim=True)
-    w = torch.exp(m - top.masked_fill(top == float("-inf"), 0.0))  # a split that read nothing weighs 0
-    out = (acc * w[..., None]).sum(2) / (l * w).sum(2).clamp_min(1e-30)[..., None]
-    return out.to(q.dtype)
+    out = torch.empty(R, H, D, dtype=q.dtype, device=q.device)
+    acc = torch.empty(R, H, splits, D, dtype=torch.float32, device=q.device) if splits > 1 else out
+    ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
+    if not R:
+        return out
+    name = "_decode_attn_kernel"
+    try:
+        _decode_attn_kernel[(R, n_kv, splits)](
+            q, k, v, out, acc, ml, start, end, out if count is None else count, q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), split_len, scale,
+            REP=rep, REP_PAD=max(16, _next_pow2(rep)), D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits,
+            BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None,
+            DOT_F32=q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1")
+        if splits > 1:  # FlashDecoding's second pass, one program per (row, head)
+            name = "_combine_kernel"
+            _combine_kernel[(R * H,)](acc, ml, out, SPLITS=splits, SPLITS_PAD=_next_pow2(splits), D=D,
+                                      D_PAD=max(16, _next_pow2(D)), num_warps=4)
+    except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
+        raise RuntimeError(f"Triton kernel {name} failed ({type(e).__name__}: "
+                           f"{str(e).strip()[:300]}); ADAMAME_KERNELS=torch decodes with SDPA instead") from e
+    return out
 
 
 @torch.library.custom_op("adamame::decode_attention", mutates_args=())

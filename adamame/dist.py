@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from .lora import LoRALinear
-from .model import Transformer, stored_dtype
+from .model import Transformer, merged_param, stored_dtype
 
 TIMEOUT_S = float(os.environ.get("ADAMAME_DIST_TIMEOUT", 1800))  # a collective waiting longer means a rank is gone
 
@@ -208,7 +208,9 @@ def rollout_copy(model, dtype=None):
 
     Every parameter is gathered once (DTensor.full_tensor, in the same order on every rank) and LoRA is merged in
     float32 (W + alpha / r * B A) before the cast, so the decode loop runs the bare network. The copy is built once
-    per RL step and dropped after the rollouts; its bytes are exactly the weights row of the memory plan.
+    per RL step and dropped after the rollouts; its bytes are exactly the weights row of the memory plan. It holds
+    q/k/v and gate/up as one weight each (Transformer.merge_projections: 4 GEMMs a decode layer, not 7), each filled
+    in place from its parts, so no second copy of a weight is ever made.
     """
     def full(t):
         return t.full_tensor() if hasattr(t, "full_tensor") else t
@@ -218,16 +220,22 @@ def rollout_copy(model, dtype=None):
     device = next(iter(src.values())).device
     dtype = dtype or compute_dtype(device)
     with torch.device("meta"):
-        copy = Transformer(model.config).to(dtype)
+        copy = Transformer(model.config).to(dtype).merge_projections()
     copy.to_empty(device=device)
-    for name, p in copy.named_parameters():
-        w = full(src[name])
+    filled = 0
+    for name, p in src.items():
+        if name.endswith((".lora_A", ".lora_B")):
+            continue
+        w = full(p)
         prefix = name.rsplit(".", 1)[0]
         if name.endswith(".weight") and prefix in lora:
             a, b = full(src[prefix + ".lora_A"]), full(src[prefix + ".lora_B"])
             w = w.float() + lora[prefix].scale * (b.float() @ a.float())
-        p.copy_(w)
-        p.requires_grad_(False)
+        dst = merged_param(copy, name)
+        dst.copy_(w)
+        filled += dst.numel()
+    assert filled == sum(p.numel() for p in copy.parameters()), "rollout_copy: a parameter of the copy was not filled"
+    copy.requires_grad_(False)
     return copy.eval()
 
 

@@ -174,8 +174,9 @@ class Decoder:
     Static buffers: tokens, positions and cache slots [B], active [B] and, with graphs, the float32 logits [B, V]; a
     captured graph reads and writes only these and the cache, so replaying it after updating them in place is the
     same as calling the model. With the fused sampler (adamame/sampler.py) the step also samples: it reads the
-    rows' samples and token indices [B], the seed [2] and 1 / temperature [1], and writes tokens and log-probs [B]
-    instead of logits. Graphs share one memory pool (they never run at the same time) and die with the Decoder.
+    rows' samples and token indices [B], the seed [2] and 1 / temperature [1], and returns tokens and log-probs
+    [rows] instead of logits: a graph's own outputs, read after each replay (no copy inside the graph). Graphs share
+    one memory pool (they never run at the same time) and die with the Decoder.
     """
 
     def __init__(self, model, cache: KVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
@@ -189,7 +190,6 @@ class Decoder:
         self.tokens, self.positions, self.slot = zeros(B), zeros(B), zeros(B)
         self.active = zeros(B, dtype=torch.bool)  # rows whose output is used (the kernel reads them)
         self.sample, self.index, self.seed, self.inv_t = zeros(B), zeros(B), zeros(2), zeros(1, dtype=torch.float32)
-        self.tok_out, self.lp_out = zeros(B), zeros(B, dtype=torch.float32)
         self.logits = None  # [B, V] float32, made at the first graph that needs it
         self.settings = None  # the generate call whose seed and 1 / temperature the static buffers hold
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
@@ -205,11 +205,11 @@ class Decoder:
             return logits.float()
         return fused_sample(logits, self.inv_t, self.seed, self.sample[:rows], self.index[:rows], greedy)
 
-    def _run_into_buffers(self, rows, slots, greedy):  # what a graph records: outputs must land in static buffers
-        if greedy is None:
+    def _run_into_buffers(self, rows, slots, greedy):  # what a graph records: its outputs stay where it wrote them
+        if greedy is None:  # the logits: one buffer for all graphs ([rows, V] float32 each would not fit)
             self.logits[:rows] = self._run(rows, slots)
-        else:
-            self.tok_out[:rows], self.lp_out[:rows] = self._run(rows, slots, greedy)
+            return None
+        return self._run(rows, slots, greedy)  # (tokens, log-probs) [rows]: the graph's own, read after each replay
 
     def _capture(self, rows, slots, greedy):
         """Warm up, then capture, on a side stream: what torch.cuda.graph does, minus the full garbage collection
@@ -221,12 +221,12 @@ class Decoder:
             self._run_into_buffers(rows, slots, greedy)  # warm-up (it writes the same values the replay will)
             graph.capture_begin(pool=self.pool)
             try:
-                self._run_into_buffers(rows, slots, greedy)
+                out = self._run_into_buffers(rows, slots, greedy)
             finally:
                 graph.capture_end()
         torch.cuda.current_stream().wait_stream(self.stream)
         self.pool = self.pool or graph.pool()
-        return graph
+        return graph, out
 
     def __call__(self, tokens, positions, slot, last_slot: int, active=None, fused=None):
         """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache slots `slot`
@@ -268,8 +268,9 @@ class Decoder:
                 raise RuntimeError(f"CUDA graph capture of the decode step ({rows} rows x {slots} slots) failed: "
                                    f"{str(e).strip()[:300]}; ADAMAME_CUDA_GRAPHS=0 runs the same step eagerly") from e
             self.capture_seconds += time.perf_counter() - t0
-        self.graphs[key].replay()
-        return self.logits[:live] if greedy is None else (self.tok_out[:live], self.lp_out[:live])
+        graph, out = self.graphs[key]
+        graph.replay()
+        return self.logits[:live] if greedy is None else (out[0][:live], out[1][:live])
 
 
 def graphs_default(device) -> bool:

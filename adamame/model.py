@@ -26,7 +26,11 @@ arbitrary mask. An input a fused kernel cannot take then fails loudly instead of
 ADAMAME_SDPA=any lets torch choose (the math backend included); ADAMAME_SDPA=math runs only the math backend.
 The attention output is never `.view`ed: CUDA backends return it in layouts the CPU never produces.
 
-Imports: torch; adamame: decode_attention (optional: without it the decode step attends with SDPA).
+The rollout copy holds q/k/v as one weight and gate/up as one (`merge_projections`): a decode layer then runs 4 GEMMs
+instead of 7. Training, LoRA and the checkpoints keep Hugging Face's layout.
+
+Imports: torch; adamame: decode_attention (optional), layer_kernels (optional: without them both the decode step runs
+the layers in PyTorch and attends with SDPA).
 """
 
 import math
@@ -37,9 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:  # the optional sibling: each decode row reads only its own cache slots (Triton, with a PyTorch fallback)
+try:  # the optional siblings: the decode step's Triton kernels (each with a PyTorch fallback)
     from .decode_attention import decode_attention
     from .decode_attention import use_kernel as use_decode_kernel
+    from .layer_kernels import add_rmsnorm, rmsnorm, rope_cache, silu_mul
 except ImportError:
     decode_attention = None
 
@@ -230,6 +235,12 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
 
+    def qkv(self, x) -> tuple:
+        """(q, k, v) [..., heads * head_dim]: three GEMMs, or one and its column blocks after merge_projections."""
+        if hasattr(self, "qkv_proj"):
+            return self.qkv_proj(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
         # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal) or an additive bias over the folded query
         # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts), or
@@ -237,9 +248,9 @@ class Attention(nn.Module):
         # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or,
         # in a decode step (T = 1), row b's to slot start[b] (start: a [B] int64 tensor).
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # a Linear's output is contiguous on every device
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
+        q, k, v = self.qkv(x)  # a Linear's output is contiguous on every device, a merged one's parts row-strided
+        q = q.view(B, T, self.n_heads, self.hd)
+        k, v = k.view(B, T, self.n_kv, self.hd), v.view(B, T, self.n_kv, self.hd)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
@@ -288,8 +299,15 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
+    def gate_up(self, x) -> tuple:
+        """(gate, up) [..., intermediate]: two GEMMs, or one and its halves after merge_projections."""
+        if hasattr(self, "gate_up_proj"):
+            return self.gate_up_proj(x).chunk(2, -1)
+        return self.gate_proj(x), self.up_proj(x)
+
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -390,26 +408,93 @@ class Transformer(nn.Module):
         (all), False for rows whose output is not needed (finished, or padding). Returns logits [rows, V]. Every shape
         depends only on (rows, slots) and the slots live on the device, so the generator can capture this call as
         one CUDA graph per (rows, slots) bucket and replay it step after step.
-        Attention: with the Triton kernel (on CUDA; decode_attention.use_kernel decides) row r reads only its slots
-        [slot_r - positions_r, slot_r], its left-padded prompt's first slot to the new token, and an inactive row
-        none; with SDPA it reads every slot of the bucket under an additive bias (0 valid, -inf elsewhere).
+        With the Triton kernels (on CUDA; decode_attention.use_kernel decides) the step is `fused_decode_step`; in
+        PyTorch (the CPU) it runs the layers' forward and attends with SDPA to every slot of the bucket under an
+        additive bias (0 valid, -inf elsewhere).
         """
+        if decode_attention is not None and use_decode_kernel(tokens):
+            return self.fused_decode_step(tokens[:rows], positions[:rows], cache, slot[:rows], slots, active)
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
         slot = slot[:rows]
         valid = cache.valid[:rows, :slots]
         valid.scatter_(1, slot[:, None], True)
-        if decode_attention is not None and use_decode_kernel(x):
-            end = (slot + 1).to(torch.int32)
-            mask = ((slot - positions[:rows]).to(torch.int32),
-                    end if active is None else torch.where(active[:rows], end, 0))
-        else:
-            bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
-            mask = bias[:, None, None, :]  # [R, 1, 1, S]
+        bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
         for i, layer in enumerate(self.model.layers):
             kv = (cache.k[i][:rows, :, :slots], cache.v[i][:rows, :, :slots])
-            x = layer(x, cos, sin, mask, kv, slot)
+            x = layer(x, cos, sin, bias[:, None, None, :], kv, slot)
         return self.lm_head(self.model.norm(x))[:, 0]
+
+    def fused_decode_step(self, tokens, positions, cache: KVCache, slot, slots: int, active=None):
+        """decode_step on the Triton kernels, one token per row as [R, features] (R = len(tokens)): per layer 4 GEMMs
+        after merge_projections (7 before) and 5 kernels (adamame/layer_kernels.py, adamame/decode_attention.py):
+
+            h, res = x + res, rmsnorm(x + res)     (the first layer: res = x, the embedding)
+            q, k, v = W_qkv h                      rope_cache: rotary at each row's position, k and v into the cache
+            x = W_o attention(q, cache)            row r reads its slots [slot_r - position_r, slot_r], none if inactive
+            h, res = rmsnorm(x + res), x + res
+            x = W_down (silu(W_gate h) * W_up h)
+
+        Its cache.valid is not kept: the kernel reads the ranges instead (the SDPA path's prefill writes it anew)."""
+        cfg, R = self.config, tokens.shape[0]
+        eps = cfg.rms_norm_eps
+        end = (slot + 1).to(torch.int32)
+        start = (slot - positions).to(torch.int32)  # the prompt's first token (a left-padded prompt's first slot)
+        if active is not None:
+            end = torch.where(active[:R], end, 0)
+        x, res = self.model.embed_tokens(tokens), None
+        for i, layer in enumerate(self.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            w = layer.input_layernorm.weight
+            h, res = (rmsnorm(x, w, eps), x) if res is None else add_rmsnorm(x, res, w, eps)
+            kc, vc = cache.k[i][:R, :, :slots], cache.v[i][:R, :, :slots]
+            norms = (attn.q_norm.weight, attn.k_norm.weight) if cfg.qk_norm else (None, None)
+            q = rope_cache(*attn.qkv(h), positions, slot, self.inv_freq, kc, vc, *norms, eps)
+            x = attn.o_proj(decode_attention(q, kc, vc, start, end, attn.hd ** -0.5).view(R, -1))
+            h, res = add_rmsnorm(x, res, layer.post_attention_layernorm.weight, eps)
+            x = mlp.down_proj(silu_mul(*mlp.gate_up(h)))
+        return self.lm_head(add_rmsnorm(x, res, self.model.norm.weight, eps)[0])
+
+    @torch.no_grad()
+    def merge_projections(self) -> "Transformer":
+        """Hold each layer's q/k/v projections as one `qkv_proj` and gate/up as one `gate_up_proj` (their weights and
+        biases stacked along the output rows, in that order), in place; the same function, 4 GEMMs a decode layer
+        instead of 7. For generation only: the names are no longer Hugging Face's (merged_param maps them)."""
+        for layer in self.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            a.qkv_proj = _stack_linear(a.q_proj, a.k_proj, a.v_proj)
+            m.gate_up_proj = _stack_linear(m.gate_proj, m.up_proj)
+            del a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj
+        return self
+
+
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+MERGED = {**{p: ("qkv_proj", QKV) for p in QKV}, **{p: ("gate_up_proj", GATE_UP) for p in GATE_UP}}
+
+
+def _stack_linear(*parts: nn.Linear) -> nn.Linear:
+    w = parts[0].weight
+    out = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None, device=w.device,
+                    dtype=w.dtype)
+    out.weight.copy_(torch.cat([p.weight for p in parts]))
+    if out.bias is not None:
+        out.bias.copy_(torch.cat([p.bias for p in parts]))
+    return out
+
+
+def merged_param(model: Transformer, name: str) -> torch.Tensor:
+    """The tensor that holds Hugging Face parameter `name` in a model after merge_projections: a row block of a
+    qkv_proj or gate_up_proj weight (or bias), or the parameter itself."""
+    *path, proj, kind = name.split(".")
+    if proj not in MERGED:
+        return model.get_parameter(name)
+    merged, order = MERGED[proj]
+    cfg = model.config
+    sizes = {"q_proj": cfg.num_attention_heads * cfg.head_dim, "k_proj": cfg.num_key_value_heads * cfg.head_dim,
+             "v_proj": cfg.num_key_value_heads * cfg.head_dim, "gate_proj": cfg.intermediate_size,
+             "up_proj": cfg.intermediate_size}
+    at = sum(sizes[p] for p in order[:order.index(proj)])
+    return model.get_parameter(".".join(path + [merged, kind]))[at:at + sizes[proj]]
 
 
 def stored_dtype(cfg: ModelConfig) -> torch.dtype:

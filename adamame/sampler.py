@@ -19,7 +19,8 @@ read): the vocabulary is cut into blocks of BLOCK entries, and a program walks i
                  running (M, S) of the blocks' maxima and masses give the log-sum-exp M + log S.
 
 When rows are few, a row's blocks are split over several programs (`num_splits`: a function of the row count and
-the vocabulary only, so a CUDA graph replays it); their (M, S, best score, candidate) are merged in PyTorch. A maximum
+the vocabulary only, so a CUDA graph replays it); their (M, S, best score, candidate) are merged by a second
+kernel (`_merge` is its reference): the op is one kernel launch, or two with splits, and nothing in PyTorch. A maximum
 does not depend on how the blocks are grouped, so for the same logits a sample's token is the same whatever the
 number of programs, rows or batch (on a GPU the bf16 logits themselves may differ in their last bits between row
 buckets, which can move a draw that sits on a boundary). The uniform numbers come from a counter-based hash of (seed, sample, token index, stream), so nothing
@@ -58,7 +59,7 @@ def use_kernel(x: torch.Tensor) -> bool:
     mode = os.environ.get("ADAMAME_SAMPLER") or os.environ.get("ADAMAME_KERNELS", "auto")
     if mode not in ("auto", "triton", "torch"):
         raise ValueError(f"ADAMAME_SAMPLER / ADAMAME_KERNELS={mode!r}: use triton, torch or auto")
-    if mode == "triton" and not _kernel_runs(x):
+    if mode == "triton" and not (_kernel_runs(x) or x.is_meta):  # on meta, the fake answers
         raise RuntimeError("the Triton sampler needs triton, and on CPU tensors TRITON_INTERPRET=1 before import")
     return mode == "triton" or (mode == "auto" and triton is not None and x.is_cuda)
 
@@ -180,8 +181,8 @@ if triton is not None:
         return ((h >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # as _unit: 23 bits, centred, times 2^-23
 
     @triton.jit
-    def _sample_kernel(z_ptr, sz, state_ptr, cand_ptr, inv_t_ptr, seed_ptr, sample_ptr, index_ptr, count_ptr,
-                       V, per, BLOCK: tl.constexpr, SPLITS: tl.constexpr, GREEDY: tl.constexpr,
+    def _sample_kernel(z_ptr, sz, state_ptr, cand_ptr, tok_ptr, lp_ptr, inv_t_ptr, seed_ptr, sample_ptr, index_ptr,
+                       count_ptr, V, per, BLOCK: tl.constexpr, SPLITS: tl.constexpr, GREEDY: tl.constexpr,
                        COUNT: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         split = tl.program_id(1)
@@ -222,12 +223,33 @@ if triton is not None:
             xc = tl.where(take, tl.sum(tl.where(cols == c, x, 0.0), axis=0), xc)
             if COUNT:  # tests only: entries loaded per row
                 tl.atomic_add(count_ptr + row, tl.sum(valid.to(tl.int32), axis=0))
-        out = row * SPLITS + split  # state [R, SPLITS, 4] (M, S, best score, x of the candidate), cand [R, SPLITS]
-        tl.store(state_ptr + out * 4, M)
-        tl.store(state_ptr + out * 4 + 1, S)
-        tl.store(state_ptr + out * 4 + 2, best)
-        tl.store(state_ptr + out * 4 + 3, xc)
-        tl.store(cand_ptr + out, cand.to(tl.int64))
+        if SPLITS == 1:  # nothing to choose between: the candidate, its x less M + log S
+            tl.store(tok_ptr + row, cand.to(tl.int64))
+            tl.store(lp_ptr + row, xc - M - tl.log(S))
+        else:
+            out = row * SPLITS + split  # state [R, SPLITS, 4] (M, S, best score, x of the candidate), cand [R, SPLITS]
+            tl.store(state_ptr + out * 4, M)
+            tl.store(state_ptr + out * 4 + 1, S)
+            tl.store(state_ptr + out * 4 + 2, best)
+            tl.store(state_ptr + out * 4 + 3, xc)
+            tl.store(cand_ptr + out, cand.to(tl.int64))
+
+    @triton.jit
+    def _merge_kernel(state_ptr, cand_ptr, tok_ptr, lp_ptr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr):
+        # program (row): _merge over the row's programs: the best score's candidate, its x less the log-sum-exp
+        row = tl.program_id(0).to(tl.int64)
+        j = tl.arange(0, SPLITS_PAD)
+        jm = j < SPLITS
+        at = (row * SPLITS + j) * 4
+        M = tl.load(state_ptr + at, mask=jm, other=-float("inf"))
+        S = tl.load(state_ptr + at + 1, mask=jm, other=0.0)
+        best = tl.load(state_ptr + at + 2, mask=jm, other=-float("inf"))
+        xc = tl.load(state_ptr + at + 3, mask=jm, other=0.0)
+        top = tl.max(M, axis=0)
+        lse = top + tl.log(tl.sum(S * tl.exp(M - top), axis=0))
+        k = tl.argmax(best, axis=0, tie_break_left=True)  # ties: the first
+        tl.store(tok_ptr + row, tl.load(cand_ptr + row * SPLITS + k))
+        tl.store(lp_ptr + row, tl.sum(tl.where(j == k, xc, 0.0), axis=0) - lse)
 
 
 def _launch(logits, inv_t, seed, sample, index, greedy, *, block=BLOCK, splits=None, count=None):
@@ -235,20 +257,25 @@ def _launch(logits, inv_t, seed, sample, index, greedy, *, block=BLOCK, splits=N
     splits = num_splits(R, V, block) if splits is None else splits
     blocks = -(-V // block)
     per = -(-blocks // splits)  # blocks per program
-    state = torch.empty(R, splits, 4, dtype=torch.float32, device=logits.device)
-    cand = torch.empty(R, splits, dtype=torch.int64, device=logits.device)
-    if R:
-        try:
-            _sample_kernel[(R, splits)](logits, logits.stride(0), state, cand, inv_t, seed, sample, index,
-                                        state if count is None else count, V, per, BLOCK=block, SPLITS=splits,
-                                        GREEDY=greedy, COUNT=count is not None, num_warps=NUM_WARPS)
-        except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
-            raise RuntimeError(f"Triton kernel _sample_kernel failed ({type(e).__name__}: {str(e).strip()[:300]}); "
-                               f"ADAMAME_SAMPLER=torch samples in PyTorch instead") from e
-    M, S, best, xc = state.unbind(-1)
-    if splits == 1:  # nothing to choose between: the candidate, its x less M + log S
-        return cand[:, 0], xc[:, 0] - M[:, 0] - torch.log(S[:, 0])
-    return _merge(M, S, best, cand, xc)
+    tok = torch.empty(R, dtype=torch.int64, device=logits.device)
+    lp = torch.empty(R, dtype=torch.float32, device=logits.device)
+    state = torch.empty(R, splits, 4, dtype=torch.float32, device=logits.device) if splits > 1 else lp
+    cand = torch.empty(R, splits, dtype=torch.int64, device=logits.device) if splits > 1 else tok
+    if not R:
+        return tok, lp
+    name = "_sample_kernel"
+    try:
+        _sample_kernel[(R, splits)](logits, logits.stride(0), state, cand, tok, lp, inv_t, seed, sample, index,
+                                    lp if count is None else count, V, per, BLOCK=block, SPLITS=splits,
+                                    GREEDY=greedy, COUNT=count is not None, num_warps=NUM_WARPS)
+        if splits > 1:  # one program per row merges its programs' results
+            name = "_merge_kernel"
+            _merge_kernel[(R,)](state, cand, tok, lp, SPLITS=splits, SPLITS_PAD=1 << (splits - 1).bit_length(),
+                                num_warps=1)
+    except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
+        raise RuntimeError(f"Triton kernel {name} failed ({type(e).__name__}: {str(e).strip()[:300]}); "
+                           f"ADAMAME_SAMPLER=torch samples in PyTorch instead") from e
+    return tok, lp
 
 
 @torch.library.custom_op("adamame::sample", mutates_args=())

@@ -80,7 +80,18 @@ import torch
 from adamame.model import ModelConfig, Transformer
 cfg = ModelConfig.from_dict(dict(model_type="qwen3", vocab_size=97, hidden_size=48, intermediate_size=80,
                                  num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8))
-assert Transformer(cfg)(torch.randint(0, 97, (2, 5))).shape == (2, 5, 97)
+model, ids = Transformer(cfg), torch.randint(0, 97, (2, 5))
+logits = model(ids)
+assert logits.shape == (2, 5, 97)
+assert torch.allclose(model.merge_projections()(ids), logits, atol=1e-5)  # the rollout copy's layout
+""",
+    "layer_kernels": """
+import torch
+from adamame.layer_kernels import add_rmsnorm, add_rmsnorm_torch, silu_mul
+x, r, w = torch.randn(3, 40), torch.randn(3, 40), torch.rand(40)
+out, s = add_rmsnorm(x, r, w, 1e-6)  # a CPU tensor outside the Triton interpreter: the reference
+assert torch.equal(s, x + r) and torch.equal(out, add_rmsnorm_torch(x, r, w, 1e-6)[0])
+assert torch.allclose(silu_mul(x, r), torch.nn.functional.silu(x) * r)
 """,
     "hf": """
 import os, tempfile, torch

@@ -559,10 +559,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, sys.argv[1])
-from adamame import decode_attention, grpo_kernels as kernels, sampler
+from adamame import decode_attention, grpo_kernels as kernels, layer_kernels, sampler
 from triton.runtime.jit import JITFunction
 
-kernels_found = {n: f for m in (kernels, decode_attention, sampler) for n, f in vars(m).items()
+kernels_found = {n: f for m in (kernels, decode_attention, layer_kernels, sampler) for n, f in vars(m).items()
                  if isinstance(f, JITFunction) and n.endswith("_kernel")}  # launched kernels (not their helpers)
 sigs = json.loads(sys.argv[2])
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -581,7 +581,8 @@ for name, fn in sorted(kernels_found.items()):
         usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         os.unlink(f.name)
         fields = dict(p.split(":", 1) for p in next(l for l in usage.splitlines() if "REG:" in l).split() if ":" in p)
-        out["rows"].append({"kernel": name + "".join(f" {k}={v}" for k, v in cx.items() if k in ("REP", "D", "GREEDY")), "sm": cc,
+        out["rows"].append({"scalar": sigs[name].get("scalar", False), "kernel": name + "".join(f" {k}={v}" for k, v in cx.items()
+                                                    if k in ("REP", "D", "GREEDY", "H", "HAS_RES", "BLOCK")), "sm": cc,
                             "dtype": dtype, "hints": hints,
                             "vector_loads": "ld.global.v" in k.asm["ptx"], "registers": int(fields["REG"]),
                             "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
@@ -607,7 +608,8 @@ TRITON_SIGNATURES = {
     # DTYPE: the KV cache's (bf16 on a GPU); variants: 1.5B (12 q / 2 kv heads), Qwen3-4B (32 / 8), head_dim 128,
     # and head_dim 64 (count_ptr is a dummy pointer, the accumulator's, when COUNT is off)
     "_decode_attn_kernel": {
-        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
+        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "out_ptr": "*DTYPE", "acc_ptr": "*fp32",
+                 "ml_ptr": "*fp32",
                  "start_ptr": "*i32", "end_ptr": "*i32", "count_ptr": "*fp32", "sq_r": "i32", "sq_h": "i32", "sk_r": "i32", "sk_h": "i32",
                  "sk_s": "i32", "sv_r": "i32", "sv_h": "i32", "sv_s": "i32", "split_len": "i32", "scale": "fp32",
                  "REP": "constexpr", "REP_PAD": "constexpr", "D": "constexpr", "D_PAD": "constexpr",
@@ -615,16 +617,52 @@ TRITON_SIGNATURES = {
         "variants": [{"REP": rep, "REP_PAD": 16, "D": d, "D_PAD": d, "SPLITS": 1, "BLOCK": 32, "DOT_F32": False,
                       "COUNT": False} for rep, d in ((6, 128), (4, 128), (8, 64))],
         "num_warps": 8,
-        "divisible": ["q_ptr", "k_ptr", "v_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr", "sq_r", "sq_h", "sk_r",
-                      "sk_h", "sk_s", "sv_r", "sv_h", "sv_s"]},
+        "divisible": ["q_ptr", "k_ptr", "v_ptr", "out_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr", "sq_r", "sq_h",
+                      "sk_r", "sk_h", "sk_s", "sv_r", "sv_h", "sv_s"]},
+    # split-KV's second pass: 18 splits (2 rows x 4,608 slots), head_dim 128
+    "_combine_kernel": {
+        "args": {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*DTYPE", "SPLITS": "constexpr",
+                 "SPLITS_PAD": "constexpr", "D": "constexpr", "D_PAD": "constexpr"},
+        "constexprs": {"SPLITS": 18, "SPLITS_PAD": 32, "D": 128, "D_PAD": 128}, "num_warps": 4,
+        "divisible": ["acc_ptr", "ml_ptr", "out_ptr"]},
     # DTYPE: the decode step's logits (bf16 on a GPU); sampling and greedy (count_ptr: a dummy, the state's)
     "_sample_kernel": {
-        "args": {"z_ptr": "*DTYPE", "sz": "i64", "state_ptr": "*fp32", "cand_ptr": "*i64", "inv_t_ptr": "*fp32",
+        "args": {"z_ptr": "*DTYPE", "sz": "i64", "state_ptr": "*fp32", "cand_ptr": "*i64", "tok_ptr": "*i64",
+                 "lp_ptr": "*fp32", "inv_t_ptr": "*fp32",
                  "seed_ptr": "*i64", "sample_ptr": "*i64", "index_ptr": "*i64", "count_ptr": "*fp32", "V": "i32",
                  "per": "i32", "BLOCK": "constexpr", "SPLITS": "constexpr", "GREEDY": "constexpr",
                  "COUNT": "constexpr"},
         "variants": [{"BLOCK": 2048, "SPLITS": 1, "GREEDY": g, "COUNT": False} for g in (False, True)],
         "num_warps": 8, "divisible": ["z_ptr", "sz", "state_ptr", "cand_ptr", "V"]},
+    # the sampler's merge of a row's programs (18 at a few rows); its loads are strided: no vector loads
+    "_merge_kernel": {
+        "args": {"state_ptr": "*fp32", "cand_ptr": "*i64", "tok_ptr": "*i64", "lp_ptr": "*fp32",
+                 "SPLITS": "constexpr", "SPLITS_PAD": "constexpr"},
+        "constexprs": {"SPLITS": 18, "SPLITS_PAD": 32}, "num_warps": 1, "scalar": True,
+        "divisible": ["state_ptr", "cand_ptr", "tok_ptr", "lp_ptr"]},
+    # adamame/layer_kernels.py at the paper's hidden sizes (1,536 and 2,560: blocks of 2,048 and 4,096)
+    "_rmsnorm_kernel": {
+        "args": {"x_ptr": "*DTYPE", "r_ptr": "*DTYPE", "w_ptr": "*DTYPE", "out_ptr": "*DTYPE", "rout_ptr": "*DTYPE",
+                 "sx": "i32", "sr": "i32", "so": "i32", "sro": "i32", "C": "i32", "eps": "fp32",
+                 "HAS_RES": "constexpr", "BLOCK": "constexpr"},
+        "variants": [{"HAS_RES": r, "BLOCK": b} for r in (False, True) for b in (2048, 4096)], "num_warps": 8,
+        "divisible": ["x_ptr", "r_ptr", "w_ptr", "out_ptr", "rout_ptr", "sx", "sr", "so", "sro", "C"]},
+    # the 1.5B's heads (12 q / 2 kv, q/k/v bias in the GEMM) and Qwen3-4B's (32 / 8, q/k norms), head_dim 128
+    "_rope_cache_kernel": {
+        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "sq": "i32", "sk": "i32", "sv": "i32",
+                 "pos_ptr": "*i64", "slot_ptr": "*i64", "freq_ptr": "*fp32", "qw_ptr": "*DTYPE", "kw_ptr": "*DTYPE",
+                 "qo_ptr": "*DTYPE", "kc_ptr": "*DTYPE", "vc_ptr": "*DTYPE", "skc_r": "i32", "skc_h": "i32",
+                 "skc_s": "i32", "svc_r": "i32", "svc_h": "i32", "svc_s": "i32", "eps": "fp32", "H": "constexpr",
+                 "KV": "constexpr", "D": "constexpr", "HALF": "constexpr", "QK_NORM": "constexpr"},
+        "variants": [{"H": 12, "KV": 2, "D": 128, "HALF": 64, "QK_NORM": False},
+                     {"H": 32, "KV": 8, "D": 128, "HALF": 64, "QK_NORM": True}], "num_warps": 1,
+        "divisible": ["q_ptr", "k_ptr", "v_ptr", "sq", "sk", "sv", "pos_ptr", "slot_ptr", "freq_ptr", "qw_ptr",
+                      "kw_ptr", "qo_ptr", "kc_ptr", "vc_ptr", "skc_r", "skc_h", "skc_s", "svc_r", "svc_h", "svc_s"]},
+    "_silu_mul_kernel": {
+        "args": {"g_ptr": "*DTYPE", "u_ptr": "*DTYPE", "out_ptr": "*DTYPE", "sg": "i32", "su": "i32", "so": "i32",
+                 "N": "i32", "BLOCK": "constexpr"},
+        "constexprs": {"BLOCK": 1024}, "num_warps": 8,
+        "divisible": ["g_ptr", "u_ptr", "out_ptr", "sg", "su", "so", "N"]},
 }
 
 
@@ -633,9 +671,10 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
     kernel); the cubin's resource usage, read with the cuobjdump the triton wheel ships, must show no local memory
     (register spills)."""
     pytest.importorskip("triton")
-    from adamame import decode_attention, grpo_kernels as kernels, sampler
+    from adamame import decode_attention, grpo_kernels as kernels, layer_kernels, sampler
 
     assert kernels.NUM_WARPS == 8 and kernels.BLOCK_V == 4096  # what the signatures above compile
+    assert layer_kernels.NUM_WARPS == 8 and layer_kernels.ROPE_WARPS == 1 and layer_kernels.SILU_BLOCK == 1024
     assert decode_attention.BLOCK_S == 32 and decode_attention.NUM_WARPS == 8
     assert sampler.BLOCK == 2048 and sampler.NUM_WARPS == 8
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -653,10 +692,10 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(capsys):
                   f"{row['registers']:3} local {row['local']} shared {row['shared']} vector loads "
                   f"{row['vector_loads']}")
     for row in res["rows"]:
-        assert row["local"] == 0 and row["stack"] == 0, row  # no spills
+        assert row["local"] == 0 and row["stack"] == 0, (row["sm"], row)  # no spills
         # at most 128 registers per thread: a program of 8 warps then leaves room for 2 programs per SM
         assert row["registers"] <= 128, row
-        if row["hints"]:
+        if row["hints"] and not row["scalar"]:
             assert row["vector_loads"], row  # the aligned launch reads the vocabulary with vector loads
 
 

@@ -1,0 +1,279 @@
+"""The decode step's fused layer kernels: RMSNorm with the residual add, rotary with the cache write, SiLU * up.
+
+Why: a decode step reads ~3 GB of weights for a few hundred rows, so its non-GEMM work is a few MB per kernel, and
+what it costs is the kernels' count: each launch in a CUDA graph still costs a floor of microseconds. Written as
+PyTorch ops, RMSNorm alone is 8 kernels (to-float, pow, mean, add, rsqrt, mul, to, mul) and rotary ~10; here each
+is one Triton kernel over the [rows, features] activations of one token per row:
+
+    add_rmsnorm(x, r, w):  s = x + r (rounded to the model's dtype: the new residual);
+                           out = w * (s / sqrt(mean(s^2) + eps)), normalised in float32 and cast before the weight
+    rmsnorm(x, w):         the same without the add (the first layer: the embedding is the residual)
+    rope_cache(q, k, v):   per head (Qwen3: RMSNorm of q and k per head first), rope(x) = x cos + rotate_half(x) sin
+                           with (cos, sin) of position * inv_freq computed in float32 inside the kernel; q is
+                           returned as [rows, heads, head_dim], k and v written into the KV cache at each row's slot
+    silu_mul(g, u):        silu(g) * u
+
+Every rounding happens where the PyTorch model (adamame/model.py) rounds, in the same order (each product of the
+rotary rounded to the model's dtype, as a bf16 tensor product is), so the kernels equal their references within
+float32 rounding, and within bf16's in bf16. Each `*_torch` function is that reference: the spec the tests hold the
+kernel to, and what the op computes where the kernel cannot run. Each op is registered with torch.library
+(`adamame::rmsnorm`, ...) so that op recorders and the meta device see one op, and each launches exactly one
+kernel. `use_kernel` is the switch (ADAMAME_KERNELS, as adamame/decode_attention.py's).
+
+Imports: torch, triton (optional).
+"""
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+NUM_WARPS = 8  # rmsnorm and silu_mul: a row of 1,536-2,560 (or a block of 1,024) over 256 threads
+ROPE_WARPS = 1  # rope_cache: a program rotates one head, two halves of 64 values
+SILU_BLOCK = 1024  # intermediate features per program of silu_mul
+
+
+def use_kernel(x: torch.Tensor) -> bool:
+    """ADAMAME_KERNELS: auto (default) takes the kernels for CUDA tensors when triton is installed; triton forces them
+    (CPU tensors need TRITON_INTERPRET=1 set before triton is imported); torch never takes them."""
+    mode = os.environ.get("ADAMAME_KERNELS", "auto")
+    if mode not in ("auto", "triton", "torch"):
+        raise ValueError(f"ADAMAME_KERNELS={mode!r}: use triton, torch or auto")
+    if mode == "triton" and not (_kernel_runs(x) or x.is_meta):  # on meta, the fake answers
+        raise RuntimeError("ADAMAME_KERNELS=triton needs triton, and on CPU tensors TRITON_INTERPRET=1 before import")
+    return mode == "triton" or (mode == "auto" and triton is not None and x.is_cuda)
+
+
+def _kernel_runs(x: torch.Tensor) -> bool:
+    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------- the references
+
+def rmsnorm_torch(x, weight, eps):
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_rmsnorm_torch(x, residual, weight, eps):
+    s = x + residual
+    return rmsnorm_torch(s, weight, eps), s
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps):
+    """q [R, H * D], k, v [R, KV * D] (unit last stride), positions and slot [R] int64, inv_freq [D / 2] float32,
+    k_cache / v_cache [R, KV, S, D]; q_norm, k_norm [D] or None. Writes row r's k and v at slot[r]; returns q roped,
+    [R, H, D] contiguous."""
+    R, D = q.shape[0], k_cache.shape[-1]
+    q, k, v = q.reshape(R, -1, D), k.reshape(R, -1, D), v.reshape(R, -1, D)
+    if q_norm is not None:
+        q, k = rmsnorm_torch(q, q_norm, eps), rmsnorm_torch(k, k_norm, eps)
+    freqs = positions[:, None, None].float() * inv_freq.float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    idx = slot.view(R, 1, 1, 1).expand(R, k.shape[1], 1, D)
+    k_cache.scatter_(2, idx, k[:, :, None])
+    v_cache.scatter_(2, idx, v[:, :, None])
+    return q.contiguous()
+
+
+def silu_mul_torch(gate, up):
+    return torch.nn.functional.silu(gate) * up
+
+
+# ---------------------------------------------------------------------------------------------- the kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _rmsnorm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, sx, sr, so, sro, C, eps,
+                        HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.arange(0, BLOCK)
+        m = c < C
+        dt = out_ptr.dtype.element_ty
+        x = tl.load(x_ptr + row * sx + c, mask=m, other=0.0).to(tl.float32)
+        if HAS_RES:  # the sum rounded to the model's dtype is the new residual, and what is normalised
+            s = (x + tl.load(r_ptr + row * sr + c, mask=m, other=0.0).to(tl.float32)).to(dt)
+            tl.store(rout_ptr + row * sro + c, s, mask=m)
+            x = s.to(tl.float32)
+        y = x * tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
+        w = tl.load(w_ptr + c, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * so + c, (w * y.to(dt).to(tl.float32)).to(dt), mask=m)
+
+    @triton.jit
+    def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, sq, sk, sv, pos_ptr, slot_ptr, freq_ptr, qw_ptr, kw_ptr, qo_ptr,
+                           kc_ptr, vc_ptr, skc_r, skc_h, skc_s, svc_r, svc_h, svc_s, eps,
+                           H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+                           QK_NORM: tl.constexpr):
+        # program (row, h): h < H a query head, H <= h < H + KV a key head, then a value head (a copy)
+        row = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        i = tl.arange(0, HALF)
+        m = i < D // 2
+        dt = qo_ptr.dtype.element_ty
+        slot = tl.load(slot_ptr + row)
+        if h >= H + KV:
+            j = h - H - KV
+            src = v_ptr + row * sv + j * D
+            dst = vc_ptr + row * svc_r + j * svc_h + slot * svc_s
+            tl.store(dst + i, tl.load(src + i, mask=m), mask=m)
+            tl.store(dst + D // 2 + i, tl.load(src + D // 2 + i, mask=m), mask=m)
+        else:
+            if h < H:
+                src = q_ptr + row * sq + h * D
+                w_ptr = qw_ptr
+            else:
+                src = k_ptr + row * sk + (h - H) * D
+                w_ptr = kw_ptr
+            x1 = tl.load(src + i, mask=m, other=0.0).to(tl.float32)
+            x2 = tl.load(src + D // 2 + i, mask=m, other=0.0).to(tl.float32)
+            if QK_NORM:  # Qwen3: RMSNorm over the head, float32, cast before the weight
+                r = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / D + eps)
+                w1 = tl.load(w_ptr + i, mask=m, other=0.0).to(tl.float32)
+                w2 = tl.load(w_ptr + D // 2 + i, mask=m, other=0.0).to(tl.float32)
+                x1 = (w1 * (x1 * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+                x2 = (w2 * (x2 * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+            f = tl.load(pos_ptr + row).to(tl.float32) * tl.load(freq_ptr + i, mask=m, other=0.0)
+            c = tl.cos(f).to(dt).to(tl.float32)
+            s = tl.sin(f).to(dt).to(tl.float32)
+            # x cos + rotate_half(x) sin, each product rounded as the model's tensors round it
+            o1 = ((x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)).to(dt)
+            o2 = ((x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)).to(dt)
+            if h < H:
+                dst = qo_ptr + (row * H + h) * D
+            else:
+                dst = kc_ptr + row * skc_r + (h - H) * skc_h + slot * skc_s
+            tl.store(dst + i, o1, mask=m)
+            tl.store(dst + D // 2 + i, o2, mask=m)
+
+    @triton.jit
+    def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, sg, su, so, N, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = c < N
+        dt = out_ptr.dtype.element_ty
+        g = tl.load(g_ptr + row * sg + c, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + row * su + c, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * so + c, ((g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u).to(dt), mask=m)
+
+
+def _run(name, kernel, grid, *args, num_warps=NUM_WARPS, **meta):
+    try:
+        kernel[grid](*args, num_warps=num_warps, **meta)
+    except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
+        raise RuntimeError(f"Triton kernel {name} failed ({type(e).__name__}: {str(e).strip()[:300]}); "
+                           f"ADAMAME_KERNELS=torch runs the decode step in PyTorch instead") from e
+
+
+def _check_rows(*ts):
+    for t in ts:
+        if t is not None and (t.dim() != 2 or t.stride(-1) != 1):
+            raise ValueError(f"layer kernels take [rows, features] tensors with a unit last stride, got "
+                             f"{tuple(t.shape)} strides {t.stride()}")
+
+
+# ---------------------------------------------------------------------------------------------- the ops
+
+@torch.library.custom_op("adamame::rmsnorm", mutates_args=())
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [R, C] -> weight * normalise(x), [R, C] in x's dtype."""
+    _check_rows(x)
+    if not _kernel_runs(x):
+        return rmsnorm_torch(x, weight, eps)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.shape[0]:
+        _run("_rmsnorm_kernel", _rmsnorm_kernel, (x.shape[0],), x, x, weight, out, out, x.stride(0), 0,
+             out.stride(0), 0, x.shape[1], eps, HAS_RES=False, BLOCK=_pow2(x.shape[1]))
+    return out
+
+
+@rmsnorm.register_fake
+def _(x, weight, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("adamame::add_rmsnorm", mutates_args=())
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual [R, C] -> (weight * normalise(x + residual), x + residual), both in x's dtype."""
+    _check_rows(x, residual)
+    if not _kernel_runs(x):
+        return add_rmsnorm_torch(x, residual, weight, eps)
+    out, s = torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.shape[0]:
+        _run("_rmsnorm_kernel", _rmsnorm_kernel, (x.shape[0],), x, residual, weight, out, s, x.stride(0),
+             residual.stride(0), out.stride(0), s.stride(0), x.shape[1], eps, HAS_RES=True, BLOCK=_pow2(x.shape[1]))
+    return out, s
+
+
+@add_rmsnorm.register_fake
+def _(x, residual, weight, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("adamame::rope_cache", mutates_args=("k_cache", "v_cache"))
+def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+               inv_freq: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_norm: torch.Tensor | None,
+               k_norm: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Rotary (after Qwen3's per-head RMSNorm when q_norm / k_norm are given) on q [R, H * D] and k [R, KV * D] at
+    `positions`, k and v written into the caches [R, KV, S, D] at slot[r] (positions, slot: [R] int64; inv_freq
+    [D / 2] float32). Returns q roped, [R, H, D] contiguous."""
+    _check_rows(q, k, v)
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("rope_cache: the caches need a unit stride in their last dimension")
+    if not _kernel_runs(q):
+        return rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps)
+    R, (KV, D) = q.shape[0], k_cache.shape[1::2]
+    H = q.shape[1] // D
+    out = torch.empty(R, H, D, dtype=q.dtype, device=q.device)
+    if R:
+        norm = q_norm is not None
+        _run("_rope_cache_kernel", _rope_cache_kernel, (R, H + 2 * KV), q, k, v, q.stride(0), k.stride(0),
+             v.stride(0), positions, slot, inv_freq, q_norm if norm else inv_freq, k_norm if norm else inv_freq, out,
+             k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+             v_cache.stride(1), v_cache.stride(2), eps, H=H, KV=KV, D=D, HALF=_pow2(D // 2), QK_NORM=norm,
+             num_warps=ROPE_WARPS)
+    return out
+
+
+@rope_cache.register_fake
+def _(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps):
+    D = k_cache.shape[-1]
+    return torch.empty(q.shape[0], q.shape[1] // D, D, dtype=q.dtype, device=q.device)
+
+
+@torch.library.custom_op("adamame::silu_mul", mutates_args=())
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gate, up [R, N] -> silu(gate) * up, [R, N] in gate's dtype."""
+    _check_rows(gate, up)
+    if not _kernel_runs(gate):
+        return silu_mul_torch(gate, up)
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    R, N = gate.shape
+    if R:
+        _run("_silu_mul_kernel", _silu_mul_kernel, (R, -(-N // SILU_BLOCK)), gate, up, out, gate.stride(0),
+             up.stride(0), out.stride(0), N, BLOCK=SILU_BLOCK)
+    return out
+
+
+@silu_mul.register_fake
+def _(gate, up):
+    return torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)

@@ -1,0 +1,241 @@
+"""The decode step's fused kernels (adamame/layer_kernels.py, under the interpreter) against their PyTorch references,
+the fused decode step against the PyTorch one and transformers, the merged projections, and the kernel count of a
+decode step at the paper's two structures (bench/kernel_count.py)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from adamame import layer_kernels as lk
+from adamame.model import KVCache, merged_param
+
+pytest.importorskip("triton")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import kernel_count  # noqa: E402
+
+
+def close(got, want, dtype):
+    """fp32: within 1e-5; bf16: within four units in bf16's last place of the tensor's largest value (the interpreter
+    truncates where a GPU rounds, at up to three roundings in a row, and the rotary's sum of two rounded products can
+    cancel)."""
+    assert got.dtype == want.dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        ulp4 = 4 * 2 ** -8
+        torch.testing.assert_close(got.float(), want.float(), rtol=ulp4, atol=ulp4 * want.float().abs().max().item())
+
+
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+@DTYPES
+@pytest.mark.parametrize("C", [72, 1000])  # not a power of two: the block is masked
+def test_rmsnorm_and_add_rmsnorm_equal_their_references(dtype, C):
+    g = torch.Generator().manual_seed(C)
+    x, r = (3 * torch.randn(5, C, generator=g)).to(dtype), torch.randn(5, C, generator=g).to(dtype)
+    w = (1 + 0.5 * torch.randn(C, generator=g)).to(dtype)
+    close(lk.rmsnorm(x, w, 1e-6), lk.rmsnorm_torch(x, w, 1e-6), dtype)
+    (out, s), (want, want_s) = lk.add_rmsnorm(x, r, w, 1e-6), lk.add_rmsnorm_torch(x, r, w, 1e-6)
+    close(out, want, dtype)
+    close(s, want_s, dtype)
+    # a row-strided input (a column block of a wider tensor) and the reference of the model's own RMSNorm
+    wide = torch.randn(5, C + 8, generator=g).to(dtype)[:, 3:3 + C]
+    close(lk.rmsnorm(wide, w, 1e-6), lk.rmsnorm_torch(wide.contiguous(), w, 1e-6), dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("N", [100, 2500])  # one partial block; several blocks
+def test_silu_mul_equals_its_reference(dtype, N):
+    gu = (2 * torch.randn(4, 2 * N, generator=torch.Generator().manual_seed(N))).to(dtype)
+    gate, up = gu.chunk(2, -1)  # the merged gate_up_proj's halves: row-strided
+    close(lk.silu_mul(gate, up), lk.silu_mul_torch(gate, up), dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("H,KV,D,qk_norm", [(12, 2, 128, False), (32, 8, 128, True), (6, 2, 64, False),
+                                            (3, 1, 20, True)], ids=["qwen2-1.5b", "qwen3-4b", "hd64", "hd20"])
+def test_rope_cache_equals_its_reference_and_writes_only_each_rows_slot(dtype, H, KV, D, qk_norm):
+    g = torch.Generator().manual_seed(H * D)
+    R, S = 4, 24
+    qkv = torch.randn(R, (H + 2 * KV) * D, generator=g).to(dtype)
+    q, k, v = qkv.split([H * D, KV * D, KV * D], -1)  # the merged qkv_proj's column blocks
+    positions, slot = torch.tensor([0, 7, 1000, 4095]), torch.tensor([3, 23, 0, 11])
+    inv_freq = 1.0 / (1e6 ** (torch.arange(0, D, 2).float() / D))
+    norms = (torch.randn(D, generator=g).to(dtype), torch.randn(D, generator=g).to(dtype)) if qk_norm else (None, None)
+    kc, vc = torch.randn(R, KV, S, D, generator=g).to(dtype), torch.randn(R, KV, S, D, generator=g).to(dtype)
+    kc_want, vc_want = kc.clone(), vc.clone()
+    got = lk.rope_cache(q, k, v, positions, slot, inv_freq, kc, vc, *norms, 1e-6)
+    want = lk.rope_cache_torch(q, k, v, positions, slot, inv_freq, kc_want, vc_want, *norms, 1e-6)
+    assert got.shape == (R, H, D) and got.is_contiguous()
+    close(got, want, dtype)
+    close(kc, kc_want, dtype)
+    assert torch.equal(vc, vc_want)
+    others = torch.ones(R, S, dtype=torch.bool)
+    others[torch.arange(R), slot] = False
+    assert torch.equal(kc[others.nonzero(as_tuple=True)[0], :, others.nonzero(as_tuple=True)[1]],
+                       kc_want[others.nonzero(as_tuple=True)[0], :, others.nonzero(as_tuple=True)[1]])
+
+
+def test_the_rotary_reference_is_the_models():
+    """rope_cache_torch is what model.py's prefill does to q and k (rope(), rotate_half, q/k norms), independently
+    written: one row, one token, a qwen3-shaped head."""
+    from adamame.model import RMSNorm, rotate_half
+
+    g = torch.Generator().manual_seed(0)
+    H, KV, D = 4, 2, 16
+    q, k, v = torch.randn(1, H * D, generator=g), torch.randn(1, KV * D, generator=g), torch.randn(1, KV * D, generator=g)
+    qn, kn = RMSNorm(D, 1e-6), RMSNorm(D, 1e-6)
+    with torch.no_grad():
+        qn.weight.normal_(generator=g), kn.weight.normal_(generator=g)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    pos = torch.tensor([37])
+    kc, vc = torch.zeros(1, KV, 4, D), torch.zeros(1, KV, 4, D)
+    got = lk.rope_cache_torch(q, k, v, pos, torch.tensor([2]), inv_freq, kc, vc, qn.weight.detach(),
+                              kn.weight.detach(), 1e-6)
+    ang = 37 * inv_freq
+    cos, sin = torch.cat([ang.cos(), ang.cos()]), torch.cat([ang.sin(), ang.sin()])
+    with torch.no_grad():
+        qh, kh = qn(q.view(H, D)), kn(k.view(KV, D))
+    torch.testing.assert_close(got[0], qh * cos + rotate_half(qh) * sin)
+    torch.testing.assert_close(kc[0, :, 2], kh * cos + rotate_half(kh) * sin)
+    torch.testing.assert_close(vc[0, :, 2], v.view(KV, D))
+
+
+def _op_cases():
+    from adamame.decode_attention import decode_attention
+    from adamame.sampler import sample, seed_tensor
+
+    g = torch.Generator().manual_seed(1)
+    x, r, w = torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g), torch.randn(40, generator=g)
+    q, k, v = torch.randn(3, 4 * 16, generator=g), torch.randn(3, 2 * 16, generator=g), torch.randn(3, 2 * 16, generator=g)
+    kc, vc = torch.zeros(3, 2, 8, 16), torch.zeros(3, 2, 8, 16)
+    pos, slot, inv = torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3]), torch.rand(8)
+    qa = torch.randn(3, 4, 16, generator=g)
+    ka, va = torch.randn(3, 2, 600, 16, generator=g), torch.randn(3, 2, 600, 16, generator=g)
+    start, end = torch.zeros(3, dtype=torch.int32), torch.full((3,), 600, dtype=torch.int32)
+    end3 = end // 3
+    z = torch.randn(3, 20000, generator=g)
+    sargs = (torch.ones(1), seed_tensor(1, "cpu"), torch.arange(3), torch.zeros(3, dtype=torch.long), False)
+    return {
+        "rmsnorm": lambda: lk.rmsnorm(x, w, 1e-6),
+        "add_rmsnorm": lambda: lk.add_rmsnorm(x, r, w, 1e-6),
+        "rope_cache": lambda: lk.rope_cache(q, k, v, pos, slot, inv, kc, vc, None, None, 1e-6),
+        "silu_mul": lambda: lk.silu_mul(x, r),
+        "decode_attention-split": lambda: decode_attention(qa, ka, va, start, end, 0.25),  # 3 rows, 600 slots: 2
+        "decode_attention": lambda: decode_attention(qa, ka[:, :, :200], va[:, :, :200], start, end3, 0.25),
+        "sample-split": lambda: sample(z, *sargs),  # 3 rows x 20,000: 2 programs a row
+        "sample": lambda: sample(z[:, :5000], *sargs),
+    }
+
+
+@pytest.mark.parametrize("case", list(_op_cases()))
+def test_each_adamame_op_is_its_kernel_launches_and_nothing_else(monkeypatch, case):
+    """What bench/kernel_count.py assumes of an adamame op on the meta device (kernel_count.launches): run here with
+    its body recorded, it launches exactly that many Triton kernels, and dispatches no aten op but empties."""
+    monkeypatch.setenv("ADAMAME_KERNELS", "triton")
+    run, rec = _op_cases()[case], kernel_count.recorder(expand=True)
+    with rec, torch.no_grad():
+        run()
+    assert len(rec.ops) == 1, rec.ops  # the op itself: nothing inside it launches a PyTorch kernel
+    name, kernels, _, _ = rec.ops[0]
+    assert kernels == rec.launched == (2 if case.endswith("split") else 1), (name, kernels, rec.launched)
+
+
+def _hf_pair(tmp_path, model_type, **extra):
+    from adamame.hf import load_model
+    from tests.helpers import save_tiny_hf
+
+    hf = save_tiny_hf(tmp_path / model_type, model_type, **extra)
+    return hf, load_model(str(tmp_path / model_type)).eval()
+
+
+STRUCTURES = [("qwen2", dict(num_attention_heads=6, num_key_value_heads=2)),
+              ("qwen3", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
+              ("llama", dict(num_attention_heads=4, num_key_value_heads=4, attention_bias=True, mlp_bias=True))]
+
+
+@pytest.mark.parametrize("model_type,extra", STRUCTURES, ids=[s[0] for s in STRUCTURES])
+@pytest.mark.parametrize("merged", [False, True], ids=["hf-layout", "merged"])
+def test_the_fused_decode_step_equals_the_pytorch_step_and_transformers(tmp_path, monkeypatch, model_type, extra,
+                                                                        merged):
+    """Rows of different ages (prompts of different lengths, left-padded) decode one token each: the fused step's
+    logits and cache writes equal the PyTorch step's (SDPA) within 1e-5 in fp32, and transformers' logits for the
+    whole sequence at its last position."""
+    hf, model = _hf_pair(tmp_path, model_type, **extra)
+    if merged:
+        model.merge_projections()
+    cfg, R, S = model.config, 3, 32
+    lens = [5, 9, 2]
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, cfg.vocab_size, (n + 1,), generator=g) for n in lens]
+    caches = {}
+    for mode in ("torch", "triton"):
+        monkeypatch.setenv("ADAMAME_KERNELS", mode)
+        cache = KVCache.allocate(cfg, R, S, torch.float32, "cpu")
+        Tp = max(lens)
+        ids = torch.zeros(R, Tp, dtype=torch.long)
+        mask = torch.zeros(R, Tp, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            ids[i, Tp - lens[i]:], mask[i, Tp - lens[i]:] = s[:-1], True
+        pos = (mask.sum(-1, keepdim=True) - Tp + torch.arange(Tp)).clamp(min=0)
+        monkeypatch.setenv("ADAMAME_KERNELS", "torch")  # the prefill is the same for both
+        with torch.no_grad():
+            model(ids, positions=pos, mask=mask, cache=cache, logits_at=slice(-1, None))
+        monkeypatch.setenv("ADAMAME_KERNELS", mode)
+        tokens = torch.stack([s[-1] for s in seqs])
+        with torch.no_grad():
+            logits = model.decode_step(tokens, torch.tensor(lens), cache, torch.full((R,), Tp), R, S)
+        caches[mode] = (logits, cache)
+    (want, c_want), (got, c_got) = caches["torch"], caches["triton"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(c_got.k + c_got.v, c_want.k + c_want.v):
+        torch.testing.assert_close(a[:, :, :max(lens) + 1], b[:, :, :max(lens) + 1], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for i, s in enumerate(seqs):
+            torch.testing.assert_close(got[i], hf(s[None]).logits[0, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type,extra", STRUCTURES, ids=[s[0] for s in STRUCTURES])
+def test_merged_projections_are_the_same_function_and_map_back_to_each_part(tmp_path, model_type, extra):
+    _, model = _hf_pair(tmp_path, model_type, **extra)
+    before = dict(model.named_parameters())
+    ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids)
+        model.merge_projections()
+        got = model(ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    layer = model.model.layers[0]
+    assert not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "up_proj")
+    for name, p in before.items():
+        assert torch.equal(merged_param(model, name), p), name
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in before.values())
+
+
+@pytest.mark.parametrize("name", kernel_count.MODELS)
+def test_a_decode_step_runs_at_most_12_kernels_a_layer_and_20_outside(monkeypatch, name):
+    """The paper's two structures (their config.json: heads, head_dim, q/k/v bias, Qwen3's q/k norms, tied lm_head;
+    hidden and intermediate sizes and vocabulary cut so the interpreter runs it), one decode step with the fused
+    sampler as the GPU runs it: aten ops dispatched (views and empties excluded) plus Triton launches, counted with the
+    kernels forced under the interpreter, at 3 rows x 600 slots (the attention and the sampler split: their most
+    kernels) and at 64 rows x 256 slots and a vocabulary of 8,000 (unsplit). The count on the meta device agrees."""
+    import dataclasses
+
+    monkeypatch.setenv("ADAMAME_KERNELS", "triton")
+    real = kernel_count.paper_config(name)
+    for rows, slots, vocab, split in ((3, 600, 20000, 1), (64, 256, 8000, 0)):
+        small = dataclasses.replace(real, intermediate_size=256, vocab_size=vocab)
+        counts = []
+        for device in ("cpu", "meta"):
+            torch.manual_seed(0)
+            parts = kernel_count.per_layer(small, rows, slots, device=device, dtype=torch.float32)
+            counts.append(kernel_count.summary(parts, real.num_hidden_layers))
+        assert counts[0] == counts[1], counts
+        c = counts[0]
+        assert c["layer"] <= 12 and c["outside"] <= 20, c
+        assert c["layer"] == 9 + split and c["outside"] == 10 + split, c  # today's count: a change shows here
+    names = [n for n, _, _, _ in kernel_count.per_layer(real, 512, 4608)["layer"]]
+    assert names.count("aten.addmm" if real.qkv_bias else "aten.mm") >= 1 and len(names) == 9
