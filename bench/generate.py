@@ -26,15 +26,17 @@ tests/test_decode_attention.py): KV bytes read, the bytes that belong to a live 
 weight bytes, bytes per generated token, and the predicted decode time at H100 3.0 TB/s and H200 4.3 TB/s against
 the bound (useful KV + one weight read per step).
 
-It then models one GPU's rollout step by step (`step_time_model`) for both paper models at that shape, with the
-memory plan's rows on 8 x 80 GiB: today's engine (one generate call of all 512 rows, refilled rows never idle) and
-the schedule before it (calls of the plan's rows rounded down to whole prompts, each run until its longest row ends).
-A decode step costs max(bytes / 3.0e12, FLOPs / 790e12) + 20 us (an H100's measured copy bandwidth and bf16 matmul
-rate), its bytes the weights read (all but the input embedding), the KV each row reads with the decode kernel, each
-layer's temporaries written and read once, the logits and the sampler's temporaries as the code moves them (bytes
-per vocabulary entry: LOGIT_BYTES, SAMPLER_BYTES) and compaction's copies; prefill runs at the peak FLOP rate. Its
-last line: `predicted rollout per GPU (H100 model): ...`. --gpu measures a refilled rollout (16 prompts x 8 in 64
-rows, response lengths forced to the workload's distribution up to 512 tokens) against the same model's prediction
+It then models one GPU's rollout step by step (`step_time_model`) for both paper models at that shape, in one
+generate call of the memory plan's rows on 8 x 80 GiB (refilled), kernel by kernel: the decode step's kernels as
+bench/kernel_count.py records them (every aten op but views and empties, every Triton launch, with the bytes of its
+tensors and a GEMM's FLOPs; the attention kernel adds the KV slots each row reads), each priced at
+max(bytes / 3.0e12, FLOPs / 790e12, KERNEL_FLOOR) (an H100's measured copy bandwidth and bf16 matmul rate; the floor,
+2 us, is an assumption), the sampler kernel at least its compute (`sampler_seconds`); compaction's copies at the
+bandwidth; prefill at the peak FLOP rate. "before" is the decode step of commit b2bc083 (unfused layers, 7 GEMMs a
+layer), recorded by `kernel_count.py --record` into bench/fixtures/decode_step_b2bc083.json and priced by the same
+model. Its last two lines: `predicted rollout per GPU (H100 model, 2 us a kernel): ...` and `kernels per decode
+step: ...`. --gpu measures a refilled rollout (16 prompts x 8 in 64 rows, response lengths forced to the workload's
+distribution up to 512 tokens) against the same model's prediction
 at the bandwidth measured in the process, and the fused sampler against PyTorch's at 512 rows x 151,936.
 """
 
@@ -56,7 +58,8 @@ QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, n
 
 
 def build(shape, device, dtype):
-    """A random transformers Qwen2 model and ours with the same weights."""
+    """A random transformers Qwen2 model and ours with the same weights, ours in the rollout copy's layout (q/k/v and
+    gate/up merged)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -70,7 +73,7 @@ def build(shape, device, dtype):
         ours = Transformer(ModelConfig.from_dict(cfg.to_dict()))
     ours.to_empty(device=device).to(dtype)
     ours.load_state_dict(hf.state_dict(), strict=False)  # strict=False: tied lm_head.weight appears once
-    return hf, ours.eval()
+    return hf, ours.eval().merge_projections()
 
 
 class PeakMemory:
@@ -279,44 +282,112 @@ def rollout_lengths(prompts=64, n=8, max_prompt=512, max_new=4096, seed=0):
     return plens, resp, source
 
 
-STEP_OVERHEAD = 20e-6  # seconds per decode step beyond its roofline time (a CUDA-graph replay and the host's turn)
+KERNEL_FLOOR = 2e-6  # seconds: the least a kernel costs inside a CUDA graph. An assumption (1-3 us is what an H100
+#                      is said to take per graphed kernel) until the GPU check's floor case measures it
 H100 = dict(bandwidth=3.0e12, flops=790e12)  # measured copy bandwidth and bf16 matmul rate (performance.md)
-# bytes per vocabulary entry per row of a decode step's logits and sampler, counted from the code (bf16 model, CUDA
-# graphs, temperature > 0, top-p 1): the lm_head writes bf16 logits (2), `.float()` reads them and writes float32
-# (2 + 4), the graph's static buffer copy (4 + 4): LOGIT_BYTES over the rows run; sample_next over the live rows:
-# logits / T (4 + 4), log_softmax (4 + 4), exp (4 + 4), cumsum(dtype=float64) first casts (4 + 8), then sums (8 + 8)
-LOGIT_BYTES = 2 + 2 + 4 + 4 + 4
-SAMPLER_BYTES = 8 + 8 + 8 + 12 + 16
-# the fused sampler (adamame/sampler.py): the lm_head writes bf16 logits (2), the kernel reads them once (2); per
-# entry its compute is one exp, ~12 float32 operations (scale, max, subtract, sum, a scan, a compare and count, two
-# selects with their reductions) and ~5 integer ones (indices, masks). A race over
-# the vocabulary (Gumbel-max: argmax z / T - log(-log u)) reads the same but needs a hashed random number (~12
-# integer operations) and two logs per entry. Rates of an H100 SXM from its published per-SM throughputs at
-# 1.755 GHz (132 SMs; 16 transcendental, 128 float32 and 64 int32 operations per clock each), not measured:
-FUSED_BYTES = 2 + 2
+# the fused sampler (adamame/sampler.py) reads the bf16 logits once; per entry its compute is one exp, ~12 float32
+# operations (scale, max, subtract, sum, a scan, a compare and count, two selects with their reductions) and ~5
+# integer ones (indices, masks). Rates of an H100 SXM from its published per-SM throughputs at 1.755 GHz (132 SMs;
+# 16 transcendental, 128 float32 and 64 int32 operations per clock each), not measured:
 SFU, FP32, INT32 = 132 * 16 * 1.755e9, 132 * 128 * 1.755e9, 132 * 64 * 1.755e9
-NOISE = {"blocks": dict(sfu=1, fp=12, int=5), "race": dict(sfu=3, fp=6, int=12)}
+ATTN, SAMPLER = "adamame.decode_attention", "adamame.sample"
+BEFORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "decode_step_b2bc083.json")
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
 
 
 def decode_costs(cfg) -> dict:
-    """A model's decode costs in bf16: matmul parameters (the layers, the final norm and the lm_head: what a decode
-    step reads, everything but the input embedding's gather), bytes of a KV slot (K and V of every layer), the
-    attention FLOPs per slot read (QK and PV), one layer's temporaries per row (written and read once), the
-    vocabulary."""
+    """A model's decode costs in bf16: bytes of a KV slot (K and V of every layer), the attention FLOPs per slot read
+    (QK and PV), layers, kv heads, vocabulary, and the matmul parameters (what prefill multiplies by)."""
     import torch
 
-    from adamame.memory import layer_transient_bytes
     from adamame.model import Transformer
 
     with torch.device("meta"):
         m = Transformer(cfg)
     embed = m.model.embed_tokens.weight.numel()
     matmul = sum(p.numel() for p in m.parameters()) - embed + (embed if cfg.tie_word_embeddings else 0)
-    return dict(matmul=matmul, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size,
+    return dict(matmul=matmul, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size, kv_heads=cfg.num_key_value_heads,
                 slot_bytes=2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2,
-                attn_flops_per_slot=4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim,
-                layer_bytes=2 * cfg.num_hidden_layers * layer_transient_bytes(cfg, torch.bfloat16))
+                attn_flops_per_slot=4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim)
+
+
+def engine_kernels(cfg=None, recorded=None) -> dict:
+    """A decode step as kernels to price (bench/kernel_count.py): per regime ("unsplit", "split"), the ops of the
+    one-layer step ("one") and of one more layer ("layer"), each (name, kernels, bytes = a + b R, FLOPs = c + d R) for
+    R rows run. Recorded now on the meta device from this code for config `cfg`, or taken from a recording (one
+    model's entry of kernel_count.record's JSON: the "before" fixture)."""
+    import kernel_count as kc
+
+    if recorded is None:
+        recorded = {regime: {str(r): kc.per_layer(cfg, r, slots) for r in rows}
+                    for regime, (rows, slots) in kc.REGIMES.items()}
+    out = {}
+    for regime, (rows, _) in kc.REGIMES.items():
+        r1, r2 = rows
+        out[regime] = {}
+        for part, key in (("one", "outside"), ("layer", "layer")):
+            ops1, ops2 = recorded[regime][str(r1)][key], recorded[regime][str(r2)][key]
+            assert [o[0] for o in ops1] == [o[0] for o in ops2], "the recordings' ops differ"
+            out[regime][part] = [(n, k, b1 - (b2 - b1) / (r2 - r1) * r1, (b2 - b1) / (r2 - r1),
+                                  f1 - (f2 - f1) / (r2 - r1) * r1, (f2 - f1) / (r2 - r1))
+                                 for (n, k, b1, f1), (_, _, b2, f2) in zip(ops1, ops2)]
+    return out
+
+
+def sampler_seconds(entries, gpu=H100) -> float:
+    """The fused sampler over `entries` logits (rows x vocabulary): max of its read and of each unit's work."""
+    return max(2 * entries / gpu["bandwidth"], entries / SFU, 12 * entries / FP32, 5 * entries / INT32)
+
+
+def step_ops(eng, m, rows, slots) -> list:
+    """(ops of the one-layer step, ops of each further layer) of a step of `rows` rows over `slots` slots: the
+    unsplit recording's, with the attention's and the sampler's ops from the split one where they split."""
+    from adamame.decode_attention import num_splits as attn_splits
+    from adamame.sampler import num_splits as sampler_splits
+
+    a = "split" if attn_splits(rows, m["kv_heads"], slots) > 1 else "unsplit"
+    s = "split" if sampler_splits(rows, m["vocab"]) > 1 else "unsplit"
+
+    def part(p):
+        return ([o for o in eng["unsplit"][p] if not o[0].startswith((ATTN, SAMPLER))]
+                + [o for o in eng[a][p] if o[0].startswith(ATTN)] + [o for o in eng[s][p] if o[0].startswith(SAMPLER)])
+    return part("one"), part("layer")
+
+
+def kernels_per_step(eng, m, rows, slots) -> int:
+    one, layer = step_ops(eng, m, rows, slots)
+    return sum(o[1] for o in one) + (m["layers"] - 1) * sum(o[1] for o in layer)
+
+
+def step_seconds(eng, m, rows, slots, read, gpu=H100, floor=KERNEL_FLOOR) -> float:
+    """One decode step, kernel by kernel: each at max(bytes / bandwidth, FLOPs / peak, floor), a second launch of an op
+    (a split's combine or merge) at the floor; the attention kernel's bytes and FLOPs add the KV slots the step reads
+    (`read` row-slots, a layer's share each), the sampler kernel is at least sampler_seconds."""
+    fixed, attention = step_parts(eng, m, rows, slots, gpu, floor)
+    return fixed + attention(read)
+
+
+def step_parts(eng, m, rows, slots, gpu=H100, floor=KERNEL_FLOOR) -> tuple:
+    """(seconds of every kernel but the attention kernels, the attention kernels' seconds as a function of the
+    row-slots the step reads), for step_seconds."""
+    one, layer = step_ops(eng, m, rows, slots)
+    fixed, attn = 0.0, []
+    for ops, times in ((one, 1), (layer, m["layers"] - 1)):
+        for name, k, b0, b1, f0, f1 in ops:
+            b, f = b0 + b1 * rows, f0 + f1 * rows
+            if name == ATTN:
+                attn.append((times, b, f))
+                fixed += times * (k - 1) * floor
+                continue
+            sec = max(b / gpu["bandwidth"], f / gpu["flops"], floor)
+            if name == SAMPLER:
+                sec = max(sec, sampler_seconds(rows * m["vocab"], gpu))
+            fixed += times * (sec + (k - 1) * floor)
+
+    def attention(read):
+        b, f = read * m["slot_bytes"] / m["layers"], read * m["attn_flops_per_slot"] / m["layers"]
+        return sum(times * max((b0 + b) / gpu["bandwidth"], (f0 + f) / gpu["flops"], floor) for times, b0, f0 in attn)
+    return fixed, attention
 
 
 def model_shape(name):
@@ -329,47 +400,29 @@ def model_shape(name):
     plan = grpo_plan(cfg, world=8, total=80 * GiB, device="cuda", prompts_per_step=512, group_size=8,
                      max_prompt_tokens=512, max_response_tokens=4096, micro_batch_tokens=32768, lora_rank=32,
                      beta=0.001)
-    return dict(name=name, rows=plan.rollout_rows, **decode_costs(cfg))
+    return dict(name=name, rows=plan.rollout_rows, cfg=cfg, **decode_costs(cfg))
 
 
-def sampler_seconds(entries, gpu=H100, noise="blocks") -> float:
-    """The fused sampler over `entries` logits (rows x vocabulary): max of its read and of each unit's work."""
-    n = NOISE[noise]
-    return max(2 * entries / gpu["bandwidth"], n["sfu"] * entries / SFU, n["fp"] * entries / FP32,
-               n["int"] * entries / INT32)
-
-
-def step_time_model(m, sched, gpu=H100, sampler="torch") -> dict:
-    """Seconds of one GPU's rollout by a roofline model over a replayed schedule (kv_reads(..., trace=True), one per
-    generate call): each decode step costs max(bytes / bandwidth, FLOPs / peak) + STEP_OVERHEAD, with bytes = the
-    weights, the KV each step reads, the layers' temporaries and the logits over the rows run, PyTorch's sampler's over
-    the live rows; FLOPs = 2 x matmul parameters x rows run + attention over the slots read. With sampler="blocks"
-    (the fused kernel) or "race" (a per-entry noise race) the step writes bf16 logits and the sampler kernel's time
-    (sampler_seconds over the rows run) follows the step's. Compaction moves its kept rows' used slots (a gather into
-    a temporary, then a copy: 4 passes); prefill runs at the peak FLOP rate."""
-    t = {"decode": 0.0, "sampler": 0.0, "prefill": 0.0, "compaction": 0.0}
-    bytes_ = {"weights": 0.0, "kv": 0.0, "layers": 0.0, "logits+sampler": 0.0, "compaction": 0.0}
-    steps = 0
+def step_time_model(m, sched, eng, gpu=H100, floor=KERNEL_FLOOR) -> dict:
+    """Seconds of one GPU's rollout over a replayed schedule (kv_reads(..., trace=True), one per generate call): each
+    decode step priced kernel by kernel (step_seconds, for the engine `eng`: engine_kernels), prefill at the peak FLOP
+    rate, compaction's copies of its kept rows' used slots (a gather into a temporary, then a copy: 4 passes) at the
+    bandwidth."""
+    t = {"decode": 0.0, "prefill": 0.0, "compaction": 0.0}
+    steps, parts = 0, {}
     for call in sched:
-        for rows, slots, live, active, read in call["steps_trace"]:
-            per_entry = rows * LOGIT_BYTES + live * SAMPLER_BYTES if sampler == "torch" else rows * 2
-            b = (2 * m["matmul"], read * m["slot_bytes"], rows * m["layer_bytes"], m["vocab"] * per_entry)
-            flops = 2 * m["matmul"] * rows + read * m["attn_flops_per_slot"]
-            t["decode"] += max(sum(b) / gpu["bandwidth"], flops / gpu["flops"]) + STEP_OVERHEAD
-            if sampler != "torch":
-                t["sampler"] += sampler_seconds(rows * m["vocab"], gpu, sampler)
-                bytes_["logits+sampler"] += 2 * rows * m["vocab"]
-            for k, v in zip(("weights", "kv", "layers", "logits+sampler"), b):
-                bytes_[k] += v
+        for rows, slots, _live, _active, read in call["steps_trace"]:
+            if (rows, slots) not in parts:
+                parts[rows, slots] = step_parts(eng, m, rows, slots, gpu, floor)
+            fixed, attention = parts[rows, slots]
+            t["decode"] += fixed + attention(read)
             steps += 1
         for e in call["events"]:
             if e[0] == "prefill":
                 t["prefill"] += 2 * m["matmul"] * e[2] * e[3] / gpu["flops"]
             else:
-                moved = 4 * e[1] * e[2] * m["slot_bytes"]
-                bytes_["compaction"] += moved
-                t["compaction"] += moved / gpu["bandwidth"]
-    return {"seconds": sum(t.values()), "parts": t, "bytes": bytes_, "steps": steps}
+                t["compaction"] += 4 * e[1] * e[2] * m["slot_bytes"] / gpu["bandwidth"]
+    return {"seconds": sum(t.values()), "parts": t, "steps": steps}
 
 
 def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidth):
@@ -397,12 +450,53 @@ def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidt
     seconds = time.perf_counter() - t0
     assert [len(s.tokens) for s in out] == resp
     sched = kv_reads(plens, resp, max_new, rows=rows, n=n, kernel=device == "cuda", trace=True)
-    pred = step_time_model(decode_costs(ours.config), [sched], dict(bandwidth=bandwidth, flops=H100["flops"])) \
-        if bandwidth else None
+    pred = step_time_model(decode_costs(ours.config), [sched], engine_kernels(ours.config),
+                           dict(bandwidth=bandwidth, flops=H100["flops"])) if bandwidth else None
     return {"prompts": prompts, "n": n, "rows": rows, "max_new_tokens": max_new, "tokens": sum(resp),
             "decode_steps": stats["steps"], "replayed_steps": sched["steps"], "refilled": stats["refilled"],
             "measured_s": seconds, "predicted_s": pred and pred["seconds"],
             "measured_vs_predicted": pred and seconds / pred["seconds"]}
+
+
+def floor_case(kernels=300, repeats=50) -> dict:
+    """The least a kernel costs inside a CUDA graph (KERNEL_FLOOR's measurement): a graph of `kernels` in-place adds
+    on one float each, replayed; microseconds per kernel."""
+    import torch
+
+    x = torch.zeros(kernels, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(kernels):  # warm-up
+            x[i:i + 1].add_(1)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(kernels):
+            x[i:i + 1].add_(1)
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return {"kernels": kernels, "us_per_kernel": start.elapsed_time(end) * 1e3 / repeats / kernels,
+            "model_us": KERNEL_FLOOR * 1e6}
+
+
+def batch1_prediction(ours, ctx, new, bandwidth) -> dict:
+    """The step-time model's batch-1 decode of `ours` (prompt ctx, new tokens) as a fraction of the weight-read bound
+    (every step reads the weights once and the KV cache so far), at the bandwidth measured in this process."""
+    m, eng = decode_costs(ours.config), engine_kernels(ours.config)
+    gpu = dict(bandwidth=bandwidth, flops=H100["flops"])
+    weights = sum(p.numel() for p in ours.parameters()) * 2
+    slots = -(-(ctx + new) // 16) * 16
+    model = sum(step_seconds(eng, m, 1, min(-(-(ctx + t + 1) // 256) * 256, slots), ctx + t + 1, gpu)
+                for t in range(new))
+    bound = sum(weights + (ctx + t + 1) * m["slot_bytes"] for t in range(new)) / bandwidth
+    return {"predicted_s": model, "bound_s": bound, "predicted_frac_of_bound": bound / model,
+            "kernels_per_step": kernels_per_step(eng, m, 1, slots)}
 
 
 def sampler_case(rows, vocab, device, bandwidth, repeats=20) -> dict:
@@ -448,20 +542,9 @@ def sampler_case(rows, vocab, device, bandwidth, repeats=20) -> dict:
             "frac_of_copy_bw": bandwidth and 2 * rows * vocab / (ms["fused"] / 1e3) / bandwidth}
 
 
-def schedules(plens, resp, rows, n=8):
-    """(today's: calls of `rows` rows rounded down to whole prompts, each run to its longest row; refilled: one call
-    whose `rows` rows take waiting samples), each a list of traced kv_reads replays (the Triton decode kernel)."""
-    from adamame.generate import kv_reads
-
-    per = max(n, rows // n * n)
-    before = [kv_reads(plens[a:a + per], resp[a:a + per], 4096, n=n, kernel=True, trace=True)
-              for a in range(0, len(plens), per)]
-    return before, [kv_reads(plens, resp, 4096, rows=rows, n=n, kernel=True, trace=True)]
-
-
 def reads_report():
-    """The --reads mode: the KV bytes of one paper-shape rollout three ways, then the step-time model of today's
-    schedule and of the refilled one, for both paper models."""
+    """The --reads mode: the KV bytes of one paper-shape rollout three ways, then the step-time model of its decode
+    steps before and after the fused layer kernels, for both paper models."""
     from adamame.generate import kv_reads, pow2_rows
 
     m = R1_15B
@@ -493,35 +576,31 @@ def reads_report():
     print(f"\nuseful KV fraction {out[ways[-1][0]]['useful_fraction']:.3f}")
 
     print(f"\nstep-time model (H100: {H100['bandwidth'] / 1e12:.1f} TB/s, {H100['flops'] / 1e12:.0f} TFLOP/s, "
-          f"{STEP_OVERHEAD * 1e6:.0f} us per step), one GPU's rollout of {len(plens)} samples; logits and sampler "
-          f"bytes per vocabulary entry per row: PyTorch's sampler {LOGIT_BYTES + SAMPLER_BYTES}, the fused one "
-          f"{FUSED_BYTES}")
-    e = 512 * 151936
-    print(f"  the fused sampler at 512 rows x 151,936: blocks (one exp per entry) {sampler_seconds(e) * 1e6:.0f} us, a "
-          f"Gumbel race (noise and two logs per entry) {sampler_seconds(e, noise='race') * 1e6:.0f} us, the read "
-          f"alone {2 * e / H100['bandwidth'] * 1e6:.0f} us: blocks")
+          f"{KERNEL_FLOOR * 1e6:.0f} us at least a kernel), one GPU's rollout of {len(plens)} samples in one generate "
+          f"call of the memory plan's rows, refilled, with the fused sampler; before: the decode step of commit b2bc083 "
+          f"(bench/fixtures), priced by the same model")
+    with open(BEFORE) as f:
+        recorded = json.load(f)
     final = {}
     for name in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b"):
         shape = model_shape(name)
-        before, after = schedules(plens, resp, shape["rows"])
-        res = {"before": step_time_model(shape, before), "refilled": step_time_model(shape, after),
-               "after": step_time_model(shape, after, sampler="blocks"),
-               "race": step_time_model(shape, after, sampler="race"), "rows": shape["rows"]}
-        out[f"model {name}"] = res
-        final[name] = res
-        calls = f"{len(before)} call(s) of up to {max(max(s[0] for s in c['steps_trace']) for c in before)} rows"
-        for when, how in (("before", f"{calls}, PyTorch's sampler"),
-                          ("refilled", f"one call, {shape['rows']} rows refilled, PyTorch's sampler"),
-                          ("race", f"one call, {shape['rows']} rows refilled, a fused race sampler"),
-                          ("after", f"one call, {shape['rows']} rows refilled, the fused sampler")):
-            r = res[when]
-            tb = {k: v / 1e12 for k, v in r["bytes"].items()}
-            print(f"  {name} {when} ({how}): {r['seconds']:.1f} s, {r['steps']:,} decode steps; "
-                  + ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items()) + "; TB moved: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in tb.items()))
-    print("predicted rollout per GPU (H100 model): " + ", ".join(
-        f"{n.replace('deepseek-', '')} {r['after']['seconds']:.1f} s (before: {r['before']['seconds']:.1f} s)"
-        for n, r in final.items()))
+        sched = [kv_reads(plens, resp, 4096, rows=shape["rows"], n=8, kernel=True, trace=True)]
+        engines = {"before": engine_kernels(recorded=recorded[name]), "after": engine_kernels(shape["cfg"])}
+        res = {"rows": shape["rows"]}
+        for when, eng in engines.items():
+            r = step_time_model(shape, sched, eng)
+            r["kernels"] = kernels_per_step(eng, shape, shape["rows"], 4608)
+            r["kernels_tail"] = kernels_per_step(eng, shape, 1, 4608)
+            res[when] = r
+            print(f"  {name} {when}: {r['seconds']:.1f} s, {r['steps']:,} decode steps of {r['kernels']:,} kernels "
+                  f"({shape['rows']} rows; {r['kernels_tail']:,} at 1 row, split), "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items()))
+        out[f"model {name}"] = final[name] = res
+    short = {n: n.replace("deepseek-", "") for n in final}
+    print(f"predicted rollout per GPU (H100 model, {KERNEL_FLOOR * 1e6:.0f} us a kernel): " + ", ".join(
+        f"{short[n]} {r['after']['seconds']:.1f} s (before: {r['before']['seconds']:.1f} s)" for n, r in final.items()))
+    print("kernels per decode step: " + ", ".join(
+        f"{short[n]} {r['after']['kernels']} (before: {r['before']['kernels']})" for n, r in final.items()))
     return out
 
 
@@ -552,6 +631,7 @@ def main(argv=None):
                       parameters=sum(p.numel() for p in ours.parameters()))
         result["host_ms_per_step"] = {"graphs_1_row": host_ms_per_step(ours, 1, 16, True),
                                       "eager_1_row": host_ms_per_step(ours, 1, 16, False)}
+        result["floor"] = floor_case()
         save()
         plens, resp, _ = rollout_lengths()  # decode attention at the paper's shape: mid-rollout and its tail
         mid = [p + 2048 if r > 2048 else 0 for p, r in zip(plens, resp)]
@@ -570,6 +650,8 @@ def main(argv=None):
             c = run_case(hf, ours, dev, P, 1, ctx, new, fixed_len=True, hf_static=True)
             c["bound_tokens_per_s"] = bound_tokens_per_s(ours, P, ctx, new, bw)
             c["frac_of_bound"] = c["ours"]["tokens_per_s"] / c["bound_tokens_per_s"]
+            if P == 1:
+                c["model"] = batch1_prediction(ours, ctx, new, bw)
             result["cases"].append(c)
             save()
     else:
@@ -591,6 +673,10 @@ def main(argv=None):
         h = result["host_ms_per_step"]
         print(f"host time per decode step (batch 1): CUDA graphs {h['graphs_1_row']:.3f} ms, eager "
               f"{h['eager_1_row']:.3f} ms; copy bandwidth {result['copy_bandwidth'] / 1e12:.2f} TB/s")
+    if "floor" in result:
+        f = result["floor"]
+        print(f"kernel floor: a CUDA graph of {f['kernels']} tiny kernels, {f['us_per_kernel']:.2f} us a kernel "
+              f"(the step-time model assumes {f['model_us']:.0f} us)")
     for a in result.get("attention", []):
         frac = f", {100 * a['frac_of_copy_bw']:.0f}% of copy bandwidth" if "frac_of_copy_bw" in a else ""
         print(f"decode attention {a['rows']} rows x {a['slots']} slots ({a['n_kv']} kv x {a['rep']} heads, "
@@ -613,6 +699,9 @@ def main(argv=None):
         o, h = c["ours"], c["transformers"]
         mem = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"  # noqa: E731
         extra = f"  {100 * c['frac_of_bound']:.0f}% of the bandwidth bound" if c.get("frac_of_bound") else ""
+        if c.get("model"):
+            extra += (f" (the step-time model: {100 * c['model']['predicted_frac_of_bound']:.0f}%, "
+                      f"{c['model']['kernels_per_step']} kernels a step)")
         cap = f", {o['graphs_captured']} graphs captured in {o['capture_seconds']:.2f} s" if o.get("graphs_captured") \
             else ""
         print(f"{c['prompts']} prompts x {c['n']} samples x {c['new_tokens']} new tokens, prompts <= {c['context']}: "

@@ -11,7 +11,8 @@ or 150 s with --only), so a step that runs to its limit never starves the next:
     tests           the GPU tests (tests/test_gpu.py, tests/test_kernels.py compiled by Triton)
     kernels         log-prob forward and GRPO loss forward + backward at 32,768 x 151,936 bf16: ours, eager,
                     Liger-Kernel's Triton GRPO loss, torch.compile (bench/loss_kernels.py)
-    generate        decode throughput at batch 1 and 512 rows, fraction of the bandwidth bound, against
+    generate        the kernel floor (a graph of 300 tiny kernels); decode throughput at batch 1 and 512 rows, fraction
+                    of the bandwidth bound (batch 1 beside the step-time model's), against
                     transformers; a refilled rollout against the step-time model (bench/generate.py)
     rollout_memory  one paper-shaped rollout: peak memory against the plan (bench/memory_check.py rollout)
     update_memory   one 32,768-token update micro-batch: peak memory against the plan, MFU (... update)

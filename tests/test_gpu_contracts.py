@@ -41,6 +41,12 @@ Nothing here has run on a GPU yet. Each GPU-only assumption, and how a CPU test 
     device; compiled for sm_80/sm_90 without spills (62-65 registers with the launch's hints, <= 128 without).
     The interpreter casts bf16 operands to fp32 before its dots (it mishandles bf16 `tl.dot`), so the GPU's bf16
     dots are checked only by the preflight and the GPU check.
+  * On CUDA the decode step runs fused layer kernels (adamame/layer_kernels.py: RMSNorm with the residual add, rotary
+    with the cache write and Qwen3's q/k norms, SiLU * up) over the rollout copy's merged q/k/v and gate/up weights:
+    9 kernels a layer (10 when the attention splits its key range), 10 outside (11). Checked: under the interpreter
+    against fp32 references in fp32 and bf16 at odd sizes, the fused step against the PyTorch step and transformers,
+    each op one Triton launch and nothing else, the count at the paper's structures (tests/test_layer_kernels.py);
+    compiled for sm_80/sm_90 without spills (below).
   * On CUDA the fused sampler (adamame/sampler.py) samples inside the decode step's graph: its seed, temperature,
     samples and token indices live in device tensors, and the number of programs per row depends on the bucket's
     rows only (the token does not). Checked: the op recorder sees one `adamame::sample` op and no sync on the meta
