@@ -232,7 +232,9 @@ class Decoder:
         """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache slots `slot`
         [live] (on the device; last_slot: their largest, known to the host, which picks the slot bucket); active
         [live] bool (None: all) marks the rows whose logits are used (others' are garbage). fused: None, or
-        (settings, samples [live], token indices [live]) to return the fused sampler's (tokens, log-probs) [live]."""
+        (settings, samples [live], token indices [live]) to return the fused sampler's (tokens, log-probs) [live].
+        With CUDA graphs the outputs are a graph's own memory: valid until the next call (any graph of the shared pool
+        may overwrite them), which is how generate reads them."""
         live = tokens.shape[0]
         rows, slots = self.buckets(live, last_slot)
         self.tokens[:live] = tokens

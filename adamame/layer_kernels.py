@@ -18,7 +18,9 @@ rotary rounded to the model's dtype, as a bf16 tensor product is), so the kernel
 float32 rounding, and within bf16's in bf16. Each `*_torch` function is that reference: the spec the tests hold the
 kernel to, and what the op computes where the kernel cannot run. Each op is registered with torch.library
 (`adamame::rmsnorm`, ...) so that op recorders and the meta device see one op, and each launches exactly one
-kernel. `use_kernel` is the switch (ADAMAME_KERNELS, as adamame/decode_attention.py's).
+kernel. The decode step takes them together with the decode-attention kernel (adamame/model.py, its switch
+ADAMAME_KERNELS); an op whose kernel cannot run (no triton; CPU tensors outside TRITON_INTERPRET=1) computes its
+reference.
 
 Imports: torch, triton (optional).
 """
@@ -36,17 +38,6 @@ except ImportError:
 NUM_WARPS = 8  # rmsnorm and silu_mul: a row of 1,536-2,560 (or a block of 1,024) over 256 threads
 ROPE_WARPS = 1  # rope_cache: a program rotates one head, two halves of 64 values
 SILU_BLOCK = 1024  # intermediate features per program of silu_mul
-
-
-def use_kernel(x: torch.Tensor) -> bool:
-    """ADAMAME_KERNELS: auto (default) takes the kernels for CUDA tensors when triton is installed; triton forces them
-    (CPU tensors need TRITON_INTERPRET=1 set before triton is imported); torch never takes them."""
-    mode = os.environ.get("ADAMAME_KERNELS", "auto")
-    if mode not in ("auto", "triton", "torch"):
-        raise ValueError(f"ADAMAME_KERNELS={mode!r}: use triton, torch or auto")
-    if mode == "triton" and not (_kernel_runs(x) or x.is_meta):  # on meta, the fake answers
-        raise RuntimeError("ADAMAME_KERNELS=triton needs triton, and on CPU tensors TRITON_INTERPRET=1 before import")
-    return mode == "triton" or (mode == "auto" and triton is not None and x.is_cuda)
 
 
 def _kernel_runs(x: torch.Tensor) -> bool:

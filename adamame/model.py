@@ -243,8 +243,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
         # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal) or an additive bias over the folded query
-        # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts), or
-        # for a decode step on the Triton kernel the (start, end) [B] int32 slot range each row reads.
+        # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts).
         # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or,
         # in a decode step (T = 1), row b's to slot start[b] (start: a [B] int64 tensor).
         B, T, _ = x.shape
@@ -267,9 +266,7 @@ class Attention(nn.Module):
                 ck[:, :, start:start + T] = k
                 cv[:, :, start:start + T] = v
                 k, v = ck[:, :, :start + T], cv[:, :, :start + T]
-        if isinstance(mask, tuple):  # decode: each row reads only its slots [start, end) (adamame/decode_attention.py)
-            y = decode_attention(q[:, :, 0], k, v, *mask, self.hd ** -0.5).unsqueeze(2)
-        elif mask is None:
+        if mask is None:
             y = attention(q, k, v, enable_gqa=self.n_kv != self.n_heads)
         else:
             # Grouped-query attention without copying k/v: the rep = n_heads / n_kv query heads that share a kv head
@@ -306,8 +303,10 @@ class MLP(nn.Module):
         return self.gate_proj(x), self.up_proj(x)
 
     def forward(self, x):
-        gate, up = self.gate_up(x)
-        return self.down_proj(F.silu(gate) * up)
+        if hasattr(self, "gate_up_proj"):  # generation only: silu in place, so one [.., 2I] buffer and the product
+            gate, up = self.gate_up_proj(x).chunk(2, -1)
+            return self.down_proj(F.silu(gate, inplace=True) * up)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -441,7 +440,7 @@ class Transformer(nn.Module):
         end = (slot + 1).to(torch.int32)
         start = (slot - positions).to(torch.int32)  # the prompt's first token (a left-padded prompt's first slot)
         if active is not None:
-            end = torch.where(active[:R], end, 0)
+            end = end * active[:R]  # an inactive row reads nothing
         x, res = self.model.embed_tokens(tokens), None
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
@@ -462,6 +461,8 @@ class Transformer(nn.Module):
         instead of 7. For generation only: the names are no longer Hugging Face's (merged_param maps them)."""
         for layer in self.model.layers:
             a, m = layer.self_attn, layer.mlp
+            if hasattr(a.q_proj, "lora_A"):
+                raise ValueError("merge_projections: merge the LoRA adapters first (adamame.dist.rollout_copy does)")
             a.qkv_proj = _stack_linear(a.q_proj, a.k_proj, a.v_proj)
             m.gate_up_proj = _stack_linear(m.gate_proj, m.up_proj)
             del a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj

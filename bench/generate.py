@@ -307,6 +307,7 @@ def decode_costs(cfg) -> dict:
     embed = m.model.embed_tokens.weight.numel()
     matmul = sum(p.numel() for p in m.parameters()) - embed + (embed if cfg.tie_word_embeddings else 0)
     return dict(matmul=matmul, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size, kv_heads=cfg.num_key_value_heads,
+                hidden=cfg.hidden_size,
                 slot_bytes=2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2,
                 attn_flops_per_slot=4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim)
 
@@ -375,6 +376,8 @@ def step_parts(eng, m, rows, slots, gpu=H100, floor=KERNEL_FLOOR) -> tuple:
     for ops, times in ((one, 1), (layer, m["layers"] - 1)):
         for name, k, b0, b1, f0, f1 in ops:
             b, f = b0 + b1 * rows, f0 + f1 * rows
+            if name == "aten.embedding":  # a gather of the rows' embeddings (b2bc083's recording counted the table)
+                b = 2 * rows * m["hidden"] * 2
             if name == ATTN:
                 attn.append((times, b, f))
                 fixed += times * (k - 1) * floor

@@ -119,6 +119,8 @@ def recorder(cache_shape=None, expand=False):
                 nbytes = 2 * _bytes(args[1:], skip) + _bytes(list(kwargs.values()), skip)
             else:
                 nbytes = _bytes(args, skip) + _bytes(list(kwargs.values()), skip) + _bytes(out, skip)
+            if name == "aten.embedding":  # a gather: the rows it reads, then writes
+                nbytes = 2 * _bytes(out, skip)
             if name == "adamame.rope_cache":  # k and v written into the cache
                 nbytes += _bytes(args[1:3], skip)
             flops = 0

@@ -43,7 +43,7 @@ Nothing here has run on a GPU yet. Each GPU-only assumption, and how a CPU test 
     dots are checked only by the preflight and the GPU check.
   * On CUDA the decode step runs fused layer kernels (adamame/layer_kernels.py: RMSNorm with the residual add, rotary
     with the cache write and Qwen3's q/k norms, SiLU * up) over the rollout copy's merged q/k/v and gate/up weights:
-    9 kernels a layer (10 when the attention splits its key range), 10 outside (11). Checked: under the interpreter
+    9 kernels a layer (10 when the attention splits its key range), 9 outside (10). Checked: under the interpreter
     against fp32 references in fp32 and bf16 at odd sizes, the fused step against the PyTorch step and transformers,
     each op one Triton launch and nothing else, the count at the paper's structures (tests/test_layer_kernels.py);
     compiled for sm_80/sm_90 without spills (below).

@@ -14,8 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_step_time_model_prices_a_schedule_kernel_by_kernel_as_computed_by_hand():
-    m = dict(matmul=1e9, layers=3, kv_heads=2, vocab=20000, slot_bytes=3000, attn_flops_per_slot=30)
-    # an engine of 3 layers: outside, an embedding (bytes 100 + 10 R) and the sampler (bytes 2 x vocab x R); a
+    m = dict(matmul=1e9, layers=3, kv_heads=2, vocab=20000, slot_bytes=3000, attn_flops_per_slot=30, hidden=25)
+    # an engine of 3 layers: outside, an embedding (priced as the gather of R rows of 25 bf16 values, written: 100 R
+    # bytes, whatever was recorded) and the sampler (bytes 2 x vocab x R); a
     # layer, a GEMM (1e6 bytes, 1e9 FLOPs a row) and the attention (64 bytes a row); split, both take two launches
     # and the split sampler runs a PyTorch op (8 bytes a row) before its kernel
     layer = [("aten.mm", 1, 1e6, 0, 0, 1e9), ("adamame.decode_attention", 1, 0, 64, 0, 0)]
@@ -36,7 +37,7 @@ def test_the_step_time_model_prices_a_schedule_kernel_by_kernel_as_computed_by_h
         attn = max((64 * R + read * 3000 / 3) / bw, read * 30 / 3 / peak, floor) + (attn_launches - 1) * floor
         sampler = max(40000 * R / bw, G.sampler_seconds(R * 20000), floor)
         sampler += (floor + max(8 * R / bw, floor)) if sampler_split else 0.0
-        return max((100 + 10 * R) / bw, floor) + 3 * (gemm + attn) + sampler
+        return max(100 * R / bw, floor) + 3 * (gemm + attn) + sampler
 
     prefill = 2 * 1e9 * 2 * 100 / peak
     compaction = 4 * 2 * 300 * 3000 / bw
