@@ -303,9 +303,10 @@ class MLP(nn.Module):
         return self.gate_proj(x), self.up_proj(x)
 
     def forward(self, x):
-        if hasattr(self, "gate_up_proj"):  # generation only: silu in place, so one [.., 2I] buffer and the product
-            gate, up = self.gate_up_proj(x).chunk(2, -1)
-            return self.down_proj(F.silu(gate, inplace=True) * up)
+        if hasattr(self, "gate_up_proj"):  # silu in place (on a slice: chunk's views refuse it under autograd), so
+            gu = self.gate_up_proj(x)       # one [.., 2I] buffer and the product: the plan's 3 x intermediate
+            n = gu.shape[-1] // 2
+            return self.down_proj(F.silu(gu[..., :n], inplace=True) * gu[..., n:])
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
