@@ -461,22 +461,14 @@ def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidt
             "measured_vs_predicted": pred and seconds / pred["seconds"]}
 
 
-def floor_case(kernels=300, repeats=50) -> dict:
-    """The least a kernel costs inside a CUDA graph (KERNEL_FLOOR's measurement): a graph of `kernels` in-place adds
-    on one float each, replayed; microseconds per kernel."""
+def graph_ms(fn, repeats: int) -> float:
+    """Milliseconds per replay of `fn` captured as one CUDA graph (after a warm-up run), timed with CUDA events."""
     import torch
 
-    x = torch.zeros(kernels, device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(kernels):  # warm-up
-            x[i:i + 1].add_(1)
-    torch.cuda.current_stream().wait_stream(stream)
+    fn()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for i in range(kernels):
-            x[i:i + 1].add_(1)
+        fn()
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -484,7 +476,17 @@ def floor_case(kernels=300, repeats=50) -> dict:
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return {"kernels": kernels, "us_per_kernel": start.elapsed_time(end) * 1e3 / repeats / kernels,
+    return start.elapsed_time(end) / repeats
+
+
+def floor_case(kernels=300, repeats=50) -> dict:
+    """The least a kernel costs inside a CUDA graph (KERNEL_FLOOR's measurement): a graph of `kernels` in-place adds
+    on one float each, replayed; microseconds per kernel."""
+    import torch
+
+    x = torch.zeros(kernels, device="cuda")
+    ms = graph_ms(lambda: [x[i:i + 1].add_(1) for i in range(kernels)], repeats)
+    return {"kernels": kernels, "us_per_kernel": ms * 1e3 / kernels,
             "model_us": KERNEL_FLOOR * 1e6}
 
 
@@ -520,20 +522,10 @@ def sampler_case(rows, vocab, device, bandwidth, repeats=20) -> dict:
              "torch": lambda: sample_next(z.float(), 0.8, uniforms=keyed_uniforms(seed, ids, index))}
     ms = {}
     for name, fn in sides.items():
-        fn()
         if device == "cuda":
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            graph.replay()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(repeats):
-                graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            ms[name] = start.elapsed_time(end) / repeats
+            ms[name] = graph_ms(fn, repeats)
             continue
+        fn()
         t0 = time.perf_counter()
         for _ in range(repeats):
             fn()

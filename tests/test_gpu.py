@@ -172,3 +172,38 @@ def test_triton_kernel_writes_gradient_in_place_on_cuda():
     assert (lp - token_logprobs_torch(x.float(), t)).abs().max().item() <= 1e-3
     lp.sum().backward()
     assert seen == [z.data_ptr()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_layer_kernels_on_cuda_equal_their_references_at_the_papers_shapes(dtype):
+    """adamame/layer_kernels.py compiled (the CPU tests run them in the interpreter, which truncates where a GPU
+    rounds): at the 1.5B's and Qwen3-4B's shapes, within float32 rounding and two units of bf16's last place of the
+    largest value (their sums run in another order than PyTorch's)."""
+    from adamame import layer_kernels as lk
+
+    def close(got, want):
+        ulp2 = 2e-5 if dtype == torch.float32 else 2 * 2 ** -8
+        torch.testing.assert_close(got.float(), want.float(), rtol=ulp2, atol=ulp2 * want.float().abs().max().item())
+
+    g = torch.Generator("cuda").manual_seed(0)
+    for C, inter, H, KV, norm in ((1536, 8960, 12, 2, False), (2560, 9728, 32, 8, True)):
+        R, D, S = 64, 128, 300
+        x, r = (torch.randn(R, C, device="cuda", generator=g).to(dtype) for _ in range(2))
+        w = (1 + 0.3 * torch.randn(C, device="cuda", generator=g)).to(dtype)
+        close(lk.rmsnorm(x, w, 1e-6), lk.rmsnorm_torch(x, w, 1e-6))
+        for a, b in zip(lk.add_rmsnorm(x, r, w, 1e-6), lk.add_rmsnorm_torch(x, r, w, 1e-6)):
+            close(a, b)
+        gu = torch.randn(R, 2 * inter, device="cuda", generator=g).to(dtype)
+        close(lk.silu_mul(gu[:, :inter], gu[:, inter:]), lk.silu_mul_torch(gu[:, :inter], gu[:, inter:]))
+        qkv = torch.randn(R, (H + 2 * KV) * D, device="cuda", generator=g).to(dtype)
+        q, k, v = qkv.split([H * D, KV * D, KV * D], -1)
+        pos = torch.randint(0, 4096, (R,), device="cuda", generator=g)
+        slot = torch.randint(0, S, (R,), device="cuda", generator=g)
+        inv = 1.0 / (1e6 ** (torch.arange(0, D, 2, device="cuda").float() / D))
+        norms = tuple(torch.randn(D, device="cuda", generator=g).to(dtype) for _ in range(2)) if norm else (None, None)
+        kc, vc = (torch.randn(R, KV, S, D, device="cuda", generator=g).to(dtype) for _ in range(2))
+        kc2, vc2 = kc.clone(), vc.clone()
+        close(lk.rope_cache(q, k, v, pos, slot, inv, kc, vc, *norms, 1e-6),
+              lk.rope_cache_torch(q, k, v, pos, slot, inv, kc2, vc2, *norms, 1e-6))
+        close(kc, kc2)
+        assert torch.equal(vc, vc2)
