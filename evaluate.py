@@ -58,8 +58,8 @@ def parse_args(argv=None):
     ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (not given in the paper)")
     ap.add_argument("--max-new-tokens", type=int, default=8192, help="response budget (the paper's)")
     ap.add_argument("--max-rows", type=int, default=128,
-                    help="KV-cache rows: samples decoded at once, a finished one's row taken by a waiting one "
-                         "(a memory knob; in float32 it changes no sample)")
+                    help="the paged KV cache, in rows of a full prompt and response (samples decode as many at "
+                         "once as its blocks hold; a memory knob: in float32 it changes no sample)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N questions of each file")
     ap.add_argument("--verifier", choices=("builtin", "math-verify"), default="builtin",
                     help="answer checker: builtin or math-verify (the paper's; pip install math-verify)")

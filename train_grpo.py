@@ -111,8 +111,9 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch-tokens", type=int, default=32768,
                     help="padded tokens per forward/backward on each rank (a memory knob)")
     ap.add_argument("--rollout-rows", type=_auto_or_positive, default="auto",
-                    help="KV-cache rows of the rollout (a rank's samples decode in one call, finished rows taking "
-                         "waiting samples): auto (the memory plan's choice) or a number (a cap)")
+                    help="the rollout's paged KV cache, in rows of a full prompt and response (a rank's samples "
+                         "decode in one call, as many at once as the cache's blocks hold): auto (the memory plan's "
+                         "choice) or a number (a cap)")
     ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
                     help="recompute layer activations in backward: auto is on when the plan needs it")
     ap.add_argument("--plan", action="store_true",
@@ -309,7 +310,7 @@ class Run:
     rank: int
     world: int
     device: torch.device
-    rollout_rows: int  # the memory plan's settings: the rollout's KV-cache rows,
+    rollout_rows: int  # the memory plan's settings: the rollout's KV cache in full-length rows,
     logits_chunk: int | None  # and the log-prob path (None: full logits; else tokens per lm_head chunk)
     tok: object  # the tokenizer
     questions: list  # every RL prompt (adamame.data.Question), and their token ids

@@ -1,4 +1,4 @@
-"""Decode attention that reads only what it uses: one query token per row against a static KV cache, in Triton.
+"""Decode attention that reads only what it uses: one query token per row against a paged KV cache, in Triton.
 
 Why: at the paper's rollout shape (1.5B, 512 rows, up to 4,608 cache slots) a decode step reads ~3 GB of weights
 and up to ~60 GB of KV cache, so the rollout is bound by KV reads. SDPA with an additive bias reads every slot of the
@@ -8,7 +8,7 @@ rows that have already finished. This kernel reads, for each row, only the slots
 
     grid = (rows, kv heads, splits); a program loads the rep = n_heads / n_kv query heads that share its KV head
     as one [rep, D] block (K and V are read once for all of them), walks its share of [start, end) in blocks of
-    BLOCK_S slots with an online softmax (running max m, sum l, accumulator acc, all float32); with one split it
+    BLOCK_S slots (one cache block each: its id comes from the row's block table) with an online softmax (running max m, sum l, accumulator acc, all float32); with one split it
     writes the answer acc / l in q's dtype, with several (FlashDecoding's split-KV: when rows x kv heads are too few
     to fill the GPU, at a rollout's tail) it writes the unnormalised (acc, m, l) and a second kernel combines them,
         out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s,   M = max_s m_s.
@@ -64,9 +64,17 @@ def num_splits(rows: int, kv_heads: int, slots: int) -> int:
     return max(1, min(by_programs, slots // MIN_SPLIT))
 
 
-def decode_attention_torch(q, k, v, start, end, scale=None):
-    """Reference: q [R, H, D], k/v [R, n_kv, S, D], start/end [R] int; row r attends to slots [start_r, end_r).
-    Returns [R, H, D] in q's dtype; a row with an empty range gets zeros."""
+def gather_rows(pool, table):
+    """The rows' slots as a static cache: pool [P, n_kv, D] through table [R, W] -> [R, n_kv, W * BLOCK_S, D]."""
+    s = torch.arange(table.shape[1] * BLOCK_S, device=pool.device)
+    return pool[table.long()[:, s // BLOCK_S] * BLOCK_S + s % BLOCK_S].transpose(1, 2)
+
+
+def decode_attention_torch(q, k, v, table, start, end, scale=None):
+    """Reference: q [R, H, D], k/v pools [P, n_kv, D] in blocks of BLOCK_S slots, table [R, W] (row r's logical slot
+    s is pool slot table[r, s // BLOCK_S] * BLOCK_S + s % BLOCK_S), start/end [R] int; row r attends to its logical
+    slots [start_r, end_r). Returns [R, H, D] in q's dtype; a row with an empty range gets zeros."""
+    k, v = gather_rows(k, table), gather_rows(v, table)
     R, H, D = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     scale = D ** -0.5 if scale is None else scale
@@ -82,8 +90,8 @@ def decode_attention_torch(q, k, v, start, end, scale=None):
 if triton is not None:
 
     @triton.jit
-    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, out_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
-                            sq_r, sq_h, sk_r, sk_h, sk_s, sv_r, sv_h, sv_s, split_len, scale,
+    def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, t_ptr, out_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
+                            sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, split_len, scale,
                             REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                             SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
                             COUNT: tl.constexpr):
@@ -100,16 +108,17 @@ if triton is not None:
                     other=0.0)
         if DOT_F32:
             q = q.to(tl.float32)
-        kbase = k_ptr + row * sk_r + kvh * sk_h
-        vbase = v_ptr + row * sv_r + kvh * sv_h
+        kbase = k_ptr + kvh * sk_h
+        vbase = v_ptr + kvh * sv_h
         m = tl.full((REP_PAD,), float("-inf"), tl.float32)
         lsum = tl.zeros((REP_PAD,), tl.float32)
         acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
-        for s0 in range(lo, hi, BLOCK):  # only this row's slots: nothing outside [start, end) is loaded
+        for s0 in range(lo // BLOCK * BLOCK, hi, BLOCK):  # this row's blocks: nothing outside [start, end) is loaded
             s = s0 + tl.arange(0, BLOCK)
-            smask = s < hi
+            smask = (s >= lo) & (s < hi)
             kv_mask = smask[:, None] & dmask[None, :]
-            kblk = tl.load(kbase + s[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK, D]
+            at = tl.load(t_ptr + row * st_r + s0 // BLOCK).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # pool slots
+            kblk = tl.load(kbase + at[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK, D]
             if DOT_F32:  # the interpreter's tl.dot mishandles bfloat16 operands: give it float32 ones
                 kblk = kblk.to(tl.float32)
             scores = tl.dot(q, tl.trans(kblk), input_precision="ieee") * scale  # [REP_PAD, BLOCK], float32
@@ -118,7 +127,7 @@ if triton is not None:
             p = tl.exp(scores - m_new[:, None])
             alpha = tl.exp(m - m_new)
             lsum = lsum * alpha + tl.sum(p, axis=1)
-            vblk = tl.load(vbase + s[:, None] * sv_s + d[None, :], mask=kv_mask, other=0.0)
+            vblk = tl.load(vbase + at[:, None] * sv_s + d[None, :], mask=kv_mask, other=0.0)
             if DOT_F32:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype).to(tl.float32), vblk.to(tl.float32),
                                                     input_precision="ieee")
@@ -162,9 +171,9 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _launch(q, k, v, start, end, scale, *, count=None):
+def _launch(q, k, v, table, start, end, scale, *, count=None):
     R, H, D = q.shape
-    n_kv, S = k.shape[1], k.shape[2]
+    n_kv, S = k.shape[1], table.shape[1] * BLOCK_S
     rep = H // n_kv
     splits = num_splits(R, n_kv, S)
     split_len = -(-S // (splits * BLOCK_S)) * BLOCK_S  # whole blocks per split
@@ -176,8 +185,8 @@ def _launch(q, k, v, start, end, scale, *, count=None):
     name = "_decode_attn_kernel"
     try:
         _decode_attn_kernel[(R, n_kv, splits)](
-            q, k, v, out, acc, ml, start, end, out if count is None else count, q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), split_len, scale,
+            q, k, v, table, out, acc, ml, start, end, out if count is None else count, q.stride(0), q.stride(1),
+            table.stride(0), k.stride(1), k.stride(0), v.stride(1), v.stride(0), split_len, scale,
             REP=rep, REP_PAD=max(16, _next_pow2(rep)), D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits,
             BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None,
             DOT_F32=q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1")
@@ -192,28 +201,32 @@ def _launch(q, k, v, start, end, scale, *, count=None):
 
 
 @torch.library.custom_op("adamame::decode_attention", mutates_args=())
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, start: torch.Tensor,
                      end: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [R, H, D] (any strides, unit last), k/v [R, n_kv, S, D] cache views (unit last stride), start/end [R]
-    int32, contiguous -> [R, H, D] in q's dtype: softmax(q k^T * scale) v over slots [start_r, end_r) of each row.
-    Where the kernel cannot run (no triton; CPU tensors outside the Triton interpreter) the reference computes it."""
+    """q [R, H, D] (any strides, unit last), k/v pools [P, n_kv, D] in blocks of BLOCK_S slots (unit last stride),
+    table [R, W] int32 (unit last stride; W blocks: the step's slot bucket), start/end [R] int32, contiguous -> [R, H,
+    D] in q's dtype: softmax(q k^T * scale) v over logical slots [start_r, end_r) of each row, slot s at pool slot
+    table[r, s // BLOCK_S] * BLOCK_S + s % BLOCK_S. Where the kernel cannot run (no triton; CPU tensors outside the
+    Triton interpreter) the reference computes it."""
     if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
         raise ValueError("decode_attention: start and end must be contiguous int32 tensors")
+    if table.dtype != torch.int32 or table.stride(-1) != 1:
+        raise ValueError("decode_attention: the block table must be an int32 tensor with a unit last stride")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:  # the kernel steps head_dim by 1
         raise ValueError("decode_attention: q, k and v need a unit stride in their last dimension")
     if not _kernel_runs(q):
-        return decode_attention_torch(q, k, v, start, end, scale)
-    return _launch(q, k, v, start, end, scale)
+        return decode_attention_torch(q, k, v, table, start, end, scale)
+    return _launch(q, k, v, table, start, end, scale)
 
 
-def blocks_and_slots_read(q, k, v, start, end) -> torch.Tensor:
+def blocks_and_slots_read(q, k, v, table, start, end) -> torch.Tensor:
     """[R, 2] int32: per row, the blocks the kernel visits and the slots it loads, summed over KV heads and splits
     (what the tests hold against each row's range)."""
     count = torch.zeros(q.shape[0], 2, dtype=torch.int32, device=q.device)
-    _launch(q, k, v, start, end, q.shape[-1] ** -0.5, count=count)
+    _launch(q, k, v, table, start, end, q.shape[-1] ** -0.5, count=count)
     return count
 
 
 @decode_attention.register_fake
-def _(q, k, v, start, end, scale):
+def _(q, k, v, table, start, end, scale):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)

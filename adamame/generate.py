@@ -51,7 +51,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import KVCache
+from .model import KVCache, PagedKVCache
+from .paging import BLOCK, Scheduler, lead
 
 try:  # the optional sibling: the fused Triton sampler (without it every step samples with sample_next)
     from .sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
@@ -61,7 +62,6 @@ except ImportError:
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds the prefill's activations)
 SLOT_BUCKET = 256  # the decode step attends to the cache in multiples of this many slots
 ROW_STEP = 64  # above this many live rows, the decode step's rows are rounded up to a multiple of it
-COMPACT_AT = 0.75  # finished rows are dropped once the live ones are at most this share of the batch
 MASK32 = 0xFFFFFFFF
 
 
@@ -122,9 +122,9 @@ def keyed_uniforms(seed: int, sample: torch.Tensor, index: torch.Tensor) -> torc
 
 
 def cache_slots(prompt_len: int, max_new_tokens: int) -> int:
-    """Slots of a generate call's KV cache: prompt and response, rounded up to a multiple of 16 so that every decode
-    step's bias rows are aligned as the memory-efficient attention kernel needs (else it pads a copy per layer)."""
-    return -(-(prompt_len + max_new_tokens) // 16) * 16
+    """Logical cache slots a row of a generate call may address: its prompt, placed to end on a block boundary
+    (adamame/paging.py), then its response, in whole blocks (a multiple of 16, as the SDPA path's bias rows need)."""
+    return (-(-prompt_len // BLOCK) + -(-max_new_tokens // BLOCK)) * BLOCK
 
 
 def free_bytes(device) -> int | None:
@@ -179,10 +179,10 @@ class Decoder:
     one memory pool (they never run at the same time) and die with the Decoder.
     """
 
-    def __init__(self, model, cache: KVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
+    def __init__(self, model, cache: PagedKVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
         self.model, self.cache, self.graphs_on, self.bucket = model, cache, cuda_graphs, slot_bucket
         self.pad_rows = cuda_graphs if pad_rows is None else pad_rows  # eager steps need no padding rows
-        B, dev = cache.valid.shape[0], cache.valid.device
+        B, dev = cache.table.shape[0], cache.table.device
 
         def zeros(*shape, dtype=torch.long):
             return torch.zeros(shape, dtype=dtype, device=dev)
@@ -194,8 +194,13 @@ class Decoder:
         self.settings = None  # the generate call whose seed and 1 / temperature the static buffers hold
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
+    @property
+    def slots(self) -> int:  # logical slots a row can address
+        return self.cache.table.shape[1] * self.cache.block
+
     def buckets(self, live: int, slot: int) -> tuple:
-        return step_buckets(live, slot, *self.cache.valid.shape, slot_bucket=self.bucket, pad_rows=self.pad_rows)
+        return step_buckets(live, slot, self.cache.table.shape[0], self.slots, slot_bucket=self.bucket,
+                            pad_rows=self.pad_rows)
 
     def _run(self, rows, slots, greedy=None):
         """The step's float32 logits [rows, V]; with greedy (True/False) its fused sample (tokens, log-probs)."""
@@ -240,7 +245,7 @@ class Decoder:
         self.tokens[:live] = tokens
         self.positions[:live] = positions
         self.slot[:live] = slot
-        self.slot[live:].fill_(0)  # a padding row writes slot 0 of its (unused) row: always inside the bucket
+        self.slot[live:].fill_(0)  # a padding row writes slot 0 of its table row: the scratch block (adamame/paging.py)
         self.active[live:].fill_(False)
         if active is None:
             self.active[:live].fill_(True)
@@ -284,98 +289,22 @@ def graphs_default(device) -> bool:
 
 
 def make_decoder(model, rows: int, prompt_len: int, max_new_tokens: int, cuda_graphs=None,
-                 slot_bucket: int = SLOT_BUCKET) -> Decoder:
-    """A KV cache of `rows` rows of prompt_len + max_new_tokens slots (cache_slots) and its decode step, the cache
-    checked against the free memory first (the rest of a call's memory is small next to it; adamame/memory.py
-    counts all of it). Pass it to several generate calls to capture their CUDA graphs once."""
+                 slot_bucket: int = SLOT_BUCKET, blocks: int | None = None) -> Decoder:
+    """A paged KV cache of `blocks` blocks (None: what `rows` rows of prompt_len + max_new_tokens tokens need, so
+    nothing is ever preempted) with a block table for at most `rows` rows in flight, and its decode step; the cache is
+    checked against the free memory first (the rest of a call's memory is small next to it; adamame/memory.py counts
+    all of it). Pass it to several generate calls to capture their CUDA graphs once."""
     param = next(model.parameters())
-    dev, slots = param.device, cache_slots(prompt_len, max_new_tokens)
+    dev, width = param.device, cache_slots(prompt_len, max_new_tokens) // BLOCK
+    blocks = rows * width + 1 if blocks is None else blocks
     use_graphs = graphs_default(dev) if cuda_graphs is None else bool(cuda_graphs)
-    need, free = KVCache.nbytes(model.config, rows, slots, param.dtype), free_bytes(dev)
+    need, free = PagedKVCache.nbytes(model.config, blocks, param.dtype), free_bytes(dev)
     if free is not None and need > free:
-        raise MemoryError(f"generate: a KV cache of {rows} rows x {slots} slots needs {need / 2**30:.2f} GiB, "
-                          f"{free / 2**30:.2f} GiB free on {dev}: use fewer rows (--rollout-rows, --max-rows), "
+        raise MemoryError(f"generate: a KV cache of {blocks} blocks of {BLOCK} slots needs {need / 2**30:.2f} GiB, "
+                          f"{free / 2**30:.2f} GiB free on {dev}: use a smaller cache (--rollout-rows, --max-rows), "
                           f"or a smaller max_new_tokens")
-    cache = KVCache.allocate(model.config, rows, slots, param.dtype, dev)
+    cache = PagedKVCache.allocate(model.config, blocks, rows, width, param.dtype, dev, BLOCK)
     return Decoder(model, cache, use_graphs, slot_bucket)
-
-
-def compact(cache: KVCache, keep: torch.Tensor, used_slots: int) -> None:
-    """Move cache rows `keep` (ascending indices) to rows [0, len(keep)) in place, one layer at a time, so the extra
-    memory is one layer's kept rows (no second cache). Only slots [0, used_slots) hold anything worth moving."""
-    n = keep.shape[0]
-    for buf in cache.k + cache.v:
-        buf[:n, :, :used_slots] = buf[keep, :, :used_slots]
-    cache.valid[:n] = cache.valid[keep]
-
-
-def kv_reads(prompt_lens, response_lens, max_new_tokens, *, rows=None, n=1, kernel: bool, pad_rows: bool = True,
-             check_every=8, slot_bucket=SLOT_BUCKET, rows_fn=row_bucket, trace=False) -> dict:
-    """generate's schedule replayed without a model, for samples whose prompts have `prompt_lens` tokens and whose
-    responses have `response_lens` tokens (the last one the stop token when < max_new_tokens), in a cache of `rows`
-    rows (None: one per sample; samples s // n share a prompt), as generate runs it: admission into free rows in
-    sample order, one token per step, a host look every check_every steps, compaction at COMPACT_AT once no sample
-    waits. Returns the decode steps, the
-    (rows, slots) buckets visited (= CUDA graphs captured) and per step the cache row-slots read: with the kernel
-    each active row's own slots (prompt and tokens so far, incl. the new one), with SDPA rows x slots; `useful`
-    counts the active rows' own slots (what any exact kernel must read). Multiply row-slots by the bytes of a slot
-    (2 x layers x kv heads x head_dim x itemsize) for bytes. trace=True adds `steps_trace`, one (rows run, slots,
-    live rows, active rows, row-slots read) per step, and `events`: ("prefill", samples, distinct prompts, padded
-    prompt length) per admission and ("compact", rows kept, slots moved) per compaction."""
-    plen, resp = list(prompt_lens), list(response_lens)
-    N, Tp = len(plen), max(plen)
-    S, B = cache_slots(Tp, max_new_tokens), min(rows or len(plen), len(plen))
-    out = {"steps": 0, "read": 0, "useful": 0, "rows_run": 0, "rows_active": 0, "tokens": sum(resp), "prefills": 0}
-    buckets, steps_trace, events = set(), [], []
-    waiting = list(range(N))[::-1]  # popped from the end: sample order
-    row_s, row_t = [0] * B, [0] * B  # each row's sample and tokens drawn
-
-    def admit(free):
-        took = [(r, waiting.pop()) for r in free[:len(waiting)]]
-        for r, s in took:
-            row_s[r], row_t[r] = s, 1
-        events.append(("prefill", len(took), len({s // n for _, s in took}), Tp))
-
-    def done(r):
-        return row_t[r] >= resp[row_s[r]]
-
-    admit(list(range(B)))
-    k = 1
-    while True:
-        length_done = min(row_t) >= max_new_tokens
-        if length_done and not waiting:
-            break
-        if k % check_every == 0 or length_done:
-            free = [r for r in range(len(row_s)) if done(r)]
-            if waiting and free:
-                admit(free)
-            if not waiting:
-                keep = [r for r in range(len(row_s)) if not done(r)]
-                if not keep:
-                    break
-                if len(keep) <= COMPACT_AT * len(row_s):
-                    events.append(("compact", len(keep), min(Tp + max(row_t) - 1, S)))
-                    row_s, row_t = [row_s[r] for r in keep], [row_t[r] for r in keep]
-            if min(row_t) >= max_new_tokens:
-                continue
-        last = min(Tp + max(row_t) - 1, S - 1)
-        run, slots = step_buckets(len(row_s), last, B, S, slot_bucket=slot_bucket, pad_rows=pad_rows, rows_fn=rows_fn)
-        buckets.add((run, slots))
-        active = [r for r in range(len(row_s)) if not done(r)]
-        useful = sum(plen[row_s[r]] + row_t[r] for r in active)
-        read = useful if kernel else run * slots
-        out["steps"] += 1
-        out["useful"] += useful
-        out["read"] += read
-        out["rows_run"] += run
-        out["rows_active"] += len(active)
-        if trace:
-            steps_trace.append((run, slots, len(row_s), len(active), read))
-        row_t = [t + 1 for t in row_t]
-        k += 1
-    out["prefills"] = sum(e[2] for e in events if e[0] == "prefill")  # prompt prefills (shared by their samples)
-    extra = {"steps_trace": steps_trace, "events": events} if trace else {}
-    return {**out, "graphs": len(buckets), **extra}
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -383,9 +312,9 @@ def kv_reads(prompt_lens, response_lens, max_new_tokens, *, rows=None, n=1, kern
 @dataclass
 class State:
     """generate's state on the device. Per sample (one spare at index N takes the writes of rows with no sample):
-    the tokens out [N + 1, L], their log-probs out_lp, lengths and stopped [N + 1]. Per live cache row: its sample,
-    the tokens it has drawn (t), the position and cache slot of the token it feeds next, that token, done, and the
-    sample's key in its random numbers (set when the row takes the sample, read at every step)."""
+    the tokens out [N + 1, L], their log-probs out_lp, lengths and stopped [N + 1]. Per row in flight (in the
+    Scheduler's order): its sample, the tokens it has drawn (t), the position and logical cache slot of the token it
+    feeds next, that token, done, and the sample's key in its random numbers."""
     out: torch.Tensor
     out_lp: torch.Tensor
     lengths: torch.Tensor
@@ -397,10 +326,15 @@ class State:
     tok: torch.Tensor
     done: torch.Tensor
     key: torch.Tensor
+    ROW = ("sample", "t", "pos", "slot", "tok", "done", "key")
 
-    def take(self, keep) -> None:  # compaction: keep these rows, in this order
-        for f in ("sample", "t", "pos", "slot", "tok", "done", "key"):
+    def take(self, keep) -> None:  # keep these rows, in this order
+        for f in self.ROW:
             setattr(self, f, getattr(self, f)[keep])
+
+    def append(self, **rows) -> None:
+        for f in self.ROW:
+            setattr(self, f, torch.cat([getattr(self, f), rows[f]]))
 
 
 @dataclass
@@ -442,66 +376,72 @@ def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
     st.t[rows], st.tok[rows] = t + 1, tok
 
 
-def prefill(model, prompts, Tp: int, pad_token_id: int):
-    """Each prompt (lists of ids, at most Tp long), left-padded to Tp, in forwards of at most PREFILL_TOKENS tokens:
-    yields (first index, the chunk's KVCache [c, Tp], its last-position logits [c, V] float32)."""
+def prefill(model, cache: PagedKVCache, seqs: list, pad_token_id: int, stats: dict):
+    """Write sequences' keys and values into cache blocks: seqs holds (token ids, lead, first logical block, physical
+    blocks); a sequence sits at logical slots [lead, lead + len) and its blocks first, first + 1, ... go to the given
+    physical blocks. Forwards of at most PREFILL_TOKENS tokens over rows of whole blocks, shortest first. Returns
+    each sequence's last-position logits [len(seqs), V] float32."""
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    per = max(1, PREFILL_TOKENS // Tp)
-    for a in range(0, len(prompts), per):
-        chunk = prompts[a:a + per]
-        ids = torch.full((len(chunk), Tp), pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(chunk), Tp, dtype=torch.bool)
-        for i, p in enumerate(chunk):
-            ids[i, Tp - len(p):] = torch.tensor(p)
-            mask[i, Tp - len(p):] = True
-        ids, mask = ids.to(dev), mask.to(dev)
-        pre = KVCache.allocate(model.config, len(chunk), Tp, dtype, dev)
-        pos = (mask.sum(-1, keepdim=True) - Tp + torch.arange(Tp, device=dev)).clamp(min=0)
-        logits = model(ids, positions=pos, mask=mask, cache=pre, logits_at=slice(-1, None))[:, -1].float()
-        yield a, pre, logits
-
-
-def admit(model, st: State, cache: KVCache, rows: list, samples: list, *, prompts: list, n: int, cfg: Settings):
-    """Samples `samples` into cache rows `rows`: their prompts prefilled (each distinct prompt once) and copied into
-    slots [0, Tp) of their rows, their first tokens drawn from the prefill's logits."""
-    dev, Tp = cache.valid.device, max(map(len, prompts))
-    distinct = sorted({s // n for s in samples})
-    logits = torch.empty(len(samples), model.config.vocab_size, dtype=torch.float32, device=dev)
-    for a, pre, lg in prefill(model, [prompts[p] for p in distinct], Tp, cfg.pad):
-        part = {p: i for i, p in enumerate(distinct[a:a + lg.shape[0]])}
-        sel = [j for j, s in enumerate(samples) if s // n in part]
-        dst = torch.tensor([rows[j] for j in sel], device=dev)
-        src = torch.tensor([part[samples[j] // n] for j in sel], device=dev)
-        for buf, p in zip(cache.k + cache.v, pre.k + pre.v):
-            buf[dst, :, :Tp] = p[src]
-        cache.valid[dst] = False  # the row's earlier sample
-        cache.valid[dst, :Tp] = pre.valid[src]
-        logits[torch.tensor(sel, device=dev)] = lg[src]
-    r = torch.tensor(rows, device=dev)
-    s = torch.tensor(samples, device=dev)
-    st.sample[r], st.t[r], st.done[r], st.key[r] = s, 0, False, cfg.keys[s]
-    st.pos[r] = torch.tensor([len(prompts[x // n]) for x in samples], device=dev)
-    st.slot[r] = Tp
-    draw(st, r, logits, cfg)
+    logits = torch.empty(len(seqs), model.config.vocab_size, dtype=torch.float32, device=dev)
+    order = sorted(range(len(seqs)), key=lambda j: seqs[j][1] + len(seqs[j][0]))
+    a = 0
+    while a < len(order):
+        W = -(-(seqs[order[a]][1] + len(seqs[order[a]][0])) // BLOCK) * BLOCK
+        chunk = [order[a]]
+        while a + len(chunk) < len(order):  # grow while every row (as long as the longest) stays in budget
+            j = order[a + len(chunk)]
+            w = -(-(seqs[j][1] + len(seqs[j][0])) // BLOCK) * BLOCK
+            if w * (len(chunk) + 1) > max(PREFILL_TOKENS, W):
+                break
+            chunk.append(j)
+            W = w
+        a += len(chunk)
+        ids = torch.full((len(chunk), W), pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(chunk), W, dtype=torch.bool)
+        last = torch.zeros(len(chunk), W, dtype=torch.bool)
+        src, dst = [], []
+        for i, j in enumerate(chunk):
+            toks, lead, first, phys = seqs[j]
+            ids[i, lead:lead + len(toks)] = torch.as_tensor(toks)
+            mask[i, lead:lead + len(toks)] = True
+            last[i, lead + len(toks) - 1] = True
+            for b, p in zip(range(first, -(-(lead + len(toks)) // BLOCK)), phys):
+                src.append(i * W + b * BLOCK)
+                dst.append(p * BLOCK)
+        stats["prefill_tokens"] = stats.get("prefill_tokens", 0) + int(mask.sum())
+        ids, mask, last = ids.to(dev), mask.to(dev), last.to(dev)
+        pos = (torch.arange(W, device=dev) - mask.float().argmax(-1, keepdim=True)).clamp(min=0)
+        pre = KVCache.allocate(model.config, len(chunk), W, dtype, dev)
+        logits[torch.tensor(chunk, device=dev)] = model(ids, positions=pos, mask=mask, cache=pre, logits_at=last).float()
+        if src:
+            off = torch.arange(BLOCK)
+            src = (torch.tensor(src)[:, None] + off).flatten().to(dev)
+            dst = (torch.tensor(dst)[:, None] + off).flatten().to(dev)
+            for pool, p in zip(cache.k + cache.v, pre.k + pre.v):
+                pool[dst] = p.transpose(1, 2).reshape(-1, *p.shape[1::2])[src]
+    return logits
 
 
 @torch.no_grad()
 def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0, top_k=0, eos_token_ids=(),
              seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
-             slot_bucket=SLOT_BUCKET, max_rows=None, stats=None, decoder=None, progress=None, response_lengths=None,
-             sample_keys=None):
+             slot_bucket=SLOT_BUCKET, max_rows=None, cache_blocks=None, stats=None, decoder=None, progress=None,
+             response_lengths=None, sample_keys=None):
     """Sample n continuations of every prompt (lists of token ids, any lengths).
 
     Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
     `model` is a plain Transformer (for training, the rollout copy of adamame.dist.rollout_copy). The samples are
-    decoded in a cache of max_rows rows (None: one per sample), or in `decoder`'s (make_decoder: reuses a cache and
-    its CUDA graphs from an earlier call); the rows change the speed and the memory, not the samples. cuda_graphs:
-    None = on for CUDA models, off otherwise. A `stats` dict receives the decode steps run, the samples that took a
-    finished sample's row, the graphs captured and the seconds spent capturing them; `progress.update(k)` (a tqdm
-    bar) is told of finished samples at each look. response_lengths (a benchmark's hook: random weights rarely stop)
-    ends sample s after min(response_lengths[s], max_new_tokens) tokens (finish reason "length"). sample_keys (one
-    integer in [0, 2^32) per sample; default its index) key each sample's random numbers, so that a sample can be
-    drawn again in another call, among other prompts (evaluate.py keys them by question id and candidate).
+    decoded in a paged KV cache the size of max_rows rows of the longest prompt and max_new_tokens (None: one per
+    sample; cache_blocks: its size in blocks of adamame.paging.BLOCK slots instead), or in `decoder`'s (make_decoder:
+    reuses a cache and its CUDA graphs from an earlier call); as many rows run at once as the cache holds
+    (adamame/paging.py), which changes the speed and the memory, not the samples. cuda_graphs: None = on for CUDA
+    models, off otherwise. A `stats` dict receives the decode steps run, the most rows in flight, the preemptions and
+    recomputed tokens, the prompt prefills and the tokens prefilled, the graphs captured and the seconds spent
+    capturing them; `progress.update(k)` (a tqdm bar) is told of finished samples at each look. response_lengths (a
+    benchmark's hook: random weights rarely stop) ends sample s after min(response_lengths[s], max_new_tokens) tokens
+    (finish reason "length"). sample_keys (one integer in [0, 2^32) per sample; default its index) key each sample's
+    random numbers, so that a sample can be drawn again in another call, among other prompts (evaluate.py keys them
+    by question id and candidate).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
@@ -519,18 +459,20 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
         raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(flat)}..{max(flat)}")
     dev = next(model.parameters()).device
     N, Tp = len(prompts) * n, max(len(p) for p in prompts)
-    S = cache_slots(Tp, max_new_tokens)
     if decoder is None:
-        decoder = make_decoder(model, min(N, max_rows or N), Tp, max_new_tokens, cuda_graphs, slot_bucket)
-    elif decoder.cache.valid.shape[1] < S:
-        raise ValueError(f"generate: the decoder's cache holds {decoder.cache.valid.shape[1]} slots, this call needs "
-                         f"{S}")
-    cache = decoder.cache
-    B = min(N, cache.valid.shape[0])
-    cache.valid.zero_()  # slots of an earlier call are stale: invisible until written again
-    limit = torch.tensor(list(response_lengths or [max_new_tokens] * N) + [1], device=dev).clamp(1, max_new_tokens)
+        rows = min(N, max_rows or N)
+        decoder = make_decoder(model, N, Tp, max_new_tokens, cuda_graphs, slot_bucket,
+                               blocks=cache_blocks or rows * cache_slots(Tp, max_new_tokens) // BLOCK + 1)
+    elif decoder.slots < cache_slots(Tp, max_new_tokens):
+        raise ValueError(f"generate: the decoder's rows address {decoder.slots} slots, this call needs "
+                         f"{cache_slots(Tp, max_new_tokens)}")
+    cache, last_slot = decoder.cache, decoder.slots - 1
+    limits = [min(x, max_new_tokens) for x in (response_lengths or [max_new_tokens] * N)]
+    sched = Scheduler([len(p) for p in prompts], n, limits, cache.k[0].shape[0] // BLOCK, check_every,
+                      cache.table.shape[0])
+    limit = torch.tensor(limits + [1], device=dev)
     seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
-    fused = fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.valid)
+    fused = fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.table)
     keys = torch.tensor(list(range(N) if sample_keys is None else sample_keys), device=dev)
     cfg = Settings(seed, temperature, top_k, top_p, torch.tensor(list(eos_token_ids) or [-1], device=dev),
                    pad_token_id, limit, keys, fused, seed_tensor(seed, dev) if fused else None,
@@ -541,53 +483,88 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
 
     st = State(out=torch.full((N + 1, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
                out_lp=zeros(N + 1, max_new_tokens, dtype=torch.float32), lengths=zeros(N + 1),
-               stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(B), t=zeros(B), pos=zeros(B), slot=zeros(B),
-               tok=zeros(B), done=zeros(B, dtype=torch.bool), key=zeros(B))
-    waiting = list(range(N))[::-1]  # popped from the end: sample order
-    # what the host knows without looking: row r has drawn steps - born[r] + 1 tokens (done rows count on), so the
-    # rows' fewest and most drawn follow from the youngest and the oldest birth, which change only at a look
-    born = [0] * B
-    admit(model, st, cache, list(range(B)), [waiting.pop() for _ in range(B)], prompts=prompts, n=n, cfg=cfg)
-    steps, finished, youngest, oldest = 0, 0, 0, 0
-    while True:
-        length_done = steps - youngest + 1 >= max_new_tokens  # every row has drawn all it may
-        if length_done and not waiting:
+               stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(0), t=zeros(0), pos=zeros(0), slot=zeros(0),
+               tok=zeros(0), done=zeros(0, dtype=torch.bool), key=zeros(0))
+    cache.table.zero_()
+    info = {"prefill_tokens": 0, "prompt_prefills": 0, "most_rows": 0}
+    group_logits = {}  # a prefilled prompt's last logits, until its last fresh sample is admitted
+    steps, finished, done = 0, 0, set()
+    while True:  # a look: the host's only syncs
+        look = sched.look(steps, done)
+        apply_look(model, st, cache, sched, look, prompts=prompts, n=n, cfg=cfg, group_logits=group_logits,
+                   info=info)
+        if progress is not None:  # finished: every sample admitted so far but those running or preempted
+            ended = N - len(sched.waiting) - len(sched.rows)
+            progress.update(ended - finished)
+            finished = ended
+        if not sched.rows:
             break
-        if (steps + 1) % check_every == 0 or length_done:  # the only host syncs: refill, stop, or drop rows
-            done = st.done.tolist()
-            free = [r for r, d in enumerate(done) if d]
-            if progress is not None:  # finished: every sample admitted so far but those still running
-                ended = N - len(waiting) - (len(done) - len(free))
-                progress.update(ended - finished)
-                finished = ended
-            if waiting and free:
-                took = free[:len(waiting)]
-                admit(model, st, cache, took, [waiting.pop() for _ in took], prompts=prompts, n=n, cfg=cfg)
-                for r in took:
-                    born[r] = steps
-                done = st.done.tolist()  # an admitted sample may end at its first token
-            if not waiting:
-                keep = [r for r, d in enumerate(done) if not d]
-                if not keep:
-                    break
-                if len(keep) <= COMPACT_AT * len(done):
-                    compact(cache, torch.tensor(keep, device=dev), min(Tp + steps - min(born), S))
-                    st.take(torch.tensor(keep, device=dev))
-                    born = [born[r] for r in keep]
-            youngest, oldest = max(born), min(born)
-            if steps - youngest + 1 >= max_new_tokens:
-                continue
-        out = decoder(st.tok, st.pos, st.slot, min(Tp + steps - oldest, S - 1), ~st.done,
-                      (cfg, st.key, st.t) if cfg.fused else None)
-        draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
-        st.pos += 1
-        st.slot = (st.slot + 1).clamp_(max=S - 1)  # a done row's slot stops at the last one (never read again)
-        steps += 1
+        info["most_rows"] = max(info["most_rows"], len(sched.rows))
+        offset = sched.max_slot_offset()
+        for _ in range(min(check_every, sched.end_step() - steps)):
+            out = decoder(st.tok, st.pos, st.slot, min(offset + steps, last_slot), ~st.done,
+                          (cfg, st.key, st.t) if cfg.fused else None)
+            draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
+            st.pos += 1
+            st.slot = (st.slot + 1).clamp_(max=last_slot)  # a done row's slot stops at the last one (never read)
+            steps += 1
+        done = {r for r, d in enumerate(st.done.tolist()) if d}
 
-    if progress is not None:
-        progress.update(N - finished)
     if stats is not None:
-        stats.update(steps=steps, refilled=N - B, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds)
+        stats.update(steps=steps, graphs=len(decoder.graphs), capture_seconds=decoder.capture_seconds,
+                     preemptions=sched.preemptions, recomputed_tokens=sched.recomputed, **info)
     out, out_lp, lengths, stopped = st.out.cpu(), st.out_lp.cpu(), st.lengths.cpu(), st.stopped.cpu()
     return [Sample(out[r, :int(lengths[r])].tolist(), "stop" if stopped[r] else "length",
                    out_lp[r, :int(lengths[r])].tolist() if return_logprobs else None) for r in range(N)]
+
+
+def apply_look(model, st: State, cache: PagedKVCache, sched: Scheduler, look, *, prompts, n, cfg: Settings,
+               group_logits: dict, info: dict) -> None:
+    """Carry out a Scheduler look on the device: drop the rows it let go (finished or preempted) from the state and
+    the block table, write the blocks it grew, prefill the prompts it admitted (each once) and the tokens of the
+    samples it re-admitted (recomputed), and draw the fresh samples' first tokens from their prompt's logits."""
+    dev, table = cache.table.device, cache.table
+    old, kept = st.sample.shape[0], len(look.keep)
+    if kept < old:
+        keep = torch.tensor(look.keep, dtype=torch.long, device=dev)
+        st.take(keep)
+        table[:kept] = table[keep]
+        table[kept:old] = 0
+    if look.grown:
+        r, c, b = zip(*[(j, first + i, p) for j, (first, ps) in look.grown.items() for i, p in enumerate(ps)])
+        table[torch.tensor(r, device=dev), torch.tensor(c, device=dev)] = torch.tensor(b, dtype=torch.int32, device=dev)
+    if not look.admitted:
+        return
+    seqs = [(prompts[g], lead(len(prompts[g])), 0, sched.prompt_blocks[g]) for g in look.prefill]
+    again = [r for r in look.admitted if not r.fresh]
+    for r in again:  # a preempted sample: its prompt and the tokens it has fed, recomputed (its own blocks only)
+        p = prompts[r.sample // n]
+        seqs.append((p + st.out[r.sample, :r.t0 - 1].tolist(), lead(len(p)), r.first, r.blocks))
+    if seqs:
+        logits = prefill(model, cache, seqs, cfg.pad, info)
+        info["prompt_prefills"] += len(look.prefill)
+        for i, g in enumerate(look.prefill):
+            group_logits[g] = [logits[i], n]
+    rows = torch.arange(kept, kept + len(look.admitted), device=dev)
+    width = table.shape[1]
+    table[rows] = torch.tensor([(sched.table_row(r) + [0] * width)[:width] for r in look.admitted],
+                               dtype=torch.int32, device=dev)
+    s = [r.sample for r in look.admitted]
+    plen = [len(prompts[x // n]) for x in s]
+    t = [0 if r.fresh else r.t0 for r in look.admitted]
+    s_t = torch.tensor(s, device=dev)
+    st.append(sample=s_t, t=torch.tensor(t, device=dev),
+              pos=torch.tensor([p + max(x, 1) - 1 for p, x in zip(plen, t)], device=dev),
+              slot=torch.tensor([lead(p) + p + max(x, 1) - 1 for p, x in zip(plen, t)], device=dev),
+              tok=st.out[s_t, (torch.tensor(t, device=dev) - 1).clamp(min=0)],
+              done=torch.zeros(len(s), dtype=torch.bool, device=dev), key=cfg.keys[s_t])
+    fresh = [i for i, r in enumerate(look.admitted) if r.fresh]
+    if fresh:
+        picks = []
+        for i in fresh:
+            g = s[i] // n
+            picks.append(group_logits[g][0])
+            group_logits[g][1] -= 1
+            if not group_logits[g][1]:
+                del group_logits[g]
+        draw(st, rows[torch.tensor(fresh, device=dev)], torch.stack(picks), cfg)

@@ -68,8 +68,8 @@ def rotate_half(x):
 
 def rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps):
     """q [R, H * D], k, v [R, KV * D] (unit last stride), positions and slot [R] int64, inv_freq [D / 2] float32,
-    k_cache / v_cache [R, KV, S, D]; q_norm, k_norm [D] or None. Writes row r's k and v at slot[r]; returns q roped,
-    [R, H, D] contiguous."""
+    k_cache / v_cache [P, KV, D] (a pool of cache slots); q_norm, k_norm [D] or None. Writes row r's k and v at pool
+    slot slot[r]; returns q roped, [R, H, D] contiguous."""
     R, D = q.shape[0], k_cache.shape[-1]
     q, k, v = q.reshape(R, -1, D), k.reshape(R, -1, D), v.reshape(R, -1, D)
     if q_norm is not None:
@@ -79,9 +79,7 @@ def rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_nor
     cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    idx = slot.view(R, 1, 1, 1).expand(R, k.shape[1], 1, D)
-    k_cache.scatter_(2, idx, k[:, :, None])
-    v_cache.scatter_(2, idx, v[:, :, None])
+    k_cache[slot], v_cache[slot] = k, v
     return q.contiguous()
 
 
@@ -111,7 +109,7 @@ if triton is not None:
 
     @triton.jit
     def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, sq, sk, sv, pos_ptr, slot_ptr, freq_ptr, qw_ptr, kw_ptr, qo_ptr,
-                           kc_ptr, vc_ptr, skc_r, skc_h, skc_s, svc_r, svc_h, svc_s, eps,
+                           kc_ptr, vc_ptr, skc_s, skc_h, svc_s, svc_h, eps,
                            H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
                            QK_NORM: tl.constexpr):
         # program (row, h): h < H a query head, H <= h < H + KV a key head, then a value head (a copy)
@@ -124,7 +122,7 @@ if triton is not None:
         if h >= H + KV:
             j = h - H - KV
             src = v_ptr + row * sv + j * D
-            dst = vc_ptr + row * svc_r + j * svc_h + slot * svc_s
+            dst = vc_ptr + slot * svc_s + j * svc_h
             tl.store(dst + i, tl.load(src + i, mask=m), mask=m)
             tl.store(dst + D // 2 + i, tl.load(src + D // 2 + i, mask=m), mask=m)
         else:
@@ -151,7 +149,7 @@ if triton is not None:
             if h < H:
                 dst = qo_ptr + (row * H + h) * D
             else:
-                dst = kc_ptr + row * skc_r + (h - H) * skc_h + slot * skc_s
+                dst = kc_ptr + slot * skc_s + (h - H) * skc_h
             tl.store(dst + i, o1, mask=m)
             tl.store(dst + D // 2 + i, o2, mask=m)
 
@@ -225,22 +223,21 @@ def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: tor
                inv_freq: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_norm: torch.Tensor | None,
                k_norm: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Rotary (after Qwen3's per-head RMSNorm when q_norm / k_norm are given) on q [R, H * D] and k [R, KV * D] at
-    `positions`, k and v written into the caches [R, KV, S, D] at slot[r] (positions, slot: [R] int64; inv_freq
+    `positions`, k and v written into the pools [P, KV, D] at pool slot slot[r] (positions, slot: [R] int64; inv_freq
     [D / 2] float32). Returns q roped, [R, H, D] contiguous."""
     _check_rows(q, k, v)
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("rope_cache: the caches need a unit stride in their last dimension")
     if not _kernel_runs(q):
         return rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps)
-    R, (KV, D) = q.shape[0], k_cache.shape[1::2]
+    R, (KV, D) = q.shape[0], k_cache.shape[1:]
     H = q.shape[1] // D
     out = torch.empty(R, H, D, dtype=q.dtype, device=q.device)
     if R:
         norm = q_norm is not None
         _run("_rope_cache_kernel", _rope_cache_kernel, (R, H + 2 * KV), q, k, v, q.stride(0), k.stride(0),
              v.stride(0), positions, slot, inv_freq, q_norm if norm else inv_freq, k_norm if norm else inv_freq, out,
-             k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
-             v_cache.stride(1), v_cache.stride(2), eps, H=H, KV=KV, D=D, HALF=_pow2(D // 2), QK_NORM=norm,
+             k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), eps, H=H, KV=KV, D=D, HALF=_pow2(D // 2), QK_NORM=norm,
              num_warps=ROPE_WARPS)
     return out
 

@@ -109,9 +109,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .dist import compute_dtype
-from .generate import COMPACT_AT, PREFILL_TOKENS, cache_slots, free_bytes
+from .generate import PREFILL_TOKENS, cache_slots, free_bytes
 from .lora import apply_lora, lora_modules
-from .model import KVCache, Transformer, stored_dtype
+from .model import KVCache, PagedKVCache, Transformer, stored_dtype
+from .paging import BLOCK, RESERVE
 
 GiB = 2**30
 
@@ -128,7 +129,7 @@ class Plan:
     total: int  # the device's memory (or the RAM share) the budget comes from
     items: list = field(default_factory=list)  # (phase, what, bytes)
     phases: dict = field(default_factory=dict)  # phase -> peak bytes
-    rollout_rows: int = 0  # KV-cache rows of the rollout's generate call (one sample decodes in a row at a time)
+    rollout_rows: int = 0  # the rollout's paged KV cache, in full-length rows (generate's max_rows)
     activation_checkpointing: bool = False
     logits_chunk: int | None = None  # tokens per chunk of the chunked log-prob path; None = full logits
     notes: list = field(default_factory=list)
@@ -320,12 +321,6 @@ def prefill_bytes(cfg, tokens: int, prompt_len: int, dtype) -> int:
             + rows * prompt_len * prompt_len + rows * rep * prompt_len * (-(-prompt_len // 16) * 16) * dtype.itemsize)
 
 
-def compaction_bytes(cfg, rows: int, slots: int, dtype) -> int:
-    """compact's temporary: one layer's K (or V) for the kept rows, at most 3/4 of the rows (it runs when a quarter
-    have finished), over every slot."""
-    return int(COMPACT_AT * rows) * cfg.num_key_value_heads * slots * cfg.head_dim * dtype.itemsize
-
-
 def graph_bytes(cfg, rows: int, dtype, fused: bool = False) -> int:
     """With CUDA graphs: the blocks the warm-up run (on the capture stream, outside the graphs' pool) leaves cached
     there, one step's activations; without the fused sampler also the static float32 logits buffer, the float32 copy
@@ -333,18 +328,25 @@ def graph_bytes(cfg, rows: int, dtype, fused: bool = False) -> int:
     return step_bytes(cfg, rows, dtype) + (0 if fused else 3 * 4 * rows * cfg.vocab_size)
 
 
+def cache_blocks(rows: int, prompt_len: int, max_new_tokens: int) -> int:
+    """Blocks of a paged KV cache the size of `rows` full-length rows (generate's max_rows), the scratch block with."""
+    return rows * cache_slots(prompt_len, max_new_tokens) // BLOCK + 1
+
+
 def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens: int, dtype, *, top_k=0, top_p=1.0,
                   graphs: bool = False, fused: bool = False) -> int:
-    """Bytes one generate call allocates beyond the weights, for `samples` samples decoded in a cache of `rows` rows:
-    the KV cache, prefill, one decode step, the sampler (fused: adamame/sampler.py), an admission's prefill logits
-    (float32, one per row at most), compaction's temporary, the samples' tokens and log-probs, and with CUDA graphs
-    their buffers (graph_bytes)."""
+    """Bytes one generate call allocates beyond the weights, for `samples` samples (every one may be in flight at
+    once) decoded in a paged KV cache the size of `rows` full-length rows: the cache, the larger prefill (a chunk of
+    prompts, or one preempted sample's prompt and response recomputed), one decode step, the sampler (fused:
+    adamame/sampler.py), the prompts' first-token logits (float32, one per prompt at most), the samples' tokens and
+    log-probs, and with CUDA graphs their buffers (graph_bytes)."""
     slots = cache_slots(prompt_len, max_new_tokens)
-    return (KVCache.nbytes(cfg, rows, slots, dtype)
-            + prefill_bytes(cfg, min(rows * prompt_len, max(PREFILL_TOKENS, prompt_len)), prompt_len, dtype)
-            + step_bytes(cfg, rows, dtype) + sampler_bytes(rows, cfg.vocab_size, top_k, top_p, fused)
-            + 4 * rows * cfg.vocab_size + compaction_bytes(cfg, rows, slots, dtype)
-            + 12 * (samples + 1) * max_new_tokens + (graph_bytes(cfg, rows, dtype, fused) if graphs else 0))
+    prefill = max(prefill_bytes(cfg, max(PREFILL_TOKENS, prompt_len), prompt_len, dtype),
+                  prefill_bytes(cfg, slots, slots, dtype))
+    return (PagedKVCache.nbytes(cfg, cache_blocks(rows, prompt_len, max_new_tokens), dtype) + prefill
+            + step_bytes(cfg, samples, dtype) + sampler_bytes(samples, cfg.vocab_size, top_k, top_p, fused)
+            + 4 * samples * cfg.vocab_size + 12 * (samples + 1) * max_new_tokens
+            + (graph_bytes(cfg, samples, dtype, fused) if graphs else 0))
 
 # ---------------------------------------------------------------------------------------------- the update's bytes
 
@@ -414,23 +416,24 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     while rows > 1 and rollout_peak(rows) > plan.budget:
         rows -= 1
     plan.rollout_rows = rows
-    kv = KVCache.nbytes(cfg, rows, slots, dtype)
+    blocks = cache_blocks(rows, max_prompt_tokens, max_response_tokens)
+    kv = PagedKVCache.nbytes(cfg, blocks, dtype)
     plan.sizes.update(rollout_copy=copy, kv_cache=kv)
-    graphs = graph_bytes(cfg, rows, dtype, fused) if device == "cuda" else 0
-    sampler = sampler_bytes(rows, cfg.vocab_size, top_k, top_p, fused)
-    compaction = compaction_bytes(cfg, rows, slots, dtype)
+    graphs = graph_bytes(cfg, samples, dtype, fused) if device == "cuda" else 0
+    sampler = sampler_bytes(samples, cfg.vocab_size, top_k, top_p, fused)
     plan.items += [("rollout", f"rollout copy ({dtype_name(dtype)}, LoRA merged)", copy),
-                   ("rollout", f"KV cache: {rows} rows x {slots} slots", kv),
+                   ("rollout", f"KV cache: {blocks} blocks of {BLOCK} slots ({rows} rows x {slots})", kv),
                    ("rollout", "sampler: fused (Triton), a few numbers per row" if fused else
-                    "sampler: float32 and float64 buffers of rows x vocabulary", sampler),
-                   ("rollout", "compaction: one layer's kept rows", compaction)]
+                    "sampler: float32 and float64 buffers of rows x vocabulary", sampler)]
     if graphs:
         plan.items.append(("rollout", "CUDA graphs: warm-up blocks" + ("" if fused else ", static logits"), graphs))
     plan.items.append(("rollout", "prefill, decode step, outputs", rollout_peak(rows) - base - copy - kv - sampler
-                       - compaction - graphs))
+                       - graphs))
     plan.phases["rollout"] = max(rollout_peak(rows), base + copy + 2 * gather)
-    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one generate call, {rows} "
-                      "KV-cache rows" + ("" if rows == samples else " (finished rows refilled)"))
+    reserve_rows = min(samples, (blocks - 1) * BLOCK // (max_prompt_tokens + RESERVE))
+    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one generate call; the paged "
+                      f"KV cache holds {reserve_rows} rows of a {max_prompt_tokens}-token prompt and {RESERVE} tokens "
+                      f"at once (rows hold only the blocks they use: a short row takes less, a long one more)")
     if rollout_peak(rows) > plan.budget:
         plan.advice = "a smaller --max-response-tokens or --group-size, or more GPUs"
 

@@ -222,6 +222,47 @@ class KVCache:
         return (2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * dtype.itemsize
                 + batch * max_len)
 
+    def store(self, layer: int, start: int):
+        """Attention's cache hook for a forward at slots [start, start + T): writes them, returns slots [0, start + T)."""
+        def store(k, v):
+            T = k.shape[2]
+            self.k[layer][:, :, start:start + T], self.v[layer][:, :, start:start + T] = k, v
+            return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]
+        return store
+
+
+@dataclass
+class PagedKVCache:
+    """The decode step's cache: keys and values in a pool of blocks, and a block table per row.
+
+    k[i], v[i]: [blocks * block, n_kv_heads, head_dim] (a block's slots are consecutive, vLLM's layout); table: [rows,
+    width] int32. Row r's logical slot s lives at pool slot table[r, s // block] * block + s % block, so rows hold only
+    the blocks they use and may share some (a prompt's). What each row holds is the caller's (adamame/paging.py)."""
+
+    k: list
+    v: list
+    table: torch.Tensor
+    block: int = 32
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, blocks: int, rows: int, width: int, dtype, device,
+                 block: int = 32) -> "PagedKVCache":
+        shape = (blocks * block, cfg.num_key_value_heads, cfg.head_dim)
+        k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        return cls(k, v, torch.zeros(rows, width, dtype=torch.int32, device=device), block)
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, blocks: int, dtype, block: int = 32) -> int:
+        return 2 * cfg.num_hidden_layers * blocks * block * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
+
+    def where(self, rows: int, slots: torch.Tensor) -> torch.Tensor:
+        """Pool slots (int64) of logical slots `slots` ([rows] or [rows, k]) of rows [0, rows)."""
+        s = slots if slots.dim() == 2 else slots[:, None]
+        at = self.table[:rows].gather(1, s // self.block).long() * self.block + s % self.block
+        return at if slots.dim() == 2 else at[:, 0]
+
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -241,11 +282,11 @@ class Attention(nn.Module):
             return self.qkv_proj(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
+    def forward(self, x, cos, sin, mask, cache_kv=None):
         # x: [B, T, C]; cos, sin: [B, 1, T, hd]; mask: None (plain causal) or an additive bias over the folded query
         # heads (attention_bias): [B, 1, rep * T, S], or [B, 1, 1, S] for a decode step (T = 1; it broadcasts).
-        # cache_kv: (k, v) cache views [B, n_kv, S, hd]; the new keys and values go to slots [start, start + T), or,
-        # in a decode step (T = 1), row b's to slot start[b] (start: a [B] int64 tensor).
+        # cache_kv: a function that stores the new keys and values [B, n_kv, T, hd] and returns the ones to attend to
+        # (KVCache.store, or the decode step's paged one).
         B, T, _ = x.shape
         q, k, v = self.qkv(x)  # a Linear's output is contiguous on every device, a merged one's parts row-strided
         q = q.view(B, T, self.n_heads, self.hd)
@@ -256,16 +297,7 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if cache_kv is not None:
-            ck, cv = cache_kv
-            if isinstance(start, torch.Tensor):  # decode: each row's own slot [B], on the device (CUDA graphs)
-                idx = start.view(B, 1, 1, 1).expand(B, self.n_kv, 1, self.hd)
-                ck.scatter_(2, idx, k)
-                cv.scatter_(2, idx, v)
-                k, v = ck, cv
-            else:
-                ck[:, :, start:start + T] = k
-                cv[:, :, start:start + T] = v
-                k, v = ck[:, :, :start + T], cv[:, :, :start + T]
+            k, v = cache_kv(k, v)
         if mask is None:
             y = attention(q, k, v, enable_gqa=self.n_kv != self.n_heads)
         else:
@@ -318,8 +350,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache_kv=None, start=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, start)
+    def forward(self, x, cos, sin, mask, cache_kv=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -393,64 +425,72 @@ class Transformer(nn.Module):
             attention_bias(allowed, cfg.num_attention_heads // cfg.num_key_value_heads, x.dtype)
 
         for i, layer in enumerate(self.model.layers):
-            kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = layer(x, cos, sin, attn_mask, kv, start)
+            x = layer(x, cos, sin, attn_mask, None if cache is None else cache.store(i, start))
         x = self.model.norm(x)
         x = x[logits_at] if isinstance(logits_at, torch.Tensor) else x[:, logits_at]
         return self.lm_head(x) if head is None else head(x, self.lm_head.weight)
 
-    def decode_step(self, tokens, positions, cache: KVCache, slot: torch.Tensor, rows: int, slots: int, *,
+    def decode_step(self, tokens, positions, cache: PagedKVCache, slot: torch.Tensor, rows: int, slots: int, *,
                     active=None):
-        """One generated token for each of the first `rows` cache rows, attending to cache slots [0, slots).
+        """One generated token for each of the first `rows` cache rows, attending to logical cache slots [0, slots).
 
-        tokens, positions, slot: [>= rows] int64; row r's new token goes to cache slot slot[r] (< slots), so rows can
-        hold sequences of different ages (a finished row refilled with a new sample); active: [>= rows] bool or None
-        (all), False for rows whose output is not needed (finished, or padding). Returns logits [rows, V]. Every shape
-        depends only on (rows, slots) and the slots live on the device, so the generator can capture this call as
-        one CUDA graph per (rows, slots) bucket and replay it step after step.
+        tokens, positions, slot: [>= rows] int64; row r's new token goes to its logical slot slot[r] (< slots) and it
+        attends to its slots [slot[r] - positions[r], slot[r]] (its prompt's first token to the new one), so rows can
+        hold sequences of different ages; active: [>= rows] bool or None (all), False for rows whose output is not
+        needed (finished, or padding). Returns logits [rows, V]. Every shape depends only on (rows, slots) and the
+        slots and the block table live on the device, so the generator can capture this call as one CUDA graph per
+        (rows, slots) bucket and replay it step after step.
         With the Triton kernels (on CUDA; decode_attention.use_kernel decides) the step is `fused_decode_step`; in
-        PyTorch (the CPU) it runs the layers' forward and attends with SDPA to every slot of the bucket under an
-        additive bias (0 valid, -inf elsewhere).
+        PyTorch (the CPU) it runs the layers' forward and attends with SDPA to every slot of the bucket, gathered
+        through the block table, under an additive bias (0 in the row's range, -inf elsewhere).
         """
         if decode_attention is not None and use_decode_kernel(tokens):
             return self.fused_decode_step(tokens[:rows], positions[:rows], cache, slot[:rows], slots, active)
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
         slot = slot[:rows]
-        valid = cache.valid[:rows, :slots]
-        valid.scatter_(1, slot[:, None], True)
-        bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
+        s = torch.arange(slots, device=x.device)
+        at, new = cache.where(rows, s.expand(rows, slots)), cache.where(rows, slot)  # pool slots [R, slots], [R]
+        seen = (s >= (slot - positions[:rows])[:, None]) & (s <= slot[:, None])
+        bias = torch.zeros(seen.shape, dtype=x.dtype, device=x.device).masked_fill_(~seen, float("-inf"))
+
+        def paged(k_pool, v_pool):  # Attention's cache hook: the new key and value in, the row's slots out
+            def store(k, v):
+                k_pool[new], v_pool[new] = k[:, :, 0], v[:, :, 0]
+                return k_pool[at].transpose(1, 2), v_pool[at].transpose(1, 2)  # [R, n_kv, slots, hd]
+            return store
+
         for i, layer in enumerate(self.model.layers):
-            kv = (cache.k[i][:rows, :, :slots], cache.v[i][:rows, :, :slots])
-            x = layer(x, cos, sin, bias[:, None, None, :], kv, slot)
+            x = layer(x, cos, sin, bias[:, None, None, :], paged(cache.k[i], cache.v[i]))
         return self.lm_head(self.model.norm(x))[:, 0]
 
-    def fused_decode_step(self, tokens, positions, cache: KVCache, slot, slots: int, active=None):
+    def fused_decode_step(self, tokens, positions, cache: PagedKVCache, slot, slots: int, active=None):
         """decode_step on the Triton kernels, one token per row as [R, features] (R = len(tokens)): per layer 4 GEMMs
         after merge_projections (7 before) and 5 kernels (adamame/layer_kernels.py, adamame/decode_attention.py):
 
             h, res = x + res, rmsnorm(x + res)     (the first layer: res = x, the embedding)
-            q, k, v = W_qkv h                      rope_cache: rotary at each row's position, k and v into the cache
-            x = W_o attention(q, cache)            row r reads its slots [slot_r - position_r, slot_r], none if inactive
-            h, res = rmsnorm(x + res), x + res
+            q, k, v = W_qkv h                      rope_cache: rotary at each row's position, k and v into the pool
+            x = W_o attention(q, cache)            row r reads its slots [slot_r - position_r, slot_r] through its
+            h, res = rmsnorm(x + res), x + res     block table, none if inactive
             x = W_down (silu(W_gate h) * W_up h)
-
-        Its cache.valid is not kept: the kernel reads the ranges instead (the SDPA path's prefill writes it anew)."""
+        """
         cfg, R = self.config, tokens.shape[0]
         eps = cfg.rms_norm_eps
         end = (slot + 1).to(torch.int32)
-        start = (slot - positions).to(torch.int32)  # the prompt's first token (a left-padded prompt's first slot)
+        start = (slot - positions).to(torch.int32)  # the prompt's first token
         if active is not None:
             end = end * active[:R]  # an inactive row reads nothing
+        new = cache.where(R, slot)  # the pool slot each row's new key and value go to
+        table = cache.table[:R, :-(-slots // cache.block)]  # the bucket's blocks
         x, res = self.model.embed_tokens(tokens), None
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             w = layer.input_layernorm.weight
             h, res = (rmsnorm(x, w, eps), x) if res is None else add_rmsnorm(x, res, w, eps)
-            kc, vc = cache.k[i][:R, :, :slots], cache.v[i][:R, :, :slots]
             norms = (attn.q_norm.weight, attn.k_norm.weight) if cfg.qk_norm else (None, None)
-            q = rope_cache(*attn.qkv(h), positions, slot, self.inv_freq, kc, vc, *norms, eps)
-            x = attn.o_proj(decode_attention(q, kc, vc, start, end, attn.hd ** -0.5).view(R, -1))
+            q = rope_cache(*attn.qkv(h), positions, new, self.inv_freq, cache.k[i], cache.v[i], *norms, eps)
+            y = decode_attention(q, cache.k[i], cache.v[i], table, start, end, attn.hd ** -0.5)
+            x = attn.o_proj(y.view(R, -1))
             h, res = add_rmsnorm(x, res, layer.post_attention_layernorm.weight, eps)
             x = mlp.down_proj(silu_mul(*mlp.gate_up(h)))
         return self.lm_head(add_rmsnorm(x, res, self.model.norm.weight, eps)[0])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from adamame.generate import Decoder, compact, generate, kv_reads, make_decoder, sample_next
+from adamame.generate import Decoder, generate, make_decoder, sample_next
 from adamame.model import KVCache
 from adamame.hf import load_model
 from tests.helpers import save_tiny_hf
