@@ -113,7 +113,9 @@ if triton is not None:
         m = tl.full((REP_PAD,), float("-inf"), tl.float32)
         lsum = tl.zeros((REP_PAD,), tl.float32)
         acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
-        for s0 in range(lo // BLOCK * BLOCK, hi, BLOCK):  # this row's blocks: nothing outside [start, end) is loaded
+        first = lo // BLOCK * BLOCK
+        hi = tl.where(hi > lo, hi, first)  # an empty range visits no block (not the one holding lo)
+        for s0 in range(first, hi, BLOCK):  # this row's blocks: nothing outside [start, end) is loaded
             s = s0 + tl.arange(0, BLOCK)
             smask = (s >= lo) & (s < hi)
             kv_mask = smask[:, None] & dmask[None, :]

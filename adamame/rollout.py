@@ -62,8 +62,8 @@ def encode_questions(tokenizer, questions, max_prompt_tokens=None):
 
 def rollouts(model, tokenizer, prompt_ids, *, n, max_new_tokens, temperature, top_p=1.0, top_k=0, seed=None,
              max_rows=None, return_logprobs=False, progress=None, sample_keys=None):
-    """n samples for every prompt (prompt-major order), in one generate call whose paged KV cache is the size of max_rows full-length rows (None:
-    one per sample); progress counts finished samples."""
+    """n samples for every prompt (prompt-major order), in one generate call whose paged KV cache is the size of
+    max_rows full-length rows (None: one per sample); progress counts finished samples."""
     if not prompt_ids:
         return []
     samples = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,

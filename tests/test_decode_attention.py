@@ -1,5 +1,6 @@
-"""The Triton decode-attention kernel against references (under the interpreter on CPU), the engine with it forced,
-and the KV-read counter against a direct count of what the engine's decode steps read.
+"""The Triton decode-attention kernel against references (under the interpreter on CPU), reading a paged cache through
+shuffled block tables, the engine with it forced, and the schedule replay's KV-read count against a direct count of
+what the engine's decode steps read.
 
 ADAMAME_SWEEP=1 python -m pytest tests/test_decode_attention.py runs the full sweep (every GQA ratio x head_dim x
 dtype x length pattern); CI runs a small parametrised set."""
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 
 from adamame.decode_attention import (BLOCK_S, blocks_and_slots_read, decode_attention, decode_attention_torch,
                                       num_splits)
-from adamame.generate import Decoder, KVCache, generate, kv_reads, make_decoder, pow2_rows, row_bucket
+from adamame.generate import Decoder, generate, make_decoder, pow2_rows, row_bucket
+from adamame.model import PagedKVCache
+from bench.schedule import paged_schedule
 
 pytest.importorskip("triton")
 SWEEP = os.environ.get("ADAMAME_SWEEP") == "1"
@@ -22,6 +25,23 @@ CASES = [(1, 4, 64, 700, 5), (4, 2, 128, 600, 4), (6, 2, 128, 200, 6), (8, 1, 64
 if SWEEP:
     CASES = [(rep, n_kv, d, s, r) for rep, n_kv, d, (s, r) in
              itertools.product((1, 4, 6, 8), (1, 2), (64, 128), ((700, 5), (200, 40), (4096, 2)))]
+
+
+def _paged(caches, g, spare=3):
+    """Static caches [R, n_kv, S, D] (S a multiple of BLOCK_S) laid out as one pool of blocks in a shuffled order, with
+    `spare` blocks no row holds, and everything a row does not hold NaN: ([pools [P, n_kv, D]], table [R, S / BLOCK_S]
+    int32)."""
+    R, n_kv, S, D = caches[0].shape
+    W = S // BLOCK_S
+    table = torch.randperm(R * W + spare, generator=g)[:R * W].view(R, W).to(torch.int32)
+    s = torch.arange(S)
+    at = table.long()[:, s // BLOCK_S] * BLOCK_S + s % BLOCK_S  # [R, S] pool slots
+    pools = []
+    for c in caches:
+        pool = torch.full(((R * W + spare) * BLOCK_S, n_kv, D), float("nan"), dtype=c.dtype)
+        pool[at] = c.transpose(1, 2)
+        pools.append(pool)
+    return pools, table
 
 
 def _ragged(rows, slots, g):
@@ -40,26 +60,33 @@ def _ragged(rows, slots, g):
 @pytest.mark.parametrize("rep,n_kv,d,slots,rows", CASES)
 def test_kernel_equals_the_reference_and_reads_nothing_outside_each_rows_range(rep, n_kv, d, slots, rows, dtype):
     g = torch.Generator().manual_seed(rep * 1000 + d + slots)
+    S = -(-slots // BLOCK_S) * BLOCK_S  # the rows' blocks; the ranges end by `slots`
     q = torch.randn(rows, rep * n_kv, d, generator=g).to(dtype)
-    k = torch.randn(rows, n_kv, slots, d, generator=g).to(dtype)
-    v = torch.randn(rows, n_kv, slots, d, generator=g).to(dtype)
+    k = torch.randn(rows, n_kv, S, d, generator=g).to(dtype)
+    v = torch.randn(rows, n_kv, S, d, generator=g).to(dtype)
     start, end = _ragged(rows, slots, g)
-    outside = (torch.arange(slots)[None] < start[:, None].long()) | (torch.arange(slots)[None] >= end[:, None].long())
+    outside = (torch.arange(S)[None] < start[:, None].long()) | (torch.arange(S)[None] >= end[:, None].long())
     k_nan, v_nan = k.clone(), v.clone()  # what a row must not read is NaN: one load of it would show in the output
     k_nan[outside[:, None, :, None].expand_as(k)] = float("nan")
     v_nan[outside[:, None, :, None].expand_as(v)] = float("nan")
-    got = decode_attention(q, k_nan, v_nan, start, end, d ** -0.5)
-    want = decode_attention_torch(q.float(), k.float(), v.float(), start, end)  # fp32 reference
+    (kp, vp), table = _paged([k_nan, v_nan], g)  # blocks shuffled, unheld blocks NaN too
+    got = decode_attention(q, kp, vp, table, start, end, d ** -0.5)
+    (kf, vf), tf = _paged([k.float(), v.float()], torch.Generator().manual_seed(1))
+    want = decode_attention_torch(q.float(), kf, vf, tf, start, end)  # fp32 reference, another block order
     assert got.dtype == dtype and torch.isfinite(got).all()
     tol = 2e-6 if dtype == torch.float32 else 2e-2
     assert (got.float() - want).abs().max() <= tol
     assert (got[1] == 0).all()  # an empty range reads nothing and gives zeros
-    # what the kernel visits: per row exactly the blocks its range needs in each split, and its slots once
-    splits = num_splits(rows, n_kv, slots)
-    split_len = -(-slots // (splits * BLOCK_S)) * BLOCK_S
-    blocks = [sum(-(-max(0, min(int(e), (j + 1) * split_len) - max(int(b), j * split_len)) // BLOCK_S)
-                  for j in range(splits)) for b, e in zip(start, end)]
-    counts = blocks_and_slots_read(q, k, v, start, end)
+    # what the kernel visits: per row exactly the blocks its range touches in each split, and its slots once
+    splits = num_splits(rows, n_kv, S)
+    split_len = -(-S // (splits * BLOCK_S)) * BLOCK_S
+
+    def touched(lo, hi):
+        return -(-hi // BLOCK_S) - lo // BLOCK_S if hi > lo else 0
+
+    blocks = [sum(touched(max(int(b), j * split_len), min(int(e), (j + 1) * split_len)) for j in range(splits))
+              for b, e in zip(start, end)]
+    counts = blocks_and_slots_read(q, kp, vp, table, start, end)
     assert counts[:, 0].tolist() == [n_kv * b for b in blocks]
     assert counts[:, 1].tolist() == (n_kv * (end - start)).tolist()
     if SWEEP:
@@ -70,13 +97,14 @@ def test_kernel_equals_the_reference_and_reads_nothing_outside_each_rows_range(r
 def test_the_reference_equals_sdpa_with_a_mask():
     """The reference itself, against torch's SDPA with a boolean mask and GQA (an independent implementation)."""
     g = torch.Generator().manual_seed(0)
-    rows, n_kv, rep, slots, d = 4, 2, 3, 50, 32
+    rows, n_kv, rep, slots, d = 4, 2, 3, 64, 32
     q, k, v = (torch.randn(*s, generator=g) for s in ((rows, n_kv * rep, d), (rows, n_kv, slots, d),
                                                         (rows, n_kv, slots, d)))
-    start, end = torch.tensor([0, 5, 20, 49], dtype=torch.int32), torch.tensor([50, 6, 40, 50], dtype=torch.int32)
+    start, end = torch.tensor([0, 5, 20, 49], dtype=torch.int32), torch.tensor([50, 6, 40, 64], dtype=torch.int32)
     keep = (torch.arange(slots)[None] >= start[:, None]) & (torch.arange(slots)[None] < end[:, None])
     want = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=keep[:, None, None], enable_gqa=True)[:, :, 0]
-    assert (decode_attention_torch(q, k, v, start, end) - want).abs().max() < 1e-6
+    (kp, vp), table = _paged([k, v], g)
+    assert (decode_attention_torch(q, kp, vp, table, start, end) - want).abs().max() < 1e-6
 
 
 def test_splits_depend_only_on_the_bucket():
@@ -108,14 +136,14 @@ def test_with_the_kernel_a_small_refilled_cache_draws_the_samples_of_a_full_one(
               check_every=2)
     full, stats = generate(model, PROMPTS, **kw), {}
     small = generate(model, PROMPTS, max_rows=rows, stats=stats, **kw)
-    assert stats["refilled"] == 3 * len(PROMPTS) - rows and len({len(s.tokens) for s in full}) > 3
+    assert stats["most_rows"] < 3 * len(PROMPTS) and len({len(s.tokens) for s in full}) > 3
     assert [s.tokens for s in small] == [s.tokens for s in full]
     assert max(abs(a - b) for s, t in zip(small, full) for a, b in zip(s.logprobs, t.logprobs)) < 1e-5
 
 
 @pytest.mark.parametrize("pad_rows", [False, True], ids=["live-rows", "padded-buckets"])
 def test_the_engine_samples_the_same_tokens_with_the_kernel(tmp_path, monkeypatch, pad_rows):
-    """generate (n = 3, stop tokens, compaction) with the Triton decode kernel forced under the interpreter against the
+    """generate (n = 3, stop tokens, rows dropped) with the Triton decode kernel forced under the interpreter against the
     SDPA path: the same uniforms give the same tokens in fp32, and the log-probs agree. padded-buckets runs the rows
     of a CUDA-graph bucket (padding rows with stale positions, finished rows inactive) as a GPU does."""
     model = _tiny(tmp_path)
@@ -162,13 +190,14 @@ def test_the_decode_step_with_the_kernel_is_one_op_and_syncs_nothing(tmp_path, m
     assert logits.shape == (5, cfg.vocab_size) and rec.syncs == [] and _devices([op[3] for op in rec.ops]) == {"meta"}
 
 
-@pytest.mark.parametrize("rows", [None, 20], ids=["row-per-sample", "refilled"])
+@pytest.mark.parametrize("rows", [None, 4], ids=["row-per-sample", "small-cache"])
 @pytest.mark.parametrize("pad_rows", [False, True])
 def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path, monkeypatch, pad_rows, rows):
-    """kv_reads replays generate's schedule from the prompt and response lengths alone; a direct count of the decode
-    steps generate really runs (their rows, slots, active rows and positions) must give the same numbers, for SDPA
-    (rows x slots) and for the kernel (each active row's own slots), with and without padded row buckets, with a
-    row per sample and with 20 rows that finished samples hand to waiting ones."""
+    """paged_schedule replays generate's schedule from the prompt and response lengths alone; a direct count of the
+    decode steps generate really runs (their rows, slots, active rows and positions) must give the same numbers, for
+    SDPA (rows x slots) and for the kernel (each active row's own slots), with and without padded row buckets, with a
+    cache for every sample and one the size of 4 full rows. Every slot an active row reads lies in a block the row
+    holds (not the scratch block)."""
     model = _tiny(tmp_path)
     prompts = [list(range(1, 1 + L)) for L in (3, 40, 7, 1, 22, 9, 15, 2, 30)]
     n, new = 8, 40
@@ -181,9 +210,9 @@ def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path
         seen["sdpa"] += rows * slots
         last = slot[:rows][act]
         first = last - positions[:rows][act]  # the kernel's range: [slot - position, slot]
-        # ... is exactly the row's valid slots (the step marks the new one itself)
-        ar = torch.arange(cache.valid.shape[1])
-        assert torch.equal(cache.valid[:rows][act], (ar >= first[:, None]) & (ar < last[:, None]))
+        for r, (a, b) in zip(torch.nonzero(act)[:, 0].tolist(), zip(first.tolist(), last.tolist())):
+            held = cache.table[r, a // BLOCK_S:b // BLOCK_S + 1]
+            assert (held > 0).all(), (r, a, b)
         seen["kernel"] += int((last + 1 - first).sum())
         seen["rows_run"] += rows
         seen["rows_active"] += int(act.sum())
@@ -191,57 +220,64 @@ def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path
         return real(tokens, positions, cache, slot, rows, slots, active=active)
 
     monkeypatch.setattr(model, "decode_step", counting)
-    dec = make_decoder(model, rows or len(prompts) * n, 40, new)
-    dec = Decoder(model, dec.cache, cuda_graphs=False, slot_bucket=16, pad_rows=pad_rows)
+    N = len(prompts) * n
+    blocks = None if rows is None else rows * (64 + 64) // BLOCK_S + 1  # cache_slots(40, 40) = 128
+    dec = Decoder(model, make_decoder(model, N, 40, new, blocks=blocks).cache, cuda_graphs=False, slot_bucket=16,
+                  pad_rows=pad_rows)
     stats = {}
     out = generate(model, prompts, max_new_tokens=new, n=n, seed=1, eos_token_ids=list(range(100, 112)),
                    check_every=4, decoder=dec, stats=stats)
     lens = [len(s.tokens) for s in out]
-    assert min(lens) < 10 and max(lens) == new  # rows stop early and late: compaction runs
-    assert stats["refilled"] == (0 if rows is None else len(out) - rows)
+    assert min(lens) < 10 and max(lens) == new  # rows stop early and late
     plens = [len(p) for p in prompts for _ in range(n)]
-    kw = dict(rows=rows, n=n, check_every=4, slot_bucket=16, pad_rows=pad_rows)
-    sdpa, kernel = kv_reads(plens, lens, new, kernel=False, **kw), kv_reads(plens, lens, new, kernel=True, **kw)
+    kw = dict(blocks=dec.cache.k[0].shape[0] // BLOCK_S, n=n, check_every=4, slot_bucket=16, pad_rows=pad_rows)
+    sdpa, kernel = paged_schedule(plens, lens, new, kernel=False, **kw), paged_schedule(plens, lens, new, **kw)
     assert (sdpa["steps"], sdpa["read"], kernel["read"]) == (seen["steps"], seen["sdpa"], seen["kernel"])
     assert (sdpa["rows_run"], sdpa["rows_active"], sdpa["graphs"]) == (seen["rows_run"], seen["rows_active"],
                                                                       len(seen["buckets"]))
+    assert (kernel["preemptions"], kernel["most_rows"]) == (stats["preemptions"], stats["most_rows"])
     assert kernel["read"] < sdpa["read"] and sdpa["useful"] == kernel["useful"] == seen["kernel"]
+    assert stats["most_rows"] == (N if rows is None else stats["most_rows"]) and (rows is None or stats["most_rows"] < N)
 
 
 def test_a_decode_step_without_active_rows_equals_sdpa(tmp_path, monkeypatch):
-    """decode_step called directly (active=None, every row reads its range), kernel forced vs SDPA."""
+    """decode_step called directly (active=None, every row reads its range), kernel forced vs SDPA, rows' blocks
+    shuffled in the pool."""
     model = _tiny(tmp_path)
     cfg = model.config
-    cache = KVCache.allocate(cfg, 6, 64, torch.float32, "cpu")
     g = torch.Generator().manual_seed(0)
+    cache = PagedKVCache.allocate(cfg, 6 * 2 + 1, 6, 2, torch.float32, "cpu")
     for buf in cache.k + cache.v:
         buf.normal_(generator=g)
+    cache.table.copy_(torch.randperm(12, generator=g).view(6, 2) + 1)
     plen = torch.tensor([3, 10, 1, 7, 10, 5])
-    cache.valid[:] = torch.arange(64)[None] >= 10 - plen[:, None]
-    cache.valid[:, 10:] = False
-    tokens, slot = torch.randint(0, 300, (6,), generator=g), torch.full((6,), 10)
+    tokens, slot = torch.randint(0, 300, (6,), generator=g), torch.full((6,), 40)
     out = {}
     for mode in ("torch", "triton"):
         monkeypatch.setenv("ADAMAME_KERNELS", mode)
         with torch.no_grad():
-            out[mode] = model.decode_step(tokens, plen.clone(), cache, slot, 6, 32)
+            out[mode] = model.decode_step(tokens, plen.clone() + 30, cache, slot, 6, 64)
     assert (out["torch"] - out["triton"]).abs().max() < 1e-5
 
 
 def test_inputs_the_kernel_would_misread_are_refused():
     """The kernel steps head_dim by 1 and reads start/end as contiguous int32: anything else is refused before a launch
     (on a GPU it would read the wrong elements silently), and what the decode step passes it is accepted."""
-    q, k, v = torch.zeros(2, 4, 32), torch.zeros(2, 2, 16, 32), torch.zeros(2, 2, 16, 32)
+    q, k, v = torch.zeros(2, 4, 32), torch.zeros(96, 2, 32), torch.zeros(96, 2, 32)
+    table = torch.tensor([[1], [2]], dtype=torch.int32)
     start, end = torch.zeros(2, dtype=torch.int32), torch.full((2,), 16, dtype=torch.int32)
-    strided = torch.zeros(2, 2, 32, 16).transpose(-1, -2)  # [2, 2, 16, 32] with last stride 16
+    strided = torch.zeros(96, 32, 2).transpose(-1, -2)  # [96, 2, 32] with last stride 2
     for bad in (dict(q=torch.zeros(2, 32, 4).transpose(-1, -2)), dict(k=strided), dict(v=strided)):
         args = {"q": q, "k": k, "v": v, **bad}
         with pytest.raises(ValueError, match="unit stride in their last dimension"):
-            decode_attention(args["q"], args["k"], args["v"], start, end, 32 ** -0.5)
+            decode_attention(args["q"], args["k"], args["v"], table, start, end, 32 ** -0.5)
     for s, e in ((start.long(), end), (start, torch.zeros(4, dtype=torch.int32)[::2])):
         with pytest.raises(ValueError, match="contiguous int32"):
-            decode_attention(q, k, v, s, e, 32 ** -0.5)
-    assert decode_attention(q, k, v, start, end, 32 ** -0.5).shape == (2, 4, 32)
+            decode_attention(q, k, v, table, s, e, 32 ** -0.5)
+    for t in (table.long(), torch.tensor([[1, 2], [2, 1]], dtype=torch.int32).t()[:, :1]):
+        with pytest.raises(ValueError, match="block table"):
+            decode_attention(q, k, v, t, start, end, 32 ** -0.5)
+    assert decode_attention(q, k, v, table, start, end, 32 ** -0.5).shape == (2, 4, 32)
 
 
 def test_row_buckets():

@@ -106,7 +106,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from adamame.generate import Settings, State, draw, generate, make_decoder
 from adamame.hf import load_model, read_config
-from adamame.model import KVCache, Transformer
+from adamame.model import KVCache, PagedKVCache, Transformer
 from tests.helpers import left_padded_batch, run_cli, save_tiny_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -386,8 +386,9 @@ class OpRecorder(TorchDispatchMode):
 
 
 def _step_setup(model, rows=5, slots=64):
-    cache = KVCache.allocate(model.config, rows, slots, next(model.parameters()).dtype, next(model.parameters()).device)
-    cache.valid[:, :6] = True
+    p = next(model.parameters())
+    cache = PagedKVCache.allocate(model.config, rows * slots // 32 + 1, rows, slots // 32, p.dtype, p.device)
+    cache.table.copy_(torch.arange(rows * slots // 32, dtype=torch.int32).view(rows, -1) + 1)
     return cache, torch.arange(rows) + 3, torch.arange(rows) + 6
 
 
