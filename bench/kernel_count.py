@@ -150,7 +150,7 @@ def record_step(cfg, rows: int, slots: int, device="meta", dtype=None, model=Non
     import torch
 
     from adamame.generate import Decoder
-    from adamame.model import KVCache, Transformer
+    from adamame.model import PagedKVCache, Transformer
 
     dtype = dtype or torch.bfloat16
     if model is None:
@@ -159,12 +159,15 @@ def record_step(cfg, rows: int, slots: int, device="meta", dtype=None, model=Non
             if hasattr(model, "merge_projections"):  # the rollout copy's layout (absent before it existed)
                 model.merge_projections()
     dev = next(model.parameters()).device
-    cache = KVCache.allocate(cfg, rows, slots, dtype, dev)
+    width = -(-slots // 32)
+    cache = PagedKVCache.allocate(cfg, rows * width + 1, rows, width, dtype, dev)
+    if dev.type != "meta":  # each row its own blocks (block 0 is the scratch)
+        cache.table.copy_(torch.arange(rows * width, dtype=torch.int32).view(rows, width) + 1)
     dec = Decoder(model, cache, cuda_graphs=False)
     dec.positions.fill_(1)
     dec.slot.fill_(slots - 1)
     dec.active.fill_(True)
-    rec = recorder((rows, cfg.num_key_value_heads, slots, cfg.head_dim), expand=dev.type != "meta")
+    rec = recorder(tuple(cache.k[0].shape), expand=dev.type != "meta")
     mode = os.environ.get("ADAMAME_KERNELS")
     os.environ["ADAMAME_KERNELS"] = "triton"  # the GPU's path
     try:

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from adamame import paging
 from adamame.generate import Decoder, generate, make_decoder, sample_next
-from adamame.model import KVCache
+from adamame.model import KVCache, PagedKVCache
 from adamame.hf import load_model
 from tests.helpers import save_tiny_hf
 
@@ -201,8 +202,9 @@ def test_bad_requests_are_clear_errors(tmp_path):
         generate(m, [[1, 2]], max_new_tokens=10**9)
 
 
-def _prefilled(m, prompts, S):
-    """A cache with the prompts left-padded into slots [0, Tp), and the logits of their last tokens."""
+def _prefilled(m, prompts, S, seed):
+    """A paged cache (its blocks in a shuffled order) with the prompts left-padded into slots [0, Tp), and the
+    logits of their last tokens."""
     Tp = max(map(len, prompts))
     ids = torch.zeros(len(prompts), Tp, dtype=torch.long)
     mask = torch.zeros(len(prompts), Tp, dtype=torch.bool)
@@ -212,15 +214,21 @@ def _prefilled(m, prompts, S):
     pos = (mask.sum(-1, keepdim=True) - Tp + torch.arange(Tp)).clamp(min=0)
     with torch.no_grad():
         m(ids, positions=pos, mask=mask, cache=cache)
-    return cache, Tp, mask.sum(-1)
+    R, W = len(prompts), S // 32
+    paged = PagedKVCache.allocate(m.config, R * W + 1, R, W, torch.float32, "cpu")
+    paged.table.copy_(torch.randperm(R * W, generator=torch.Generator().manual_seed(seed)).view(R, W) + 1)
+    at = paged.where(R, torch.arange(S).expand(R, S))
+    for pool, c in zip(paged.k + paged.v, cache.k + cache.v):
+        pool[at] = c.transpose(1, 2)
+    return paged, Tp, mask.sum(-1)
 
 
-def test_bucketed_decode_equals_full_cache_attention_across_buckets_and_compaction(tmp_path):
+def test_bucketed_decode_equals_full_cache_attention_across_buckets_and_dropped_rows(tmp_path):
     _, m = _models(tmp_path, "qwen2", num_attention_heads=6, num_key_value_heads=2)
     prompts = PROMPTS + [[9, 8, 7], [1, 2, 3, 4, 5, 6]]  # 6 rows of lengths 7, 1, 4, 11, 3, 6
-    S = 11 + 14
-    full, Tp, plen = _prefilled(m, prompts, S)
-    bucketed, _, _ = _prefilled(m, prompts, S)
+    S = 64
+    full, Tp, plen = _prefilled(m, prompts, S, seed=0)
+    bucketed, _, _ = _prefilled(m, prompts, S, seed=1)  # the same rows in another block order
     ref = Decoder(m, full, cuda_graphs=False, slot_bucket=S)  # attends to every slot, rows not padded
     ours = Decoder(m, bucketed, cuda_graphs=False, slot_bucket=4, pad_rows=True)  # 4-slot buckets, rows padded
     g = torch.Generator().manual_seed(0)
@@ -228,11 +236,12 @@ def test_bucketed_decode_equals_full_cache_attention_across_buckets_and_compacti
     rows = torch.arange(6)
     seen_buckets = set()
     with torch.no_grad():
-        for t in range(14):
-            if t == 6:  # drop rows 1, 3 and 4 (as finished rows are dropped), moving the others down in place
+        for t in range(30):
+            if t == 6:  # drop rows 1, 3 and 4 (as finished rows are dropped): their table rows go, the others move up
                 keep = torch.tensor([0, 2, 5])
-                compact(full, keep, Tp + t)
-                compact(bucketed, keep, Tp + t)
+                for c in (full, bucketed):
+                    c.table[:3] = c.table[keep].clone()
+                    c.table[3:] = 0
                 rows, tok = rows[keep], tok[keep]
             seen_buckets.add(ours.buckets(len(rows), Tp + t))
             slot = torch.full((len(rows),), Tp + t)
@@ -240,9 +249,9 @@ def test_bucketed_decode_equals_full_cache_attention_across_buckets_and_compacti
             b = ours(tok, plen[rows] + t, slot, Tp + t)
             assert (a - b).abs().max().item() <= 1e-5, t
             tok = torch.randint(0, 97, (len(rows),), generator=g)
-    # the test crossed slot buckets (12, 16, 20, 24, then the cache's end) and row buckets (all 6 rows, then the
-    # 3 kept rows padded to 4 with a stale row that must not disturb them)
-    assert {s for _, s in seen_buckets} == {12, 16, 20, 24, 25} and {r for r, _ in seen_buckets} == {6, 4}
+    # the test crossed slot buckets (12, 16, ..., 44: past the first block) and row buckets (all 6 rows, then the
+    # 3 kept rows padded to 4 with a padding row that must not disturb them)
+    assert {s for _, s in seen_buckets} == set(range(12, 48, 4)) and {r for r, _ in seen_buckets} == {6, 4}
 
 
 def test_samples_do_not_depend_on_buckets(tmp_path):
@@ -267,30 +276,87 @@ def test_a_small_refilled_cache_draws_the_samples_of_a_full_one(tmp_path, rows):
               return_logprobs=True)
     full, stats = generate(m, PROMPTS, **kw), {}
     small = generate(m, PROMPTS, max_rows=rows, stats=stats, **kw)
-    assert stats["refilled"] == 16 - rows and stats["steps"] > 20 and len({len(s.tokens) for s in full}) > 3
+    assert stats["most_rows"] < 16 and stats["steps"] > 20 and len({len(s.tokens) for s in full}) > 3
     assert [s.tokens for s in small] == [s.tokens for s in full]
     assert max(abs(x - y) for s, t in zip(small, full) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-5
     for i, s in enumerate(small):  # and each is a sample of its own prompt: the log-probs of a full forward
         assert (torch.tensor(s.logprobs) - _full_logprobs(m, PROMPTS[i // 4], s.tokens, 1.0)).abs().max() <= 1e-4
 
 
-def test_refill_with_padded_buckets_and_forced_lengths_replays_as_kv_reads_says(tmp_path):
-    """Padded row buckets (as CUDA graphs run them) after compaction, where a padding row once held an older sample
-    than any live one (its stale slot must not land outside the shrunk bucket), and forced response lengths, among
-    them samples that end at their first token (refilled rows that are done at once): generate runs exactly the
-    decode steps kv_reads replays, and each sample has its forced length."""
+@pytest.mark.parametrize("reserve", [None, 1], ids=["reserve-2048", "reserve-1"])
+def test_forced_lengths_run_the_schedule_paged_schedule_replays(tmp_path, monkeypatch, reserve):
+    """Padded row buckets (as CUDA graphs run them), caches from a handful of blocks to one row per sample, forced
+    response lengths, among them samples that end at their first token (rows that are done at once), and with a
+    1-token reserve the preemptions a small cache forces: generate runs exactly the decode steps, preemptions,
+    recomputed tokens and prefills that bench/schedule.py's paged_schedule replays, and each sample has its length."""
+    from bench.schedule import paged_schedule
+
+    monkeypatch.setattr(paging, "RESERVE", reserve or paging.RESERVE)
     _, m = _models(tmp_path, "qwen3", num_attention_heads=6, num_key_value_heads=2)
-    for resp, rows, every in (([15, 11, 36, 36, 5, 33, 11, 2, 11, 34, 27, 39], 6, 2), ([1, 1, 1, 1, 1, 1], 2, 4),
-                              ([3, 3, 1, 1, 1, 40, 1, 2], 3, 4)):
-        dec = Decoder(m, make_decoder(m, rows, 4, 40).cache, cuda_graphs=False, slot_bucket=16, pad_rows=True)
+    prompts = [[1, 2, 3, 4], list(range(5, 40)), [7]]
+    preempted = 0
+    for resp, blocks, every in (([15, 11, 36, 36, 5, 33, 11, 2, 11, 34, 27, 39], 9, 2), ([1] * 6, 4, 4),
+                                ([3, 3, 1, 1, 1, 40, 1, 2, 9], 8, 4), ([40] * 6 + [20] * 6, 100, 8)):
+        n = len(resp) // 3
+        dec = Decoder(m, make_decoder(m, len(resp), 35, 40, blocks=blocks).cache, cuda_graphs=False, slot_bucket=16,
+                      pad_rows=True)
         stats = {}
-        out = generate(m, [[1, 2, 3, 4]] * len(resp), max_new_tokens=40, seed=0, check_every=every, decoder=dec,
+        out = generate(m, prompts, n=n, max_new_tokens=40, seed=0, check_every=every, decoder=dec,
                        response_lengths=resp, stats=stats)
         assert [len(s.tokens) for s in out] == resp and {s.finish_reason for s in out} == {"length"}
-        replay = kv_reads([4] * len(resp), resp, 40, rows=rows, kernel=False, check_every=every, slot_bucket=16)
-        assert stats["steps"] == replay["steps"], resp
+        replay = paged_schedule([len(p) for p in prompts for _ in range(n)], resp, 40, n=n, blocks=blocks,
+                                check_every=every, slot_bucket=16, forced=True)
+        got = (stats["steps"], stats["preemptions"], stats["recomputed_tokens"], stats["prompt_prefills"],
+               stats["prefill_tokens"], stats["most_rows"])
+        assert got == (replay["steps"], replay["preemptions"], replay["recomputed"], replay["prefills"],
+                       replay["prefill_tokens"], replay["most_rows"]), resp
+        preempted += stats["preemptions"]
+    assert (preempted > 0) == (reserve == 1)
     with pytest.raises(ValueError, match="one positive length per sample"):
         generate(m, [[1, 2]], max_new_tokens=4, n=2, response_lengths=[3])
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_preemption_loses_and_changes_nothing(tmp_path, monkeypatch, kernels):
+    """A cache of a handful of blocks and a 1-token reserve (rows admitted greedily, then preempted when a running
+    row needs a block and none is free, and re-admitted with their tokens recomputed) draws the same tokens, and
+    log-probs within 1e-5 in fp32, as a cache with a row for every sample: on the SDPA path and with the Triton
+    kernels (under the interpreter)."""
+    _, m = _models(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
+    prompts = [[5, 17, 3, 88, 41, 9, 12] * 5, [60], [33, 2, 71, 4] * 9, [7] * 40]
+    kw = dict(max_new_tokens=70, n=3, temperature=1.0, seed=11, eos_token_ids=[3, 17], check_every=4,
+              return_logprobs=True)
+    monkeypatch.setenv("ADAMAME_KERNELS", kernels)
+    full = generate(m, prompts, **kw)
+    monkeypatch.setattr(paging, "RESERVE", 1)
+    for blocks in (8, 10):
+        stats = {}
+        small = generate(m, prompts, cache_blocks=blocks, stats=stats, **kw)
+        assert stats["preemptions"] >= 1 and stats["recomputed_tokens"] > 0, stats
+        assert [s.tokens for s in small] == [s.tokens for s in full]
+        assert max(abs(x - y) for s, t in zip(small, full) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-5
+    assert len({len(s.tokens) for s in full}) > 4
+    with pytest.raises(MemoryError, match="cannot hold one sample"):
+        generate(m, prompts, cache_blocks=2, **kw)
+
+
+def test_each_distinct_prompt_is_prefilled_once_per_call(tmp_path, monkeypatch):
+    """n = 4 samples of 5 prompts in a cache too small to admit all samples at once (a group's samples are admitted at
+    different looks): the model's forwards see each prompt's tokens once (counted on the forward's mask), and the
+    samples are those of a cache with a row for every sample."""
+    _, m = _models(tmp_path, "qwen3", num_attention_heads=4, num_key_value_heads=2)
+    prompts = PROMPTS + [[9, 8, 7, 6, 5]]
+    kw = dict(max_new_tokens=30, n=4, temperature=1.0, seed=2, eos_token_ids=[3, 17, 41], check_every=2)
+    full = generate(m, prompts, **kw)
+    seen = []
+    real = m.forward
+    monkeypatch.setattr(m, "forward", lambda ids, *a, **k: seen.append(k["mask"][k["mask"]].numel()) or
+                        real(ids, *a, **k))
+    stats = {}
+    small = generate(m, prompts, max_rows=3, stats=stats, **kw)
+    assert sum(seen) == stats["prefill_tokens"] == sum(map(len, prompts)) and stats["prompt_prefills"] == 5
+    assert len(seen) > 1 and stats["most_rows"] < 20  # admitted over several looks
+    assert [s.tokens for s in small] == [s.tokens for s in full]
 
 
 def test_keyed_uniforms_are_uniform_and_keyed():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adamame import layer_kernels as lk
-from adamame.model import KVCache, merged_param
+from adamame.model import KVCache, PagedKVCache, merged_param
 
 pytest.importorskip("triton")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
@@ -59,13 +59,13 @@ def test_silu_mul_equals_its_reference(dtype, N):
                                             (3, 1, 20, True)], ids=["qwen2-1.5b", "qwen3-4b", "hd64", "hd20"])
 def test_rope_cache_equals_its_reference_and_writes_only_each_rows_slot(dtype, H, KV, D, qk_norm):
     g = torch.Generator().manual_seed(H * D)
-    R, S = 4, 24
+    R, P = 4, 96  # P: the pool's slots (a paged cache)
     qkv = torch.randn(R, (H + 2 * KV) * D, generator=g).to(dtype)
     q, k, v = qkv.split([H * D, KV * D, KV * D], -1)  # the merged qkv_proj's column blocks
-    positions, slot = torch.tensor([0, 7, 1000, 4095]), torch.tensor([3, 23, 0, 11])
+    positions, slot = torch.tensor([0, 7, 1000, 4095]), torch.tensor([35, 23, 0, 95])
     inv_freq = 1.0 / (1e6 ** (torch.arange(0, D, 2).float() / D))
     norms = (torch.randn(D, generator=g).to(dtype), torch.randn(D, generator=g).to(dtype)) if qk_norm else (None, None)
-    kc, vc = torch.randn(R, KV, S, D, generator=g).to(dtype), torch.randn(R, KV, S, D, generator=g).to(dtype)
+    kc, vc = torch.randn(P, KV, D, generator=g).to(dtype), torch.randn(P, KV, D, generator=g).to(dtype)
     kc_want, vc_want = kc.clone(), vc.clone()
     got = lk.rope_cache(q, k, v, positions, slot, inv_freq, kc, vc, *norms, 1e-6)
     want = lk.rope_cache_torch(q, k, v, positions, slot, inv_freq, kc_want, vc_want, *norms, 1e-6)
@@ -73,10 +73,9 @@ def test_rope_cache_equals_its_reference_and_writes_only_each_rows_slot(dtype, H
     close(got, want, dtype)
     close(kc, kc_want, dtype)
     assert torch.equal(vc, vc_want)
-    others = torch.ones(R, S, dtype=torch.bool)
-    others[torch.arange(R), slot] = False
-    assert torch.equal(kc[others.nonzero(as_tuple=True)[0], :, others.nonzero(as_tuple=True)[1]],
-                       kc_want[others.nonzero(as_tuple=True)[0], :, others.nonzero(as_tuple=True)[1]])
+    others = torch.ones(P, dtype=torch.bool)
+    others[slot] = False
+    assert torch.equal(kc[others], kc_want[others])
 
 
 def test_the_rotary_reference_is_the_models():
@@ -92,7 +91,7 @@ def test_the_rotary_reference_is_the_models():
         qn.weight.normal_(generator=g), kn.weight.normal_(generator=g)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
     pos = torch.tensor([37])
-    kc, vc = torch.zeros(1, KV, 4, D), torch.zeros(1, KV, 4, D)
+    kc, vc = torch.zeros(4, KV, D), torch.zeros(4, KV, D)
     got = lk.rope_cache_torch(q, k, v, pos, torch.tensor([2]), inv_freq, kc, vc, qn.weight.detach(),
                               kn.weight.detach(), 1e-6)
     ang = 37 * inv_freq
@@ -100,8 +99,8 @@ def test_the_rotary_reference_is_the_models():
     with torch.no_grad():
         qh, kh = qn(q.view(H, D)), kn(k.view(KV, D))
     torch.testing.assert_close(got[0], qh * cos + rotate_half(qh) * sin)
-    torch.testing.assert_close(kc[0, :, 2], kh * cos + rotate_half(kh) * sin)
-    torch.testing.assert_close(vc[0, :, 2], v.view(KV, D))
+    torch.testing.assert_close(kc[2], kh * cos + rotate_half(kh) * sin)
+    torch.testing.assert_close(vc[2], v.view(KV, D))
 
 
 def _op_cases():
@@ -111,10 +110,11 @@ def _op_cases():
     g = torch.Generator().manual_seed(1)
     x, r, w = torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g), torch.randn(40, generator=g)
     q, k, v = torch.randn(3, 4 * 16, generator=g), torch.randn(3, 2 * 16, generator=g), torch.randn(3, 2 * 16, generator=g)
-    kc, vc = torch.zeros(3, 2, 8, 16), torch.zeros(3, 2, 8, 16)
+    kc, vc = torch.zeros(24, 2, 16), torch.zeros(24, 2, 16)
     pos, slot, inv = torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3]), torch.rand(8)
     qa = torch.randn(3, 4, 16, generator=g)
-    ka, va = torch.randn(3, 2, 600, 16, generator=g), torch.randn(3, 2, 600, 16, generator=g)
+    ka, va = torch.randn(3 * 608, 2, 16, generator=g), torch.randn(3 * 608, 2, 16, generator=g)
+    table = torch.arange(3 * 19, dtype=torch.int32).view(3, 19)  # 608 slots a row
     start, end = torch.zeros(3, dtype=torch.int32), torch.full((3,), 600, dtype=torch.int32)
     end3 = end // 3
     z = torch.randn(3, 20000, generator=g)
@@ -124,8 +124,8 @@ def _op_cases():
         "add_rmsnorm": lambda: lk.add_rmsnorm(x, r, w, 1e-6),
         "rope_cache": lambda: lk.rope_cache(q, k, v, pos, slot, inv, kc, vc, None, None, 1e-6),
         "silu_mul": lambda: lk.silu_mul(x, r),
-        "decode_attention-split": lambda: decode_attention(qa, ka, va, start, end, 0.25),  # 3 rows, 600 slots: 2
-        "decode_attention": lambda: decode_attention(qa, ka[:, :, :200], va[:, :, :200], start, end3, 0.25),
+        "decode_attention-split": lambda: decode_attention(qa, ka, va, table, start, end, 0.25),  # 608 slots: 2
+        "decode_attention": lambda: decode_attention(qa, ka, va, table[:, :7], start, end3, 0.25),
         "sample-split": lambda: sample(z, *sargs),  # 3 rows x 20,000: 2 programs a row
         "sample": lambda: sample(z[:, :5000], *sargs),
     }
@@ -161,13 +161,13 @@ STRUCTURES = [("qwen2", dict(num_attention_heads=6, num_key_value_heads=2)),
 @pytest.mark.parametrize("merged", [False, True], ids=["hf-layout", "merged"])
 def test_the_fused_decode_step_equals_the_pytorch_step_and_transformers(tmp_path, monkeypatch, model_type, extra,
                                                                         merged):
-    """Rows of different ages (prompts of different lengths, left-padded) decode one token each: the fused step's
-    logits and cache writes equal the PyTorch step's (SDPA) within 1e-5 in fp32, and transformers' logits for the
-    whole sequence at its last position."""
+    """Rows of different ages (prompts of different lengths, left-padded) decode one token each from a paged cache
+    (their blocks shuffled in the pool): the fused step's logits and cache writes equal the PyTorch step's (SDPA)
+    within 1e-5 in fp32, and transformers' logits for the whole sequence at its last position."""
     hf, model = _hf_pair(tmp_path, model_type, **extra)
     if merged:
         model.merge_projections()
-    cfg, R, S = model.config, 3, 32
+    cfg, R, S = model.config, 3, 64
     lens = [5, 9, 2]
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(0, cfg.vocab_size, (n + 1,), generator=g) for n in lens]
@@ -185,14 +185,20 @@ def test_the_fused_decode_step_equals_the_pytorch_step_and_transformers(tmp_path
         with torch.no_grad():
             model(ids, positions=pos, mask=mask, cache=cache, logits_at=slice(-1, None))
         monkeypatch.setenv("ADAMAME_KERNELS", mode)
+        paged = PagedKVCache.allocate(cfg, R * S // 32 + 1, R, S // 32, torch.float32, "cpu")
+        paged.table.copy_(torch.randperm(R * S // 32, generator=torch.Generator().manual_seed(1)).view(R, -1) + 1)
+        at = paged.where(R, torch.arange(S).expand(R, S))
+        for pool, c in zip(paged.k + paged.v, cache.k + cache.v):
+            pool[at] = c.transpose(1, 2)
         tokens = torch.stack([s[-1] for s in seqs])
         with torch.no_grad():
-            logits = model.decode_step(tokens, torch.tensor(lens), cache, torch.full((R,), Tp), R, S)
-        caches[mode] = (logits, cache)
-    (want, c_want), (got, c_got) = caches["torch"], caches["triton"]
+            logits = model.decode_step(tokens, torch.tensor(lens), paged, torch.full((R,), Tp), R, S)
+        caches[mode] = (logits, paged, at)
+    (want, c_want, at), (got, c_got, _) = caches["torch"], caches["triton"]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    used = at[:, :max(lens) + 1].flatten()
     for a, b in zip(c_got.k + c_got.v, c_want.k + c_want.v):
-        torch.testing.assert_close(a[:, :, :max(lens) + 1], b[:, :, :max(lens) + 1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[used], b[used], rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         for i, s in enumerate(seqs):
             torch.testing.assert_close(got[i], hf(s[None]).logits[0, -1], rtol=1e-5, atol=1e-5)
