@@ -1,47 +1,40 @@
-"""Batched sampling with a static KV cache: the rollout engine for GRPO and evaluation.
+"""Batched sampling with a paged KV cache: the rollout engine for GRPO and evaluation.
 
 Why this shape: in GRPO, generation is most of the wall time, and a decode step of a 1.5B model reads ~3.5 GB of
-weights to produce one token per row, so the step must be memory-bound, not launch-bound. The engine therefore
-  * takes all of a call's samples (a rank's prompts x n) at once and decodes them in one KV cache of `rows` rows
-    (as many as the memory plan allows, adamame/memory.py): a row decodes one sample, and when its sample has
-    finished, a waiting sample takes the row ("refill"), so no row idles while samples wait and no call waits for
-    its longest row. An admitted sample's prompt is prefilled into its row (left-padded to the call's longest prompt,
-    in chunks of PREFILL_TOKENS; the samples of one prompt admitted together share one prefill). The cache's size is
-    checked against the free memory before it is allocated;
-  * runs each decode step over rows [0, R) and cache slots [0, S_b) only: R is the live row count rounded up to a
+weights to produce one token per row, so the step must be memory-bound, not launch-bound, and each step should
+advance as many rows as the memory holds. The engine therefore
+  * takes all of a call's samples (a rank's prompts x n) at once and decodes them in one paged KV cache: blocks of
+    BLOCK slots and a block table per row (adamame/paging.py decides who holds what). A group's prompt is prefilled
+    once into blocks its samples share; a row holds only the blocks it has written, so as many rows decode at once as
+    the cache's blocks hold (admitted with a reserve; when a running row needs a block and none is free, the newest
+    row is preempted and later re-admitted with its tokens recomputed). Finished rows leave at the next look and
+    their blocks go to waiting samples. The cache's size is checked against the free memory before it is allocated;
+  * runs each decode step over rows [0, R) and logical slots [0, S_b) only: R is the live row count rounded up to a
     power of two below ROW_STEP rows and to a multiple of ROW_STEP above (`row_bucket`), S_b the largest slot any
-    row writes rounded up to a multiple of `slot_bucket`. Each row writes its new token at its own slot (rows hold
-    samples of different ages). On CUDA each (R, S_b) step is captured once as a CUDA graph (lazily, one shared
-    memory pool) and replayed: one launch per token instead of ~1,000 kernel launches. On CPU, or with
+    row writes rounded up to a multiple of `slot_bucket`. On CUDA each (R, S_b) step is captured once as a CUDA graph
+    (lazily, one shared memory pool) and replayed: one launch per token instead of hundreds. On CPU, or with
     cuda_graphs=False, the same bucketed step runs eagerly (with R = the live row count), so every CPU test covers it;
   * attends, on CUDA, with the Triton decode kernel (adamame/decode_attention.py): each live row reads only its own
-    slots, from its prompt's first token to the new one, and finished or padding rows read nothing, so neither left
-    padding, nor bucket slack, nor finished rows cost KV reads (`kv_reads` counts them); SDPA (the CPU path, and
-    ADAMAME_KERNELS=torch) reads all R x S_b slots under a bias;
-  * samples inside the decode step on CUDA, with the fused Triton sampler (adamame/sampler.py: the token and its
-    log-probability from the bf16 logits in one read, inside the step's CUDA graph) when top-k is 0 and top-p 1;
-    otherwise (the CPU, ADAMAME_SAMPLER=torch, top-k or top-p) with `sample_next` on the float32 logits;
-  * never synchronises with the host inside a step: a token is drawn by inverting its row's CDF at a uniform number
-    (searchsorted on the device, no multinomial), finished rows are tracked on the device, and the host looks only
-    every `check_every` steps: to give finished rows to waiting samples, to stop when all are done, and, once no
-    sample waits, to drop finished rows ("compaction": live rows move down inside the same cache buffers, one layer
-    at a time, so sequences that stopped early stop costing work);
+    slots through its block table, and finished or padding rows read nothing; SDPA (the CPU path, and
+    ADAMAME_KERNELS=torch) gathers all R x S_b slots through the table and reads them under a bias;
+  * samples inside the decode step on CUDA, with the fused Triton sampler (adamame/sampler.py) when top-k is 0 and
+    top-p 1; otherwise (the CPU, ADAMAME_SAMPLER=torch, top-k or top-p) with `sample_next` on the float32 logits;
+  * never synchronises with the host inside a step: finished rows are tracked on the device, and the host looks only
+    every `check_every` steps (to drop finished rows, grow the others' blocks, admit, preempt, stop);
   * draws sample s's token i from the uniform number `keyed_uniforms(seed, key_s, i)` (a counter-based hash; the
     fused sampler keys its own numbers by the same triple; key_s = s, or the caller's `sample_keys[s]`), so the
-    samples depend on neither the rows, nor refill, nor compaction, nor the buckets: the same seed gives the same
-    tokens with a cache of 3 rows or of all of them (in float32; in bf16 on a GPU the logits may differ in their last
-    bits between row buckets, moving a rare draw that sits on a boundary), and other tokens, from the same
-    distribution, with the fused sampler than with sample_next;
+    samples depend on neither the rows, nor admission, nor preemption, nor the buckets: the same seed gives the same
+    tokens with a cache of a few blocks or of every sample's full length (in float32; in bf16 on a GPU the logits
+    may differ in their last bits between row buckets, moving a rare draw that sits on a boundary), and other
+    tokens, from the same distribution, with the fused sampler than with sample_next;
   * returns the log-probability of every sampled token under the sampling temperature,
     log softmax(z / T)[y], which is what the trainer's forward computes.
 
 Sampling distribution: softmax(z / T), restricted to the top_k tokens and then to the smallest set whose
 probability reaches top_p, renormalised. temperature = 0 is greedy (its log-probs are at T = 1).
 
-`kv_reads` replays the schedule (steps, buckets, refills, compactions, the KV slots each step reads) from the prompt
-and response lengths alone, for the memory plan's arithmetic (adamame/memory.py) and bench/generate.py's model.
-
-Imports: torch; adamame: model (KVCache), sampler (optional: without it every step samples with sample_next).
+Imports: torch; adamame: model (KVCache, PagedKVCache), paging, sampler (optional: without it every step samples
+with sample_next).
 """
 
 

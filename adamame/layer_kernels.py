@@ -66,10 +66,11 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps):
-    """q [R, H * D], k, v [R, KV * D] (unit last stride), positions and slot [R] int64, inv_freq [D / 2] float32,
-    k_cache / v_cache [P, KV, D] (a pool of cache slots); q_norm, k_norm [D] or None. Writes row r's k and v at pool
-    slot slot[r]; returns q roped, [R, H, D] contiguous."""
+def rope_cache_torch(q, k, v, positions, slot, table, inv_freq, k_cache, v_cache, q_norm, k_norm, eps, block=32):
+    """q [R, H * D], k, v [R, KV * D] (unit last stride), positions and slot [R] int64, table [R, W] int32 (a paged
+    cache's block table), inv_freq [D / 2] float32, k_cache / v_cache [P, KV, D] (the pool); q_norm, k_norm [D] or
+    None. Writes row r's k and v at pool slot table[r, slot[r] // block] * block + slot[r] % block; returns q roped,
+    [R, H, D] contiguous."""
     R, D = q.shape[0], k_cache.shape[-1]
     q, k, v = q.reshape(R, -1, D), k.reshape(R, -1, D), v.reshape(R, -1, D)
     if q_norm is not None:
@@ -79,7 +80,8 @@ def rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_nor
     cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    k_cache[slot], v_cache[slot] = k, v
+    at = table.long().gather(1, (slot // block)[:, None])[:, 0] * block + slot % block
+    k_cache[at], v_cache[at] = k, v
     return q.contiguous()
 
 
@@ -108,17 +110,18 @@ if triton is not None:
         tl.store(out_ptr + row * so + c, (w * y.to(dt).to(tl.float32)).to(dt), mask=m)
 
     @triton.jit
-    def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, sq, sk, sv, pos_ptr, slot_ptr, freq_ptr, qw_ptr, kw_ptr, qo_ptr,
-                           kc_ptr, vc_ptr, skc_s, skc_h, svc_s, svc_h, eps,
+    def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, sq, sk, sv, pos_ptr, slot_ptr, t_ptr, st, freq_ptr, qw_ptr, kw_ptr,
+                           qo_ptr, kc_ptr, vc_ptr, skc_s, skc_h, svc_s, svc_h, eps,
                            H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-                           QK_NORM: tl.constexpr):
+                           QK_NORM: tl.constexpr, BLOCK: tl.constexpr):
         # program (row, h): h < H a query head, H <= h < H + KV a key head, then a value head (a copy)
         row = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1)
         i = tl.arange(0, HALF)
         m = i < D // 2
         dt = qo_ptr.dtype.element_ty
-        slot = tl.load(slot_ptr + row)
+        slot = tl.load(slot_ptr + row)  # the row's logical slot, then its pool slot through the block table
+        slot = tl.load(t_ptr + row * st + slot // BLOCK).to(tl.int64) * BLOCK + slot % BLOCK
         if h >= H + KV:
             j = h - H - KV
             src = v_ptr + row * sv + j * D
@@ -220,16 +223,20 @@ def _(x, residual, weight, eps):
 
 @torch.library.custom_op("adamame::rope_cache", mutates_args=("k_cache", "v_cache"))
 def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
-               inv_freq: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_norm: torch.Tensor | None,
-               k_norm: torch.Tensor | None, eps: float) -> torch.Tensor:
+               table: torch.Tensor, inv_freq: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float, block: int) -> torch.Tensor:
     """Rotary (after Qwen3's per-head RMSNorm when q_norm / k_norm are given) on q [R, H * D] and k [R, KV * D] at
-    `positions`, k and v written into the pools [P, KV, D] at pool slot slot[r] (positions, slot: [R] int64; inv_freq
-    [D / 2] float32). Returns q roped, [R, H, D] contiguous."""
+    `positions`, k and v written into the pools [P, KV, D] at row r's logical slot slot[r] through its block table
+    (pool slot table[r, slot[r] // block] * block + slot[r] % block; positions, slot: [R] int64; table [R, W] int32,
+    unit last stride; inv_freq [D / 2] float32). Returns q roped, [R, H, D] contiguous."""
     _check_rows(q, k, v)
+    if table.dtype != torch.int32 or table.stride(-1) != 1:
+        raise ValueError("rope_cache: the block table must be an int32 tensor with a unit last stride")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("rope_cache: the caches need a unit stride in their last dimension")
     if not _kernel_runs(q):
-        return rope_cache_torch(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps)
+        return rope_cache_torch(q, k, v, positions, slot, table, inv_freq, k_cache, v_cache, q_norm, k_norm, eps,
+                                block)
     R, (KV, D) = q.shape[0], k_cache.shape[1:]
     H = q.shape[1] // D
     out = torch.empty(R, H, D, dtype=q.dtype, device=q.device)
@@ -243,7 +250,7 @@ def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: tor
 
 
 @rope_cache.register_fake
-def _(q, k, v, positions, slot, inv_freq, k_cache, v_cache, q_norm, k_norm, eps):
+def _(q, k, v, positions, slot, table, inv_freq, k_cache, v_cache, q_norm, k_norm, eps, block):
     D = k_cache.shape[-1]
     return torch.empty(q.shape[0], q.shape[1] // D, D, dtype=q.dtype, device=q.device)
 

@@ -100,7 +100,7 @@ hold their public configurations; `--plan` needs only config.json and runs on an
     activation checkpointing on: without it the update would need 181.7 GiB
     plan: peak 75.2 GiB per GPU of 80.0 GiB: fits
 
-Imports: torch; adamame: dist, generate, lora, model.
+Imports: torch; adamame: dist, generate, lora, model, paging.
 """
 
 import os
@@ -112,7 +112,7 @@ from .dist import compute_dtype
 from .generate import PREFILL_TOKENS, cache_slots, free_bytes
 from .lora import apply_lora, lora_modules
 from .model import KVCache, PagedKVCache, Transformer, stored_dtype
-from .paging import BLOCK, RESERVE
+from .paging import BLOCK, RESERVE, most_rows
 
 GiB = 2**30
 
@@ -333,20 +333,25 @@ def cache_blocks(rows: int, prompt_len: int, max_new_tokens: int) -> int:
     return rows * cache_slots(prompt_len, max_new_tokens) // BLOCK + 1
 
 
-def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens: int, dtype, *, top_k=0, top_p=1.0,
-                  graphs: bool = False, fused: bool = False) -> int:
-    """Bytes one generate call allocates beyond the weights, for `samples` samples (every one may be in flight at
-    once) decoded in a paged KV cache the size of `rows` full-length rows: the cache, the larger prefill (a chunk of
-    prompts, or one preempted sample's prompt and response recomputed), one decode step, the sampler (fused:
-    adamame/sampler.py), the prompts' first-token logits (float32, one per prompt at most), the samples' tokens and
+def rows_in_flight(rows: int, samples: int, prompt_len: int, max_new_tokens: int) -> int:
+    """The most rows a generate call runs at once in a cache of `rows` full-length rows (adamame.paging.most_rows)."""
+    return min(samples, most_rows(cache_blocks(rows, prompt_len, max_new_tokens), max_new_tokens))
+
+
+def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens: int, dtype, *, prompts=None,
+                  top_k=0, top_p=1.0, graphs: bool = False, fused: bool = False) -> int:
+    """Bytes one generate call allocates beyond the weights, for `samples` samples of `prompts` prompts (None: one
+    each) decoded in a paged KV cache the size of `rows` full-length rows: the cache, the larger prefill (a chunk of
+    prompts, or one preempted sample's prompt and response recomputed), one decode step and the sampler for the most
+    rows in flight (fused: adamame/sampler.py), the prompts' first-token logits (float32), the samples' tokens and
     log-probs, and with CUDA graphs their buffers (graph_bytes)."""
-    slots = cache_slots(prompt_len, max_new_tokens)
+    slots, live = cache_slots(prompt_len, max_new_tokens), rows_in_flight(rows, samples, prompt_len, max_new_tokens)
     prefill = max(prefill_bytes(cfg, max(PREFILL_TOKENS, prompt_len), prompt_len, dtype),
                   prefill_bytes(cfg, slots, slots, dtype))
     return (PagedKVCache.nbytes(cfg, cache_blocks(rows, prompt_len, max_new_tokens), dtype) + prefill
-            + step_bytes(cfg, samples, dtype) + sampler_bytes(samples, cfg.vocab_size, top_k, top_p, fused)
-            + 4 * samples * cfg.vocab_size + 12 * (samples + 1) * max_new_tokens
-            + (graph_bytes(cfg, samples, dtype, fused) if graphs else 0))
+            + step_bytes(cfg, live, dtype) + sampler_bytes(live, cfg.vocab_size, top_k, top_p, fused)
+            + 4 * (prompts or samples) * cfg.vocab_size + 12 * (samples + 1) * max_new_tokens
+            + (graph_bytes(cfg, live, dtype, fused) if graphs else 0))
 
 # ---------------------------------------------------------------------------------------------- the update's bytes
 
@@ -410,7 +415,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
 
     def rollout_peak(r):
         return base + copy + memory_needed(cfg, r, samples, max_prompt_tokens, max_response_tokens, dtype,
-                                           top_k=top_k, top_p=top_p, graphs=device == "cuda", fused=fused)
+                                           prompts=per_rank, top_k=top_k, top_p=top_p, graphs=device == "cuda",
+                                           fused=fused)
 
     rows = cap
     while rows > 1 and rollout_peak(rows) > plan.budget:
@@ -419,8 +425,9 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     blocks = cache_blocks(rows, max_prompt_tokens, max_response_tokens)
     kv = PagedKVCache.nbytes(cfg, blocks, dtype)
     plan.sizes.update(rollout_copy=copy, kv_cache=kv)
-    graphs = graph_bytes(cfg, samples, dtype, fused) if device == "cuda" else 0
-    sampler = sampler_bytes(samples, cfg.vocab_size, top_k, top_p, fused)
+    live = rows_in_flight(rows, samples, max_prompt_tokens, max_response_tokens)
+    graphs = graph_bytes(cfg, live, dtype, fused) if device == "cuda" else 0
+    sampler = sampler_bytes(live, cfg.vocab_size, top_k, top_p, fused)
     plan.items += [("rollout", f"rollout copy ({dtype_name(dtype)}, LoRA merged)", copy),
                    ("rollout", f"KV cache: {blocks} blocks of {BLOCK} slots ({rows} rows x {slots})", kv),
                    ("rollout", "sampler: fused (Triton), a few numbers per row" if fused else
@@ -430,10 +437,9 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     plan.items.append(("rollout", "prefill, decode step, outputs", rollout_peak(rows) - base - copy - kv - sampler
                        - graphs))
     plan.phases["rollout"] = max(rollout_peak(rows), base + copy + 2 * gather)
-    reserve_rows = min(samples, (blocks - 1) * BLOCK // (max_prompt_tokens + RESERVE))
-    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one generate call; the paged "
-                      f"KV cache holds {reserve_rows} rows of a {max_prompt_tokens}-token prompt and {RESERVE} tokens "
-                      f"at once (rows hold only the blocks they use: a short row takes less, a long one more)")
+    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one generate call, at most "
+                      f"{live} at once (the paged cache's blocks, a {min(RESERVE, max_response_tokens)}-token reserve "
+                      f"each)")
     if rollout_peak(rows) > plan.budget:
         plan.advice = "a smaller --max-response-tokens or --group-size, or more GPUs"
 

@@ -480,7 +480,6 @@ class Transformer(nn.Module):
         start = (slot - positions).to(torch.int32)  # the prompt's first token
         if active is not None:
             end = end * active[:R]  # an inactive row reads nothing
-        new = cache.where(R, slot)  # the pool slot each row's new key and value go to
         table = cache.table[:R, :-(-slots // cache.block)]  # the bucket's blocks
         x, res = self.model.embed_tokens(tokens), None
         for i, layer in enumerate(self.model.layers):
@@ -488,7 +487,8 @@ class Transformer(nn.Module):
             w = layer.input_layernorm.weight
             h, res = (rmsnorm(x, w, eps), x) if res is None else add_rmsnorm(x, res, w, eps)
             norms = (attn.q_norm.weight, attn.k_norm.weight) if cfg.qk_norm else (None, None)
-            q = rope_cache(*attn.qkv(h), positions, new, self.inv_freq, cache.k[i], cache.v[i], *norms, eps)
+            q = rope_cache(*attn.qkv(h), positions, slot, table, self.inv_freq, cache.k[i], cache.v[i], *norms, eps,
+                           cache.block)
             y = decode_attention(q, cache.k[i], cache.v[i], table, start, end, attn.hd ** -0.5)
             x = attn.o_proj(y.view(R, -1))
             h, res = add_rmsnorm(x, res, layer.post_attention_layernorm.weight, eps)

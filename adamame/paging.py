@@ -38,6 +38,13 @@ def blocks_for(slots: int) -> int:
     return -(-slots // BLOCK)
 
 
+def most_rows(blocks: int, max_new_tokens: int, reserve: int | None = None) -> int:
+    """The most rows admission lets run at once in a pool of `blocks` blocks: each running row is projected to hold at
+    least min(max_new_tokens, reserve) response tokens of its own (the memory plan sizes per-row buffers by it)."""
+    per_row = blocks_for(min(max_new_tokens, RESERVE if reserve is None else reserve))
+    return max(1, (blocks - 1) // per_row)
+
+
 @dataclass
 class Row:
     sample: int

@@ -11,11 +11,11 @@ measured in this process.
     python bench/generate.py --tiny          # CPU smoke mode (seconds)
     python bench/generate.py --gpu           # CUDA: Qwen2.5-1.5B shapes in bf16: batch 1, and 512 rows x
                                              #       (256-token prompts + 1,024 new), CUDA graphs and eager; a
-                                             #       refilled rollout against the step-time model
+                                             #       paged rollout against the step-time model
     python bench/generate.py --reads         # no model: the bytes a paper-shape rollout's decode steps read, and
                                              #       the step-time model of one GPU's rollout
 
---reads replays the engine's schedule (adamame.generate.kv_reads: buckets, compaction, which rows read what) for one
+--reads replays the engine's schedule (bench/schedule.py: admissions, preemptions, buckets, which rows read what) for one
 GPU's rollout at the paper's shape (DeepSeek-R1-Distill-Qwen-1.5B in bf16, 64 prompts x 8 samples = 512 rows, up to
 512 prompt and 4,096 response tokens). Prompt lengths: the shared RL prompts' characters / CHARS_PER_TOKEN plus
 TEMPLATE_TOKENS (../shared/data/rl/train.jsonl; without it, uniform in [60, 400]); response lengths: a share
@@ -27,16 +27,20 @@ weight bytes, bytes per generated token, and the predicted decode time at H100 3
 the bound (useful KV + one weight read per step).
 
 It then models one GPU's rollout step by step (`step_time_model`) for both paper models at that shape, in one
-generate call of the memory plan's rows on 8 x 80 GiB (refilled), kernel by kernel: the decode step's kernels as
+generate call whose paged KV cache is the memory plan's on 8 x 80 GiB, kernel by kernel: the decode step's kernels as
 bench/kernel_count.py records them (every aten op but views and empties, every Triton launch, with the bytes of its
 tensors and a GEMM's FLOPs; the attention kernel adds the KV slots each row reads), each priced at
 max(bytes / 3.0e12, FLOPs / 790e12, KERNEL_FLOOR) (an H100's measured copy bandwidth and bf16 matmul rate; the floor,
-2 us, is an assumption), the sampler kernel at least its compute (`sampler_seconds`); compaction's copies at the
-bandwidth; prefill at the peak FLOP rate. "before" is the decode step of commit b2bc083 (unfused layers, 7 GEMMs a
-layer), recorded by `kernel_count.py --record` into bench/fixtures/decode_step_b2bc083.json and priced by the same
-model. Its last two lines: `predicted rollout per GPU (H100 model, 2 us a kernel): ...` and `kernels per decode
-step: ...`. --gpu measures a refilled rollout (16 prompts x 8 in 64 rows, response lengths forced to the workload's
-distribution up to 512 tokens) against the same model's prediction
+2 us, is an assumption), the sampler kernel at least its compute (`sampler_seconds`); the static cache's compaction
+copies at the bandwidth; prefill at the peak FLOP rate. "static" is the same decode step over the static cache the
+engine had before paging (commit 6a718db: a row per sample in flight, finished rows refilled, compaction) with the
+same KV memory (bench/schedule.py's static_schedule); "before" is the decode step of commit b2bc083 (unfused layers,
+7 GEMMs a layer) over that static schedule, recorded by `kernel_count.py --record` into
+bench/fixtures/decode_step_b2bc083.json and priced by the same model. Per model it prints the paged schedule (rows in
+flight, steps, preemptions, recomputed tokens, prefills) and a sweep of the admission reserve. Its last three lines:
+`predicted rollout per GPU (H100 model, 2 us a kernel): ...`, `kernels per decode step: ...` and `paged vs static
+cache (H100 model): ...`. --gpu measures a paged rollout (16 prompts x 8 in the KV memory of 64 rows, response lengths
+forced to the workload's distribution up to 512 tokens) against the same model's prediction
 at the bandwidth measured in the process, and the fused sampler against PyTorch's at 512 rows x 151,936.
 """
 
@@ -407,7 +411,7 @@ def model_shape(name):
 
 
 def step_time_model(m, sched, eng, gpu=H100, floor=KERNEL_FLOOR) -> dict:
-    """Seconds of one GPU's rollout over a replayed schedule (kv_reads(..., trace=True), one per generate call): each
+    """Seconds of one GPU's rollout over a replayed schedule (bench/schedule.py, trace=True, one per generate call): each
     decode step priced kernel by kernel (step_seconds, for the engine `eng`: engine_kernels), prefill at the peak FLOP
     rate, compaction's copies of its kept rows' used slots (a gather into a temporary, then a copy: 4 passes) at the
     bandwidth."""
@@ -435,14 +439,16 @@ def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidt
     measured copy bandwidth (on a GPU; bf16)."""
     import torch
 
-    from adamame.generate import generate, kv_reads, make_decoder
+    from adamame.generate import cache_slots, generate, make_decoder
+    from bench.schedule import paged_schedule
 
     plens, resp, _ = rollout_lengths(prompts=prompts, n=n, max_prompt=max_prompt, max_new=max_new, seed=1)
     g = torch.Generator().manual_seed(0)
     V = ours.config.vocab_size
     ids = [torch.randint(0, V, (plens[i * n],), generator=g).tolist() for i in range(prompts)]
     kw = dict(max_new_tokens=max_new, n=n, temperature=1.0, seed=0, response_lengths=resp,
-              decoder=make_decoder(ours, rows, max(plens), max_new))
+              decoder=make_decoder(ours, len(plens), max(plens), max_new,
+                                   blocks=rows * cache_slots(max(plens), max_new) // 32 + 1))
     generate(ours, ids, **kw)  # warm-up: the same schedule captures its CUDA graphs, so the timed run replays them
     stats = {}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -452,11 +458,11 @@ def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidt
     sync()
     seconds = time.perf_counter() - t0
     assert [len(s.tokens) for s in out] == resp
-    sched = kv_reads(plens, resp, max_new, rows=rows, n=n, kernel=device == "cuda", trace=True)
+    sched = paged_schedule(plens, resp, max_new, rows=rows, n=n, kernel=device == "cuda", forced=True, trace=True)
     pred = step_time_model(decode_costs(ours.config), [sched], engine_kernels(ours.config),
                            dict(bandwidth=bandwidth, flops=H100["flops"])) if bandwidth else None
     return {"prompts": prompts, "n": n, "rows": rows, "max_new_tokens": max_new, "tokens": sum(resp),
-            "decode_steps": stats["steps"], "replayed_steps": sched["steps"], "refilled": stats["refilled"],
+            "decode_steps": stats["steps"], "replayed_steps": sched["steps"], "most_rows": stats["most_rows"],
             "measured_s": seconds, "predicted_s": pred and pred["seconds"],
             "measured_vs_predicted": pred and seconds / pred["seconds"]}
 
@@ -540,7 +546,8 @@ def sampler_case(rows, vocab, device, bandwidth, repeats=20) -> dict:
 def reads_report():
     """The --reads mode: the KV bytes of one paper-shape rollout three ways, then the step-time model of its decode
     steps before and after the fused layer kernels, for both paper models."""
-    from adamame.generate import kv_reads, pow2_rows
+    from adamame.generate import pow2_rows
+    from bench.schedule import paged_schedule, static_schedule
 
     m = R1_15B
     slot_bytes = 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * m["bytes_per_value"]
@@ -555,7 +562,7 @@ def reads_report():
             ("now: Triton decode kernel, row buckets of 64", dict(kernel=True)))
     out = {}
     for name, kw in ways:
-        r = kv_reads(plens, resp, 4096, **kw)
+        r = paged_schedule(plens, resp, 4096, n=8, **kw)
         kv, useful, weights = r["read"] * slot_bytes, r["useful"] * slot_bytes, r["steps"] * weight_bytes
         times = {g: (kv + weights) / bw for g, bw in BANDWIDTHS.items()}
         bound = {g: (useful + weights) / bw for g, bw in BANDWIDTHS.items()}
@@ -579,10 +586,12 @@ def reads_report():
     final = {}
     for name in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b"):
         shape = model_shape(name)
-        sched = [kv_reads(plens, resp, 4096, rows=shape["rows"], n=8, kernel=True, trace=True)]
+        static = [static_schedule(plens, resp, 4096, rows=shape["rows"], n=8, kernel=True, trace=True)]
+        paged = [paged_schedule(plens, resp, 4096, rows=shape["rows"], n=8, trace=True)]
         engines = {"before": engine_kernels(recorded=recorded[name]), "after": engine_kernels(shape["cfg"])}
         res = {"rows": shape["rows"]}
-        for when, eng in engines.items():
+        for when, eng, sched in (("before", engines["before"], static), ("static", engines["after"], static),
+                                 ("paged", engines["after"], paged)):
             r = step_time_model(shape, sched, eng)
             r["kernels"] = kernels_per_step(eng, shape, shape["rows"], 4608)
             r["kernels_tail"] = kernels_per_step(eng, shape, 1, 4608)
@@ -590,12 +599,33 @@ def reads_report():
             print(f"  {name} {when}: {r['seconds']:.1f} s, {r['steps']:,} decode steps of {r['kernels']:,} kernels "
                   f"({shape['rows']} rows; {r['kernels_tail']:,} at 1 row, split), "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items()))
+        sp = paged[0]
+        res["schedule"] = {k: sp[k] for k in ("steps", "rows_in_flight", "most_rows", "preemptions", "recomputed",
+                                              "prefills", "prefill_tokens", "blocks")}
+        res["static_schedule"] = {"steps": static[0]["steps"], "rows": shape["rows"],
+                                  "prefill_tokens": sum(e[2] * e[3] for e in static[0]["events"] if e[0] == "prefill")}
+        print(f"  {name} paged schedule: {sp['blocks']:,} blocks (the KV memory of {shape['rows']} static rows), "
+              f"{sp['rows_in_flight']:.0f} rows in flight on average (most {sp['most_rows']}), {sp['steps']:,} steps "
+              f"(static: {static[0]['steps']:,}), {sp['preemptions']} preemptions, {sp['recomputed']:,} tokens "
+              f"recomputed, {sp['prefills']} prompts prefilled ({sp['prefill_tokens']:,} tokens; static: "
+              f"{res['static_schedule']['prefill_tokens']:,} padded)")
+        res["reserve"] = {}
+        for reserve in (1024, 1536, 2048, 2560, 3072):
+            sw = paged_schedule(plens, resp, 4096, rows=shape["rows"], n=8, reserve=reserve, trace=True)
+            r = step_time_model(shape, [sw], engines["after"])
+            res["reserve"][reserve] = dict(seconds=r["seconds"], steps=sw["steps"], rows=sw["rows_in_flight"],
+                                           preemptions=sw["preemptions"], recomputed=sw["recomputed"])
+        print(f"  {name} reserve sweep (tokens: seconds, steps, rows in flight, preemptions, recomputed tokens): "
+              + "; ".join(f"{k}: {v['seconds']:.1f} s, {v['steps']:,}, {v['rows']:.0f}, {v['preemptions']}, "
+                          f"{v['recomputed']:,}" for k, v in res["reserve"].items()))
         out[f"model {name}"] = final[name] = res
     short = {n: n.replace("deepseek-", "") for n in final}
     print(f"predicted rollout per GPU (H100 model, {KERNEL_FLOOR * 1e6:.0f} us a kernel): " + ", ".join(
-        f"{short[n]} {r['after']['seconds']:.1f} s (before: {r['before']['seconds']:.1f} s)" for n, r in final.items()))
+        f"{short[n]} {r['paged']['seconds']:.1f} s (before: {r['before']['seconds']:.1f} s)" for n, r in final.items()))
     print("kernels per decode step: " + ", ".join(
-        f"{short[n]} {r['after']['kernels']} (before: {r['before']['kernels']})" for n, r in final.items()))
+        f"{short[n]} {r['paged']['kernels']} (before: {r['before']['kernels']})" for n, r in final.items()))
+    print("paged vs static cache (H100 model): " + ", ".join(
+        f"{short[n]} {r['paged']['seconds']:.1f} s vs {r['static']['seconds']:.1f} s" for n, r in final.items()))
     return out
 
 
@@ -637,7 +667,7 @@ def main(argv=None):
         save()
         result["sampler"] = sampler_case(512, 151936, dev, bw)
         save()
-        # the refilled schedule at a reduced paper-like shape (the step's time limit): 16 prompts x 8 in 64 rows, up
+        # the paged schedule at a reduced paper-like shape (the step's time limit): 16 prompts x 8 in 64 rows, up
         # to 512 new tokens
         result["refill"] = refill_case(ours, dev, prompts=16, n=8, rows=64, max_new=512, max_prompt=256, bandwidth=bw)
         save()
@@ -687,7 +717,7 @@ def main(argv=None):
     if r:
         pred = f", predicted {r['predicted_s']:.2f} s (measured / predicted {r['measured_vs_predicted']:.2f})" \
             if r["predicted_s"] else ""
-        print(f"refilled rollout: {r['prompts']} prompts x {r['n']} samples in {r['rows']} rows, {r['tokens']:,} "
+        print(f"paged rollout: {r['prompts']} prompts x {r['n']} samples in the memory of {r['rows']} rows, {r['tokens']:,} "
               f"tokens (lengths forced, up to {r['max_new_tokens']}): {r['decode_steps']} decode steps (replayed "
               f"{r['replayed_steps']}), {r['measured_s']:.2f} s{pred}")
     for c in result["cases"]:

@@ -35,10 +35,10 @@ def launches(name: str, args) -> int:
     """Kernel launches of one recorded adamame op: two where its work is split (adamame/decode_attention.py's combine,
     adamame/sampler.py's merge), else one."""
     if name == "adamame.decode_attention":
-        from adamame.decode_attention import num_splits
+        from adamame.decode_attention import BLOCK_S, num_splits
 
-        q, k = args[0], args[1]
-        return 1 + (num_splits(q.shape[0], k.shape[1], k.shape[2]) > 1)
+        q, k, table = args[0], args[1], args[3]
+        return 1 + (num_splits(q.shape[0], k.shape[1], table.shape[1] * BLOCK_S) > 1)
     if name == "adamame.sample":
         from adamame.sampler import num_splits
 

@@ -138,3 +138,22 @@ def tiny_project(root):
     write_rl_jsonl(root / "rl.jsonl", n=20)
     write_sft_jsonl(root / "sft.jsonl", n=12)
     return root
+
+
+def paged_copy(cache, seed=0):
+    """A PagedKVCache holding a (prefilled) KVCache's rows, their blocks in a shuffled order in the pool (block 0, the
+    scratch, held by none): the decode step's cache for tests that prefill with the model's forward."""
+    import torch
+
+    from adamame.model import PagedKVCache
+
+    R, KV, S, D = cache.k[0].shape
+    W = -(-S // 32)
+    paged = PagedKVCache([torch.zeros((R * W + 1) * 32, KV, D, dtype=k.dtype) for k in cache.k],
+                         [torch.zeros((R * W + 1) * 32, KV, D, dtype=k.dtype) for k in cache.v],
+                         torch.zeros(R, W, dtype=torch.int32))
+    paged.table.copy_(torch.randperm(R * W, generator=torch.Generator().manual_seed(seed)).view(R, W) + 1)
+    at = paged.where(R, torch.arange(S).expand(R, S))
+    for pool, c in zip(paged.k + paged.v, cache.k + cache.v):
+        pool[at] = c.transpose(1, 2)
+    return paged

@@ -43,10 +43,18 @@ assert torch.isfinite(loss) and stats["kl"] > 0
     "decode_attention": """
 import torch
 from adamame.decode_attention import decode_attention, decode_attention_torch
-q, k, v = torch.randn(3, 4, 16), torch.randn(3, 2, 40, 16), torch.randn(3, 2, 40, 16)
+q, k, v = torch.randn(3, 4, 16), torch.randn(7 * 32, 2, 16), torch.randn(7 * 32, 2, 16)  # a pool of 7 blocks
+table = torch.tensor([[3, 1], [0, 6], [2, 4]], dtype=torch.int32)  # each row's blocks
 start, end = torch.tensor([0, 5, 0], dtype=torch.int32), torch.tensor([40, 17, 0], dtype=torch.int32)
-out = decode_attention(q, k, v, start, end, 0.25)  # a CPU tensor outside the Triton interpreter: the reference
-assert torch.equal(out, decode_attention_torch(q, k, v, start, end, 0.25)) and out[2].abs().max() == 0
+out = decode_attention(q, k, v, table, start, end, 0.25)  # CPU tensors outside the Triton interpreter: the reference
+assert torch.equal(out, decode_attention_torch(q, k, v, table, start, end, 0.25)) and out[2].abs().max() == 0
+""",
+    "paging": """
+from adamame.paging import Scheduler
+sched = Scheduler([40, 3], n=2, limits=[10, 10, 5, 5], blocks=8, check_every=4, max_rows=8)
+look = sched.look(0, set())
+assert look.prefill == [0, 1] and len(look.admitted) == 4 and not sched.waiting
+assert sched.table_row(look.admitted[0])[:2] == sched.table_row(look.admitted[1])[:2]  # the shared prompt blocks
 """,
     "sampler": """
 import torch
@@ -155,8 +163,8 @@ torch.manual_seed(0)
 model = Transformer(cfg).eval()
 samples = generate(model, [[1, 2, 3], [4]], max_new_tokens=5, n=2, temperature=0.8, seed=0)
 assert len(samples) == 4 and all(len(s.tokens) == 5 for s in samples)
-refilled = generate(model, [[1, 2, 3], [4]], max_new_tokens=5, n=2, temperature=0.8, seed=0, max_rows=1)
-assert [s.tokens for s in refilled] == [s.tokens for s in samples]  # one row, refilled: the same samples
+small = generate(model, [[1, 2, 3], [4]], max_new_tokens=5, n=2, temperature=0.8, seed=0, cache_blocks=3)
+assert [s.tokens for s in small] == [s.tokens for s in samples]  # a cache of 2 blocks: the same samples
 """,
 }
 

@@ -323,21 +323,21 @@ def test_preemption_loses_and_changes_nothing(tmp_path, monkeypatch, kernels):
     log-probs within 1e-5 in fp32, as a cache with a row for every sample: on the SDPA path and with the Triton
     kernels (under the interpreter)."""
     _, m = _models(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
-    prompts = [[5, 17, 3, 88, 41, 9, 12] * 5, [60], [33, 2, 71, 4] * 9, [7] * 40]
-    kw = dict(max_new_tokens=70, n=3, temperature=1.0, seed=11, eos_token_ids=[3, 17], check_every=4,
+    prompts = [[5, 17, 3, 88, 41, 9, 12] * 3, [60], [7] * 25]
+    kw = dict(max_new_tokens=40, n=3, temperature=1.0, seed=11, eos_token_ids=[3], check_every=4,
               return_logprobs=True)
     monkeypatch.setenv("ADAMAME_KERNELS", kernels)
     full = generate(m, prompts, **kw)
     monkeypatch.setattr(paging, "RESERVE", 1)
-    for blocks in (8, 10):
+    for blocks in (4, 8) if kernels == "torch" else (5,):
         stats = {}
         small = generate(m, prompts, cache_blocks=blocks, stats=stats, **kw)
         assert stats["preemptions"] >= 1 and stats["recomputed_tokens"] > 0, stats
         assert [s.tokens for s in small] == [s.tokens for s in full]
         assert max(abs(x - y) for s, t in zip(small, full) for x, y in zip(s.logprobs, t.logprobs)) <= 1e-5
-    assert len({len(s.tokens) for s in full}) > 4
+    assert len({len(s.tokens) for s in full}) > 1  # rows end at different steps
     with pytest.raises(MemoryError, match="cannot hold one sample"):
-        generate(m, prompts, cache_blocks=2, **kw)
+        generate(m, prompts, cache_blocks=3, **kw)
 
 
 def test_each_distinct_prompt_is_prefilled_once_per_call(tmp_path, monkeypatch):

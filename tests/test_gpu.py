@@ -144,7 +144,8 @@ def test_plan_sizes_are_the_cuda_allocations(tmp_path):
     """The plan's KV cache and rollout copy are exactly the bytes CUDA allocates for them."""
     from adamame.dist import rollout_copy
     from adamame.memory import GiB, grpo_plan
-    from adamame.model import KVCache
+    from adamame.memory import cache_blocks
+    from adamame.model import PagedKVCache
 
     save_tiny_hf(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
     m = load_model(str(tmp_path), device="cuda")
@@ -155,8 +156,8 @@ def test_plan_sizes_are_the_cuda_allocations(tmp_path):
     copy = rollout_copy(m)
     assert torch.cuda.memory_allocated() - before >= plan.sizes["rollout_copy"]
     assert sum(p.numel() * p.element_size() for p in copy.parameters()) == plan.sizes["rollout_copy"]
-    cache = KVCache.allocate(m.config, 8, 48, torch.bfloat16, "cuda")
-    assert sum(t.numel() * t.element_size() for t in cache.k + cache.v + [cache.valid]) == plan.sizes["kv_cache"]
+    cache = PagedKVCache.allocate(m.config, cache_blocks(plan.rollout_rows, 16, 32), 8, 2, torch.bfloat16, "cuda")
+    assert sum(t.numel() * t.element_size() for t in cache.k + cache.v) == plan.sizes["kv_cache"]
 
 
 def test_triton_kernel_writes_gradient_in_place_on_cuda():
@@ -199,11 +200,13 @@ def test_the_layer_kernels_on_cuda_equal_their_references_at_the_papers_shapes(d
         q, k, v = qkv.split([H * D, KV * D, KV * D], -1)
         pos = torch.randint(0, 4096, (R,), device="cuda", generator=g)
         slot = torch.randint(0, S, (R,), device="cuda", generator=g)
+        W = -(-S // 32)  # each row's blocks, shuffled in a pool of R * W blocks
+        table = torch.randperm(R * W, device="cuda", generator=g).view(R, W).to(torch.int32)
         inv = 1.0 / (1e6 ** (torch.arange(0, D, 2, device="cuda").float() / D))
         norms = tuple(torch.randn(D, device="cuda", generator=g).to(dtype) for _ in range(2)) if norm else (None, None)
-        kc, vc = (torch.randn(R, KV, S, D, device="cuda", generator=g).to(dtype) for _ in range(2))
+        kc, vc = (torch.randn(R * W * 32, KV, D, device="cuda", generator=g).to(dtype) for _ in range(2))
         kc2, vc2 = kc.clone(), vc.clone()
-        close(lk.rope_cache(q, k, v, pos, slot, inv, kc, vc, *norms, 1e-6),
-              lk.rope_cache_torch(q, k, v, pos, slot, inv, kc2, vc2, *norms, 1e-6))
+        close(lk.rope_cache(q, k, v, pos, slot, table, inv, kc, vc, *norms, 1e-6, 32),
+              lk.rope_cache_torch(q, k, v, pos, slot, table, inv, kc2, vc2, *norms, 1e-6))
         close(kc, kc2)
         assert torch.equal(vc, vc2)

@@ -107,7 +107,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from adamame.generate import Settings, State, draw, generate, make_decoder
 from adamame.hf import load_model, read_config
 from adamame.model import KVCache, PagedKVCache, Transformer
-from tests.helpers import left_padded_batch, run_cli, save_tiny_hf
+from tests.helpers import left_padded_batch, paged_copy, run_cli, save_tiny_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = [os.path.join(ROOT, "tests", "fixtures", n) for n in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b")]
@@ -144,7 +144,7 @@ def _every_attention_path(model):
         cache = KVCache.allocate(model.config, 3, 16, torch.float32, "cpu")
         prefill = model(ids, positions=pos, mask=mask, cache=cache, logits_at=slice(-1, None))
         slot = torch.full((3,), 7)
-        step = model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, slot, 3, 16)
+        step = model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, paged_copy(cache), slot, 3, 16)
         masked = model(ids, positions=pos, mask=mask)
     samples = generate(model, [[5, 17, 3], [60], [33, 2, 71, 4]], max_new_tokens=12, n=2, temperature=1.0, seed=0,
                        eos_token_ids=[9], check_every=2, return_logprobs=True)
@@ -249,14 +249,14 @@ def test_each_sdpa_call_site_meets_the_constraints_of_its_gpu_backend(tmp_path, 
     ids, mask, pos = left_padded_batch([7, 3, 5], 97, seed=1)
     sites = {}
     with torch.no_grad():
-        decoder = make_decoder(model, 3, 7, 300)  # 320 cache slots (rounded up to 16, as the engine does)
+        decoder = make_decoder(model, 3, 7, 300)  # 352 logical slots a row: whole blocks of 32 (a multiple of 16)
         model(ids, positions=pos, mask=mask, cache=KVCache.allocate(model.config, 3, 7, dtype, "cpu"))
         sites["prefill"] = rec.calls[-1]
         cache = decoder.cache
         model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.full((3,), 7), 3,
                           decoder.buckets(3, 7)[1])
         sites["decode step"] = rec.calls[-1]
-        assert decoder.buckets(3, 7)[1] == 256 and decoder.buckets(3, 300)[1] == 320
+        assert decoder.buckets(3, 7)[1] == 256 and decoder.buckets(3, 300)[1] == 352
         model.decode_step(torch.tensor([5, 6, 7]), pos[:, -1] + 1, cache, torch.full((3,), 300), 3,
                           decoder.buckets(3, 300)[1])  # the last bucket: the cache's own (rounded) length
         sites["decode step, last bucket"] = rec.calls[-1]
@@ -497,11 +497,11 @@ def test_the_sampling_step_has_no_host_sync():
             assert st.tok.device.type == "meta" and _devices([op[3] for op in rec.ops]) == {"meta"}
 
 
-@pytest.mark.parametrize("rows", [None, 3], ids=["row-per-sample", "refilled"])
+@pytest.mark.parametrize("rows", [None, 3], ids=["row-per-sample", "small-cache"])
 def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, capsys, rows):
-    """Every host sync of a whole generate call, by line: inside the token loop only at the check_every look (the
-    done flags, then the host-made row indices of admission and compaction), before and after it the first
-    admission and the results' copy; with a row per sample and with 3 rows refilled."""
+    """Every host sync of a whole generate call, by line: none while the check_every decode steps between two looks
+    run; at a look (the done flags, the host-made row indices and block tables of the admissions), and after the loop
+    the results' copy; with a cache for every sample and with one the size of 3 rows."""
     import inspect
 
     from adamame import generate as gen_mod
@@ -518,14 +518,14 @@ def test_generate_waits_for_the_device_only_at_the_check_every_look(tmp_path, ca
     def line_of(text):
         return first + src[:src.index(text)].count("\n")
 
-    loop = (line_of("    while True:"), line_of("    if progress is not None:\n        progress.update(N - finished)"))
-    look = (line_of("        if (steps + 1) % check_every == 0"), line_of("        out = decoder("))
+    loop = (line_of("    while True:"), line_of("    if stats is not None:"))
+    tokens = (line_of("        for _ in range(min(check_every"), line_of("        done = {r for r"))
     in_loop = [s for s in rec.syncs if any(f == "generate.py" and fn == "generate" and loop[0] <= ln < loop[1]
                                            for f, fn, ln in s[3])]
-    at_look = [s for s in in_loop if any(f == "generate.py" and fn == "generate" and look[0] <= ln < look[1]
-                                         for f, fn, ln in s[3])]
+    in_steps = [s for s in in_loop if any(f == "generate.py" and fn == "generate" and tokens[0] <= ln < tokens[1]
+                                          for f, fn, ln in s[3])]
     # (on a CPU `tolist()` reads without an op: the syncs seen are the row indices made on the host at the look)
-    assert in_loop and in_loop == at_look, [s[:3] for s in in_loop if s not in at_look]
+    assert in_loop and not in_steps, [s[:3] for s in in_steps]
     with capsys.disabled():
         table = {}
         for why, where, line, _ in rec.syncs:
@@ -615,17 +615,17 @@ TRITON_SIGNATURES = {
     # DTYPE: the KV cache's (bf16 on a GPU); variants: 1.5B (12 q / 2 kv heads), Qwen3-4B (32 / 8), head_dim 128,
     # and head_dim 64 (count_ptr is a dummy pointer, the accumulator's, when COUNT is off)
     "_decode_attn_kernel": {
-        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "out_ptr": "*DTYPE", "acc_ptr": "*fp32",
-                 "ml_ptr": "*fp32",
-                 "start_ptr": "*i32", "end_ptr": "*i32", "count_ptr": "*fp32", "sq_r": "i32", "sq_h": "i32", "sk_r": "i32", "sk_h": "i32",
-                 "sk_s": "i32", "sv_r": "i32", "sv_h": "i32", "sv_s": "i32", "split_len": "i32", "scale": "fp32",
+        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "t_ptr": "*i32", "out_ptr": "*DTYPE",
+                 "acc_ptr": "*fp32", "ml_ptr": "*fp32", "start_ptr": "*i32", "end_ptr": "*i32", "count_ptr": "*fp32",
+                 "sq_r": "i32", "sq_h": "i32", "st_r": "i32", "sk_h": "i32", "sk_s": "i32", "sv_h": "i32",
+                 "sv_s": "i32", "split_len": "i32", "scale": "fp32",
                  "REP": "constexpr", "REP_PAD": "constexpr", "D": "constexpr", "D_PAD": "constexpr",
                  "SPLITS": "constexpr", "BLOCK": "constexpr", "DOT_F32": "constexpr", "COUNT": "constexpr"},
         "variants": [{"REP": rep, "REP_PAD": 16, "D": d, "D_PAD": d, "SPLITS": 1, "BLOCK": 32, "DOT_F32": False,
                       "COUNT": False} for rep, d in ((6, 128), (4, 128), (8, 64))],
         "num_warps": 8,
-        "divisible": ["q_ptr", "k_ptr", "v_ptr", "out_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr", "sq_r", "sq_h",
-                      "sk_r", "sk_h", "sk_s", "sv_r", "sv_h", "sv_s"]},
+        "divisible": ["q_ptr", "k_ptr", "v_ptr", "t_ptr", "out_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr",
+                      "sq_r", "sq_h", "st_r", "sk_h", "sk_s", "sv_h", "sv_s"]},
     # split-KV's second pass: 18 splits (2 rows x 4,608 slots), head_dim 128
     "_combine_kernel": {
         "args": {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*DTYPE", "SPLITS": "constexpr",
@@ -657,14 +657,15 @@ TRITON_SIGNATURES = {
     # the 1.5B's heads (12 q / 2 kv, q/k/v bias in the GEMM) and Qwen3-4B's (32 / 8, q/k norms), head_dim 128
     "_rope_cache_kernel": {
         "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "sq": "i32", "sk": "i32", "sv": "i32",
-                 "pos_ptr": "*i64", "slot_ptr": "*i64", "freq_ptr": "*fp32", "qw_ptr": "*DTYPE", "kw_ptr": "*DTYPE",
-                 "qo_ptr": "*DTYPE", "kc_ptr": "*DTYPE", "vc_ptr": "*DTYPE", "skc_r": "i32", "skc_h": "i32",
-                 "skc_s": "i32", "svc_r": "i32", "svc_h": "i32", "svc_s": "i32", "eps": "fp32", "H": "constexpr",
-                 "KV": "constexpr", "D": "constexpr", "HALF": "constexpr", "QK_NORM": "constexpr"},
-        "variants": [{"H": 12, "KV": 2, "D": 128, "HALF": 64, "QK_NORM": False},
-                     {"H": 32, "KV": 8, "D": 128, "HALF": 64, "QK_NORM": True}], "num_warps": 1,
-        "divisible": ["q_ptr", "k_ptr", "v_ptr", "sq", "sk", "sv", "pos_ptr", "slot_ptr", "freq_ptr", "qw_ptr",
-                      "kw_ptr", "qo_ptr", "kc_ptr", "vc_ptr", "skc_r", "skc_h", "skc_s", "svc_r", "svc_h", "svc_s"]},
+                 "pos_ptr": "*i64", "slot_ptr": "*i64", "t_ptr": "*i32", "st": "i32", "freq_ptr": "*fp32",
+                 "qw_ptr": "*DTYPE", "kw_ptr": "*DTYPE", "qo_ptr": "*DTYPE", "kc_ptr": "*DTYPE", "vc_ptr": "*DTYPE",
+                 "skc_s": "i32", "skc_h": "i32", "svc_s": "i32", "svc_h": "i32", "eps": "fp32", "H": "constexpr",
+                 "KV": "constexpr", "D": "constexpr", "HALF": "constexpr", "QK_NORM": "constexpr",
+                 "BLOCK": "constexpr"},
+        "variants": [{"H": 12, "KV": 2, "D": 128, "HALF": 64, "QK_NORM": False, "BLOCK": 32},
+                     {"H": 32, "KV": 8, "D": 128, "HALF": 64, "QK_NORM": True, "BLOCK": 32}], "num_warps": 1,
+        "divisible": ["q_ptr", "k_ptr", "v_ptr", "sq", "sk", "sv", "pos_ptr", "slot_ptr", "t_ptr", "st", "freq_ptr",
+                      "qw_ptr", "kw_ptr", "qo_ptr", "kc_ptr", "vc_ptr", "skc_s", "skc_h", "svc_s", "svc_h"]},
     "_silu_mul_kernel": {
         "args": {"g_ptr": "*DTYPE", "u_ptr": "*DTYPE", "out_ptr": "*DTYPE", "sg": "i32", "su": "i32", "so": "i32",
                  "N": "i32", "BLOCK": "constexpr"},

@@ -11,7 +11,7 @@ from adamame.lora import apply_lora
 from adamame.memory import (GiB, checkpointed_layer_bytes, grpo_plan, layer_activation_bytes, logits_tensor_bytes,
                             parameter_counts)
 from adamame.hf import load_model
-from adamame.model import KVCache, ModelConfig, Transformer
+from adamame.model import ModelConfig, PagedKVCache, Transformer
 from tests.helpers import run_cli, save_tiny_hf
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -76,18 +76,19 @@ def test_plan_sizes_are_the_bytes_really_allocated(tmp_path):
     assert plan.sizes["rollout_copy"] == sum(p.numel() * p.element_size() for p in copy.parameters())
     # the KV cache generate allocates for 3 prompts of the longest allowed length
     sizes = []
-    real_allocate = KVCache.allocate.__func__
+    real_allocate = PagedKVCache.allocate.__func__
 
-    def spy(cls, cfg, batch, max_len, dtype, device):
-        cache = real_allocate(cls, cfg, batch, max_len, dtype, device)
-        sizes.append(sum(t.numel() * t.element_size() for t in cache.k + cache.v + [cache.valid]))
+    def spy(cls, *a, **k):
+        cache = real_allocate(cls, *a, **k)
+        sizes.append(sum(t.numel() * t.element_size() for t in cache.k + cache.v))
         return cache
 
-    KVCache.allocate = classmethod(spy)
+    PagedKVCache.allocate = classmethod(spy)
     try:
-        generate(copy, [[5] * prompt_len] * 3, max_new_tokens=new, n=G, temperature=1.0, seed=0)
+        generate(copy, [[5] * prompt_len] * 3, max_new_tokens=new, n=G, temperature=1.0, seed=0,
+                 max_rows=plan.rollout_rows)
     finally:
-        KVCache.allocate = classmethod(real_allocate)
+        PagedKVCache.allocate = classmethod(real_allocate)
     assert max(sizes) == plan.sizes["kv_cache"]
     # the logits: the plan's figure is the [tokens, V] tensor the model returns for `tokens` selected positions...
     mask = torch.zeros(2, 20, dtype=torch.bool)
@@ -204,19 +205,15 @@ def test_a_micro_batch_is_planned_at_no_more_tokens_than_the_step_holds():
     assert any("activations, 32768 tokens" in what for _, what, _ in big.items)
 
 
-def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
-    """Compaction's temporary is one layer's kept rows, the sampler's [rows, V] buffers fit its term with room for the
-    float64 copy CUDA's cumsum makes, and the plan's usable GPU memory is the card less the stated reserve and 3%."""
+def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates():
+    """The sampler's [rows, V] buffers fit its term with room for the float64 copy CUDA's cumsum makes, and the plan's
+    usable GPU memory is the card less the stated reserve and 3%."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from adamame.generate import COMPACT_AT, sample_next
-    from adamame.memory import RESERVE_GIB, compaction_bytes, sampler_bytes, usable_bytes
-    from adamame.model import KVCache
+    from adamame.generate import sample_next
+    from adamame.memory import RESERVE_GIB, sampler_bytes, usable_bytes
 
-    save_tiny_hf(tmp_path, "qwen2", num_attention_heads=4, num_key_value_heads=2)
-    cfg = load_model(str(tmp_path)).config
-    rows, slots = 16, 48
-    from adamame.generate import compact
+    rows = 16
 
     class Outputs(TorchDispatchMode):
         def __init__(self):
@@ -228,24 +225,6 @@ def test_the_rollouts_gpu_only_terms_are_what_the_engine_allocates(tmp_path):
             if isinstance(out, torch.Tensor) and out.numel() == rows * 97 and func._schema.name != "aten::view":
                 self.out.append((func._schema.name, out.dtype, out.numel() * out.element_size()))
             return out
-
-    class Allocated(TorchDispatchMode):  # every tensor compact() creates, by size
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
-            if isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in inputs:  # new memory only
-                self.sizes.append(out.untyped_storage().nbytes())
-            return out
-
-    cache = KVCache.allocate(cfg, rows, slots, torch.float32, "cpu")
-    keep, alloc = torch.arange(int(COMPACT_AT * rows)), Allocated()
-    with alloc:
-        compact(cache, keep, slots)
-    assert max(alloc.sizes) == compaction_bytes(cfg, rows, slots, torch.float32)  # one layer's K or V, kept rows
 
     logits, u, rec = torch.randn(rows, 97), torch.rand(rows, dtype=torch.float64), Outputs()
     with rec:

@@ -6,7 +6,7 @@ import torch
 
 from adamame.hf import load_model, save_model
 from adamame.model import ModelConfig
-from tests.helpers import VARIANTS, left_padded_batch, save_tiny_hf
+from tests.helpers import VARIANTS, left_padded_batch, paged_copy, save_tiny_hf
 
 
 @pytest.mark.parametrize("name,model_type,extra", VARIANTS, ids=[v[0] for v in VARIANTS])
@@ -58,9 +58,10 @@ def test_kv_cache_incremental_equals_full_forward(tmp_path, decode_step):
         ref = m(full_ids, positions=full_pos, mask=full_mask)
         steps = [m(ids, positions=pos, mask=mask, cache=cache, start=0)[:, -1:]]
         T = ids.shape[1]
+        paged = paged_copy(cache)  # the generator's cache: blocks through a table
         for j in range(extra.shape[1]):
             if decode_step:  # the generator's step: slot on the device, attention over the whole cache
-                steps.append(m.decode_step(extra[:, j], full_pos[:, T + j], cache, torch.full((3,), T + j), 3,
+                steps.append(m.decode_step(extra[:, j], full_pos[:, T + j], paged, torch.full((3,), T + j), 3,
                                            full_ids.shape[1])[:, None])
             else:
                 steps.append(m(extra[:, j:j + 1], positions=full_pos[:, T + j:T + j + 1], cache=cache, start=T + j))

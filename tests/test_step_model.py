@@ -1,5 +1,5 @@
 """bench/generate.py's step-time model of a rollout, on a schedule small enough to price by hand, and the --reads
-report's last two lines as the issue tracker and the closing notes read them."""
+report's last three lines as the issue tracker and the closing notes read them."""
 
 import os
 import re
@@ -53,7 +53,7 @@ def test_the_reads_report_ends_with_the_predicted_rollouts():
     r = subprocess.run([sys.executable, "bench/generate.py", "--reads"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    *_, model, kernels = r.stdout.strip().splitlines()
+    *_, model, kernels, paged = r.stdout.strip().splitlines()
     assert model.startswith("predicted rollout per GPU (H100 model, 2 us a kernel): r1-distill-qwen-1.5b ")
     (after_15, before_15), (after_4, before_4) = [(float(a), float(b)) for a, b in
                                                   re.findall(r"([\d.]+) s \(before: ([\d.]+) s\)", model)]
@@ -61,3 +61,6 @@ def test_the_reads_report_ends_with_the_predicted_rollouts():
     assert kernels.startswith("kernels per decode step: r1-distill-qwen-1.5b ") and "qwen3-4b" in kernels
     (a15, b15), (a4, b4) = [(int(a), int(b)) for a, b in re.findall(r"(\d+) \(before: (\d+)\)", kernels)]
     assert a15 <= 12 * 28 + 20 and a4 <= 12 * 36 + 20 and a15 < b15 and a4 < b4
+    assert paged.startswith("paged vs static cache (H100 model): r1-distill-qwen-1.5b ")
+    (p15, s15), (p4, s4) = [(float(a), float(b)) for a, b in re.findall(r"([\d.]+) s vs ([\d.]+) s", paged)]
+    assert p15 <= s15 and p4 < s4  # the paged cache's: issue 44 asks p4 <= 0.85 s4 (the closing note says why not)
