@@ -91,28 +91,38 @@ if triton is not None:
 
     @triton.jit
     def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, t_ptr, out_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
-                            sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, split_len, scale,
+                            pend_ptr, pacc_ptr, pml_ptr, sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, split_len, scale,
                             REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                             SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
-                            COUNT: tl.constexpr):
+                            COUNT: tl.constexpr, CASCADE: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
-        lo = tl.maximum(tl.load(start_ptr + row), split * split_len)
-        hi = tl.minimum(tl.load(end_ptr + row), (split + 1) * split_len)
+        start, end = tl.load(start_ptr + row), tl.load(end_ptr + row)
+        lo = tl.maximum(start, split * split_len)
+        hi = tl.minimum(end, (split + 1) * split_len)
         heads = kvh * REP + tl.arange(0, REP_PAD)
         hmask = tl.arange(0, REP_PAD) < REP
         d = tl.arange(0, D_PAD)
         dmask = d < D
+        rh = row * (REP * tl.num_programs(1)) + heads  # the output's (row, head) [R, H]
         q = tl.load(q_ptr + row * sq_r + heads[:, None] * sq_h + d[None, :], mask=hmask[:, None] & dmask[None, :],
                     other=0.0)
         if DOT_F32:
             q = q.to(tl.float32)
         kbase = k_ptr + kvh * sk_h
         vbase = v_ptr + kvh * sv_h
-        m = tl.full((REP_PAD,), float("-inf"), tl.float32)
-        lsum = tl.zeros((REP_PAD,), tl.float32)
-        acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
+        if CASCADE:  # the shared prompt [start, pend) was read by _prefix_kernel: split 0 starts from its state
+            lo = tl.maximum(lo, tl.load(pend_ptr + row))
+            seed_row = (split == 0).to(tl.int32) * (end > start).to(tl.int32)  # split 0 of a row that reads
+            seed = hmask & ((tl.zeros((REP_PAD,), tl.int32) + seed_row) > 0)
+            m = tl.load(pml_ptr + rh * 2, mask=seed, other=float("-inf"))
+            lsum = tl.load(pml_ptr + rh * 2 + 1, mask=seed, other=0.0)
+            acc = tl.load(pacc_ptr + rh[:, None] * D + d[None, :], mask=seed[:, None] & dmask[None, :], other=0.0)
+        else:
+            m = tl.full((REP_PAD,), float("-inf"), tl.float32)
+            lsum = tl.zeros((REP_PAD,), tl.float32)
+            acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
         first = lo // BLOCK * BLOCK
         hi = tl.where(hi > lo, hi, first)  # an empty range visits no block (not the one holding lo)
         for s0 in range(first, hi, BLOCK):  # this row's blocks: nothing outside [start, end) is loaded
@@ -139,7 +149,6 @@ if triton is not None:
             if COUNT:  # tests only: blocks visited and slots loaded, per row
                 tl.atomic_add(count_ptr + row * 2, 1)
                 tl.atomic_add(count_ptr + row * 2 + 1, tl.sum(smask.to(tl.int32), axis=0))
-        rh = row * (REP * tl.num_programs(1)) + heads  # the output's (row, head) [R, H]
         if SPLITS == 1:  # the answer: acc / l in q's dtype [R, H, D], an empty row 0 (written so: no stack frame)
             o = tl.where(lsum[:, None] > 0, acc / lsum[:, None], 0.0)
             tl.store(out_ptr + rh[:, None] * D + d[None, :], o.to(out_ptr.dtype.element_ty),
@@ -149,6 +158,66 @@ if triton is not None:
             tl.store(acc_ptr + part[:, None] * D + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
             tl.store(ml_ptr + part * 2, m, mask=hmask)
             tl.store(ml_ptr + part * 2 + 1, lsum, mask=hmask)
+
+    @triton.jit
+    def _prefix_kernel(q_ptr, k_ptr, v_ptr, t_ptr, mem_ptr, start_ptr, pend_ptr, end_ptr, pacc_ptr, pml_ptr,
+                       sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, scale, REP: tl.constexpr, REPP: tl.constexpr,
+                       GROUP: tl.constexpr, QB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                       BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
+        # program (lead row, kv head): the queries of up to GROUP rows that share a prompt (members[lead], the rows of
+        # one group; a row that leads none has -1s) x the rep heads of this kv head, as one [QB, D] block against
+        # the prompt's slots [start, pend) of the lead row's blocks: each prompt block is read once for the group
+        lead = tl.program_id(0).to(tl.int64)
+        kvh = tl.program_id(1)
+        i = tl.arange(0, QB)
+        j, h = i // REPP, i % REPP
+        member = tl.load(mem_ptr + lead * GROUP + j, mask=j < GROUP, other=-1)
+        mrow = tl.maximum(member, 0).to(tl.int64)
+        valid = (member >= 0) & (h < REP)
+        live = tl.load(end_ptr + mrow, mask=member >= 0, other=0) > 0
+        first = tl.load(mem_ptr + lead * GROUP)
+        fm = tl.maximum(first, 0).to(tl.int64)
+        lo = tl.load(start_ptr + fm)
+        blk0 = lo // BLOCK * BLOCK
+        hi = tl.load(pend_ptr + fm)
+        hi = tl.where((first >= 0) & (tl.max(live.to(tl.int32), axis=0) > 0) & (hi > lo), hi, blk0)
+        heads = kvh * REP + h
+        d = tl.arange(0, D_PAD)
+        dmask = d < D
+        q = tl.load(q_ptr + mrow[:, None] * sq_r + heads[:, None] * sq_h + d[None, :],
+                    mask=valid[:, None] & dmask[None, :], other=0.0)
+        if DOT_F32:
+            q = q.to(tl.float32)
+        kbase = k_ptr + kvh * sk_h
+        vbase = v_ptr + kvh * sv_h
+        m = tl.full((QB,), float("-inf"), tl.float32)
+        lsum = tl.zeros((QB,), tl.float32)
+        acc = tl.zeros((QB, D_PAD), tl.float32)
+        for s0 in range(blk0, hi, BLOCK):
+            s = s0 + tl.arange(0, BLOCK)
+            smask = (s >= lo) & (s < hi)
+            kv_mask = smask[:, None] & dmask[None, :]
+            at = tl.load(t_ptr + fm * st_r + s0 // BLOCK).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            kblk = tl.load(kbase + at[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)
+            if DOT_F32:
+                kblk = kblk.to(tl.float32)
+            scores = tl.dot(q, tl.trans(kblk), input_precision="ieee") * scale  # [QB, BLOCK]
+            scores = tl.where(smask[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            p = tl.exp(scores - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            lsum = lsum * alpha + tl.sum(p, axis=1)
+            vblk = tl.load(vbase + at[:, None] * sv_s + d[None, :], mask=kv_mask, other=0.0)
+            if DOT_F32:
+                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype).to(tl.float32), vblk.to(tl.float32),
+                                                    input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision="ieee")
+            m = m_new
+        rh = mrow * (REP * tl.num_programs(1)) + heads  # each member's (row, head): its unnormalised state
+        tl.store(pacc_ptr + rh[:, None] * D + d[None, :], acc, mask=valid[:, None] & dmask[None, :])
+        tl.store(pml_ptr + rh * 2, m, mask=valid)
+        tl.store(pml_ptr + rh * 2 + 1, lsum, mask=valid)
 
     @triton.jit
     def _combine_kernel(acc_ptr, ml_ptr, out_ptr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, D: tl.constexpr,
@@ -173,7 +242,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _launch(q, k, v, table, start, end, scale, *, count=None):
+def _launch(q, k, v, table, start, end, scale, members=None, pend=None, *, count=None):
     R, H, D = q.shape
     n_kv, S = k.shape[1], table.shape[1] * BLOCK_S
     rep = H // n_kv
@@ -184,14 +253,25 @@ def _launch(q, k, v, table, start, end, scale, *, count=None):
     ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
     if not R:
         return out
-    name = "_decode_attn_kernel"
+    dot_f32 = q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1"
+    strides = (q.stride(0), q.stride(1), table.stride(0), k.stride(1), k.stride(0), v.stride(1), v.stride(0))
+    cascade = members is not None
+    pacc = torch.empty(R, H, D, dtype=torch.float32, device=q.device) if cascade else out
+    pml = torch.empty(R, H, 2, dtype=torch.float32, device=q.device) if cascade else out
+    name = "_prefix_kernel"
     try:
+        if cascade:  # each group's prompt once, for all its rows' queries
+            repp = _next_pow2(rep)
+            _prefix_kernel[(R, n_kv)](q, k, v, table, members, start, pend, end, pacc, pml, *strides, scale, REP=rep,
+                                      REPP=repp, GROUP=members.shape[1], QB=max(16, repp * members.shape[1]), D=D,
+                                      D_PAD=max(16, _next_pow2(D)), BLOCK=BLOCK_S, num_warps=NUM_WARPS,
+                                      DOT_F32=dot_f32)
+        name = "_decode_attn_kernel"
         _decode_attn_kernel[(R, n_kv, splits)](
-            q, k, v, table, out, acc, ml, start, end, out if count is None else count, q.stride(0), q.stride(1),
-            table.stride(0), k.stride(1), k.stride(0), v.stride(1), v.stride(0), split_len, scale,
+            q, k, v, table, out, acc, ml, start, end, out if count is None else count, pend if cascade else start,
+            pacc, pml, *strides, split_len, scale,
             REP=rep, REP_PAD=max(16, _next_pow2(rep)), D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits,
-            BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None,
-            DOT_F32=q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1")
+            BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None, CASCADE=cascade, DOT_F32=dot_f32)
         if splits > 1:  # FlashDecoding's second pass, one program per (row, head)
             name = "_combine_kernel"
             _combine_kernel[(R * H,)](acc, ml, out, SPLITS=splits, SPLITS_PAD=_next_pow2(splits), D=D,
@@ -204,21 +284,32 @@ def _launch(q, k, v, table, start, end, scale, *, count=None):
 
 @torch.library.custom_op("adamame::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, start: torch.Tensor,
-                     end: torch.Tensor, scale: float) -> torch.Tensor:
+                     end: torch.Tensor, scale: float, members: torch.Tensor | None = None,
+                     pend: torch.Tensor | None = None) -> torch.Tensor:
     """q [R, H, D] (any strides, unit last), k/v pools [P, n_kv, D] in blocks of BLOCK_S slots (unit last stride),
     table [R, W] int32 (unit last stride; W blocks: the step's slot bucket), start/end [R] int32, contiguous -> [R, H,
     D] in q's dtype: softmax(q k^T * scale) v over logical slots [start_r, end_r) of each row, slot s at pool slot
     table[r, s // BLOCK_S] * BLOCK_S + s % BLOCK_S. Where the kernel cannot run (no triton; CPU tensors outside the
-    Triton interpreter) the reference computes it."""
+    Triton interpreter) the reference computes it.
+
+    Cascade (members [R, GROUP] int32 and pend [R] int32, contiguous): rows that share a prompt's blocks (a group's
+    samples) read it once. Row r's slots [start_r, pend_r) are the shared prompt, and members[r] lists the rows whose
+    prompt row r reads for all of them (row r first, then up to GROUP - 1 others, -1 after; -1 only in a row that
+    leads none). Every row with end > start must be listed by exactly one lead row of the same prompt blocks and
+    range. The result is the same function."""
     if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
         raise ValueError("decode_attention: start and end must be contiguous int32 tensors")
     if table.dtype != torch.int32 or table.stride(-1) != 1:
         raise ValueError("decode_attention: the block table must be an int32 tensor with a unit last stride")
+    if (members is None) != (pend is None) or members is not None and (
+            members.dtype != torch.int32 or pend.dtype != torch.int32 or not members.is_contiguous()
+            or not pend.is_contiguous() or members.shape[0] != q.shape[0]):
+        raise ValueError("decode_attention: members [R, GROUP] and pend [R] go together, contiguous int32")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:  # the kernel steps head_dim by 1
         raise ValueError("decode_attention: q, k and v need a unit stride in their last dimension")
     if not _kernel_runs(q):
         return decode_attention_torch(q, k, v, table, start, end, scale)
-    return _launch(q, k, v, table, start, end, scale)
+    return _launch(q, k, v, table, start, end, scale, members, pend)
 
 
 def blocks_and_slots_read(q, k, v, table, start, end) -> torch.Tensor:
@@ -230,5 +321,5 @@ def blocks_and_slots_read(q, k, v, table, start, end) -> torch.Tensor:
 
 
 @decode_attention.register_fake
-def _(q, k, v, table, start, end, scale):
+def _(q, k, v, table, start, end, scale, members=None, pend=None):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import KVCache, PagedKVCache
-from .paging import BLOCK, Scheduler, lead
+from .paging import BLOCK, GROUP, Scheduler, lead
 
 try:  # the optional sibling: the fused Triton sampler (without it every step samples with sample_next)
     from .sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
@@ -185,6 +185,8 @@ class Decoder:
         self.sample, self.index, self.seed, self.inv_t = zeros(B), zeros(B), zeros(2), zeros(1, dtype=torch.float32)
         self.logits = None  # [B, V] float32, made at the first graph that needs it
         self.settings = None  # the generate call whose seed and 1 / temperature the static buffers hold
+        self.members, self.pend = torch.full((B, GROUP), -1, dtype=torch.int32, device=dev), zeros(B, dtype=torch.int32)
+        self.groups = None  # the look whose prompt groups the static buffers hold (None: no cascade)
         self.graphs, self.pool, self.stream, self.capture_seconds = {}, None, None, 0.0
 
     @property
@@ -198,7 +200,8 @@ class Decoder:
     def _run(self, rows, slots, greedy=None):
         """The step's float32 logits [rows, V]; with greedy (True/False) its fused sample (tokens, log-probs)."""
         logits = self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots,
-                                        active=self.active)
+                                        active=self.active,
+                                        groups=None if self.groups is None else (self.members, self.pend))
         if greedy is None:
             return logits.float()
         return fused_sample(logits, self.inv_t, self.seed, self.sample[:rows], self.index[:rows], greedy)
@@ -226,11 +229,13 @@ class Decoder:
         self.pool = self.pool or graph.pool()
         return graph, out
 
-    def __call__(self, tokens, positions, slot, last_slot: int, active=None, fused=None):
+    def __call__(self, tokens, positions, slot, last_slot: int, active=None, fused=None, groups=None):
         """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache slots `slot`
         [live] (on the device; last_slot: their largest, known to the host, which picks the slot bucket); active
         [live] bool (None: all) marks the rows whose logits are used (others' are garbage). fused: None, or
-        (settings, samples [live], token indices [live]) to return the fused sampler's (tokens, log-probs) [live].
+        (settings, samples [live], token indices [live]) to return the fused sampler's (tokens, log-probs) [live];
+        groups: None, or (members [live, GROUP], pend [live]) int32, the rows that share a prompt (decode_attention's
+        cascade), copied only when a new pair is given (a look).
         With CUDA graphs the outputs are a graph's own memory: valid until the next call (any graph of the shared pool
         may overwrite them), which is how generate reads them."""
         live = tokens.shape[0]
@@ -244,6 +249,10 @@ class Decoder:
             self.active[:live].fill_(True)
         else:
             self.active[:live].copy_(active)
+        if groups is not None and groups is not self.groups:  # a look's prompt groups: copied once
+            self.members[:live], self.pend[:live] = groups
+            self.members[live:], self.pend[live:] = -1, 0
+            self.groups = groups
         greedy = None
         if fused is not None:
             cfg, samples, index = fused
@@ -493,10 +502,12 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
         if not sched.rows:
             break
         info["most_rows"] = max(info["most_rows"], len(sched.rows))
-        offset = sched.max_slot_offset()
+        offset, (members, pend) = sched.max_slot_offset(), sched.prompt_groups()
+        groups = (torch.tensor([m + [-1] * (GROUP - len(m)) for m in members], dtype=torch.int32, device=dev),
+                  torch.tensor(pend, dtype=torch.int32, device=dev))
         for _ in range(min(check_every, sched.end_step() - steps)):
             out = decoder(st.tok, st.pos, st.slot, min(offset + steps, last_slot), ~st.done,
-                          (cfg, st.key, st.t) if cfg.fused else None)
+                          (cfg, st.key, st.t) if cfg.fused else None, groups)
             draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
             st.pos += 1
             st.slot = (st.slot + 1).clamp_(max=last_slot)  # a done row's slot stops at the last one (never read)

@@ -243,9 +243,10 @@ def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: tor
     if R:
         norm = q_norm is not None
         _run("_rope_cache_kernel", _rope_cache_kernel, (R, H + 2 * KV), q, k, v, q.stride(0), k.stride(0),
-             v.stride(0), positions, slot, inv_freq, q_norm if norm else inv_freq, k_norm if norm else inv_freq, out,
-             k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), eps, H=H, KV=KV, D=D, HALF=_pow2(D // 2), QK_NORM=norm,
-             num_warps=ROPE_WARPS)
+             v.stride(0), positions, slot, table, table.stride(0), inv_freq, q_norm if norm else inv_freq,
+             k_norm if norm else inv_freq, out, k_cache, v_cache, k_cache.stride(0), k_cache.stride(1),
+             v_cache.stride(0), v_cache.stride(1), eps, H=H, KV=KV, D=D, HALF=_pow2(D // 2), QK_NORM=norm,
+             BLOCK=block, num_warps=ROPE_WARPS)
     return out
 
 

@@ -431,13 +431,14 @@ class Transformer(nn.Module):
         return self.lm_head(x) if head is None else head(x, self.lm_head.weight)
 
     def decode_step(self, tokens, positions, cache: PagedKVCache, slot: torch.Tensor, rows: int, slots: int, *,
-                    active=None):
+                    active=None, groups=None):
         """One generated token for each of the first `rows` cache rows, attending to logical cache slots [0, slots).
 
         tokens, positions, slot: [>= rows] int64; row r's new token goes to its logical slot slot[r] (< slots) and it
         attends to its slots [slot[r] - positions[r], slot[r]] (its prompt's first token to the new one), so rows can
         hold sequences of different ages; active: [>= rows] bool or None (all), False for rows whose output is not
-        needed (finished, or padding). Returns logits [rows, V]. Every shape depends only on (rows, slots) and the
+        needed (finished, or padding); groups: None, or (members, pend) [>= rows] of rows that share a prompt's blocks
+        (decode_attention's cascade: the kernel reads each shared prompt once for its rows). Returns logits [rows, V]. Every shape depends only on (rows, slots) and the
         slots and the block table live on the device, so the generator can capture this call as one CUDA graph per
         (rows, slots) bucket and replay it step after step.
         With the Triton kernels (on CUDA; decode_attention.use_kernel decides) the step is `fused_decode_step`; in
@@ -445,7 +446,8 @@ class Transformer(nn.Module):
         through the block table, under an additive bias (0 in the row's range, -inf elsewhere).
         """
         if decode_attention is not None and use_decode_kernel(tokens):
-            return self.fused_decode_step(tokens[:rows], positions[:rows], cache, slot[:rows], slots, active)
+            return self.fused_decode_step(tokens[:rows], positions[:rows], cache, slot[:rows], slots, active,
+                                          None if groups is None else (groups[0][:rows], groups[1][:rows]))
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
         slot = slot[:rows]
@@ -464,7 +466,7 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, bias[:, None, None, :], paged(cache.k[i], cache.v[i]))
         return self.lm_head(self.model.norm(x))[:, 0]
 
-    def fused_decode_step(self, tokens, positions, cache: PagedKVCache, slot, slots: int, active=None):
+    def fused_decode_step(self, tokens, positions, cache: PagedKVCache, slot, slots: int, active=None, groups=None):
         """decode_step on the Triton kernels, one token per row as [R, features] (R = len(tokens)): per layer 4 GEMMs
         after merge_projections (7 before) and 5 kernels (adamame/layer_kernels.py, adamame/decode_attention.py):
 
@@ -489,7 +491,7 @@ class Transformer(nn.Module):
             norms = (attn.q_norm.weight, attn.k_norm.weight) if cfg.qk_norm else (None, None)
             q = rope_cache(*attn.qkv(h), positions, slot, table, self.inv_freq, cache.k[i], cache.v[i], *norms, eps,
                            cache.block)
-            y = decode_attention(q, cache.k[i], cache.v[i], table, start, end, attn.hd ** -0.5)
+            y = decode_attention(q, cache.k[i], cache.v[i], table, start, end, attn.hd ** -0.5, *(groups or ()))
             x = attn.o_proj(y.view(R, -1))
             h, res = add_rmsnorm(x, res, layer.post_attention_layernorm.weight, eps)
             x = mlp.down_proj(silu_mul(*mlp.gate_up(h)))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 BLOCK = 32  # slots per block: decode_attention's BLOCK_S, so its kernel loads one block id per inner block
 RESERVE = 2048  # response tokens each running row is assumed to reach when a new sample is admitted
 SCRATCH = 0  # block 0 is never handed out: a table's unused entries point at it, and writes there are dropped
+GROUP = 8  # rows whose shared prompt one read of the decode kernel serves (adamame/decode_attention.py's cascade)
 
 
 def lead(prompt_len: int) -> int:
@@ -172,6 +173,19 @@ class Scheduler:
             admitted.append(row)
             committed += need_prompt + proj
         return Look(keep, grown, prefill, admitted)
+
+    def prompt_groups(self) -> tuple:
+        """For the decode kernel's cascade: per row in flight, the rows whose shared prompt it reads for all of them
+        (itself first; at most GROUP; [] for a row another row reads for), and the logical slot where its prompt
+        ends (its own slots start there)."""
+        members, lead_of, pend = [[] for _ in self.rows], {}, []
+        for i, r in enumerate(self.rows):
+            g = r.sample // self.n
+            if g not in lead_of or len(members[lead_of[g]]) == GROUP:
+                lead_of[g] = i
+            members[lead_of[g]].append(i)
+            pend.append(lead(self.plen[g]) + self.plen[g])
+        return members, pend
 
     def table_row(self, row: Row) -> list:
         return self.prompt_blocks[row.sample // self.n] + row.blocks

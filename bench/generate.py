@@ -316,15 +316,16 @@ def decode_costs(cfg) -> dict:
                 attn_flops_per_slot=4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim)
 
 
-def engine_kernels(cfg=None, recorded=None) -> dict:
+def engine_kernels(cfg=None, recorded=None, cascade=True) -> dict:
     """A decode step as kernels to price (bench/kernel_count.py): per regime ("unsplit", "split"), the ops of the
     one-layer step ("one") and of one more layer ("layer"), each (name, kernels, bytes = a + b R, FLOPs = c + d R) for
     R rows run. Recorded now on the meta device from this code for config `cfg`, or taken from a recording (one
-    model's entry of kernel_count.record's JSON: the "before" fixture)."""
+    model's entry of kernel_count.record's JSON: the "before" fixture). cascade=False: the step without the shared
+    prompts' attention pass (the static cache had none)."""
     import kernel_count as kc
 
     if recorded is None:
-        recorded = {regime: {str(r): kc.per_layer(cfg, r, slots) for r in rows}
+        recorded = {regime: {str(r): kc.per_layer(cfg, r, slots, cascade=cascade) for r in rows}
                     for regime, (rows, slots) in kc.REGIMES.items()}
     out = {}
     for regime, (rows, _) in kc.REGIMES.items():
@@ -588,9 +589,10 @@ def reads_report():
         shape = model_shape(name)
         static = [static_schedule(plens, resp, 4096, rows=shape["rows"], n=8, kernel=True, trace=True)]
         paged = [paged_schedule(plens, resp, 4096, rows=shape["rows"], n=8, trace=True)]
-        engines = {"before": engine_kernels(recorded=recorded[name]), "after": engine_kernels(shape["cfg"])}
+        engines = {"before": engine_kernels(recorded=recorded[name]), "after": engine_kernels(shape["cfg"]),
+                   "static": engine_kernels(shape["cfg"], cascade=False)}
         res = {"rows": shape["rows"]}
-        for when, eng, sched in (("before", engines["before"], static), ("static", engines["after"], static),
+        for when, eng, sched in (("before", engines["before"], static), ("static", engines["static"], static),
                                  ("paged", engines["after"], paged)):
             r = step_time_model(shape, sched, eng)
             r["kernels"] = kernels_per_step(eng, shape, shape["rows"], 4608)

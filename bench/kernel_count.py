@@ -38,7 +38,8 @@ def launches(name: str, args) -> int:
         from adamame.decode_attention import BLOCK_S, num_splits
 
         q, k, table = args[0], args[1], args[3]
-        return 1 + (num_splits(q.shape[0], k.shape[1], table.shape[1] * BLOCK_S) > 1)
+        cascade = len(args) > 7 and args[7] is not None  # the shared prompts' pass first
+        return 1 + cascade + (num_splits(q.shape[0], k.shape[1], table.shape[1] * BLOCK_S) > 1)
     if name == "adamame.sample":
         from adamame.sampler import num_splits
 
@@ -142,7 +143,7 @@ def paper_config(name: str, layers: int | None = None):
     return cfg
 
 
-def record_step(cfg, rows: int, slots: int, device="meta", dtype=None, model=None) -> list:
+def record_step(cfg, rows: int, slots: int, device="meta", dtype=None, model=None, cascade=True) -> list:
     """The ops of one decode step with the fused sampler, as a CUDA graph captures it (Decoder._run), for `rows` rows
     over `slots` cache slots, of `model`, or of a new one in the rollout copy's layout (merged projections) in bf16 on
     `device`: the meta device (nothing runs), or the CPU (run, adamame ops expanded: TRITON_INTERPRET=1 needed).
@@ -167,6 +168,10 @@ def record_step(cfg, rows: int, slots: int, device="meta", dtype=None, model=Non
     dec.positions.fill_(1)
     dec.slot.fill_(slots - 1)
     dec.active.fill_(True)
+    dec.groups = () if cascade else None  # the cascade: each row its own group here (the same kernels)
+    if cascade and dev.type != "meta":
+        dec.members[:, 0] = torch.arange(rows, dtype=torch.int32)
+        dec.pend.fill_(1)
     rec = recorder(tuple(cache.k[0].shape), expand=dev.type != "meta")
     mode = os.environ.get("ADAMAME_KERNELS")
     os.environ["ADAMAME_KERNELS"] = "triton"  # the GPU's path

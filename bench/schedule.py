@@ -6,8 +6,9 @@ can decode. `paged_schedule` drives adamame.paging.Scheduler exactly as adamame.
 are the engine's (tests/test_generate.py checks them against generate with forced lengths). `static_schedule` replays
 the static cache the engine had before paging (refill, compaction at COMPACT_AT), for the "before" side of the model.
 
-Row-slots read: with the decode kernel each active row's own slots (prompt and tokens so far, incl. the new one),
-with SDPA rows x slots of the bucket; `useful` counts the active rows' own slots. Multiply by the bytes of a slot
+Row-slots read: with the decode kernel each active row's own slots (its tokens so far, incl. the new one) and, once per
+group of rows sharing it (adamame.paging.Scheduler.prompt_groups), the prompt; with SDPA rows x slots of the bucket;
+`useful` counts what the kernel reads (for the static cache: each active row's prompt and tokens). Multiply by the bytes of a slot
 (2 x layers x kv heads x head_dim x itemsize) for bytes. trace=True adds `steps_trace`, one (rows run, slots, rows in
 flight, active rows, row-slots read) per step, and `events`: ("prefill", samples, 1, tokens prefilled) per admission
 and, for the static cache, ("compact", rows kept, slots moved) per compaction.
@@ -52,15 +53,20 @@ def paged_schedule(prompt_lens, response_lens, max_new_tokens, *, n=1, rows=None
         live = len(sched.rows)
         out["most_rows"] = max(out["most_rows"], live)
         offset = sched.max_slot_offset()
-        base = np.array([plen[r.sample] + r.t0 - r.born for r in sched.rows])  # + steps: a row's slots read
+        own = np.array([r.t0 - r.born for r in sched.rows])  # + steps: a row's own slots (after its prompt)
+        prompt = np.array([plen[r.sample] for r in sched.rows])
         end = np.array([r.born + resp[r.sample] - r.t0 for r in sched.rows])  # active while steps < end
+        members, _ = sched.prompt_groups()  # the kernel reads a shared prompt once for its rows (the cascade)
+        lead_of = np.zeros(live, dtype=np.int64)
+        for i, m in enumerate(members):
+            lead_of[m] = i
         for _ in range(min(check_every, sched.end_step() - steps)):
             run, slots = step_buckets(live, min(offset + steps, S - 1), N, S, slot_bucket=slot_bucket,
                                       pad_rows=pad_rows, rows_fn=rows_fn)
             buckets.add((run, slots))
             active = end > steps
             n_active = int(active.sum())
-            useful = int(base[active].sum()) + steps * n_active
+            useful = int(own[active].sum()) + steps * n_active + int(prompt[np.unique(lead_of[active])].sum())
             read = useful if kernel else run * slots
             out["steps"] += 1
             out["useful"] += useful

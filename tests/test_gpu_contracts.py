@@ -617,15 +617,30 @@ TRITON_SIGNATURES = {
     "_decode_attn_kernel": {
         "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "t_ptr": "*i32", "out_ptr": "*DTYPE",
                  "acc_ptr": "*fp32", "ml_ptr": "*fp32", "start_ptr": "*i32", "end_ptr": "*i32", "count_ptr": "*fp32",
+                 "pend_ptr": "*i32", "pacc_ptr": "*fp32", "pml_ptr": "*fp32",
                  "sq_r": "i32", "sq_h": "i32", "st_r": "i32", "sk_h": "i32", "sk_s": "i32", "sv_h": "i32",
                  "sv_s": "i32", "split_len": "i32", "scale": "fp32",
                  "REP": "constexpr", "REP_PAD": "constexpr", "D": "constexpr", "D_PAD": "constexpr",
-                 "SPLITS": "constexpr", "BLOCK": "constexpr", "DOT_F32": "constexpr", "COUNT": "constexpr"},
+                 "SPLITS": "constexpr", "BLOCK": "constexpr", "DOT_F32": "constexpr", "COUNT": "constexpr",
+                 "CASCADE": "constexpr"},
         "variants": [{"REP": rep, "REP_PAD": 16, "D": d, "D_PAD": d, "SPLITS": 1, "BLOCK": 32, "DOT_F32": False,
-                      "COUNT": False} for rep, d in ((6, 128), (4, 128), (8, 64))],
+                      "COUNT": False, "CASCADE": True} for rep, d in ((6, 128), (4, 128), (8, 64))],
         "num_warps": 8,
         "divisible": ["q_ptr", "k_ptr", "v_ptr", "t_ptr", "out_ptr", "acc_ptr", "ml_ptr", "start_ptr", "end_ptr",
-                      "sq_r", "sq_h", "st_r", "sk_h", "sk_s", "sv_h", "sv_s"]},
+                      "pend_ptr", "pacc_ptr", "pml_ptr", "sq_r", "sq_h", "st_r", "sk_h", "sk_s", "sv_h", "sv_s"]},
+    # the cascade's pass over the shared prompts: a group of 8 rows x rep heads as one query block
+    "_prefix_kernel": {
+        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "v_ptr": "*DTYPE", "t_ptr": "*i32", "mem_ptr": "*i32",
+                 "start_ptr": "*i32", "pend_ptr": "*i32", "end_ptr": "*i32", "pacc_ptr": "*fp32", "pml_ptr": "*fp32",
+                 "sq_r": "i32", "sq_h": "i32", "st_r": "i32", "sk_h": "i32", "sk_s": "i32", "sv_h": "i32",
+                 "sv_s": "i32", "scale": "fp32", "REP": "constexpr", "REPP": "constexpr", "GROUP": "constexpr",
+                 "QB": "constexpr", "D": "constexpr", "D_PAD": "constexpr", "BLOCK": "constexpr",
+                 "DOT_F32": "constexpr"},
+        "variants": [{"REP": rep, "REPP": repp, "GROUP": 8, "QB": 8 * repp, "D": 128, "D_PAD": 128, "BLOCK": 32,
+                      "DOT_F32": False} for rep, repp in ((6, 8), (4, 4))],
+        "num_warps": 8,
+        "divisible": ["q_ptr", "k_ptr", "v_ptr", "t_ptr", "mem_ptr", "start_ptr", "pend_ptr", "end_ptr", "pacc_ptr",
+                      "pml_ptr", "sq_r", "sq_h", "st_r", "sk_h", "sk_s", "sv_h", "sv_s"]},
     # split-KV's second pass: 18 splits (2 rows x 4,608 slots), head_dim 128
     "_combine_kernel": {
         "args": {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*DTYPE", "SPLITS": "constexpr",
