@@ -1,19 +1,26 @@
 """Decode attention that reads only what it uses: one query token per row against a paged KV cache, in Triton.
 
-Why: at the paper's rollout shape (1.5B, 512 rows, up to 4,608 cache slots) a decode step reads ~3 GB of weights
-and up to ~60 GB of KV cache, so the rollout is bound by KV reads. SDPA with an additive bias reads every slot of the
-step's bucket for every row: the left padding of shorter prompts, the bucket's slack past a row's length, and the
-rows that have already finished. This kernel reads, for each row, only the slots [start, end) the caller gives
-(its first valid slot to its current length; end = 0 for a finished or padding row, which reads nothing):
+Why: at the paper's rollout shape (a 4B model, ~150 rows in flight, up to 4,608 slots a row) a decode step reads ~8 GB
+of weights and tens of GB of KV cache, so the rollout is bound by KV reads. SDPA with an additive bias reads every
+slot of the step's bucket for every row: the bucket's slack past a row's length, and the rows that have already
+finished. This kernel reads, for each row, only its logical slots [start, end) (its prompt's first token to its
+current length; end = 0 for a finished or padding row, which reads nothing), through its block table (row r's
+logical slot s lives at pool slot table[r, s // BLOCK_S] * BLOCK_S + s % BLOCK_S: a paged cache, adamame/paging.py):
 
     grid = (rows, kv heads, splits); a program loads the rep = n_heads / n_kv query heads that share its KV head
     as one [rep, D] block (K and V are read once for all of them), walks its share of [start, end) in blocks of
-    BLOCK_S slots (one cache block each: its id comes from the row's block table) with an online softmax (running max m, sum l, accumulator acc, all float32); with one split it
-    writes the answer acc / l in q's dtype, with several (FlashDecoding's split-KV: when rows x kv heads are too few
-    to fill the GPU, at a rollout's tail) it writes the unnormalised (acc, m, l) and a second kernel combines them,
+    BLOCK_S slots (one cache block each, its id read from the table) with an online softmax (running max m, sum l,
+    accumulator acc, all float32); with one split it writes the answer acc / l in q's dtype, with several
+    (FlashDecoding's split-KV: when rows x kv heads are too few to fill the GPU, at a rollout's tail) it writes the
+    unnormalised (acc, m, l) and a second kernel combines them,
         out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s,   M = max_s m_s.
-    Nothing else runs in PyTorch: the op is one kernel launch, or two with splits (what the decode step's kernel
-    count, bench/kernel_count.py, holds it to).
+
+Cascade (FlashInfer's name): the samples of one prompt share its blocks, so a first kernel reads each shared prompt
+once for all its rows, their queries stacked as one [rows x rep, D] block (a group of up to GROUP rows; members and
+pend say who and where the prompt ends), and leaves each row's unnormalised (acc, m, l) over the prompt; the main
+kernel starts from it and reads only the row's own slots [pend, end). The prompt is read once a group, not once a
+row. Nothing else runs in PyTorch: the op is one to three kernel launches (what the decode step's kernel count,
+bench/kernel_count.py, holds it to).
 
 The number of splits depends only on (rows, slots), so a captured CUDA graph replays it at every step of a bucket;
 start and end live in device tensors. It is registered as the op `adamame::decode_attention` (torch.library), so
@@ -37,6 +44,8 @@ except ImportError:
     triton = None
 
 BLOCK_S = 32  # cache slots per inner block
+PREFIX_QUERIES = 32  # _prefix_kernel: query heads a program holds ([rows x rep, D] and its float32 state) ...
+PREFIX_WARPS = 16  # ... on 16 warps: <= 128 registers a thread, no spills (tests/test_gpu_contracts.py)
 NUM_WARPS = 8  # with BLOCK_S: 62-65 registers on sm_80/sm_90 at head_dim 128, no spills (tests/test_gpu_contracts.py)
 TARGET_PROGRAMS = 264  # split the key range until rows x kv heads x splits reach this (~2 waves of 132 SMs)
 MIN_SPLIT = 256  # ... but never below this many slots per split
@@ -91,45 +100,36 @@ if triton is not None:
 
     @triton.jit
     def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, t_ptr, out_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
-                            pend_ptr, pacc_ptr, pml_ptr, sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, split_len, scale,
+                            pend_ptr, sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, split_len, scale,
                             REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                             SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
                             COUNT: tl.constexpr, CASCADE: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
-        start, end = tl.load(start_ptr + row), tl.load(end_ptr + row)
-        lo = tl.maximum(start, split * split_len)
-        hi = tl.minimum(end, (split + 1) * split_len)
+        lo = tl.maximum(tl.load(start_ptr + row), split * split_len)
+        hi = tl.minimum(tl.load(end_ptr + row), (split + 1) * split_len)
         heads = kvh * REP + tl.arange(0, REP_PAD)
         hmask = tl.arange(0, REP_PAD) < REP
         d = tl.arange(0, D_PAD)
         dmask = d < D
-        rh = row * (REP * tl.num_programs(1)) + heads  # the output's (row, head) [R, H]
         q = tl.load(q_ptr + row * sq_r + heads[:, None] * sq_h + d[None, :], mask=hmask[:, None] & dmask[None, :],
                     other=0.0)
         if DOT_F32:
             q = q.to(tl.float32)
         kbase = k_ptr + kvh * sk_h
         vbase = v_ptr + kvh * sv_h
-        if CASCADE:  # the shared prompt [start, pend) was read by _prefix_kernel: split 0 starts from its state
+        if CASCADE:  # the shared prompt [start, pend) was read by _prefix_kernel; the combine kernel merges it
             lo = tl.maximum(lo, tl.load(pend_ptr + row))
-            seed_row = (split == 0).to(tl.int32) * (end > start).to(tl.int32)  # split 0 of a row that reads
-            seed = hmask & ((tl.zeros((REP_PAD,), tl.int32) + seed_row) > 0)
-            m = tl.load(pml_ptr + rh * 2, mask=seed, other=float("-inf"))
-            lsum = tl.load(pml_ptr + rh * 2 + 1, mask=seed, other=0.0)
-            acc = tl.load(pacc_ptr + rh[:, None] * D + d[None, :], mask=seed[:, None] & dmask[None, :], other=0.0)
-        else:
-            m = tl.full((REP_PAD,), float("-inf"), tl.float32)
-            lsum = tl.zeros((REP_PAD,), tl.float32)
-            acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
-        first = lo // BLOCK * BLOCK
-        hi = tl.where(hi > lo, hi, first)  # an empty range visits no block (not the one holding lo)
+        m = tl.full((REP_PAD,), float("-inf"), tl.float32)
+        lsum = tl.zeros((REP_PAD,), tl.float32)
+        acc = tl.zeros((REP_PAD, D_PAD), tl.float32)
+        first = tl.where(hi > lo, lo // BLOCK * BLOCK, hi)  # an empty range visits no block (not the one holding lo)
         for s0 in range(first, hi, BLOCK):  # this row's blocks: nothing outside [start, end) is loaded
             s = s0 + tl.arange(0, BLOCK)
             smask = (s >= lo) & (s < hi)
             kv_mask = smask[:, None] & dmask[None, :]
-            at = tl.load(t_ptr + row * st_r + s0 // BLOCK).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # pool slots
+            at = tl.load(t_ptr + row * st_r + s0 // BLOCK) * BLOCK + tl.arange(0, BLOCK)  # pool slots (int32)
             kblk = tl.load(kbase + at[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK, D]
             if DOT_F32:  # the interpreter's tl.dot mishandles bfloat16 operands: give it float32 ones
                 kblk = kblk.to(tl.float32)
@@ -149,7 +149,8 @@ if triton is not None:
             if COUNT:  # tests only: blocks visited and slots loaded, per row
                 tl.atomic_add(count_ptr + row * 2, 1)
                 tl.atomic_add(count_ptr + row * 2 + 1, tl.sum(smask.to(tl.int32), axis=0))
-        if SPLITS == 1:  # the answer: acc / l in q's dtype [R, H, D], an empty row 0 (written so: no stack frame)
+        rh = row * (REP * tl.num_programs(1)) + heads  # the output's (row, head) [R, H]
+        if SPLITS == 1 and not CASCADE:  # the answer: acc / l in q's dtype [R, H, D], an empty row 0 (no stack frame)
             o = tl.where(lsum[:, None] > 0, acc / lsum[:, None], 0.0)
             tl.store(out_ptr + rh[:, None] * D + d[None, :], o.to(out_ptr.dtype.element_ty),
                      mask=hmask[:, None] & dmask[None, :])
@@ -162,16 +163,16 @@ if triton is not None:
     @triton.jit
     def _prefix_kernel(q_ptr, k_ptr, v_ptr, t_ptr, mem_ptr, start_ptr, pend_ptr, end_ptr, pacc_ptr, pml_ptr,
                        sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, scale, REP: tl.constexpr, REPP: tl.constexpr,
-                       GROUP: tl.constexpr, QB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                       BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
-        # program (lead row, kv head): the queries of up to GROUP rows that share a prompt (members[lead], the rows of
-        # one group; a row that leads none has -1s) x the rep heads of this kv head, as one [QB, D] block against
-        # the prompt's slots [start, pend) of the lead row's blocks: each prompt block is read once for the group
+                       GROUP: tl.constexpr, ROWS: tl.constexpr, QB: tl.constexpr, D: tl.constexpr,
+                       D_PAD: tl.constexpr, BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
+        # program (lead row, kv head): the queries of up to ROWS rows that share a prompt (members[lead], rows of one
+        # group; a row that leads none has -1s) x the rep heads of this kv head, as one [QB, D] block against the
+        # prompt's slots [start, pend) of the lead row's blocks: each prompt block is read once for those rows
         lead = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         i = tl.arange(0, QB)
         j, h = i // REPP, i % REPP
-        member = tl.load(mem_ptr + lead * GROUP + j, mask=j < GROUP, other=-1)
+        member = tl.load(mem_ptr + lead * GROUP + j, mask=j < ROWS, other=-1)
         mrow = tl.maximum(member, 0).to(tl.int64)
         valid = (member >= 0) & (h < REP)
         live = tl.load(end_ptr + mrow, mask=member >= 0, other=0) > 0
@@ -220,9 +221,11 @@ if triton is not None:
         tl.store(pml_ptr + rh * 2 + 1, lsum, mask=valid)
 
     @triton.jit
-    def _combine_kernel(acc_ptr, ml_ptr, out_ptr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, D: tl.constexpr,
-                        D_PAD: tl.constexpr):
-        # program (row * H + head): out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s over the splits
+    def _combine_kernel(acc_ptr, ml_ptr, out_ptr, pacc_ptr, pml_ptr, start_ptr, end_ptr, SPLITS: tl.constexpr,
+                        SPLITS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, H: tl.constexpr,
+                        CASCADE: tl.constexpr):
+        # program (row * H + head): out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s over the splits, and with
+        # the cascade the shared prompt's state as one more (for a row that reads: end > start)
         rh = tl.program_id(0).to(tl.int64)
         s = tl.arange(0, SPLITS_PAD)
         smask = s < SPLITS
@@ -231,10 +234,22 @@ if triton is not None:
         m = tl.load(ml_ptr + (rh * SPLITS + s) * 2, mask=smask, other=float("-inf"))
         lsum = tl.load(ml_ptr + (rh * SPLITS + s) * 2 + 1, mask=smask, other=0.0)
         top = tl.max(m, axis=0)
-        w = tl.exp(m - tl.where(top == float("-inf"), 0.0, top))  # a split that read nothing weighs 0
+        if CASCADE:
+            row = rh // H
+            reads = tl.load(end_ptr + row) > tl.load(start_ptr + row)
+            pm = tl.where(reads, tl.load(pml_ptr + rh * 2), float("-inf"))
+            pl = tl.where(reads, tl.load(pml_ptr + rh * 2 + 1), 0.0)
+            top = tl.maximum(top, pm)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        w = tl.exp(m - top)  # a split that read nothing weighs 0
         acc = tl.load(acc_ptr + (rh * SPLITS + s)[:, None] * D + d[None, :], mask=smask[:, None] & dmask[None, :],
                       other=0.0)
-        o = tl.sum(acc * w[:, None], axis=0) / tl.maximum(tl.sum(lsum * w, axis=0), 1e-30)
+        num, den = tl.sum(acc * w[:, None], axis=0), tl.sum(lsum * w, axis=0)
+        if CASCADE:
+            wp = tl.exp(pm - top)
+            num += tl.where(reads, tl.load(pacc_ptr + rh * D + d, mask=dmask, other=0.0), 0.0) * wp
+            den += pl * wp
+        o = num / tl.maximum(den, 1e-30)
         tl.store(out_ptr + rh * D + d, o.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
@@ -249,8 +264,9 @@ def _launch(q, k, v, table, start, end, scale, members=None, pend=None, *, count
     splits = num_splits(R, n_kv, S)
     split_len = -(-S // (splits * BLOCK_S)) * BLOCK_S  # whole blocks per split
     out = torch.empty(R, H, D, dtype=q.dtype, device=q.device)
-    acc = torch.empty(R, H, splits, D, dtype=torch.float32, device=q.device) if splits > 1 else out
-    ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
+    parts = splits > 1 or members is not None  # the main kernel leaves unnormalised states for _combine_kernel
+    acc = torch.empty(R, H, splits, D, dtype=torch.float32, device=q.device) if parts else out
+    ml = torch.empty(R, H, splits, 2, dtype=torch.float32, device=q.device) if parts else out
     if not R:
         return out
     dot_f32 = q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1"
@@ -262,20 +278,22 @@ def _launch(q, k, v, table, start, end, scale, members=None, pend=None, *, count
     try:
         if cascade:  # each group's prompt once, for all its rows' queries
             repp = _next_pow2(rep)
+            rows = max(1, min(members.shape[1], PREFIX_QUERIES // repp))
             _prefix_kernel[(R, n_kv)](q, k, v, table, members, start, pend, end, pacc, pml, *strides, scale, REP=rep,
-                                      REPP=repp, GROUP=members.shape[1], QB=max(16, repp * members.shape[1]), D=D,
-                                      D_PAD=max(16, _next_pow2(D)), BLOCK=BLOCK_S, num_warps=NUM_WARPS,
+                                      REPP=repp, GROUP=members.shape[1], ROWS=rows, QB=max(16, repp * rows), D=D,
+                                      D_PAD=max(16, _next_pow2(D)), BLOCK=BLOCK_S, num_warps=PREFIX_WARPS,
                                       DOT_F32=dot_f32)
         name = "_decode_attn_kernel"
         _decode_attn_kernel[(R, n_kv, splits)](
             q, k, v, table, out, acc, ml, start, end, out if count is None else count, pend if cascade else start,
-            pacc, pml, *strides, split_len, scale,
+            *strides, split_len, scale,
             REP=rep, REP_PAD=max(16, _next_pow2(rep)), D=D, D_PAD=max(16, _next_pow2(D)), SPLITS=splits,
             BLOCK=BLOCK_S, num_warps=NUM_WARPS, COUNT=count is not None, CASCADE=cascade, DOT_F32=dot_f32)
-        if splits > 1:  # FlashDecoding's second pass, one program per (row, head)
+        if parts:  # FlashDecoding's second pass (and the cascade's merge), one program per (row, head)
             name = "_combine_kernel"
-            _combine_kernel[(R * H,)](acc, ml, out, SPLITS=splits, SPLITS_PAD=_next_pow2(splits), D=D,
-                                      D_PAD=max(16, _next_pow2(D)), num_warps=4)
+            _combine_kernel[(R * H,)](acc, ml, out, pacc, pml, start, end, SPLITS=splits,
+                                      SPLITS_PAD=_next_pow2(splits), D=D, D_PAD=max(16, _next_pow2(D)), H=H,
+                                      CASCADE=cascade, num_warps=4 if splits > 1 else 1)
     except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
         raise RuntimeError(f"Triton kernel {name} failed ({type(e).__name__}: "
                            f"{str(e).strip()[:300]}); ADAMAME_KERNELS=torch decodes with SDPA instead") from e
@@ -294,8 +312,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
 
     Cascade (members [R, GROUP] int32 and pend [R] int32, contiguous): rows that share a prompt's blocks (a group's
     samples) read it once. Row r's slots [start_r, pend_r) are the shared prompt, and members[r] lists the rows whose
-    prompt row r reads for all of them (row r first, then up to GROUP - 1 others, -1 after; -1 only in a row that
-    leads none). Every row with end > start must be listed by exactly one lead row of the same prompt blocks and
+    prompt row r reads for all of them (row r first, then others, -1 after; -1 only in a row that leads none; at
+    most PREFIX_QUERIES // rep rows, rep rounded up to a power of two: adamame.paging.group_rows). Every row with end > start must be listed by exactly one lead row of the same prompt blocks and
     range. The result is the same function."""
     if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
         raise ValueError("decode_attention: start and end must be contiguous int32 tensors")

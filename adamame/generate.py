@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import KVCache, PagedKVCache
-from .paging import BLOCK, GROUP, Scheduler, lead
+from .paging import BLOCK, GROUP, Scheduler, group_rows, lead
 
 try:  # the optional sibling: the fused Triton sampler (without it every step samples with sample_next)
     from .sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
@@ -414,7 +414,8 @@ def prefill(model, cache: PagedKVCache, seqs: list, pad_token_id: int, stats: di
         ids, mask, last = ids.to(dev), mask.to(dev), last.to(dev)
         pos = (torch.arange(W, device=dev) - mask.float().argmax(-1, keepdim=True)).clamp(min=0)
         pre = KVCache.allocate(model.config, len(chunk), W, dtype, dev)
-        logits[torch.tensor(chunk, device=dev)] = model(ids, positions=pos, mask=mask, cache=pre, logits_at=last).float()
+        out = model(ids, positions=pos, mask=mask, cache=pre, logits_at=last)
+        logits[torch.tensor(chunk, device=dev)] = out.float()
         if src:
             off = torch.arange(BLOCK)
             src = (torch.tensor(src)[:, None] + off).flatten().to(dev)
@@ -488,6 +489,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
                stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(0), t=zeros(0), pos=zeros(0), slot=zeros(0),
                tok=zeros(0), done=zeros(0, dtype=torch.bool), key=zeros(0))
     cache.table.zero_()
+    read_rows = group_rows(model.config.num_attention_heads // model.config.num_key_value_heads)
     info = {"prefill_tokens": 0, "prompt_prefills": 0, "most_rows": 0}
     group_logits = {}  # a prefilled prompt's last logits, until its last fresh sample is admitted
     steps, finished, done = 0, 0, set()
@@ -502,7 +504,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
         if not sched.rows:
             break
         info["most_rows"] = max(info["most_rows"], len(sched.rows))
-        offset, (members, pend) = sched.max_slot_offset(), sched.prompt_groups()
+        offset, (members, pend) = sched.max_slot_offset(), sched.prompt_groups(read_rows)
         groups = (torch.tensor([m + [-1] * (GROUP - len(m)) for m in members], dtype=torch.int32, device=dev),
                   torch.tensor(pend, dtype=torch.int32, device=dev))
         for _ in range(min(check_every, sched.end_step() - steps)):

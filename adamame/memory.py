@@ -4,7 +4,7 @@ Why: a paper-scale run (512 prompts x 8 rollouts of up to 4,096 tokens on 8 GPUs
 two places, the rollout's KV cache and the update's activations, and a researcher must learn that before queueing
 for GPUs, not after the first step. So every run (and `--plan`, which needs only config.json) builds this plan
 before loading weights, prints it, and stops when it does not fit; and the run then obeys it: the plan picks the
-rollout's KV-cache rows, switches activation checkpointing on when the update would not fit without it, and picks
+rollout's KV cache (in full-length rows), switches activation checkpointing on when the update would not fit without it, and picks
 the chunked log-prob path when a micro-batch's full logits would not fit.
 
 One source of truth: the sizes come from the code that allocates them. Parameters are counted on a meta-device copy
@@ -16,14 +16,15 @@ Phases (per device; W = ranks, N = parameters, b = bytes of the compute dtype, b
     weights    full fine-tuning: float32 masters 4N / W, gradients 4N / W, AdamW moments 8N / W, and with beta > 0 a
                frozen reference copy f N / W; LoRA: the frozen base f N / W and the adapters' 16n / W. f = b when
                the checkpoint stores its weights in the compute dtype (held as stored: lossless), else 4
-    rollout    weights + the plain rollout copy (N b, LoRA merged) + generate's KV cache, prefill, decode step and
-               sampler for the cache's rows, and the tokens and log-probs of the rank's samples
+    rollout    weights + the plain rollout copy (N b, LoRA merged) + generate's paged KV cache, prefill, and the
+               decode step and sampler for the most rows it lets run at once, and the tokens and log-probs of the
+               rank's samples
     logprobs   weights + unsharded parameters (root + 2 layers, FSDP prefetches one) and float32 gradients + one
                layer's transient activations and the logits of one micro-batch (no autograd)
     update     the same + saved activations of one micro-batch (all layers, or only the layer inputs with
                checkpointing plus one layer recomputed) + a backward workspace (one layer) + the logits
-The rollout also counts what only a GPU adds: compaction's temporary (one layer's kept rows), with CUDA graphs the
-blocks the warm-up run leaves cached on the capture stream, and the sampler as it runs there: the fused Triton one
+The rollout also counts what only a GPU adds: with CUDA graphs the blocks the warm-up run leaves cached on the
+capture stream, and the sampler as it runs there: the fused Triton one
 (adamame/sampler.py: no [rows x vocabulary] buffer) unless top-k, top-p or ADAMAME_SAMPLER=torch need PyTorch's
 (float32 buffers, the float64 copy that `cumsum(dtype=float64)` makes, and the graphs' static float32 logits).
 The peak is the largest phase; a plan fits when the peak is at most the usable memory. On a GPU that is the card's
@@ -34,46 +35,22 @@ replaces the flat 5% margin of earlier versions. On CPU: 85% of the available RA
 
 How a run uses it: train_grpo.py and train_sft.py build the plan before loading any weight, print it, and stop with
 exit status 3 when the peak would not fit the device (on a CPU run: the available RAM shared by the local ranks).
-The run then obeys it: the rollout's KV-cache rows (`--rollout-rows auto`), activation checkpointing
+The run then obeys it: the rollout's KV cache (`--rollout-rows auto`), activation checkpointing
 (`--activation-checkpointing auto`: on when the update would not fit without it), and the chunked hidden-state
 log-prob path when a micro-batch's logits would not fit. A micro-batch is planned at `--micro-batch-tokens`, or at
 one whole sequence (prompt + response limit) when that is longer. What keeps the phases small: rollouts run on a
-plain copy of the policy (LoRA merged, no FSDP hooks) built for each step and freed after; finished rows are dropped
-by moving the live ones down inside the same cache buffers; micro-batches are cut from length-sorted sequences;
-logits exist only at response positions.
+plain copy of the policy (LoRA merged, no FSDP hooks) built for each step and freed after; the KV cache is paged
+(adamame/paging.py), so a row holds only the blocks it has written; micro-batches are cut from length-sorted
+sequences; logits exist only at response positions.
 
 How far to trust it: sizes that come straight from the code (the rollout copy, the KV cache, the logits) are exact,
 and a test compares them with the tensors allocated; activations are the tensors autograd saves per token and layer,
 also compared with a measurement. What no GPU has checked yet is the allocator's overhead on top (the GPU check,
 bench/README.md, measures it).
 
-Plans of the paper's two models, at the paper's GRPO settings on 8 GPUs of 80 GiB (tests/fixtures/*/config.json
-hold their public configurations; `--plan` needs only config.json and runs on any machine):
-
-    $ python train_grpo.py --plan --model tests/fixtures/deepseek-r1-distill-qwen-1.5b --nproc-per-node 8 --gpu-memory-gib 80
-    memory plan for tests/fixtures/deepseek-r1-distill-qwen-1.5b on 8 GPU(s)
-    phase      what                                                                GiB
-    ----------------------------------------------------------------------------------
-    weights    frozen base weights (bfloat16), sharded 1/8                        0.41
-    weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.07
-    rollout    rollout copy (bfloat16, LoRA merged)                               3.31
-    rollout    KV cache: 512 rows x 4608 slots                                   63.00
-    rollout    sampler: fused (Triton), a few numbers per row                     0.00
-    rollout    compaction: one layer's kept rows                                  0.84
-    rollout    CUDA graphs: warm-up blocks                                        0.18
-    rollout    prefill, decode step, outputs                                      1.31
-    update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.19
-    update     activations, 32768 tokens (checkpointing on)                       8.80
-    update     logits 32768 x 151936                                              9.27
-    ----------------------------------------------------------------------------------
-    weights    peak                                                               0.48
-    rollout    peak                                                              69.13
-    logprobs   peak                                                              13.15
-    update     peak                                                              19.74
-    usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
-    rollout: 512 samples (64 prompts x 8) in one generate call, 512 KV-cache rows
-    activation checkpointing on: without it the update would need 97.7 GiB
-    plan: peak 69.1 GiB per GPU of 80.0 GiB: fits
+The plan of the paper's larger model at the paper's GRPO settings on 8 GPUs of 80 GiB (tests/fixtures/*/config.json
+hold the public configurations; `--plan` needs only config.json and runs on any machine; tests/test_memory.py checks
+this block against the command's output):
 
     $ python train_grpo.py --plan --model tests/fixtures/qwen3-4b --nproc-per-node 8 --gpu-memory-gib 80
     memory plan for tests/fixtures/qwen3-4b on 8 GPU(s)
@@ -82,25 +59,22 @@ hold their public configurations; `--plan` needs only config.json and runs on an
     weights    frozen base weights (bfloat16), sharded 1/8                        0.94
     weights    trainable (LoRA r=32: weights, gradients, AdamW moments)           0.12
     rollout    rollout copy (bfloat16, LoRA merged)                               7.49
-    rollout    KV cache: 101 rows x 4608 slots                                   63.91
+    rollout    KV cache: 14689 blocks of 32 slots (102 rows x 4608)              64.55
     rollout    sampler: fused (Triton), a few numbers per row                     0.00
-    rollout    compaction: one layer's kept rows                                  0.66
-    rollout    CUDA graphs: warm-up blocks                                        0.04
-    rollout    prefill, decode step, outputs                                      2.00
+    rollout    CUDA graphs: warm-up blocks                                        0.09
+    rollout    prefill, decode step, outputs                                      2.03
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.35
     update     activations, 32768 tokens (checkpointing on)                      15.12
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               1.06
-    rollout    peak                                                              75.17
+    rollout    peak                                                              75.22
     logprobs   peak                                                              14.59
     update     peak                                                              26.81
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
-    rollout: 512 samples (64 prompts x 8) in one generate call, 101 KV-cache rows (finished rows refilled)
+    rollout: 512 samples (64 prompts x 8) in one generate call, at most 229 at once (the paged cache's blocks, a 2048-token reserve each)
     activation checkpointing on: without it the update would need 181.7 GiB
     plan: peak 75.2 GiB per GPU of 80.0 GiB: fits
-
-Imports: torch; adamame: dist, generate, lora, model, paging.
 """
 
 import os
@@ -400,8 +374,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     plan, counts, base, dtype, triton = _weights_phase(cfg, world, total, device, lora_rank,
                                                        reference_copy=lora_rank == 0 and beta > 0)
 
-    # rollout: one generate call of this rank's samples, in the most KV-cache rows whose phase fits (capped by a
-    # number given on the command line); finished rows take waiting samples
+    # rollout: one generate call of this rank's samples, in the largest paged KV cache (in full-length rows) whose
+    # phase fits (capped by a number given on the command line)
     copy = counts["total"] * dtype.itemsize
     gather = counts["largest"] * 4  # while the copy is built: one gathered float32 tensor (+ its LoRA product)
     per_rank = max(1, prompts_per_step // world)

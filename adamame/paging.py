@@ -28,6 +28,12 @@ BLOCK = 32  # slots per block: decode_attention's BLOCK_S, so its kernel loads o
 RESERVE = 2048  # response tokens each running row is assumed to reach when a new sample is admitted
 SCRATCH = 0  # block 0 is never handed out: a table's unused entries point at it, and writes there are dropped
 GROUP = 8  # rows whose shared prompt one read of the decode kernel serves (adamame/decode_attention.py's cascade)
+QUERIES = 32  # ... and at most this many query heads (rows x the query heads of a kv head, rounded up to a power of 2)
+
+
+def group_rows(rep: int) -> int:
+    """Rows one prompt read serves for a model with `rep` query heads per kv head (decode_attention's PREFIX_QUERIES)."""
+    return max(1, min(GROUP, QUERIES // (1 << max(0, rep - 1).bit_length())))
 
 
 def lead(prompt_len: int) -> int:
@@ -174,14 +180,14 @@ class Scheduler:
             committed += need_prompt + proj
         return Look(keep, grown, prefill, admitted)
 
-    def prompt_groups(self) -> tuple:
+    def prompt_groups(self, rows: int = GROUP) -> tuple:
         """For the decode kernel's cascade: per row in flight, the rows whose shared prompt it reads for all of them
-        (itself first; at most GROUP; [] for a row another row reads for), and the logical slot where its prompt
-        ends (its own slots start there)."""
+        (itself first; at most `rows`, group_rows(rep); [] for a row another row reads for), and the logical slot
+        where its prompt ends (its own slots start there)."""
         members, lead_of, pend = [[] for _ in self.rows], {}, []
         for i, r in enumerate(self.rows):
             g = r.sample // self.n
-            if g not in lead_of or len(members[lead_of[g]]) == GROUP:
+            if g not in lead_of or len(members[lead_of[g]]) == rows:
                 lead_of[g] = i
             members[lead_of[g]].append(i)
             pend.append(lead(self.plen[g]) + self.plen[g])

@@ -459,7 +459,9 @@ def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidt
     sync()
     seconds = time.perf_counter() - t0
     assert [len(s.tokens) for s in out] == resp
-    sched = paged_schedule(plens, resp, max_new, rows=rows, n=n, kernel=device == "cuda", forced=True, trace=True)
+    rep = ours.config.num_attention_heads // ours.config.num_key_value_heads
+    sched = paged_schedule(plens, resp, max_new, rows=rows, n=n, kernel=device == "cuda", forced=True, rep=rep,
+                           trace=True)
     pred = step_time_model(decode_costs(ours.config), [sched], engine_kernels(ours.config),
                            dict(bandwidth=bandwidth, flops=H100["flops"])) if bandwidth else None
     return {"prompts": prompts, "n": n, "rows": rows, "max_new_tokens": max_new, "tokens": sum(resp),
@@ -548,6 +550,7 @@ def reads_report():
     """The --reads mode: the KV bytes of one paper-shape rollout three ways, then the step-time model of its decode
     steps before and after the fused layer kernels, for both paper models."""
     from adamame.generate import pow2_rows
+    from adamame.memory import cache_blocks
     from bench.schedule import paged_schedule, static_schedule
 
     m = R1_15B
@@ -588,7 +591,9 @@ def reads_report():
     for name in ("deepseek-r1-distill-qwen-1.5b", "qwen3-4b"):
         shape = model_shape(name)
         static = [static_schedule(plens, resp, 4096, rows=shape["rows"], n=8, kernel=True, trace=True)]
-        paged = [paged_schedule(plens, resp, 4096, rows=shape["rows"], n=8, trace=True)]
+        blocks = cache_blocks(shape["rows"], 512, 4096)  # the plan's cache (prompts up to 512 tokens)
+        rep = shape["cfg"].num_attention_heads // shape["cfg"].num_key_value_heads
+        paged = [paged_schedule(plens, resp, 4096, blocks=blocks, n=8, rep=rep, trace=True)]
         engines = {"before": engine_kernels(recorded=recorded[name]), "after": engine_kernels(shape["cfg"]),
                    "static": engine_kernels(shape["cfg"], cascade=False)}
         res = {"rows": shape["rows"]}
@@ -613,7 +618,7 @@ def reads_report():
               f"{res['static_schedule']['prefill_tokens']:,} padded)")
         res["reserve"] = {}
         for reserve in (1024, 1536, 2048, 2560, 3072):
-            sw = paged_schedule(plens, resp, 4096, rows=shape["rows"], n=8, reserve=reserve, trace=True)
+            sw = paged_schedule(plens, resp, 4096, blocks=blocks, n=8, reserve=reserve, rep=rep, trace=True)
             r = step_time_model(shape, [sw], engines["after"])
             res["reserve"][reserve] = dict(seconds=r["seconds"], steps=sw["steps"], rows=sw["rows_in_flight"],
                                            preemptions=sw["preemptions"], recomputed=sw["recomputed"])

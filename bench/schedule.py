@@ -17,19 +17,20 @@ and, for the static cache, ("compact", rows kept, slots moved) per compaction.
 import numpy as np
 
 from adamame.generate import SLOT_BUCKET, cache_slots, row_bucket, step_buckets
-from adamame.paging import BLOCK, Scheduler
+from adamame.paging import BLOCK, Scheduler, group_rows
 
 COMPACT_AT = 0.75  # the static engine dropped finished rows once the live ones were at most this share
 
 
 def paged_schedule(prompt_lens, response_lens, max_new_tokens, *, n=1, rows=None, blocks=None, check_every=8,
                    slot_bucket=SLOT_BUCKET, pad_rows=True, kernel=True, reserve=None, rows_fn=row_bucket,
-                   forced=False, trace=False) -> dict:
+                   forced=False, rep=1, trace=False) -> dict:
     """generate's paged schedule for samples whose prompts have `prompt_lens` tokens (one per sample; samples s // n
     share a prompt) and whose responses have `response_lens` tokens (the last one the stop token when shorter than
     max_new_tokens), in a cache of `blocks` blocks (None: `rows` full-length rows, as generate's max_rows; None: one
     per sample), at most len(samples) rows in flight. A sample's limit is max_new_tokens (its response ends with a
-    stop token), or with forced=True its response length (generate's response_lengths hook)."""
+    stop token), or with forced=True its response length (generate's response_lengths hook). rep: the model's query
+    heads per kv head (how many rows one read of a shared prompt serves: adamame.paging.group_rows)."""
     plen, resp = list(prompt_lens), [min(r, max_new_tokens) for r in response_lens]
     N, Tp = len(plen), max(plen)
     S = cache_slots(Tp, max_new_tokens)
@@ -56,7 +57,7 @@ def paged_schedule(prompt_lens, response_lens, max_new_tokens, *, n=1, rows=None
         own = np.array([r.t0 - r.born for r in sched.rows])  # + steps: a row's own slots (after its prompt)
         prompt = np.array([plen[r.sample] for r in sched.rows])
         end = np.array([r.born + resp[r.sample] - r.t0 for r in sched.rows])  # active while steps < end
-        members, _ = sched.prompt_groups()  # the kernel reads a shared prompt once for its rows (the cascade)
+        members, _ = sched.prompt_groups(group_rows(rep))  # a shared prompt is read once for its rows (cascade)
         lead_of = np.zeros(live, dtype=np.int64)
         for i, m in enumerate(members):
             lead_of[m] = i

@@ -255,7 +255,8 @@ def test_the_kv_read_counter_equals_a_direct_count_of_the_engines_steps(tmp_path
             assert (held > 0).all(), (r, a, b)
         members, pend = (t[:rows] for t in groups)  # the cascade: own slots, and a group's prompt once
         lead = {m: r for r in range(rows) for m in members[r].tolist() if m >= 0}
-        assert sorted(lead) == list(range(rows))  # every row is read for by exactly one lead row
+        listed = [m for r in range(rows) for m in members[r].tolist() if m >= 0]
+        assert len(listed) == len(lead) and set(torch.nonzero(act)[:, 0].tolist()) <= set(lead)  # one lead a row
         seen["kernel"] += int((last + 1 - pend[act]).sum())
         seen["kernel"] += sum(int(pend[r] - (slot[r] - positions[r])) for r in {lead[i] for i in
                                                                                  torch.nonzero(act)[:, 0].tolist()})

@@ -115,6 +115,7 @@ def _op_cases():
     pos, slot, inv = torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3]), torch.rand(8)
     t3 = torch.arange(3, dtype=torch.int32).view(3, 1)
     members = torch.tensor([[0, 1] + [-1] * 6, [-1] * 8, [2] + [-1] * 7], dtype=torch.int32)
+    pend = end3 // 2
     qa = torch.randn(3, 4, 16, generator=g)
     ka, va = torch.randn(3 * 608, 2, 16, generator=g), torch.randn(3 * 608, 2, 16, generator=g)
     table = torch.arange(3 * 19, dtype=torch.int32).view(3, 19)  # 608 slots a row
@@ -130,7 +131,7 @@ def _op_cases():
         "decode_attention-split": lambda: decode_attention(qa, ka, va, table, start, end, 0.25),  # 608 slots: 2
         "decode_attention": lambda: decode_attention(qa, ka, va, table[:, :7], start, end3, 0.25),
         "decode_attention-cascade": lambda: decode_attention(qa, ka, va, table[:, :7], start, end3, 0.25, members,
-                                                             end3 // 2),  # the prompts' pass, the rows': 2
+                                                             pend),  # the prompts' pass, the rows': 2
         "decode_attention-cascade-split": lambda: decode_attention(qa, ka, va, table, start, end, 0.25, members,
                                                                    end3),  # 3
         "sample-split": lambda: sample(z, *sargs),  # 3 rows x 20,000: 2 programs a row

@@ -292,3 +292,19 @@ def test_the_frozen_base_is_held_as_stored_and_computes_the_same(tmp_path, monke
     assert torch.equal(out["bf16"][1], out["f32"][1])
     for n, g in out["bf16"][2].items():
         assert torch.equal(g, out["f32"][2][n]), n
+
+
+def test_the_plan_in_memory_py_is_the_commands_output():
+    """adamame/memory.py's docstring shows `--plan` for Qwen3-4B at the paper's settings: exactly what the command
+    prints today (a change to the plan shows here, and the docstring is re-rendered from the run)."""
+    import subprocess
+    import sys
+
+    from adamame import memory
+
+    cmd = "python train_grpo.py --plan --model tests/fixtures/qwen3-4b --nproc-per-node 8 --gpu-memory-gib 80"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, *cmd.split()[1:]], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = memory.__doc__.split(f"$ {cmd}\n", 1)[1].split("\n\n", 1)[0]
+    assert [line[4:] for line in doc.splitlines()] == r.stdout.rstrip().splitlines()

@@ -63,4 +63,4 @@ def test_the_reads_report_ends_with_the_predicted_rollouts():
     assert a15 <= 12 * 28 + 20 and a4 <= 12 * 36 + 20 and a15 < b15 and a4 < b4
     assert paged.startswith("paged vs static cache (H100 model): r1-distill-qwen-1.5b ")
     (p15, s15), (p4, s4) = [(float(a), float(b)) for a, b in re.findall(r"([\d.]+) s vs ([\d.]+) s", paged)]
-    assert p15 <= s15 and p4 < s4  # the paged cache's: issue 44 asks p4 <= 0.85 s4 (the closing note says why not)
+    assert p15 <= s15 and p4 <= 0.85 * s4  # the paged cache's acceptance
