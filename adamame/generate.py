@@ -156,7 +156,7 @@ def row_bucket(live: int) -> int:
 
 def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, *, slot_bucket: int, pad_rows: bool,
                  rows_fn=row_bucket) -> tuple:
-    """(rows, slots) of the decode step that writes cache `slot` with `live` live rows (Decoder and kv_reads)."""
+    """(rows, slots) of the decode step that writes cache `slot` with `live` live rows (Decoder; bench/schedule.py)."""
     rows = min(rows_fn(live), rows_total) if pad_rows else live
     return rows, min(-(-(slot + 1) // slot_bucket) * slot_bucket, slots_total)
 

@@ -252,6 +252,15 @@ class PagedKVCache:
         v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         return cls(k, v, torch.zeros(rows, width, dtype=torch.int32, device=device), block)
 
+    @classmethod
+    def static(cls, cfg: ModelConfig, rows: int, slots: int, dtype, device, block: int = 32) -> "PagedKVCache":
+        """A cache whose rows each hold their own blocks for `slots` slots (a static cache's layout; block 0 is the
+        scratch): for callers that run the decode step directly."""
+        width = -(-slots // block)
+        cache = cls.allocate(cfg, rows * width + 1, rows, width, dtype, device, block)
+        cache.table.copy_(torch.arange(1, rows * width + 1, dtype=torch.int32, device=device).view(rows, width))
+        return cache
+
     @staticmethod
     def nbytes(cfg: ModelConfig, blocks: int, dtype, block: int = 32) -> int:
         return 2 * cfg.num_hidden_layers * blocks * block * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize

@@ -143,12 +143,11 @@ def host_ms_per_step(ours, rows, prompt_len, graphs, steps=30) -> float:
     import torch
 
     from adamame.generate import Decoder, sample_next
-    from adamame.model import KVCache
+    from adamame.model import PagedKVCache
 
     cfg = ours.config
     dev = next(ours.parameters()).device
-    cache = KVCache.allocate(cfg, rows, prompt_len + steps + 2, next(ours.parameters()).dtype, dev)
-    cache.valid[:, :prompt_len] = True
+    cache = PagedKVCache.static(cfg, rows, prompt_len + steps + 2, next(ours.parameters()).dtype, dev)
     dec = Decoder(ours, cache, cuda_graphs=graphs)
     tok = torch.zeros(rows, dtype=torch.long, device=dev)
     pos = torch.full((rows,), prompt_len, dtype=torch.long, device=dev)
@@ -434,7 +433,7 @@ def step_time_model(m, sched, eng, gpu=H100, floor=KERNEL_FLOOR) -> dict:
 
 
 def refill_case(ours, device, *, prompts, n, rows, max_new, max_prompt, bandwidth):
-    """The refilled schedule measured: `prompts` x n samples in one generate call of `rows` KV-cache rows, prompt
+    """The paged schedule measured: `prompts` x n samples in one generate call with the KV memory of `rows` rows, prompt
     lengths and response lengths drawn as rollout_lengths draws them (up to max_prompt and max_new; forced through
     generate's response_lengths hook), against the step-time model's prediction for the same schedule at the
     measured copy bandwidth (on a GPU; bf16)."""
@@ -583,7 +582,7 @@ def reads_report():
 
     print(f"\nstep-time model (H100: {H100['bandwidth'] / 1e12:.1f} TB/s, {H100['flops'] / 1e12:.0f} TFLOP/s, "
           f"{KERNEL_FLOOR * 1e6:.0f} us at least a kernel), one GPU's rollout of {len(plens)} samples in one generate "
-          f"call of the memory plan's rows, refilled, with the fused sampler; before: the decode step of commit b2bc083 "
+          f"call with the memory plan's KV cache, with the fused sampler; before: the decode step of commit b2bc083 "
           f"(bench/fixtures), priced by the same model")
     with open(BEFORE) as f:
         recorded = json.load(f)

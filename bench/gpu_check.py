@@ -13,7 +13,7 @@ or 150 s with --only), so a step that runs to its limit never starves the next:
                     Liger-Kernel's Triton GRPO loss, torch.compile (bench/loss_kernels.py)
     generate        the kernel floor (a graph of 300 tiny kernels); decode throughput at batch 1 and 512 rows, fraction
                     of the bandwidth bound (batch 1 beside the step-time model's), against
-                    transformers; a refilled rollout against the step-time model (bench/generate.py)
+                    transformers; a paged rollout against the step-time model (bench/generate.py)
     rollout_memory  one paper-shaped rollout: peak memory against the plan (bench/memory_check.py rollout)
     update_memory   one 32,768-token update micro-batch: peak memory against the plan, MFU (... update)
     grpo_smoke      train_grpo.py for 3 steps of a tiny model, logprob_diff in bf16 (bench/grpo_smoke.py)

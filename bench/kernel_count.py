@@ -33,13 +33,13 @@ CACHE_OPS = {"adamame.decode_attention", "adamame.rope_cache"}
 
 def launches(name: str, args) -> int:
     """Kernel launches of one recorded adamame op: two where its work is split (adamame/decode_attention.py's combine,
-    adamame/sampler.py's merge), else one."""
+    adamame/sampler.py's merge), else one; decode attention with the cascade three (prompts, rows, merge)."""
     if name == "adamame.decode_attention":
         from adamame.decode_attention import BLOCK_S, num_splits
 
         q, k, table = args[0], args[1], args[3]
-        cascade = len(args) > 7 and args[7] is not None  # the shared prompts' pass first
-        return 1 + cascade + (num_splits(q.shape[0], k.shape[1], table.shape[1] * BLOCK_S) > 1)
+        cascade = len(args) > 7 and args[7] is not None  # the shared prompts' pass first, a merge last
+        return 1 + cascade + (cascade or num_splits(q.shape[0], k.shape[1], table.shape[1] * BLOCK_S) > 1)
     if name == "adamame.sample":
         from adamame.sampler import num_splits
 
@@ -160,10 +160,7 @@ def record_step(cfg, rows: int, slots: int, device="meta", dtype=None, model=Non
             if hasattr(model, "merge_projections"):  # the rollout copy's layout (absent before it existed)
                 model.merge_projections()
     dev = next(model.parameters()).device
-    width = -(-slots // 32)
-    cache = PagedKVCache.allocate(cfg, rows * width + 1, rows, width, dtype, dev)
-    if dev.type != "meta":  # each row its own blocks (block 0 is the scratch)
-        cache.table.copy_(torch.arange(rows * width, dtype=torch.int32).view(rows, width) + 1)
+    cache = PagedKVCache.static(cfg, rows, slots, dtype, dev)
     dec = Decoder(model, cache, cuda_graphs=False)
     dec.positions.fill_(1)
     dec.slot.fill_(slots - 1)

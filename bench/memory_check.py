@@ -6,7 +6,7 @@
 
 rollout: random Qwen2.5-1.5B-shaped weights in bf16 (the plain rollout copy), 64 prompts x 8 samples with 512-token
 prompts and up to 4,096 new tokens; a stop set of ~V/800 token ids ends rows at spread-out lengths (mean ~800), so
-compaction and the row buckets are exercised. Reports peak allocated bytes next to the plan's figure for the same
+admission and the row buckets are exercised. Reports peak allocated bytes next to the plan's figure for the same
 phase (the rollout copy + generate's buffers), tokens/s, decode steps and CUDA-graph captures.
 update: DeepSeek-R1-Distill-Qwen-1.5B shapes (untied), float32 masters under FSDP2 on one GPU, LoRA r=32 on every
 linear layer, one forward + backward of the trainer's own code (response-position logits, Triton log-probs, the

@@ -184,14 +184,13 @@ def check_cuda_graph(ctx):
     import torch
 
     from adamame.generate import Decoder
-    from adamame.model import KVCache
+    from adamame.model import PagedKVCache
 
     if ctx["device"] != "cuda":
         return {"skipped": "no GPU"}
     model = _model(ctx, torch.bfloat16)
     cfg = model.config
-    cache = KVCache.allocate(cfg, 8, 512, torch.bfloat16, "cuda")
-    cache.valid[:, :100] = True
+    cache = PagedKVCache.static(cfg, 8, 512, torch.bfloat16, "cuda")
     tokens = torch.randint(0, cfg.vocab_size, (8,), device="cuda")
     positions = torch.full((8,), 100, device="cuda")
     with torch.no_grad():

@@ -70,7 +70,7 @@ def table(res: dict) -> str:
                      f"time of the fused one |")
     rf = g.get("refill")
     if rf and rf.get("predicted_s"):
-        lines.append(f"| generate | refilled rollout: {rf['prompts']} prompts x {rf['n']} in {rf['rows']} rows, "
+        lines.append(f"| generate | paged rollout: {rf['prompts']} prompts x {rf['n']} in {rf['rows']} rows' KV memory, "
                      f"{rf['tokens']:,} tokens (lengths forced) | {rf['measured_s']:.2f} s, {rf['decode_steps']} "
                      f"steps | "
                      f"step-time model {rf['predicted_s']:.2f} s: measured {rf['measured_vs_predicted']:.2f}x |")

@@ -387,9 +387,8 @@ class OpRecorder(TorchDispatchMode):
 
 def _step_setup(model, rows=5, slots=64):
     p = next(model.parameters())
-    cache = PagedKVCache.allocate(model.config, rows * slots // 32 + 1, rows, slots // 32, p.dtype, p.device)
-    cache.table.copy_(torch.arange(rows * slots // 32, dtype=torch.int32).view(rows, -1) + 1)
-    return cache, torch.arange(rows) + 3, torch.arange(rows) + 6
+    return PagedKVCache.static(model.config, rows, slots, p.dtype, p.device), torch.arange(rows) + 3, \
+        torch.arange(rows) + 6
 
 
 def test_decode_step_runs_no_host_sync_and_makes_nothing_on_another_device(tmp_path):
