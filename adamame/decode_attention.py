@@ -225,7 +225,7 @@ if triton is not None:
                         SPLITS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, H: tl.constexpr,
                         CASCADE: tl.constexpr):
         # program (row * H + head): out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s over the splits, and with
-        # the cascade the shared prompt's state as one more (for a row that reads: end > start)
+        # the cascade the shared prompt's state as one more (for a row that reads: end > 0)
         rh = tl.program_id(0).to(tl.int64)
         s = tl.arange(0, SPLITS_PAD)
         smask = s < SPLITS
@@ -236,7 +236,7 @@ if triton is not None:
         top = tl.max(m, axis=0)
         if CASCADE:
             row = rh // H
-            reads = tl.load(end_ptr + row) > tl.load(start_ptr + row)
+            reads = tl.load(end_ptr + row) > 0  # an active row (its prompt's state exists); others read nothing
             pm = tl.where(reads, tl.load(pml_ptr + rh * 2), float("-inf"))
             pl = tl.where(reads, tl.load(pml_ptr + rh * 2 + 1), 0.0)
             top = tl.maximum(top, pm)
@@ -313,12 +313,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
     Cascade (members [R, GROUP] int32 and pend [R] int32, contiguous): rows that share a prompt's blocks (a group's
     samples) read it once. Row r's slots [start_r, pend_r) are the shared prompt, and members[r] lists the rows whose
     prompt row r reads for all of them (row r first, then others, -1 after; -1 only in a row that leads none; at
-    most PREFIX_QUERIES // rep rows, rep rounded up to a power of two: adamame.paging.group_rows). Every row with end > start must be listed by exactly one lead row of the same prompt blocks and
-    range. The result is the same function."""
+    most PREFIX_QUERIES // rep rows, rep rounded up to a power of two: adamame.paging.group_rows). Every row with
+    end > 0 must be listed by exactly one lead row of the same prompt blocks and range. The result is the same
+    function."""
     if start.dtype != torch.int32 or end.dtype != torch.int32 or start.stride(0) != 1 or end.stride(0) != 1:
         raise ValueError("decode_attention: start and end must be contiguous int32 tensors")
     if table.dtype != torch.int32 or table.stride(-1) != 1:
         raise ValueError("decode_attention: the block table must be an int32 tensor with a unit last stride")
+    if max(k.numel(), v.numel()) >= 2**31:  # the kernel's pool offsets are 32-bit (no stack frame on sm_90)
+        raise ValueError("decode_attention: a layer's pool holds 2^31 values or more; use a smaller cache")
     if (members is None) != (pend is None) or members is not None and (
             members.dtype != torch.int32 or pend.dtype != torch.int32 or not members.is_contiguous()
             or not pend.is_contiguous() or members.shape[0] != q.shape[0]):

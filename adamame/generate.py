@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import KVCache, PagedKVCache
-from .paging import BLOCK, GROUP, Scheduler, group_rows, lead
+from .paging import BLOCK, GROUP, Scheduler, group_rows, lead, most_rows
 
 try:  # the optional sibling: the fused Triton sampler (without it every step samples with sample_next)
     from .sampler import sample as fused_sample, seed_tensor, use_kernel as use_sampler_kernel
@@ -462,10 +462,10 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
         raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(flat)}..{max(flat)}")
     dev = next(model.parameters()).device
     N, Tp = len(prompts) * n, max(len(p) for p in prompts)
-    if decoder is None:
-        rows = min(N, max_rows or N)
-        decoder = make_decoder(model, N, Tp, max_new_tokens, cuda_graphs, slot_bucket,
-                               blocks=cache_blocks or rows * cache_slots(Tp, max_new_tokens) // BLOCK + 1)
+    if decoder is None:  # per-row buffers for the most rows admission lets run at once
+        blocks = cache_blocks or min(N, max_rows or N) * cache_slots(Tp, max_new_tokens) // BLOCK + 1
+        decoder = make_decoder(model, min(N, most_rows(blocks, max_new_tokens)), Tp, max_new_tokens, cuda_graphs,
+                               slot_bucket, blocks=blocks)
     elif decoder.slots < cache_slots(Tp, max_new_tokens):
         raise ValueError(f"generate: the decoder's rows address {decoder.slots} slots, this call needs "
                          f"{cache_slots(Tp, max_new_tokens)}")
@@ -511,8 +511,9 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
             out = decoder(st.tok, st.pos, st.slot, min(offset + steps, last_slot), ~st.done,
                           (cfg, st.key, st.t) if cfg.fused else None, groups)
             draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
-            st.pos += 1
-            st.slot = (st.slot + 1).clamp_(max=last_slot)  # a done row's slot stops at the last one (never read)
+            moves = (st.slot < last_slot).long()  # a done row stops at the last slot, its start (slot - pos) kept
+            st.pos += moves
+            st.slot += moves
             steps += 1
         done = {r for r, d in enumerate(st.done.tolist()) if d}
 

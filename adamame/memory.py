@@ -3,9 +3,9 @@
 Why: a paper-scale run (512 prompts x 8 rollouts of up to 4,096 tokens on 8 GPUs) sits close to the card's memory in
 two places, the rollout's KV cache and the update's activations, and a researcher must learn that before queueing
 for GPUs, not after the first step. So every run (and `--plan`, which needs only config.json) builds this plan
-before loading weights, prints it, and stops when it does not fit; and the run then obeys it: the plan picks the
-rollout's KV cache (in full-length rows), switches activation checkpointing on when the update would not fit without it, and picks
-the chunked log-prob path when a micro-batch's full logits would not fit.
+before loading weights, prints it, and stops when it does not fit; and the run then obeys it: the plan sizes the
+rollout's KV cache (in full-length rows), switches activation checkpointing on when the update would not fit without
+it, and picks the chunked log-prob path when a micro-batch's full logits would not fit.
 
 One source of truth: the sizes come from the code that allocates them. Parameters are counted on a meta-device copy
 of the model (exact shapes, no memory); the KV cache, sampler and prefill from adamame.generate (the engine checks
@@ -62,19 +62,19 @@ this block against the command's output):
     rollout    KV cache: 14689 blocks of 32 slots (102 rows x 4608)              64.55
     rollout    sampler: fused (Triton), a few numbers per row                     0.00
     rollout    CUDA graphs: warm-up blocks                                        0.09
-    rollout    prefill, decode step, outputs                                      2.03
+    rollout    prefill, decode step, outputs                                      2.28
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.35
     update     activations, 32768 tokens (checkpointing on)                      15.12
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               1.06
-    rollout    peak                                                              75.22
+    rollout    peak                                                              75.47
     logprobs   peak                                                              14.59
     update     peak                                                              26.81
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
-    rollout: 512 samples (64 prompts x 8) in one generate call, at most 229 at once (the paged cache's blocks, a 2048-token reserve each)
+    rollout: 512 samples (64 prompts x 8) in one call, at most 229 at once (a 2048-token reserve each)
     activation checkpointing on: without it the update would need 181.7 GiB
-    plan: peak 75.2 GiB per GPU of 80.0 GiB: fits
+    plan: peak 75.5 GiB per GPU of 80.0 GiB: fits
 """
 
 import os
@@ -320,8 +320,11 @@ def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens:
     rows in flight (fused: adamame/sampler.py), the prompts' first-token logits (float32), the samples' tokens and
     log-probs, and with CUDA graphs their buffers (graph_bytes)."""
     slots, live = cache_slots(prompt_len, max_new_tokens), rows_in_flight(rows, samples, prompt_len, max_new_tokens)
-    prefill = max(prefill_bytes(cfg, max(PREFILL_TOKENS, prompt_len), prompt_len, dtype),
-                  prefill_bytes(cfg, slots, slots, dtype))
+    # a prefill forward: rows of W slots (whole blocks; prompts, or preempted samples recomputed), as many as
+    # PREFILL_TOKENS hold (one at least); its bias grows with W, so the worst W is found by trying each
+    prefill = max(prefill_bytes(cfg, max(W, PREFILL_TOKENS // W * W), W, dtype) for W in range(BLOCK, slots + 1, BLOCK))
+    if not graphs:  # the SDPA decode step (CPU, ADAMAME_KERNELS=torch) gathers one layer's keys and values of its rows
+        prefill += 2 * live * slots * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
     return (PagedKVCache.nbytes(cfg, cache_blocks(rows, prompt_len, max_new_tokens), dtype) + prefill
             + step_bytes(cfg, live, dtype) + sampler_bytes(live, cfg.vocab_size, top_k, top_p, fused)
             + 4 * (prompts or samples) * cfg.vocab_size + 12 * (samples + 1) * max_new_tokens
@@ -411,9 +414,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     plan.items.append(("rollout", "prefill, decode step, outputs", rollout_peak(rows) - base - copy - kv - sampler
                        - graphs))
     plan.phases["rollout"] = max(rollout_peak(rows), base + copy + 2 * gather)
-    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one generate call, at most "
-                      f"{live} at once (the paged cache's blocks, a {min(RESERVE, max_response_tokens)}-token reserve "
-                      f"each)")
+    plan.notes.append(f"rollout: {samples} samples ({per_rank} prompts x {group_size}) in one call, at most {live} at "
+                      f"once (a {min(RESERVE, max_response_tokens)}-token reserve each)")
     if rollout_peak(rows) > plan.budget:
         plan.advice = "a smaller --max-response-tokens or --group-size, or more GPUs"
 

@@ -223,7 +223,7 @@ class KVCache:
                 + batch * max_len)
 
     def store(self, layer: int, start: int):
-        """Attention's cache hook for a forward at slots [start, start + T): writes them, returns slots [0, start + T)."""
+        """Attention's cache hook for a forward at slots [start, start + T): writes them, returns [0, start + T)."""
         def store(k, v):
             T = k.shape[2]
             self.k[layer][:, :, start:start + T], self.v[layer][:, :, start:start + T] = k, v
@@ -447,9 +447,10 @@ class Transformer(nn.Module):
         attends to its slots [slot[r] - positions[r], slot[r]] (its prompt's first token to the new one), so rows can
         hold sequences of different ages; active: [>= rows] bool or None (all), False for rows whose output is not
         needed (finished, or padding); groups: None, or (members, pend) [>= rows] of rows that share a prompt's blocks
-        (decode_attention's cascade: the kernel reads each shared prompt once for its rows). Returns logits [rows, V]. Every shape depends only on (rows, slots) and the
-        slots and the block table live on the device, so the generator can capture this call as one CUDA graph per
-        (rows, slots) bucket and replay it step after step.
+        (decode_attention's cascade: the kernel reads each shared prompt once for its rows). Returns logits [rows, V].
+        Every shape depends only on (rows, slots) and the slots, the block table and the groups live on the device,
+        so the generator can capture this call as one CUDA graph per (rows, slots) bucket and replay it step after
+        step.
         With the Triton kernels (on CUDA; decode_attention.use_kernel decides) the step is `fused_decode_step`; in
         PyTorch (the CPU) it runs the layers' forward and attends with SDPA to every slot of the bucket, gathered
         through the block table, under an additive bias (0 in the row's range, -inf elsewhere).

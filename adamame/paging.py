@@ -32,7 +32,7 @@ QUERIES = 32  # ... and at most this many query heads (rows x the query heads of
 
 
 def group_rows(rep: int) -> int:
-    """Rows one prompt read serves for a model with `rep` query heads per kv head (decode_attention's PREFIX_QUERIES)."""
+    """Rows one prompt read serves, for `rep` query heads per kv head (decode_attention's PREFIX_QUERIES)."""
     return max(1, min(GROUP, QUERIES // (1 << max(0, rep - 1).bit_length())))
 
 
@@ -74,7 +74,6 @@ class Look:
     grown: dict
     prefill: list
     admitted: list
-    preempted: int = 0
 
 
 class Scheduler:
@@ -83,7 +82,8 @@ class Scheduler:
 
     def __init__(self, prompt_lens, n: int, limits, blocks: int, check_every: int, max_rows: int,
                  reserve: int | None = None):
-        self.plen, self.n, self.limit, self.every, self.max_rows = list(prompt_lens), n, list(limits), check_every, max_rows
+        self.plen, self.n, self.limit = list(prompt_lens), n, list(limits)
+        self.every, self.max_rows = check_every, max_rows
         self.reserve = RESERVE if reserve is None else reserve
         self.free = list(range(blocks - 1, SCRATCH, -1))  # popped from the end: low ids first
         self.total = blocks - 1

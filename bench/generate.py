@@ -185,7 +185,11 @@ def attention_case(rows, n_kv, rep, head_dim, slots, lengths, device, dtype, rep
     valid = (slot >= start[:, None]) & (slot < end[:, None])
     bias = torch.zeros(rows, 1, 1, slots, dtype=dtype, device=device).masked_fill_(~valid[:, None, None], float("-inf"))
     qg = q.view(rows, n_kv, rep, head_dim)
-    runs = {"ours": lambda: decode_attention(q, k, v, start, end, head_dim ** -0.5),
+    W = -(-slots // 32)  # ours reads the same keys and values as a paged cache: each row its own blocks
+    pad = torch.zeros(rows, n_kv, W * 32 - slots, head_dim, dtype=dtype, device=device)
+    kp, vp = (torch.cat([t, pad], 2).transpose(1, 2).reshape(rows * W * 32, n_kv, head_dim) for t in (k, v))
+    table = torch.arange(rows * W, dtype=torch.int32, device=device).view(rows, W)
+    runs = {"ours": lambda: decode_attention(q, kp, vp, table, start, end, head_dim ** -0.5),
             "sdpa": lambda: attention(qg, k, v, bias)}
     out = {"rows": rows, "n_kv": n_kv, "rep": rep, "head_dim": head_dim, "slots": slots, "dtype": str(dtype)[6:],
            "splits": num_splits(rows, n_kv, slots),

@@ -8,10 +8,10 @@ the static cache the engine had before paging (refill, compaction at COMPACT_AT)
 
 Row-slots read: with the decode kernel each active row's own slots (its tokens so far, incl. the new one) and, once per
 group of rows sharing it (adamame.paging.Scheduler.prompt_groups), the prompt; with SDPA rows x slots of the bucket;
-`useful` counts what the kernel reads (for the static cache: each active row's prompt and tokens). Multiply by the bytes of a slot
-(2 x layers x kv heads x head_dim x itemsize) for bytes. trace=True adds `steps_trace`, one (rows run, slots, rows in
-flight, active rows, row-slots read) per step, and `events`: ("prefill", samples, 1, tokens prefilled) per admission
-and, for the static cache, ("compact", rows kept, slots moved) per compaction.
+`useful` counts what the kernel reads (for the static cache: each active row's prompt and tokens). Multiply by the
+bytes of a slot (2 x layers x kv heads x head_dim x itemsize) for bytes. trace=True adds `steps_trace`, one (rows
+run, slots, rows in flight, active rows, row-slots read) per step, and `events`: ("prefill", samples, 1, tokens
+prefilled) per admission and, for the static cache, ("compact", rows kept, slots moved) per compaction.
 """
 
 import numpy as np
@@ -87,8 +87,8 @@ def paged_schedule(prompt_lens, response_lens, max_new_tokens, *, n=1, rows=None
 def static_schedule(prompt_lens, response_lens, max_new_tokens, *, rows=None, n=1, kernel: bool, pad_rows: bool = True,
              check_every=8, slot_bucket=SLOT_BUCKET, rows_fn=row_bucket, trace=False) -> dict:
     """The static cache's schedule (the engine before paging, commit 6a718db), for samples whose prompts have
-    `prompt_lens` tokens and whose responses have `response_lens` tokens (the last one the stop token when < max_new_tokens), in a cache of `rows`
-    rows (None: one per sample; samples s // n share a prompt), as generate runs it: admission into free rows in
+    `prompt_lens` tokens and whose responses have `response_lens` tokens (the last one the stop token when <
+    max_new_tokens), in a cache of `rows` rows (None: one per sample; samples s // n share a prompt), as it ran: admission into free rows in
     sample order, one token per step, a host look every check_every steps, compaction at COMPACT_AT once no sample
     waits. Returns the decode steps, the
     (rows, slots) buckets visited (= CUDA graphs captured) and per step the cache row-slots read: with the kernel

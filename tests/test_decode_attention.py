@@ -98,10 +98,10 @@ def test_kernel_equals_the_reference_and_reads_nothing_outside_each_rows_range(r
 @pytest.mark.parametrize("rep,n_kv,d,width", [(3, 2, 32, 6), (4, 2, 64, 6), (1, 4, 32, 18), (6, 2, 128, 4)])
 def test_the_cascade_reads_each_shared_prompt_once_and_equals_the_reference(rep, n_kv, d, width, dtype):
     """Rows that share a prompt's blocks (a group's samples; prompts of 40, 3 and 70 tokens, each placed to end on a
-    block boundary), with own tokens after it: the cascade (one prompt read per group, members/pend) equals the
-    reference; a listed row that is inactive, a group of one row, a group of nine rows (two lead rows, GROUP = 8),
-    and with width 18 a split key range. Every slot no row may read is NaN."""
-    from adamame.paging import GROUP
+    block boundary), with own tokens after it: the cascade (one prompt read per lead row, members/pend) equals the
+    reference; a listed row that is inactive, a group of one row, a group of ten rows (several lead rows: at most
+    group_rows(rep) rows a read), and with width 18 a split key range. Every slot no row may read is NaN."""
+    from adamame.paging import GROUP, group_rows
 
     g = torch.Generator().manual_seed(rep * 100 + d)
     plens, rows_g = [40, 3, 70], [0, 0, 0, 1, 2, 2] + [0] * 7  # group 0: rows 0-2 and 6-12 (10 rows)
@@ -123,8 +123,9 @@ def test_the_cascade_reads_each_shared_prompt_once_and_equals_the_reference(rep,
         k[at], v[at] = torch.randn(len(at), n_kv, d, generator=g), torch.randn(len(at), n_kv, d, generator=g)
     end[5] = 0  # finished: it reads nothing, and group 2's prompt is read for row 4 alone
     members = torch.full((R, GROUP), -1, dtype=torch.int32)
-    members[0] = torch.tensor([0, 1, 2, 6, 7, 8, 9, 10], dtype=torch.int32)
-    members[11, :2] = torch.tensor([11, 12], dtype=torch.int32)
+    group0, per = [0, 1, 2, 6, 7, 8, 9, 10, 11, 12], group_rows(rep)
+    for i in range(0, len(group0), per):  # the lead row of each chunk lists the chunk
+        members[group0[i], :len(group0[i:i + per])] = torch.tensor(group0[i:i + per], dtype=torch.int32)
     members[3, 0], members[4, :2] = 3, torch.tensor([4, 5], dtype=torch.int32)
     q = torch.randn(R, n_kv * rep, d, generator=g)
     got = decode_attention(q.to(dtype), k.to(dtype), v.to(dtype), table, start, end, d ** -0.5, members, pend)

@@ -79,8 +79,13 @@ def test_decode_kernel_on_cuda_equals_the_reference_at_the_papers_head_shape(dty
         end = torch.minimum(start + torch.randint(1, slots, (rows,), device="cuda", generator=g, dtype=torch.int32),
                             torch.tensor(slots, device="cuda", dtype=torch.int32))
         end[0] = start[0]  # a finished row
-        got = decode_attention(q, k, v, start, end, 128 ** -0.5).float()
-        want = decode_attention_torch(q.float(), k.float(), v.float(), start, end)
+        W = slots // 32  # each row's blocks, shuffled in the pool
+        table = torch.randperm(rows * W, device="cuda", generator=g).view(rows, W).to(torch.int32)
+        at = table.long()[:, torch.arange(slots, device="cuda") // 32] * 32 + torch.arange(slots, device="cuda") % 32
+        kp, vp = (torch.zeros(rows * slots, 2, 128, device="cuda", dtype=dtype) for _ in range(2))
+        kp[at], vp[at] = k.transpose(1, 2), v.transpose(1, 2)
+        got = decode_attention(q, kp, vp, table, start, end, 128 ** -0.5).float()
+        want = decode_attention_torch(q.float(), kp.float(), vp.float(), table, start, end)
         assert (got - want).abs().max() <= tol and (got[0] == 0).all()
 
 

@@ -421,17 +421,24 @@ def _devices(sigs) -> set:
 def test_two_decode_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes(tmp_path, monkeypatch, kernels):
     """A CUDA graph replays what it captured: two steps at different slots of one (rows, slots) bucket must issue the
     same ops with the same shapes, strides and non-tensor arguments (the slot lives in a device tensor), with SDPA and
-    with the Triton decode kernel (its ranges and the active rows live in device tensors too)."""
+    with the Triton decode kernel (its ranges and the active rows live in device tensors too), whatever the block
+    table and the prompt groups of the cascade hold (static device buffers, rewritten in place at a look)."""
     if kernels == "triton":
         pytest.importorskip("triton")
     monkeypatch.setenv("ADAMAME_KERNELS", kernels)
     model = _gqa_model(tmp_path)
     cache, tokens, positions = _step_setup(model)
+    members, pend = torch.full((5, 8), -1, dtype=torch.int32), torch.zeros(5, dtype=torch.int32)
     recs = []
-    for slot, active in ((6, [True] * 5), (9, [True, False, True, True, False])):
+    for slot, active, lead in ((6, [True] * 5, [0] * 5), (9, [True, False, True, True, False], [0, 1, 1, 3, 3])):
+        cache.table.copy_(cache.table.flip(0))  # other blocks, in place
+        members.fill_(-1)
+        for r, L in enumerate(lead):  # the rows' lead rows: one group, then three
+            members[L, int((members[L] >= 0).sum())] = r
+        pend.fill_(2)
         pos, slot_t, rec = positions + (slot - 6), torch.full((5,), slot) + torch.arange(5), OpRecorder()
         with rec, torch.no_grad():
-            model.decode_step(tokens, pos, cache, slot_t, 5, 32, active=torch.tensor(active))
+            model.decode_step(tokens, pos, cache, slot_t, 5, 32, active=torch.tensor(active), groups=(members, pend))
         recs.append(rec.ops)
     assert ("adamame.decode_attention" in [op[0] for op in recs[0]]) == (kernels == "triton")
     assert len(recs[0]) == len(recs[1]) > 50
