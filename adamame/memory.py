@@ -322,7 +322,8 @@ def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens:
     slots, live = cache_slots(prompt_len, max_new_tokens), rows_in_flight(rows, samples, prompt_len, max_new_tokens)
     # a prefill forward: rows of W slots (whole blocks; prompts, or preempted samples recomputed), as many as
     # PREFILL_TOKENS hold (one at least); its bias grows with W, so the worst W is found by trying each
-    prefill = max(prefill_bytes(cfg, max(W, PREFILL_TOKENS // W * W), W, dtype) for W in range(BLOCK, slots + 1, BLOCK))
+    widths = [*range(BLOCK, min(slots, PREFILL_TOKENS) + 1, BLOCK), slots]  # past PREFILL_TOKENS: one row, widest
+    prefill = max(prefill_bytes(cfg, max(W, PREFILL_TOKENS // W * W), W, dtype) for W in widths)
     if not graphs:  # the SDPA decode step (CPU, ADAMAME_KERNELS=torch) gathers one layer's keys and values of its rows
         prefill += 2 * live * slots * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
     return (PagedKVCache.nbytes(cfg, cache_blocks(rows, prompt_len, max_new_tokens), dtype) + prefill
