@@ -75,6 +75,8 @@ this block against the command's output):
     rollout: 512 samples (64 prompts x 8) in one call, at most 229 at once (a 2048-token reserve each)
     activation checkpointing on: without it the update would need 181.7 GiB
     plan: peak 75.5 GiB per GPU of 80.0 GiB: fits
+
+Imports: torch; adamame: dist, generate, lora, model, paging.
 """
 
 import os
