@@ -251,7 +251,8 @@ class Decoder:
             self.active[:live].copy_(active)
         if groups is not None and groups is not self.groups:  # a look's prompt groups: copied once
             self.members[:live], self.pend[:live] = groups
-            self.members[live:], self.pend[live:] = -1, 0
+            self.members[live:].fill_(-1)
+            self.pend[live:].fill_(0)
             self.groups = groups
         greedy = None
         if fused is not None:

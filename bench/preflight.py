@@ -64,11 +64,17 @@ def check_triton(ctx):
         err = (lp.detach() - ref).abs().max().item()
         from adamame.decode_attention import decode_attention, decode_attention_torch
 
-        q = torch.randn(3, 12, 128, device=ctx["device"], dtype=ctx["dtype"])
-        k, v = (torch.randn(3, 2, 600, 128, device=ctx["device"], dtype=ctx["dtype"]) for _ in range(2))
-        start, end = (torch.tensor(x, dtype=torch.int32, device=ctx["device"]) for x in ([0, 7, 3], [600, 300, 3]))
-        att = (decode_attention(q, k, v, start, end, 128 ** -0.5).float()
-               - decode_attention_torch(q, k, v, start, end).float()).abs().max().item()
+        dev = ctx["device"]
+        q = torch.randn(3, 12, 128, device=dev, dtype=ctx["dtype"])
+        k, v = (torch.randn(3 * 19 * 32, 2, 128, device=dev, dtype=ctx["dtype"]) for _ in range(2))  # 19 blocks a row
+        table = torch.randperm(3 * 19, device=dev).view(3, 19).to(torch.int32)
+        start, end = (torch.tensor(x, dtype=torch.int32, device=dev) for x in ([0, 7, 3], [600, 300, 3]))
+        # the cascade too: each row reads its own first slots as its "prompt"
+        members = torch.tensor([[r] + [-1] * 7 for r in range(3)], dtype=torch.int32, device=dev)
+        pend = torch.tensor([64, 40, 3], dtype=torch.int32, device=dev)
+        want = decode_attention_torch(q, k, v, table, start, end).float()
+        att = max((decode_attention(q, k, v, table, start, end, 128 ** -0.5, *g).float() - want).abs().max().item()
+                  for g in ((), (members, pend)))
     finally:
         os.environ.pop("ADAMAME_KERNELS")
     assert err < 2e-2, f"log-probs differ from the reference by {err}"
@@ -95,7 +101,7 @@ def check_sdpa(ctx):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from adamame.model import KVCache
+    from adamame.model import KVCache, PagedKVCache
 
     class Backend(TorchDispatchMode):  # the aten op SDPA dispatched to names the backend that ran
         def __init__(self):
@@ -147,7 +153,7 @@ def check_sdpa(ctx):
                 "prefill": lambda: model(ids, mask=mask, cache=KVCache.allocate(cfg, 3, 40, dtype, dev),
                                          logits_at=slice(-1, None)),
                 "decode step": lambda: model.decode_step(ids[:, 0], torch.full((3,), 40, device=dev),
-                                                         KVCache.allocate(cfg, 3, 256, dtype, dev),
+                                                         PagedKVCache.static(cfg, 3, 256, dtype, dev),
                                                          torch.full((3,), 40, device=dev), 3, 256),
             }
             if dtype == torch.bfloat16:  # the training forward runs in bf16 on a GPU (FSDP's mixed precision)
