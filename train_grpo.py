@@ -111,9 +111,8 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch-tokens", type=int, default=32768,
                     help="padded tokens per forward/backward on each rank (a memory knob)")
     ap.add_argument("--rollout-rows", type=_auto_or_positive, default="auto",
-                    help="the rollout's paged KV cache, in rows of a full prompt and response (a rank's samples "
-                         "decode in one call, as many at once as the cache's blocks hold): auto (the memory plan's "
-                         "choice) or a number (a cap)")
+                    help="the rollout's paged KV cache in full-length rows (as many samples decode at once as its "
+                         "blocks hold): auto (the memory plan's choice) or a number (a cap)")
     ap.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default="auto",
                     help="recompute layer activations in backward: auto is on when the plan needs it")
     ap.add_argument("--plan", action="store_true",

@@ -99,6 +99,26 @@ def decode_attention_torch(q, k, v, table, start, end, scale=None):
 if triton is not None:
 
     @triton.jit
+    def _attend(q, kptrs, vptrs, smask, kv_mask, scale, m, lsum, acc, DOT_F32: tl.constexpr):
+        # one block of BLOCK slots into the online softmax (running max m, sum l, accumulator acc; float32)
+        kblk = tl.load(kptrs, mask=kv_mask, other=0.0)  # [BLOCK, D]
+        if DOT_F32:  # the interpreter's tl.dot mishandles bfloat16 operands: give it float32 ones
+            kblk = kblk.to(tl.float32)
+        scores = tl.dot(q, tl.trans(kblk), input_precision="ieee") * scale  # [queries, BLOCK]
+        scores = tl.where(smask[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        lsum = lsum * alpha + tl.sum(p, axis=1)
+        vblk = tl.load(vptrs, mask=kv_mask, other=0.0)
+        if DOT_F32:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype).to(tl.float32), vblk.to(tl.float32),
+                                                input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision="ieee")
+        return m_new, lsum, acc
+
+    @triton.jit
     def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, t_ptr, out_ptr, acc_ptr, ml_ptr, start_ptr, end_ptr, count_ptr,
                             pend_ptr, sq_r, sq_h, st_r, sk_h, sk_s, sv_h, sv_s, split_len, scale,
                             REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
@@ -130,22 +150,8 @@ if triton is not None:
             smask = (s >= lo) & (s < hi)
             kv_mask = smask[:, None] & dmask[None, :]
             at = tl.load(t_ptr + row * st_r + s0 // BLOCK) * BLOCK + tl.arange(0, BLOCK)  # pool slots (int32)
-            kblk = tl.load(kbase + at[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK, D]
-            if DOT_F32:  # the interpreter's tl.dot mishandles bfloat16 operands: give it float32 ones
-                kblk = kblk.to(tl.float32)
-            scores = tl.dot(q, tl.trans(kblk), input_precision="ieee") * scale  # [REP_PAD, BLOCK], float32
-            scores = tl.where(smask[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            p = tl.exp(scores - m_new[:, None])
-            alpha = tl.exp(m - m_new)
-            lsum = lsum * alpha + tl.sum(p, axis=1)
-            vblk = tl.load(vbase + at[:, None] * sv_s + d[None, :], mask=kv_mask, other=0.0)
-            if DOT_F32:
-                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype).to(tl.float32), vblk.to(tl.float32),
-                                                    input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision="ieee")
-            m = m_new
+            m, lsum, acc = _attend(q, kbase + at[:, None] * sk_s + d[None, :], vbase + at[:, None] * sv_s + d[None, :],
+                                   smask, kv_mask, scale, m, lsum, acc, DOT_F32)
             if COUNT:  # tests only: blocks visited and slots loaded, per row
                 tl.atomic_add(count_ptr + row * 2, 1)
                 tl.atomic_add(count_ptr + row * 2 + 1, tl.sum(smask.to(tl.int32), axis=0))
@@ -199,22 +205,8 @@ if triton is not None:
             smask = (s >= lo) & (s < hi)
             kv_mask = smask[:, None] & dmask[None, :]
             at = tl.load(t_ptr + fm * st_r + s0 // BLOCK).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-            kblk = tl.load(kbase + at[:, None] * sk_s + d[None, :], mask=kv_mask, other=0.0)
-            if DOT_F32:
-                kblk = kblk.to(tl.float32)
-            scores = tl.dot(q, tl.trans(kblk), input_precision="ieee") * scale  # [QB, BLOCK]
-            scores = tl.where(smask[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            p = tl.exp(scores - m_new[:, None])
-            alpha = tl.exp(m - m_new)
-            lsum = lsum * alpha + tl.sum(p, axis=1)
-            vblk = tl.load(vbase + at[:, None] * sv_s + d[None, :], mask=kv_mask, other=0.0)
-            if DOT_F32:
-                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype).to(tl.float32), vblk.to(tl.float32),
-                                                    input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision="ieee")
-            m = m_new
+            m, lsum, acc = _attend(q, kbase + at[:, None] * sk_s + d[None, :], vbase + at[:, None] * sv_s + d[None, :],
+                                   smask, kv_mask, scale, m, lsum, acc, DOT_F32)
         rh = mrow * (REP * tl.num_programs(1)) + heads  # each member's (row, head): its unnormalised state
         tl.store(pacc_ptr + rh[:, None] * D + d[None, :], acc, mask=valid[:, None] & dmask[None, :])
         tl.store(pml_ptr + rh * 2, m, mask=valid)
