@@ -5,9 +5,9 @@ import torch
 
 from adamame import paging
 from adamame.generate import Decoder, generate, make_decoder, sample_next
-from adamame.model import KVCache, PagedKVCache
+from adamame.model import KVCache
 from adamame.hf import load_model
-from tests.helpers import save_tiny_hf
+from tests.helpers import paged_copy, save_tiny_hf
 
 PROMPTS = [[5, 17, 3, 88, 41, 9, 12], [60], [33, 2, 71, 4], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 50]]
 
@@ -214,13 +214,7 @@ def _prefilled(m, prompts, S, seed):
     pos = (mask.sum(-1, keepdim=True) - Tp + torch.arange(Tp)).clamp(min=0)
     with torch.no_grad():
         m(ids, positions=pos, mask=mask, cache=cache)
-    R, W = len(prompts), S // 32
-    paged = PagedKVCache.allocate(m.config, R * W + 1, R, W, torch.float32, "cpu")
-    paged.table.copy_(torch.randperm(R * W, generator=torch.Generator().manual_seed(seed)).view(R, W) + 1)
-    at = paged.where(R, torch.arange(S).expand(R, S))
-    for pool, c in zip(paged.k + paged.v, cache.k + cache.v):
-        pool[at] = c.transpose(1, 2)
-    return paged, Tp, mask.sum(-1)
+    return paged_copy(cache, seed), Tp, mask.sum(-1)
 
 
 def test_bucketed_decode_equals_full_cache_attention_across_buckets_and_dropped_rows(tmp_path):
