@@ -43,7 +43,8 @@ from adamame.chat import load_tokenizer
 from adamame.data import (DataError, HelpFormatter, balanced_batches, check_flags, exit_with, interrupted_training,
                           micro_batches, read_questions)
 from adamame.hf import load_model, read_config, resolve
-from adamame.grpo_kernels import policy_loss, token_logprobs, token_logprobs_from_hidden
+from adamame.grpo_kernels import (aggregate, grpo_terms, grpo_terms_from_hidden, token_logprobs,
+                                  token_logprobs_from_hidden)
 from adamame.language import TRAIN_LANGUAGES, get_detector, reward_languages
 from adamame.lora import adapters_disabled, apply_lora
 from adamame.memory import grpo_plan
@@ -176,6 +177,16 @@ def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
                                                                         chunk))
 
 
+def response_terms(model, ids, targets, mask, chunk=None, **kw):
+    """The loss's per-token terms (log pi, surrogate, k3, clip flag) at the response positions, flat [N] each, from one
+    fused pass over their logits (adamame/grpo_kernels.py's grpo_terms; kw: its per-token inputs, flat [N])."""
+    keep = torch.ones_like(targets[mask], dtype=torch.bool)
+    if chunk is None:
+        return grpo_terms(model(ids, logits_at=mask), targets[mask], mask=keep, **kw)
+    return model(ids, logits_at=mask, head=lambda hidden, weight: grpo_terms_from_hidden(
+        hidden, weight, targets[mask], mask=keep, chunk_tokens=chunk, **kw))
+
+
 @torch.no_grad()
 def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
     """log pi(o_ik) for every response token of every rollout, as lists in rollout order (micro-batched, no grad)."""
@@ -225,19 +236,21 @@ def ppo_update(run, batch):
                 own = old_lp[mb[0]] is None  # pi_old from this forward (the whole first mini-batch is None)
                 extra = ([] if own else [[old_lp[j] for j in mb]]) + ([[ref_lp[j] for j in mb]] if ref_lp else [])
                 ids, targets, mask, per_tok = pack([rolls[j] for j in mb], device, extra)
-                lp = response_logprobs(model, ids, targets, mask, args.temperature, chunk)
-                logp = torch.zeros(mask.shape, device=device).masked_scatter(mask, lp)  # [b, T], 0 off-response
-                old = logp.detach() if own else per_tok[0]
+                a = torch.tensor(adv[mb], dtype=torch.float32, device=device)[:, None].expand(mask.shape)
+                old = None if own else per_tok[0]
+                terms = response_terms(model, ids, targets, mask, chunk, advantages=a[mask], old_logprobs=(
+                    None if own else old[mask]), ref_logprobs=per_tok[-1][mask] if ref_lp else None,
+                    temperature=args.temperature, clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high)
+                logp, pg, k3, clipped = (None if v is None else torch.zeros(mask.shape, dtype=v.dtype, device=device)
+                                         .masked_scatter(mask, v) for v in terms)  # [b, T], 0 off-response
                 if own:
-                    fill.append((mb, lp.detach()))
+                    fill.append((mb, terms[0].detach()))
                 elif ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
                     d = ((logp.detach() - old).abs() * mask).max()
                     logprob_diff = torch.maximum(logprob_diff, d)
-                loss, st = policy_loss(
-                    logp, torch.tensor(adv[mb], dtype=torch.float32, device=device), mask,
-                    old_logprobs=old, ref_logprobs=per_tok[-1] if ref_lp else None, clip_eps=args.clip_eps,
-                    clip_eps_high=args.clip_eps_high, beta=args.beta, aggregation=args.aggregation,
-                    max_tokens=args.max_response_tokens, num_seqs=n_seqs, num_tokens=n_tok)
+                loss, st = aggregate(logp, pg, k3, clipped, mask, old_logprobs=old, beta=args.beta,
+                                     aggregation=args.aggregation, max_tokens=args.max_response_tokens,
+                                     num_seqs=n_seqs, num_tokens=n_tok)
                 (loss * W).backward()
                 mini_loss += loss.detach()
                 for key in sums:

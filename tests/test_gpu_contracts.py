@@ -597,7 +597,8 @@ for name, fn in sorted(kernels_found.items()):
         os.unlink(f.name)
         fields = dict(p.split(":", 1) for p in next(l for l in usage.splitlines() if "REG:" in l).split() if ":" in p)
         out["rows"].append({"scalar": sigs[name].get("scalar", False), "kernel": name + "".join(f" {k}={v}" for k, v in cx.items()
-                                                    if k in ("REP", "D", "GREEDY", "H", "HAS_RES", "BLOCK")), "sm": cc,
+                                                    if k in ("REP", "D", "GREEDY", "H", "HAS_RES", "BLOCK", "HAS_OLD",
+                                                              "HAS_REF")), "sm": cc,
                             "dtype": dtype, "hints": hints,
                             "vector_loads": "ld.global.v" in k.asm["ptx"], "registers": int(fields["REG"]),
                             "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
@@ -620,6 +621,24 @@ TRITON_SIGNATURES = {
         "constexprs": {"BLOCK": 4096}, "num_warps": 8,
         "divisible": ["logits_ptr", "stride_b", "stride_l", "grad_ptr", "gstride_b", "gstride_l", "targets_ptr",
                       "lse_ptr", "dlogp_ptr", "V"]},
+    # the fused GRPO loss: with and without pi_old and the reference (keep_ptr: the response mask as int8)
+    "_grpo_fwd_kernel": {
+        "args": {"logits_ptr": "*DTYPE", "stride_b": "i64", "stride_l": "i64", "L": "i32", "targets_ptr": "*i64",
+                 "adv_ptr": "*fp32", "keep_ptr": "*i8", "old_ptr": "*fp32", "ref_ptr": "*fp32", "logp_ptr": "*fp32",
+                 "lse_ptr": "*fp32", "pg_ptr": "*fp32", "k3_ptr": "*fp32", "clip_ptr": "*i8", "V": "i32",
+                 "inv_temp": "fp32", "lo": "fp32", "hi": "fp32", "HAS_OLD": "constexpr", "HAS_REF": "constexpr",
+                 "BLOCK": "constexpr"},
+        "variants": [{"HAS_OLD": o, "HAS_REF": r, "BLOCK": 4096} for o in (False, True) for r in (False, True)],
+        "num_warps": 8, "divisible": ["logits_ptr", "stride_b", "stride_l", "targets_ptr", "V"]},
+    "_grpo_bwd_kernel": {
+        "args": {"logits_ptr": "*DTYPE", "stride_b": "i64", "stride_l": "i64", "grad_ptr": "*DTYPE",
+                 "gstride_b": "i64", "gstride_l": "i64", "L": "i32", "targets_ptr": "*i64", "adv_ptr": "*fp32",
+                 "keep_ptr": "*i8", "old_ptr": "*fp32", "ref_ptr": "*fp32", "lse_ptr": "*fp32", "glogp_ptr": "*fp32",
+                 "gpg_ptr": "*fp32", "gk3_ptr": "*fp32", "V": "i32", "inv_temp": "fp32", "lo": "fp32", "hi": "fp32",
+                 "HAS_OLD": "constexpr", "HAS_REF": "constexpr", "BLOCK": "constexpr"},
+        "variants": [{"HAS_OLD": o, "HAS_REF": r, "BLOCK": 4096} for o in (False, True) for r in (False, True)],
+        "num_warps": 8, "divisible": ["logits_ptr", "stride_b", "stride_l", "grad_ptr", "gstride_b", "gstride_l",
+                                      "targets_ptr", "V"]},
     # DTYPE: the KV cache's (bf16 on a GPU); variants: 1.5B (12 q / 2 kv heads), Qwen3-4B (32 / 8), head_dim 128,
     # and head_dim 64 (count_ptr is a dummy pointer, the accumulator's, when COUNT is off)
     "_decode_attn_kernel": {
