@@ -48,6 +48,12 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _norm_warps(block: int, most: int = NUM_WARPS) -> int:
+    """rmsnorm's warps: 8 for the hidden size (blocks of 2,048 or more; its backward, which holds more per value, up
+    to 16), fewer for a head (a block of 128: 1 warp, 4 values a thread) so every thread loads a vector."""
+    return max(1, min(most, block // 256))
+
+
 # ---------------------------------------------------------------------------------------------- the references
 
 def rmsnorm_torch(x, weight, eps):
@@ -110,6 +116,13 @@ if triton is not None:
         tl.store(out_ptr + row * so + c, (w * y.to(dt).to(tl.float32)).to(dt), mask=m)
 
     @triton.jit
+    def _rotate(x1, x2, c, s, dt):
+        """x cos + rotate_half(x) sin on a head's halves, each product rounded as the model's tensors round it."""
+        o1 = ((x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)).to(dt)
+        o2 = ((x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)).to(dt)
+        return o1, o2
+
+    @triton.jit
     def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, sq, sk, sv, pos_ptr, slot_ptr, t_ptr, st, freq_ptr, qw_ptr, kw_ptr,
                            qo_ptr, kc_ptr, vc_ptr, skc_s, skc_h, svc_s, svc_h, eps,
                            H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
@@ -144,11 +157,7 @@ if triton is not None:
                 x1 = (w1 * (x1 * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
                 x2 = (w2 * (x2 * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
             f = tl.load(pos_ptr + row).to(tl.float32) * tl.load(freq_ptr + i, mask=m, other=0.0)
-            c = tl.cos(f).to(dt).to(tl.float32)
-            s = tl.sin(f).to(dt).to(tl.float32)
-            # x cos + rotate_half(x) sin, each product rounded as the model's tensors round it
-            o1 = ((x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)).to(dt)
-            o2 = ((x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)).to(dt)
+            o1, o2 = _rotate(x1, x2, tl.cos(f).to(dt).to(tl.float32), tl.sin(f).to(dt).to(tl.float32), dt)
             if h < H:
                 dst = qo_ptr + (row * H + h) * D
             else:
@@ -165,6 +174,72 @@ if triton is not None:
         g = tl.load(g_ptr + row * sg + c, mask=m, other=0.0).to(tl.float32)
         u = tl.load(u_ptr + row * su + c, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * so + c, ((g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u).to(dt), mask=m)
+
+    # ---- the training forward's rotary and the backward kernels
+
+    @triton.jit
+    def _rope_kernel(q_ptr, k_ptr, sq, sk, cos_ptr, sin_ptr, sc, qo_ptr, ko_ptr, sign, H: tl.constexpr,
+                     KV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr):
+        # program (row, h): h < H a query head, else a key head. sign -1 is the backward: rotary is a rotation, its
+        # transpose the rotation by -angle, with the products rounded where autograd's bf16 tensors round them
+        row = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        i = tl.arange(0, HALF)
+        m = i < D // 2
+        dt = qo_ptr.dtype.element_ty
+        if h < H:
+            src = q_ptr + row * sq + h * D
+            dst = qo_ptr + (row * H + h) * D
+        else:
+            src = k_ptr + row * sk + (h - H) * D
+            dst = ko_ptr + (row * KV + h - H) * D
+        x1 = tl.load(src + i, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(src + D // 2 + i, mask=m, other=0.0).to(tl.float32)
+        c = tl.load(cos_ptr + row * sc + i, mask=m, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + row * sc + i, mask=m, other=0.0).to(tl.float32) * sign
+        o1, o2 = _rotate(x1, x2, c, s, dt)
+        tl.store(dst + i, o1, mask=m)
+        tl.store(dst + D // 2 + i, o2, mask=m)
+
+    @triton.jit
+    def _rmsnorm_bwd_kernel(dy_ptr, x_ptr, w_ptr, dr_ptr, dx_ptr, dw_ptr, sdy, sx, sdr, sdx, R, C, eps,
+                            HAS_DRES: tl.constexpr, DW: tl.constexpr, BLOCK: tl.constexpr):
+        # rows pid, pid + P, ...: dx from the saved input (1/rms recomputed, not saved); the weight's gradient summed
+        # over this program's rows in float32, one partial row per program (the op adds the P partials)
+        pid = tl.program_id(0).to(tl.int64)
+        c = tl.arange(0, BLOCK)
+        m = c < C
+        dt = dx_ptr.dtype.element_ty
+        w = tl.load(w_ptr + c, mask=m, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK], dtype=tl.float32)
+        for row in range(pid, R, tl.num_programs(0)):
+            x = tl.load(x_ptr + row * sx + c, mask=m, other=0.0).to(tl.float32)
+            rs = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
+            xh = x * rs
+            dy = tl.load(dy_ptr + row * sdy + c, mask=m, other=0.0).to(tl.float32)
+            if DW:
+                dw += dy * xh.to(dt).to(tl.float32)
+            g = (dy * w).to(dt).to(tl.float32)  # d(normalised), rounded where the model's product rounds
+            dx = rs * (g - xh * (tl.sum(g * xh, axis=0) / C))
+            if HAS_DRES:  # add_rmsnorm: the residual's own gradient joins (x + r feeds both)
+                dx = dx.to(dt).to(tl.float32) + tl.load(dr_ptr + row * sdr + c, mask=m, other=0.0).to(tl.float32)
+            tl.store(dx_ptr + row * sdx + c, dx.to(dt), mask=m)
+        if DW:
+            tl.store(dw_ptr + pid * C + c, dw, mask=m)
+
+    @triton.jit
+    def _silu_mul_bwd_kernel(dh_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, sdh, sg, su, N, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = c < N
+        dt = dg_ptr.dtype.element_ty
+        dh = tl.load(dh_ptr + row * sdh + c, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + row * sg + c, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + row * su + c, mask=m, other=0.0).to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-g))
+        ds = (dh * u).to(dt).to(tl.float32)  # d silu(g), rounded as autograd's product is
+        tl.store(du_ptr + row * N + c, (dh * (g * sig).to(dt).to(tl.float32)).to(dt), mask=m)
+        tl.store(dg_ptr + row * N + c, (ds * sig * (1.0 + g * (1.0 - sig))).to(dt), mask=m)
 
 
 def _run(name, kernel, grid, *args, num_warps=NUM_WARPS, **meta):
@@ -193,7 +268,8 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.shape[0]:
         _run("_rmsnorm_kernel", _rmsnorm_kernel, (x.shape[0],), x, x, weight, out, out, x.stride(0), 0,
-             out.stride(0), 0, x.shape[1], eps, HAS_RES=False, BLOCK=_pow2(x.shape[1]))
+             out.stride(0), 0, x.shape[1], eps, HAS_RES=False, BLOCK=_pow2(x.shape[1]),
+             num_warps=_norm_warps(_pow2(x.shape[1])))
     return out
 
 
@@ -212,7 +288,8 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     out, s = torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.shape[0]:
         _run("_rmsnorm_kernel", _rmsnorm_kernel, (x.shape[0],), x, residual, weight, out, s, x.stride(0),
-             residual.stride(0), out.stride(0), s.stride(0), x.shape[1], eps, HAS_RES=True, BLOCK=_pow2(x.shape[1]))
+             residual.stride(0), out.stride(0), s.stride(0), x.shape[1], eps, HAS_RES=True, BLOCK=_pow2(x.shape[1]),
+             num_warps=_norm_warps(_pow2(x.shape[1])))
     return out, s
 
 
@@ -273,3 +350,157 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 @silu_mul.register_fake
 def _(gate, up):
     return torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+# The training forward (adamame/model.py, on CUDA) runs rmsnorm, add_rmsnorm and silu_mul above and `rope` below, each
+# with a backward kernel registered for autograd. What each saves for its backward: rmsnorm its input, add_rmsnorm the
+# sum, silu_mul gate and up, rope nothing (the rotary tables are shared by the layers); 1/rms and silu(gate) are
+# recomputed. PyTorch's ops save a float32 copy of each norm's input and silu(gate) besides gate and up.
+
+BWD_PROGRAMS = 2048  # rmsnorm's backward: programs over the rows, each summing its rows' weight gradient
+
+
+def rope_torch(q, k, cos, sin, sign=1.0):
+    R, D = cos.shape
+    c, s = cos[:, None], sin[:, None] * sign
+    q, k = q.reshape(R, -1, D), k.reshape(R, -1, D)
+    return (q * c + rotate_half(q) * s).contiguous(), (k * c + rotate_half(k) * s).contiguous()
+
+
+def rmsnorm_backward_torch(dy, x, weight, dres, eps):
+    xf = x.float()
+    rs = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    xh = xf * rs
+    g = (dy * weight).float()
+    dx = rs * (g - xh * (g * xh).mean(-1, keepdim=True))
+    if dres is not None:
+        dx = dx.to(x.dtype).float() + dres.float()
+    return dx.to(x.dtype), (dy.float() * xh.to(x.dtype).float()).sum(0)
+
+
+def silu_mul_backward_torch(dh, gate, up):
+    g = gate.float()
+    sig = torch.sigmoid(g)
+    ds = (dh * up).float()
+    return (ds * sig * (1 + g * (1 - sig))).to(gate.dtype), dh * torch.nn.functional.silu(gate)
+
+
+@torch.library.custom_op("adamame::rope", mutates_args=())
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+         sign: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary on q [R, H * D] and k [R, KV * D] with the model's tables cos, sin [R, D] (in its dtype) -> (q, k) roped,
+    [R, H, D] and [R, KV, D] contiguous. sign -1 rotates back: the backward."""
+    _check_rows(q, k, cos, sin)
+    if not _kernel_runs(q):
+        return rope_torch(q, k, cos, sin, sign)
+    R, D = cos.shape
+    H, KV = q.shape[1] // D, k.shape[1] // D
+    qo, ko = q.new_empty(R, H, D), k.new_empty(R, KV, D)
+    if R:
+        _run("_rope_kernel", _rope_kernel, (R, H + KV), q, k, q.stride(0), k.stride(0), cos, sin, cos.stride(0), qo,
+             ko, sign, H=H, KV=KV, D=D, HALF=_pow2(D // 2), num_warps=ROPE_WARPS)
+    return qo, ko
+
+
+@rope.register_fake
+def _(q, k, cos, sin, sign=1.0):
+    D = cos.shape[1]
+    return q.new_empty(q.shape[0], q.shape[1] // D, D), k.new_empty(k.shape[0], k.shape[1] // D, D)
+
+
+@torch.library.custom_op("adamame::rmsnorm_backward", mutates_args=())
+def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dres: torch.Tensor | None, eps: float,
+                     need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dweight) of out = weight * normalise(x) for d(out) dy [R, C] (+ dres, the residual's gradient, for
+    add_rmsnorm's sum); dweight float32 [C], or empty when not needed."""
+    _check_rows(dy, x, dres)
+    if not _kernel_runs(x):
+        dx, dw = rmsnorm_backward_torch(dy, x, weight, dres, eps)
+        return dx, dw if need_dw else dw.new_empty(0)
+    R, C = x.shape
+    P = max(1, min(R, BWD_PROGRAMS))
+    dx = torch.empty_like(x)
+    part = torch.empty(P if need_dw else 0, C, dtype=torch.float32, device=x.device)
+    if R:
+        _run("_rmsnorm_bwd_kernel", _rmsnorm_bwd_kernel, (P,), dy, x, weight, dx if dres is None else dres, dx, part,
+             dy.stride(0), x.stride(0), 0 if dres is None else dres.stride(0), dx.stride(0), R, C, eps,
+             HAS_DRES=dres is not None, DW=need_dw, BLOCK=_pow2(C), num_warps=_norm_warps(_pow2(C), 16))
+    return dx, (part.sum(0) if need_dw else part.new_empty(0))
+
+
+@rmsnorm_backward.register_fake
+def _(dy, x, weight, dres, eps, need_dw):
+    return torch.empty_like(x), x.new_empty(x.shape[1] if need_dw else 0, dtype=torch.float32)
+
+
+@torch.library.custom_op("adamame::silu_mul_backward", mutates_args=())
+def silu_mul_backward(dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d gate, d up) of silu(gate) * up for its gradient dh [R, N]; silu recomputed from gate."""
+    _check_rows(dh, gate, up)
+    if not _kernel_runs(gate):
+        return silu_mul_backward_torch(dh, gate, up)
+    R, N = gate.shape
+    dg, du = gate.new_empty(R, N), up.new_empty(R, N)
+    if R:
+        _run("_silu_mul_bwd_kernel", _silu_mul_bwd_kernel, (R, -(-N // SILU_BLOCK)), dh, gate, up, dg, du,
+             dh.stride(0), gate.stride(0), up.stride(0), N, BLOCK=SILU_BLOCK)
+    return dg, du
+
+
+@silu_mul_backward.register_fake
+def _(dh, gate, up):
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+def _rms_setup(ctx, inputs, output):
+    x, weight, eps = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps = eps
+
+
+def _rms_bwd(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw = rmsnorm_backward(dy.contiguous(), x, weight, None, ctx.eps, ctx.needs_input_grad[1])
+    return dx, (dw.to(weight.dtype) if ctx.needs_input_grad[1] else None), None
+
+
+def _add_rms_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[2])  # the sum (the new residual) and the weight
+    ctx.eps = inputs[3]
+
+
+def _add_rms_bwd(ctx, dout, ds):
+    s, weight = ctx.saved_tensors
+    ds = torch.zeros_like(s) if ds is None else ds.contiguous()
+    dx, dw = rmsnorm_backward(dout.contiguous(), s, weight, ds, ctx.eps, ctx.needs_input_grad[2])
+    return dx, dx, (dw.to(weight.dtype) if ctx.needs_input_grad[2] else None), None
+
+
+def _silu_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _silu_bwd(ctx, dh):
+    return silu_mul_backward(dh.contiguous(), *ctx.saved_tensors)
+
+
+def _rope_setup(ctx, inputs, output):
+    q, k, cos, sin, sign = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.sign, ctx.widths = sign, (q.shape[1], k.shape[1])
+
+
+def _rope_bwd(ctx, dq, dk):
+    cos, sin = ctx.saved_tensors
+    R = cos.shape[0]
+    dq, dk = rope(dq.reshape(R, ctx.widths[0]).contiguous(), dk.reshape(R, ctx.widths[1]).contiguous(), cos, sin,
+                  -ctx.sign)
+    return dq.view(R, -1), dk.view(R, -1), None, None, None
+
+
+rmsnorm.register_autograd(_rms_bwd, setup_context=_rms_setup)
+add_rmsnorm.register_autograd(_add_rms_bwd, setup_context=_add_rms_setup)
+silu_mul.register_autograd(_silu_bwd, setup_context=_silu_setup)
+rope.register_autograd(_rope_bwd, setup_context=_rope_setup)

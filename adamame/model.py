@@ -44,11 +44,17 @@ import torch.nn.functional as F
 try:  # the optional siblings: the decode step's Triton kernels (each with a PyTorch fallback)
     from .decode_attention import decode_attention
     from .decode_attention import use_kernel as use_decode_kernel
-    from .layer_kernels import add_rmsnorm, rmsnorm, rope_cache, silu_mul
+    from .layer_kernels import add_rmsnorm, rmsnorm, rope, rope_cache, silu_mul
 except ImportError:
     decode_attention = None
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+
+
+def fused_layers(x: torch.Tensor) -> bool:
+    """Whether the forward (training, prefill) runs the layer kernels with their backward (RMSNorm, the residual add,
+    rotary, SiLU * up: adamame/layer_kernels.py): where the decode step runs its kernels (on CUDA; ADAMAME_KERNELS)."""
+    return decode_attention is not None and use_decode_kernel(x)
 SDPA_MODES = ("pinned", "any", "math")
 
 
@@ -191,6 +197,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_layers(x):  # one kernel, the same roundings; its backward recomputes 1/rms from x
+            return rmsnorm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
         # normalise in float32, cast back before the weight (as the reference implementations do)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -302,9 +310,13 @@ class Attention(nn.Module):
         k, v = k.view(B, T, self.n_kv, self.hd), v.view(B, T, self.n_kv, self.hd)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
+        if fused_layers(x):  # both rotations in one kernel (its backward: the rotation back), nothing saved
+            q, k = rope(q.reshape(B * T, -1), k.reshape(B * T, -1), cos.reshape(B * T, -1), sin.reshape(B * T, -1))
+            q, k = q.view(B, T, self.n_heads, self.hd), k.view(B, T, self.n_kv, self.hd)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if not fused_layers(x):
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         if cache_kv is not None:
             k, v = cache_kv(k, v)
         if mask is None:
@@ -344,6 +356,9 @@ class MLP(nn.Module):
         return self.gate_proj(x), self.up_proj(x)
 
     def forward(self, x):
+        if fused_layers(x):
+            g, u = self.gate_up(x)
+            return self.down_proj(silu_mul(g.reshape(-1, g.shape[-1]), u.reshape(-1, u.shape[-1])).view(g.shape))
         if hasattr(self, "gate_up_proj"):  # silu in place (on a slice: chunk's views refuse it under autograd), so
             gu = self.gate_up_proj(x)       # one [.., 2I] buffer and the product: the plan's 3 x intermediate
             n = gu.shape[-1] // 2
@@ -360,6 +375,11 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, mask, cache_kv=None):
+        if fused_layers(x):  # the residual add inside the second norm's kernel, which returns the sum too
+            a = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv)
+            norm = self.post_attention_layernorm
+            n, s = add_rmsnorm(a.reshape(-1, a.shape[-1]), x.reshape(-1, x.shape[-1]), norm.weight, norm.eps)
+            return s.view(x.shape) + self.mlp(n.view(x.shape))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 

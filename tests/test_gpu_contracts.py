@@ -598,7 +598,7 @@ for name, fn in sorted(kernels_found.items()):
         fields = dict(p.split(":", 1) for p in next(l for l in usage.splitlines() if "REG:" in l).split() if ":" in p)
         out["rows"].append({"scalar": sigs[name].get("scalar", False), "kernel": name + "".join(f" {k}={v}" for k, v in cx.items()
                                                     if k in ("REP", "D", "GREEDY", "H", "HAS_RES", "BLOCK", "HAS_OLD",
-                                                              "HAS_REF")), "sm": cc,
+                                                              "HAS_REF", "DW", "HAS_DRES")), "sm": cc,
                             "dtype": dtype, "hints": hints,
                             "vector_loads": "ld.global.v" in k.asm["ptx"], "registers": int(fields["REG"]),
                             "local": int(fields["LOCAL"]), "stack": int(fields["STACK"]),
@@ -696,7 +696,8 @@ TRITON_SIGNATURES = {
         "args": {"x_ptr": "*DTYPE", "r_ptr": "*DTYPE", "w_ptr": "*DTYPE", "out_ptr": "*DTYPE", "rout_ptr": "*DTYPE",
                  "sx": "i32", "sr": "i32", "so": "i32", "sro": "i32", "C": "i32", "eps": "fp32",
                  "HAS_RES": "constexpr", "BLOCK": "constexpr"},
-        "variants": [{"HAS_RES": r, "BLOCK": b} for r in (False, True) for b in (2048, 4096)], "num_warps": 8,
+        "variants": [{"HAS_RES": r, "BLOCK": b} for r in (False, True) for b in (2048, 4096)] +
+                    [{"HAS_RES": False, "BLOCK": 128, "num_warps": 1}], "num_warps": 8,
         "divisible": ["x_ptr", "r_ptr", "w_ptr", "out_ptr", "rout_ptr", "sx", "sr", "so", "sro", "C"]},
     # the 1.5B's heads (12 q / 2 kv, q/k/v bias in the GEMM) and Qwen3-4B's (32 / 8, q/k norms), head_dim 128
     "_rope_cache_kernel": {
@@ -710,6 +711,29 @@ TRITON_SIGNATURES = {
                      {"H": 32, "KV": 8, "D": 128, "HALF": 64, "QK_NORM": True, "BLOCK": 32}], "num_warps": 1,
         "divisible": ["q_ptr", "k_ptr", "v_ptr", "sq", "sk", "sv", "pos_ptr", "slot_ptr", "t_ptr", "st", "freq_ptr",
                       "qw_ptr", "kw_ptr", "qo_ptr", "kc_ptr", "vc_ptr", "skc_s", "skc_h", "svc_s", "svc_h"]},
+    # the training forward's rotary (cos/sin: the model's tables) and the backward kernels
+    "_rope_kernel": {
+        "args": {"q_ptr": "*DTYPE", "k_ptr": "*DTYPE", "sq": "i32", "sk": "i32", "cos_ptr": "*DTYPE",
+                 "sin_ptr": "*DTYPE", "sc": "i32", "qo_ptr": "*DTYPE", "ko_ptr": "*DTYPE", "sign": "fp32",
+                 "H": "constexpr", "KV": "constexpr", "D": "constexpr", "HALF": "constexpr"},
+        "variants": [{"H": 12, "KV": 2, "D": 128, "HALF": 64}, {"H": 32, "KV": 8, "D": 128, "HALF": 64}],
+        # a warp over a head's 64-value halves: 2 bf16 a thread, one 32-bit load each (nothing wider to vectorize)
+        "num_warps": 1, "scalar": True,
+        "divisible": ["q_ptr", "k_ptr", "sq", "sk", "cos_ptr", "sin_ptr", "sc", "qo_ptr", "ko_ptr"]},
+    "_rmsnorm_bwd_kernel": {
+        "args": {"dy_ptr": "*DTYPE", "x_ptr": "*DTYPE", "w_ptr": "*DTYPE", "dr_ptr": "*DTYPE", "dx_ptr": "*DTYPE",
+                 "dw_ptr": "*fp32", "sdy": "i32", "sx": "i32", "sdr": "i32", "sdx": "i32", "R": "i32", "C": "i32",
+                 "eps": "fp32", "HAS_DRES": "constexpr", "DW": "constexpr", "BLOCK": "constexpr"},
+        "variants": [{"HAS_DRES": r, "DW": dw, "BLOCK": b, "num_warps": b // 256} for r in (False, True)
+                     for dw in (False, True) for b in (2048, 4096)] + [{"HAS_DRES": False, "DW": dw, "BLOCK": 128, "num_warps": 1}
+                                               for dw in (False, True)],  # Qwen3's q/k norms: rows of one head
+        "num_warps": 8,
+        "divisible": ["dy_ptr", "x_ptr", "w_ptr", "dr_ptr", "dx_ptr", "dw_ptr", "sdy", "sx", "sdr", "sdx", "C"]},
+    "_silu_mul_bwd_kernel": {
+        "args": {"dh_ptr": "*DTYPE", "g_ptr": "*DTYPE", "u_ptr": "*DTYPE", "dg_ptr": "*DTYPE", "du_ptr": "*DTYPE",
+                 "sdh": "i32", "sg": "i32", "su": "i32", "N": "i32", "BLOCK": "constexpr"},
+        "constexprs": {"BLOCK": 1024}, "num_warps": 8,
+        "divisible": ["dh_ptr", "g_ptr", "u_ptr", "dg_ptr", "du_ptr", "sdh", "sg", "su", "N"]},
     "_silu_mul_kernel": {
         "args": {"g_ptr": "*DTYPE", "u_ptr": "*DTYPE", "out_ptr": "*DTYPE", "sg": "i32", "su": "i32", "so": "i32",
                  "N": "i32", "BLOCK": "constexpr"},

@@ -254,3 +254,102 @@ def test_a_decode_step_runs_at_most_12_kernels_a_layer_and_20_outside(monkeypatc
         assert c["layer"] == 11 and c["outside"] == 9 + split, c  # today's count: a change shows here
     names = [n for n, _, _, _ in kernel_count.per_layer(real, 512, 4608)["layer"]]
     assert names.count("aten.addmm" if real.qkv_bias else "aten.mm") >= 1 and len(names) == 9
+
+
+# ---------------------------------------------------------------------------------------------- training: backward
+
+def _grads(fn, inputs, seeds):
+    """Gradients of sum_i <out_i, seed_i> w.r.t. inputs (fresh leaves), and the outputs."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    outs = fn(*leaves)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    sum((o.float() * s).sum() for o, s in zip(outs, seeds)).backward()
+    return outs, [x.grad for x in leaves]
+
+
+def _model_rope(q, k, cos, sin):  # adamame/model.py's rotary, written as the model writes it
+    R, D = cos.shape
+    q, k = q.view(R, -1, D), k.view(R, -1, D)
+    c, s = cos[:, None], sin[:, None]
+    return q * c + lk.rotate_half(q) * s, k * c + lk.rotate_half(k) * s
+
+
+@DTYPES
+@pytest.mark.parametrize("R,C", [(7, 72), (300, 1000)])  # R > BWD_PROGRAMS: programs loop over rows
+def test_training_kernels_gradients_equal_autograd_through_the_references(dtype, R, C):
+    """Each training op's forward and backward kernels against autograd through its PyTorch reference: inputs and
+    the norm weight's gradient, fp32 within 1e-5 (bf16 within a few units of its last place)."""
+    g = torch.Generator().manual_seed(R + C)
+    rnd = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=g)).to(dtype)  # noqa: E731
+    x, r, w = rnd(R, C, scale=3.0), rnd(R, C), (1 + 0.5 * torch.randn(C, generator=g)).to(dtype)
+    d1, d2 = torch.randn(R, C, generator=g), torch.randn(R, C, generator=g)
+    for ours, ref, inputs, seeds in (
+            (lambda a, b: lk.rmsnorm(a, b, 1e-6), lambda a, b: lk.rmsnorm_torch(a, b, 1e-6), (x, w), (d1,)),
+            (lambda a, b, c: lk.add_rmsnorm(a, b, c, 1e-6), lambda a, b, c: lk.add_rmsnorm_torch(a, b, c, 1e-6),
+             (x, r, w), (d1, d2)),
+            (lk.silu_mul, lk.silu_mul_torch, (x, r), (d1,))):
+        (got_out, got), (want_out, want) = _grads(ours, inputs, seeds), _grads(ref, inputs, seeds)
+        for a, b in zip(got_out + tuple(got), want_out + tuple(want)):
+            if dtype == torch.float32:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            else:  # bf16: the weight's gradient sums R rounded products in the reference, ours in float32
+                tol = 2 ** -6 * max(b.float().abs().max().item(), 1.0)
+                torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -6, atol=tol)
+
+
+@DTYPES
+@pytest.mark.parametrize("H,KV,D", [(12, 2, 128), (3, 1, 20)])
+def test_training_rope_and_its_backward_equal_the_models_rotary(dtype, H, KV, D):
+    g = torch.Generator().manual_seed(D)
+    R = 6
+    q, k = torch.randn(R, H * D, generator=g).to(dtype), torch.randn(R, KV * D, generator=g).to(dtype)
+    ang = torch.arange(R)[:, None].float() * (1.0 / (1e6 ** (torch.arange(0, D, 2).float() / D)))
+    cos, sin = torch.cat([ang.cos()] * 2, -1).to(dtype), torch.cat([ang.sin()] * 2, -1).to(dtype)
+    seeds = (torch.randn(R, H, D, generator=g), torch.randn(R, KV, D, generator=g))
+    (got_out, got), (want_out, want) = (_grads(lambda a, b: f(a, b, cos, sin), (q, k), seeds)
+                                        for f in (lk.rope, _model_rope))
+    for a, b in zip(got_out + tuple(got), want_out + tuple(want)):
+        close(a, b.reshape(a.shape), dtype)
+
+
+@pytest.mark.parametrize("model_type,extra", [("qwen2", {}), ("qwen3", {}), ("llama", {"mlp_bias": True})])
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_training_forward_and_backward_with_kernels_equal_pytorchs(monkeypatch, model_type, extra, lora):
+    """The model's training forward with the layer kernels (ADAMAME_KERNELS=triton, the interpreter) against the same
+    model in PyTorch ops: logits and the gradient of every trainable parameter (and of the norms' weights with full
+    fine-tuning), fp32 within 1e-5; with LoRA, through activation checkpointing too."""
+    from adamame.dist import _checkpoint_forward
+    from adamame.lora import apply_lora
+    from adamame.model import ModelConfig, Transformer
+
+    cfg = ModelConfig.from_dict(dict(model_type=model_type, vocab_size=61, hidden_size=48, intermediate_size=72,
+                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                     **extra))
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.3 * torch.randn_like(p))  # norm weights other than 1, so their gradient is tested
+    if lora:
+        apply_lora(model, 4, 8)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("lora_B"):
+                    p.normal_(0, 0.1)
+        _checkpoint_forward(model.model.layers[1])
+    ids = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(1))
+    seed = torch.randn(2, 9, 61, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for mode in ("torch", "triton"):
+        monkeypatch.setenv("ADAMAME_KERNELS", mode)
+        model.zero_grad(set_to_none=True)
+        logits = model(ids)
+        (logits * seed).sum().backward()
+        results[mode] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (a, ga), (b, gb) = results["torch"], results["triton"]
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    assert lora or any("norm" in n for n in ga)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-5, atol=1e-5, msg=n)
