@@ -64,16 +64,16 @@ this block against the command's output):
     rollout    CUDA graphs: warm-up blocks                                        0.09
     rollout    prefill, decode step, outputs                                      2.28
     update     unsharded bfloat16 parameters (root + 2 layers), fp32 gradients     1.35
-    update     activations, 32768 tokens (checkpointing on)                      15.12
+    update     activations, 32768 tokens (checkpointing on)                      12.68
     update     logits 32768 x 151936                                              9.27
     ----------------------------------------------------------------------------------
     weights    peak                                                               1.06
     rollout    peak                                                              75.47
     logprobs   peak                                                              14.59
-    update     peak                                                              26.81
+    update     peak                                                              24.36
     usable: 75.6 GiB (80.0 less 2.0 outside the allocator and 3% for fragmentation)
     rollout: 512 samples (64 prompts x 8) in one call, at most 229 at once (a 2048-token reserve each)
-    activation checkpointing on: without it the update would need 181.7 GiB
+    activation checkpointing on: without it the update would need 136.4 GiB
     plan: peak 75.5 GiB per GPU of 80.0 GiB: fits
 
 Imports: torch; adamame: dist, generate, lora, model, paging.
@@ -160,16 +160,22 @@ def parameter_counts(cfg, lora_rank: int = 0) -> dict:
             "lora": lora, "lora_layer": lora // cfg.num_hidden_layers}
 
 
-def layer_activation_bytes(cfg, lora_rank: int, dtype) -> int:
+def layer_activation_bytes(cfg, lora_rank: int, dtype, fused: bool = False) -> int:
     """Bytes autograd saves per token in one decoder layer (the model's own code, bf16 or float32 compute):
     two RMSNorms (their float32 input and 1/rms), attention's q, k, v, output and float32 log-sum-exp, the MLP's gate,
     up and SiLU outputs; with LoRA also the inputs of the adapters (the normed inputs of q/k/v and of gate/up, the
-    MLP product for down_proj) and the rank-r intermediate of each of the 7 adapters."""
+    MLP product for down_proj) and the rank-r intermediate of each of the 7 adapters. `fused`: the layer kernels
+    (adamame/layer_kernels.py, on CUDA) save each norm's input in the compute dtype (1/rms recomputed) and gate and
+    up (SiLU recomputed)."""
     b = dtype.itemsize
     C, I = cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    n = 2 * (4 * C + 4) + (2 * q + 2 * kv) * b + 4 * cfg.num_attention_heads + 3 * I * b
-    if cfg.qk_norm:  # q_norm and k_norm: float32 inputs and 1/rms per head
+    if fused:
+        n = 2 * C * b + (2 * q + 2 * kv) * b + 4 * cfg.num_attention_heads + 2 * I * b
+        n += (q + kv) * b if cfg.qk_norm else 0
+    else:
+        n = 2 * (4 * C + 4) + (2 * q + 2 * kv) * b + 4 * cfg.num_attention_heads + 3 * I * b
+    if cfg.qk_norm and not fused:  # q_norm and k_norm: float32 inputs and 1/rms per head
         n += 4 * (q + kv) + 4 * (cfg.num_attention_heads + cfg.num_key_value_heads)
     if lora_rank > 0:
         n += (2 * C + I) * b + 7 * lora_rank * b
@@ -338,7 +344,7 @@ def memory_needed(cfg, rows: int, samples: int, prompt_len: int, max_new_tokens:
 def _update(cfg, counts, tokens, *, lora_rank, dtype, ckpt: bool, chunk, triton: bool):
     """(activations, logits) bytes of one micro-batch's forward + backward."""
     b, L = dtype.itemsize, cfg.num_hidden_layers
-    act = layer_activation_bytes(cfg, lora_rank, dtype)
+    act = layer_activation_bytes(cfg, lora_rank, dtype, fused=triton)
     C = cfg.hidden_size
     shared = 2 * cfg.head_dim * b + 4 * C + 4  # rotary tables, the final norm's float32 input
     if ckpt:  # each layer keeps its input; the layer being recomputed keeps everything, and its backward
@@ -369,7 +375,8 @@ def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
     weights = persistent_bytes(counts, world, lora_rank, reference_copy, frozen_dtype)
     plan.items += [("weights", what, nb) for what, nb in weights]
     plan.phases["weights"] = sum(nb for _, nb in weights)
-    return plan, counts, plan.phases["weights"], dtype, device == "cuda"
+    return plan, counts, plan.phases["weights"], dtype, device == "cuda" and \
+        os.environ.get("ADAMAME_KERNELS", "auto") != "torch"
 
 
 def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int, group_size: int,
@@ -438,6 +445,11 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     if ckpt and activation_checkpointing == "auto":
         plan.notes.append(f"activation checkpointing on: without it the update would need "
                           f"{(base + gathered + sum(costs[(False, None)])) / GiB:.1f} GiB")
+    elif triton and not ckpt and activation_checkpointing == "auto":
+        eager = _update(cfg, counts, tokens, lora_rank=lora_rank, dtype=dtype, ckpt=False, chunk=chunk, triton=False)
+        if base + gathered + sum(eager) > plan.budget:
+            plan.notes.append(f"activation checkpointing off: the layer kernels save {saved / GiB:.1f} GiB of "
+                              f"activations where PyTorch's layers would save {eager[0] / GiB:.1f} GiB")
     plan.sizes.update(logits=logits_tensor_bytes(tokens if chunk is None else chunk, cfg.vocab_size, dtype))
     plan.items += [("update", f"unsharded {dtype_name(dtype)} parameters (root + 2 layers), fp32 gradients",
                     gathered),
@@ -447,7 +459,8 @@ def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int
     plan.phases["logprobs"] = base + gathered + _forward_only(cfg, tokens, dtype, chunk, triton)
     plan.phases["update"] = base + gathered + saved + logits
     if chunk is not None:
-        plan.notes.append(f"log-probs: full logits of {tokens} tokens would not fit; chunks of {chunk} tokens")
+        plan.notes.append(f"log-probs in chunks of {chunk} tokens: with full logits of {tokens} tokens the update "
+                          f"would not fit" + ("" if ckpt else " without checkpointing"))
     if plan.phases["update"] > plan.budget and not plan.advice:
         fit = _largest_fitting_tokens(cfg, counts, lora_rank=lora_rank, dtype=dtype, fixed=base + gathered,
                                      budget=plan.budget, triton=triton)
