@@ -9,13 +9,15 @@ or 150 s with --only), so a step that runs to its limit never starves the next:
     preflight       imports, one Triton launch, each SDPA call site's backend, one CUDA-graph capture, each failure
                     named with its escape hatch (bench/preflight.py)
     tests           the GPU tests (tests/test_gpu.py, tests/test_kernels.py compiled by Triton)
-    kernels         log-prob forward and GRPO loss forward + backward at 32,768 x 151,936 bf16: ours, eager,
-                    Liger-Kernel's Triton GRPO loss, torch.compile (bench/loss_kernels.py)
+    kernels         log-prob forward and GRPO loss forward + backward at 32,768 x 151,936 bf16: the fused loss,
+                    the log-prob kernel then PyTorch (unfused), eager, Liger-Kernel's Triton GRPO loss,
+                    torch.compile, each beside the step model's time (bench/loss_kernels.py)
     generate        the kernel floor (a graph of 300 tiny kernels); decode throughput at batch 1 and 512 rows, fraction
                     of the bandwidth bound (batch 1 beside the step-time model's), against
                     transformers; a paged rollout against the step-time model (bench/generate.py)
     rollout_memory  one paper-shaped rollout: peak memory against the plan (bench/memory_check.py rollout)
-    update_memory   one 32,768-token update micro-batch: peak memory against the plan, MFU (... update)
+    update_memory   one 32,768-token update micro-batch: peak memory against the plan, MFU, its time beside
+                    bench/step.py's prediction (... update)
     grpo_smoke      train_grpo.py for 3 steps of a tiny model, logprob_diff in bf16 (bench/grpo_smoke.py)
 OUT_DIR/gpu_check.json is rewritten before and after every step: {"gpu", "date", "commit", "torch", "triton",
 "cuda", "nvidia_smi", "mode", "seconds", "steps": {name: {"status": "ok"|"failed"|"skipped"|"running",

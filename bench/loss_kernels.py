@@ -2,10 +2,11 @@
 one process.
 
 For each N (tokens) x V (vocab) in bf16: the forward log-probs and the loss forward + backward (Dr. GRPO, clip 0.2,
-k3 KL with beta 0.04), time (median of repeats), peak memory beyond the logits themselves, and achieved bandwidth
+k3 KL with beta 0.04), time (median of repeats) beside the step model's prediction (bytes moved at the copy bandwidth), peak memory beyond the logits themselves, and achieved bandwidth
 as a fraction of the card's: bytes moved are one read of the logits for the forward, a read in the forward plus a
 read and a write in the backward for the loss. The denominator is the device-to-device copy bandwidth measured here
-(the datasheet figure is reported too). Liger's loss runs where `liger_kernel` is importable (bench/gpu_wheels.sh
+(the datasheet figure is reported too). "ours" is the fused GRPO loss kernel, "unfused" the log-prob kernel followed by
+policy_loss in PyTorch (the trainer before the fused loss). Liger's loss runs where `liger_kernel` is importable (bench/gpu_wheels.sh
 carries it); torch.compile runs last, since its compilation is the slowest part. Results are written after every
 row, so a time-out keeps what was measured.
 
@@ -79,7 +80,7 @@ def sides(compile_):
     position itself); the functions take (logits, ids [B, L + extra], adv, mask, old, ref) and return a tensor."""
     import torch
 
-    from adamame.grpo_kernels import grpo_loss, grpo_loss_torch, token_logprobs, token_logprobs_torch
+    from adamame.grpo_kernels import grpo_loss, grpo_loss_torch, policy_loss, token_logprobs, token_logprobs_torch
 
     def ours_loss(loss_fn):
         def run(logits, ids, adv, mask, old, ref):
@@ -88,7 +89,11 @@ def sides(compile_):
             return torch.autograd.grad(loss, logits)[0]
         return run
 
+    def logprob_then_loss(logits, ids, *rest, **kw):  # the trainer before the fused loss: kernel, then PyTorch
+        return policy_loss(token_logprobs(logits, ids, kw.pop("temperature")), *rest, **kw)
+
     out = {"ours": (0, lambda z, ids, *_: token_logprobs(z, ids, TEMPERATURE), ours_loss(grpo_loss)),
+           "unfused": (0, lambda z, ids, *_: token_logprobs(z, ids, TEMPERATURE), ours_loss(logprob_then_loss)),
            "eager": (0, lambda z, ids, *_: token_logprobs_torch(z, ids, TEMPERATURE), ours_loss(grpo_loss_torch))}
     lg = liger()
     if lg is not None:
@@ -176,7 +181,8 @@ def main(argv=None):
     result = {"device": gpu or "cpu", "copy_bandwidth": copy_bw, "datasheet_bandwidth": sheet_bw,
               "torch": torch.__version__, "liger": liger() is not None, "rows": []}
 
-    def on_row(r):
+    def on_row(r):  # the step model (bench/step.py) prices the kernels at bytes moved / copy bandwidth
+        r["predicted_ms"] = r["bytes_moved"] / copy_bw * 1e3 if (copy_bw and r["bytes_moved"]) else None
         r["frac_copy_bw"] = r["gb_per_s"] * 1e9 / copy_bw if (copy_bw and r["gb_per_s"]) else None
         r["frac_peak_bw"] = r["gb_per_s"] * 1e9 / sheet_bw if (sheet_bw and r["gb_per_s"]) else None
         ours = next((x for x in result["rows"] if x["impl"] == "ours" and x["kernel"] == r["kernel"]

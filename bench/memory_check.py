@@ -93,10 +93,11 @@ def update(tiny: bool, save):
     import torch
 
     from adamame import dist
-    from adamame.grpo_kernels import policy_loss
+    from adamame.grpo_kernels import aggregate
     from adamame.lora import apply_lora
     from adamame.memory import grpo_plan
-    from train_grpo import response_logprobs
+    from bench.step import Pricer
+    from train_grpo import response_terms
 
     rank, world, device = dist.setup()
     cuda = device.type == "cuda" and not tiny
@@ -127,11 +128,12 @@ def update(tiny: bool, save):
             targets = torch.cat([ids[:, 1:], torch.zeros(n_seq, 1, dtype=torch.long, device=device)], 1)
             old = torch.full(mask.shape, -12.0, device=device)
 
-            def step():
-                lp = response_logprobs(model, ids, targets, mask, 0.8, plan.logits_chunk)
-                logp = torch.zeros(mask.shape, device=device).masked_scatter(mask, lp)
-                loss, _ = policy_loss(logp, torch.randn(n_seq, device=device), mask, old_logprobs=old,
-                                      ref_logprobs=old, beta=0.001, max_tokens=resp)
+            def step():  # the trainer's: the fused loss terms at the response positions, then the aggregation
+                adv = torch.randn(n_seq, device=device)[:, None].expand(mask.shape)
+                terms = response_terms(model, ids, targets, mask, plan.logits_chunk, advantages=adv[mask],
+                                       old_logprobs=old[mask], ref_logprobs=old[mask], temperature=0.8)
+                full = [torch.zeros(mask.shape, dtype=v.dtype, device=device).masked_scatter(mask, v) for v in terms]
+                loss, _ = aggregate(*full, mask, old_logprobs=old, beta=0.001, max_tokens=resp)
                 loss.backward()
 
             step()  # warm-up: Triton compilation, allocator
@@ -148,10 +150,12 @@ def update(tiny: bool, save):
             case.update(seconds=dt, peak_bytes=peak, plan_bytes=plan.phases["update"],
                         peak_vs_plan=peak / plan.phases["update"] if peak else None, logits_chunk=plan.logits_chunk,
                         tokens_per_s=n_seq * seq / dt,
-                        mfu=4 * n_base * n_seq * seq / dt / peak_flops if peak_flops else None, error=None)
+                        mfu=4 * n_base * n_seq * seq / dt / peak_flops if peak_flops else None, error=None,
+                        predicted_seconds=Pricer(model.config).micro_batch(  # bench/step.py's model, H100 constants
+                            n_seq, seq, n_seq * resp, kernels=cuda, train=True, ckpt=ckpt, chunk=plan.logits_chunk))
         except torch.OutOfMemoryError as e:
             case.update(seconds=None, peak_bytes=None, plan_bytes=None, peak_vs_plan=None, logits_chunk=None,
-                        tokens_per_s=None, mfu=None, error=f"out of memory: {str(e)[:120]}")
+                        tokens_per_s=None, mfu=None, error=f"out of memory: {str(e)[:120]}", predicted_seconds=None)
         del model, optimizer
         if cuda:
             torch.cuda.empty_cache()
