@@ -42,8 +42,8 @@ def test_a_recorded_pass_holds_the_layers_kernels_gemms_and_flash_attention():
     ckpt = S.record_pass(cfg, b, T, kernels=True, train=True, ckpt=True, layers=1)
     fwd_only = S.record_pass(cfg, b, T, kernels=True, train=False, ckpt=False, layers=1)
     assert _flops(ckpt, "bench.flash") == 2 * fwd
-    # (within 1%: the recomputation stops once it has what the backward needs, before the layer's last adapter)
-    assert _flops(fwd_only) * 0.99 <= _flops(ckpt) - _flops(fused) <= _flops(fwd_only)
+    # (within 2%: the recomputation stops once it has what the backward needs, before the layer's last adapter)
+    assert _flops(fwd_only) * 0.98 <= _flops(ckpt) - _flops(fused) <= _flops(fwd_only)
 
 
 def test_the_head_and_loss_are_priced_from_their_shapes_as_computed_by_hand():
