@@ -1,4 +1,5 @@
-"""The decode step's fused layer kernels: RMSNorm with the residual add, rotary with the cache write, SiLU * up.
+"""Fused layer kernels: RMSNorm with the residual add, rotary (with the cache write in decode), SiLU * up; in
+training each with a backward kernel.
 
 Why: a decode step reads ~3 GB of weights for a few hundred rows, so its non-GEMM work is a few MB per kernel, and
 what it costs is the kernels' count: each launch in a CUDA graph still costs a floor of microseconds. Written as
@@ -21,6 +22,18 @@ kernel to, and what the op computes where the kernel cannot run. Each op is regi
 kernel. The decode step takes them together with the decode-attention kernel (adamame/model.py, its switch
 ADAMAME_KERNELS); an op whose kernel cannot run (no triton; CPU tensors outside TRITON_INTERPRET=1) computes its
 reference.
+
+Training (the model's forward on CUDA, prefill too) runs rmsnorm, add_rmsnorm, silu_mul and `rope` (rotary from the
+model's cos / sin tables, no cache) with a backward registered for autograd. Why: over a 32k-token micro-batch these
+ops are memory-bound, and PyTorch runs RMSNorm as 8 kernels forward and more backward, each a pass over float32
+copies; a layer's activations are also what decides whether the update needs activation checkpointing (a second
+forward). Each backward recomputes what is cheap (1/rms, silu(gate), the rotation) instead of saving it:
+
+    rmsnorm:      y = w * (x r),  r = 1 / sqrt(mean(x^2) + eps):
+                  dx = r (g - x r mean(g x r)),  g = dy * w;   dw = sum over rows of dy * (x r)   (saves x)
+    add_rmsnorm:  the same on s = x + residual, plus d(s) from the residual stream, to both inputs   (saves s)
+    silu_mul:     d gate = d(silu) sig (1 + gate (1 - sig)), d(silu) = dh * up;  d up = dh * silu(gate)   (saves both)
+    rope:         the transpose of a rotation is the rotation by -angle: the same kernel with -sin   (saves nothing)
 
 Imports: torch, triton (optional).
 """

@@ -27,10 +27,12 @@ ADAMAME_SDPA=any lets torch choose (the math backend included); ADAMAME_SDPA=mat
 The attention output is never `.view`ed: CUDA backends return it in layouts the CPU never produces.
 
 The rollout copy holds q/k/v as one weight and gate/up as one (`merge_projections`): a decode layer then runs 4 GEMMs
-instead of 7. Training, LoRA and the checkpoints keep Hugging Face's layout.
+instead of 7. Training, LoRA and the checkpoints keep Hugging Face's layout. Where the decode step runs its kernels
+(CUDA; `fused_layers`), the forward runs the layer kernels too (RMSNorm with the residual add, rotary, SiLU * up,
+each with its backward: adamame/layer_kernels.py): the same roundings, fewer passes and fewer saved activations.
 
-Imports: torch; adamame: decode_attention (optional), layer_kernels (optional: without them both the decode step runs
-the layers in PyTorch and attends with SDPA).
+Imports: torch; adamame: decode_attention (optional), layer_kernels (optional: without them both the decode step and
+the training forward run the layers in PyTorch, and decode attends with SDPA).
 """
 
 import math
