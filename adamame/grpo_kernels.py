@@ -167,14 +167,16 @@ if triton is not None:
 
     @triton.jit
     def _grpo_bwd_kernel(logits_ptr, stride_b, stride_l, grad_ptr, gstride_b, gstride_l, L, targets_ptr, adv_ptr,
-                         keep_ptr, old_ptr, ref_ptr, lse_ptr, glogp_ptr, gpg_ptr, gk3_ptr, V, inv_temp, lo, hi,
-                         HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+                         keep_ptr, old_ptr, ref_ptr, lse_ptr, logp_ptr, glogp_ptr, gpg_ptr, gk3_ptr, V, inv_temp, lo,
+                         hi, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+        # log pi comes from the forward, not from the logits: the loop below overwrites them (in place), and with no
+        # barrier between a read here and the other warps' writes, a re-read could see a gradient
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + (row // L) * stride_b + (row % L) * stride_l
         gbase = grad_ptr + (row // L) * gstride_b + (row % L) * gstride_l
         lse = tl.load(lse_ptr + row)
-        t = tl.load(targets_ptr + row)
-        logp = tl.load(base + tl.minimum(tl.maximum(t, 0), V - 1)).to(tl.float32) * inv_temp - lse  # before writes
+        t = tl.minimum(tl.maximum(tl.load(targets_ptr + row), 0), V - 1)  # as the forward read it
+        logp = tl.load(logp_ptr + row)
         old = tl.load(old_ptr + row) if HAS_OLD else logp
         ref = tl.load(ref_ptr + row) if HAS_REF else logp
         _, _, _, dpg, dk3 = _surrogate(logp, old, ref, tl.load(adv_ptr + row), tl.load(keep_ptr + row) != 0,
@@ -255,7 +257,7 @@ class _TritonGRPO(torch.autograd.Function):
             _launch(_grpo_fwd_kernel, B * L, z, z.stride(0), z.stride(1), L, *tok, _or(old_f, logp), _or(ref_f, logp),
                     logp, lse, pg, k3, clip, V, 1.0 / temperature, lo, hi, HAS_OLD=old is not None,
                     HAS_REF=ref is not None)
-        ctx.save_for_backward(z, *tok, old_f, ref_f, lse)
+        ctx.save_for_backward(z, *tok, old_f, ref_f, lse, logp)
         ctx.args, ctx.inplace, ctx.shape = (1.0 / temperature, lo, hi), inplace, logits.shape
         clipped = clip.bool().view(targets.shape)
         ctx.mark_non_differentiable(clipped)
@@ -263,13 +265,13 @@ class _TritonGRPO(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_logp, g_pg, g_k3, _):
-        z, tgt, adv, keep, old, ref, lse = ctx.saved_tensors
+        z, tgt, adv, keep, old, ref, lse, logp = ctx.saved_tensors
         B, L, V = z.shape
         grad = z if ctx.inplace else torch.empty_like(z)
         if B * L:
             gs = [g.reshape(-1).float().contiguous() for g in (g_logp, g_pg, g_k3)]
             _launch(_grpo_bwd_kernel, B * L, z, z.stride(0), z.stride(1), grad, grad.stride(0), grad.stride(1), L, tgt,
-                    adv, keep, _or(old, lse), _or(ref, lse), lse, *gs, V, *ctx.args, HAS_OLD=old is not None,
+                    adv, keep, _or(old, lse), _or(ref, lse), lse, logp, *gs, V, *ctx.args, HAS_OLD=old is not None,
                     HAS_REF=ref is not None)
         return grad.view(ctx.shape), *([None] * 9)
 

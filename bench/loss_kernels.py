@@ -2,7 +2,8 @@
 one process.
 
 For each N (tokens) x V (vocab) in bf16: the forward log-probs and the loss forward + backward (Dr. GRPO, clip 0.2,
-k3 KL with beta 0.04), time (median of repeats) beside the step model's prediction (bytes moved at the copy bandwidth), peak memory beyond the logits themselves, and achieved bandwidth
+k3 KL with beta 0.04), time (median of repeats) beside the step model's prediction (bytes moved at the model's
+bandwidth for the card: 3.0 TB/s on an H100, 4.3 on an H200), peak memory beyond the logits themselves, and achieved bandwidth
 as a fraction of the card's: bytes moved are one read of the logits for the forward, a read in the forward plus a
 read and a write in the backward for the loss. The denominator is the device-to-device copy bandwidth measured here
 (the datasheet figure is reported too). "ours" is the fused GRPO loss kernel, "unfused" the log-prob kernel followed by
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DATASHEET_BW = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "B200": 8.0e12, "L40S": 0.864e12, "A10": 0.6e12}
 TEMPERATURE, BETA, EPS = 0.8, 0.04, 0.2
+MODEL_BW = {"H100": 3.0e12, "H200": 4.3e12}  # the step models' copy bandwidths (bench/generate.py's BANDWIDTHS)
 
 
 def datasheet_bandwidth(name: str):
@@ -181,8 +183,10 @@ def main(argv=None):
     result = {"device": gpu or "cpu", "copy_bandwidth": copy_bw, "datasheet_bandwidth": sheet_bw,
               "torch": torch.__version__, "liger": liger() is not None, "rows": []}
 
-    def on_row(r):  # the step model (bench/step.py) prices the kernels at bytes moved / copy bandwidth
-        r["predicted_ms"] = r["bytes_moved"] / copy_bw * 1e3 if (copy_bw and r["bytes_moved"]) else None
+    model_bw = next((bw for key, bw in MODEL_BW.items() if key in (gpu or "")), None)
+
+    def on_row(r):  # the step model (bench/step.py) prices the kernel at bytes moved / the card's model bandwidth
+        r["predicted_ms"] = r["bytes_moved"] / model_bw * 1e3 if (model_bw and r["bytes_moved"]) else None
         r["frac_copy_bw"] = r["gb_per_s"] * 1e9 / copy_bw if (copy_bw and r["gb_per_s"]) else None
         r["frac_peak_bw"] = r["gb_per_s"] * 1e9 / sheet_bw if (sheet_bw and r["gb_per_s"]) else None
         ours = next((x for x in result["rows"] if x["impl"] == "ours" and x["kernel"] == r["kernel"]

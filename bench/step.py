@@ -187,9 +187,14 @@ class Pricer:
 def micro_batch_shapes(plens, resp, indices, budget):
     from adamame.data import micro_batches
 
-    if not torch.distributed.is_initialized():  # micro_batches agrees its count with the other ranks: here, none
+    alone = not torch.distributed.is_initialized()
+    if alone:  # micro_batches agrees its count with the other ranks: here, none
         torch.distributed.init_process_group("gloo", rank=0, world_size=1, store=torch.distributed.HashStore())
-    mbs = micro_batches(indices, budget, lambda j: plens[j] + resp[j], "cpu")
+    try:
+        mbs = micro_batches(indices, budget, lambda j: plens[j] + resp[j], "cpu")
+    finally:
+        if alone:
+            torch.distributed.destroy_process_group()
     return [(len(mb), max(plens[j] + resp[j] for j in mb), sum(resp[j] for j in mb)) for mb in mbs]
 
 

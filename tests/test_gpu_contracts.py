@@ -633,7 +633,8 @@ TRITON_SIGNATURES = {
     "_grpo_bwd_kernel": {
         "args": {"logits_ptr": "*DTYPE", "stride_b": "i64", "stride_l": "i64", "grad_ptr": "*DTYPE",
                  "gstride_b": "i64", "gstride_l": "i64", "L": "i32", "targets_ptr": "*i64", "adv_ptr": "*fp32",
-                 "keep_ptr": "*i8", "old_ptr": "*fp32", "ref_ptr": "*fp32", "lse_ptr": "*fp32", "glogp_ptr": "*fp32",
+                 "keep_ptr": "*i8", "old_ptr": "*fp32", "ref_ptr": "*fp32", "lse_ptr": "*fp32", "logp_ptr": "*fp32",
+                 "glogp_ptr": "*fp32",
                  "gpg_ptr": "*fp32", "gk3_ptr": "*fp32", "V": "i32", "inv_temp": "fp32", "lo": "fp32", "hi": "fp32",
                  "HAS_OLD": "constexpr", "HAS_REF": "constexpr", "BLOCK": "constexpr"},
         "variants": [{"HAS_OLD": o, "HAS_REF": r, "BLOCK": 4096} for o in (False, True) for r in (False, True)],

@@ -228,6 +228,33 @@ def test_off_response_log_probs_cannot_poison_the_gradient(aggregation):
     assert all(torch.isfinite(v) for v in st.values())
 
 
+@pytest.mark.parametrize("aggregation", ["dr_grpo", "seq_mean"])
+def test_fused_loss_at_the_edges_equals_the_reference(triton_path, aggregation):
+    """The fused kernel where the reference's branches meet: k3 past its clamp (ref far above and below log pi),
+    ratios exactly 1 (old = log pi: torch.maximum's tie), ratios on the clip boundaries' both sides, advantage 0, and
+    garbage old / ref (+-500) at masked positions, which must give no gradient and no NaN."""
+    x, t = _logits((B, L, V), seed=3), _targets((B, L), V, seed=4)
+    mask = torch.ones(B, L, dtype=torch.bool, device=DEV)
+    mask[1, 2:] = False
+    logp = token_logprobs_torch(x, t)
+    old = logp.clone()  # ties: ratio exactly 1
+    old[0] += torch.tensor([0.0, 0.5, -0.5, 0.0, 0.3], device=DEV)  # clipped on both sides, and not
+    ref = logp.clone()
+    ref[0, :3] += torch.tensor([30.0, -30.0, 0.0], device=DEV)  # k3 beyond 10 (clamped) and on the other side
+    ref[2] += 20.0
+    old[~mask], ref[~mask] = 500.0, -500.0
+    adv = torch.tensor([1.3, -0.6, 0.0], device=DEV)
+    kw = dict(old_logprobs=old, ref_logprobs=ref, beta=0.04, aggregation=aggregation, max_tokens=8, clip_eps=0.2)
+    xr, xt = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    (lr, sr), (lt, st) = grpo_loss_torch(xr, t, adv, mask, **kw), grpo_loss(xt, t, adv, mask, **kw)
+    lr.backward()
+    lt.backward()
+    assert torch.isfinite(lt) and torch.isfinite(xt.grad).all()
+    assert abs(lt.item() - lr.item()) <= 1e-5 and all(abs(st[k].item() - sr[k].item()) <= 1e-5 for k in sr)
+    assert (xt.grad - xr.grad).abs().max().item() <= 1e-5
+    assert (xt.grad[1, 2:] == 0).all() and sr["clip_frac"].item() > 0
+
+
 def test_on_policy_ratio_is_one_and_gradient_is_advantage_weighted():
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.1, -4.0]], requires_grad=True)
     adv = torch.tensor([2.0, -1.0])
