@@ -79,6 +79,7 @@ this block against the command's output):
 Imports: torch; adamame: dist, generate, lora, model, paging.
 """
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 
@@ -367,7 +368,7 @@ def _forward_only(cfg, tokens, dtype, chunk, triton: bool):
 
 def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
     """The plan's start, common to GRPO and SFT: (plan with its weights phase, parameter counts, the weights' bytes,
-    the compute dtype, whether the Triton log-prob kernel runs)."""
+    the compute dtype, whether the Triton kernels run: the log-prob and loss kernels and the layer kernels)."""
     dtype = compute_dtype(device)
     plan = Plan(device, world, usable_bytes(device, total), total)
     counts = parameter_counts(cfg, lora_rank)
@@ -375,8 +376,9 @@ def _weights_phase(cfg, world, total, device, lora_rank, reference_copy):
     weights = persistent_bytes(counts, world, lora_rank, reference_copy, frozen_dtype)
     plan.items += [("weights", what, nb) for what, nb in weights]
     plan.phases["weights"] = sum(nb for _, nb in weights)
-    return plan, counts, plan.phases["weights"], dtype, device == "cuda" and \
-        os.environ.get("ADAMAME_KERNELS", "auto") != "torch"
+    kernels = device == "cuda" and importlib.util.find_spec("triton") is not None and \
+        os.environ.get("ADAMAME_KERNELS", "auto") != "torch"  # where the model runs them (model.fused_layers)
+    return plan, counts, plan.phases["weights"], dtype, kernels
 
 
 def grpo_plan(cfg, *, world: int, total: int, device: str, prompts_per_step: int, group_size: int,
