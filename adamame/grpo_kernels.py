@@ -457,14 +457,15 @@ def _split(kw):
     return terms, dict(kw, old_logprobs=terms.get("old_logprobs"))
 
 
-def policy_loss(logp, advantages, mask, **kw):
-    """The GRPO objective on per-token log-probs logp [B, L]: the PyTorch reference of the fused loss.
+def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None, clip_eps=0.2, clip_eps_high=None,
+                beta=0.001, aggregation="dr_grpo", max_tokens=4096, num_seqs=None, num_tokens=None):
+    """The GRPO objective on per-token log-probs logp [B, L]: the PyTorch reference of the fused loss, (loss, stats).
 
-    Keyword arguments: old_logprobs, ref_logprobs, clip_eps (0.2), clip_eps_high (None: clip_eps), and those of
-    `aggregate`. Without old_logprobs the ratio is exactly 1 and the gradient is that of A * logp."""
-    terms, agg = _split(kw)
-    pg, k3, clipped = surrogate_terms_torch(logp, advantages, mask, **terms)
-    return aggregate(logp, pg, k3, clipped, mask, **agg)
+    Without old_logprobs the ratio is exactly 1 and the gradient is that of A * logp; clip_eps_high None: clip_eps.
+    The rest are `aggregate`'s (the paper's defaults)."""
+    pg, k3, clipped = surrogate_terms_torch(logp, advantages, mask, old_logprobs, ref_logprobs, clip_eps, clip_eps_high)
+    return aggregate(logp, pg, k3, clipped, mask, old_logprobs=old_logprobs, beta=beta, aggregation=aggregation,
+                     max_tokens=max_tokens, num_seqs=num_seqs, num_tokens=num_tokens)
 
 
 def grpo_loss(logits, targets, advantages, mask, *, temperature=1.0, inplace=True, **kw):

@@ -260,7 +260,7 @@ def _run(name, kernel, grid, *args, num_warps=NUM_WARPS, **meta):
         kernel[grid](*args, num_warps=num_warps, **meta)
     except Exception as e:  # noqa: BLE001  (triton raises its own compilation, resource and driver errors)
         raise RuntimeError(f"Triton kernel {name} failed ({type(e).__name__}: {str(e).strip()[:300]}); "
-                           f"ADAMAME_KERNELS=torch runs the decode step in PyTorch instead") from e
+                           f"ADAMAME_KERNELS=torch runs the layers in PyTorch instead") from e
 
 
 def _check_rows(*ts):
