@@ -192,8 +192,7 @@ def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
     """log pi(o_ik) for every response token of every rollout, as lists in rollout order (micro-batched, no grad)."""
     out = [None] * len(rolls)
     model.eval()
-    for mb in micro_batches(list(range(len(rolls))), budget, lambda j: len(rolls[j].prompt_ids) + len(rolls[j].tokens),
-                            device):
+    for mb in micro_batches(list(range(len(rolls))), budget, lambda j: _length(rolls[j]), device):
         ids, targets, mask, _ = pack([rolls[j] for j in mb], device)
         lp = response_logprobs(model, ids, targets, mask, temperature, chunk).tolist()
         for j in mb:
@@ -202,73 +201,97 @@ def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
     return out
 
 
-def ppo_update(run, batch):
-    """The update of `batch` (its qs, rolls, sc["adv"], old_lp, ref_lp) with `run`'s model, optimizer, params, args,
-    world, device and logits_chunk: --ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G
-    per prompt), one optimizer step each. Each mini-batch is cut into length-sorted micro-batches; every micro-batch's
-    loss uses the whole mini-batch's sequence and token counts (over all ranks) and is scaled by W, since FSDP
-    averages gradients:
-    the update is exactly that of one process holding all rollouts, whatever the micro-batches. Returns (loss per
-    update, grad norm per update, summed stats, max |pi - pi_old| before any update).
+@dataclass
+class MicroBatch:
+    """One micro-batch of the update: ids, next-token targets and the response mask [b, T] (pack), and per response
+    token (flat [N], row-major): the sequence's advantage, pi_old (None: from this forward) and pi_ref (None: no KL)."""
+    rows: list  # rollout indices
+    ids: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    adv: torch.Tensor
+    old: torch.Tensor | None
+    ref: torch.Tensor | None
 
-    An old_lp entry of None (the first mini-batch's, with recomputed pi_old) is taken from the update's own forward,
-    detached, and written back into old_lp; the ratio pi / pi_old is then exactly 1 in value, as it was when a
-    separate pass computed the same numbers, and its gradient is the same."""
-    model, optimizer, args, W, device, chunk = run.model, run.optimizer, run.args, run.world, run.device, \
-        run.logits_chunk
-    rolls, adv, old_lp, ref_lp = batch.rolls, batch.sc["adv"], batch.old_lp, batch.ref_lp
-    G = args.group_size
-    model.train()
-    per_rank = args.mini_batch_prompts // W
-    groups = [list(range(g * G, (g + 1) * G)) for g in range(len(batch.qs))]
-    minis = [sum(groups[m:m + per_rank], []) for m in range(0, len(groups), per_rank)]
+
+def micro_batch(batch, rows, device) -> MicroBatch:
+    own, ref = batch.old_lp[rows[0]] is None, batch.ref_lp is not None
+    per_tok = ([] if own else [[batch.old_lp[j] for j in rows]]) + ([[batch.ref_lp[j] for j in rows]] if ref else [])
+    ids, targets, mask, per_tok = pack([batch.rolls[j] for j in rows], device, per_tok)
+    adv = torch.tensor(batch.sc["adv"][rows], dtype=torch.float32, device=device)[:, None].expand(mask.shape)
+    return MicroBatch(rows, ids, targets, mask, adv[mask], None if own else per_tok[0][mask],
+                      per_tok[-1][mask] if ref else None)
+
+
+def micro_batch_loss(run, mb: MicroBatch, counts: dict):
+    """The micro-batch's part of its mini-batch's loss (counts: the mini-batch's sequences and tokens over all ranks,
+    so the parts add up to the whole), its statistics, and log pi at its response tokens (detached)."""
+    a = run.args
+    terms = response_terms(run.model, mb.ids, mb.targets, mb.mask, run.logits_chunk, advantages=mb.adv,
+                           old_logprobs=mb.old, ref_logprobs=mb.ref, temperature=a.temperature, clip_eps=a.clip_eps,
+                           clip_eps_high=a.clip_eps_high)
+
+    def full(v):  # [N] at the response positions -> [b, T], 0 elsewhere
+        return None if v is None else torch.zeros(mb.mask.shape, dtype=v.dtype, device=v.device).masked_scatter(
+            mb.mask, v)
+    loss, stats = aggregate(*map(full, terms), mb.mask, old_logprobs=full(mb.old), beta=a.beta,
+                            aggregation=a.aggregation, max_tokens=a.max_response_tokens, **counts)
+    return loss, stats, terms[0].detach()
+
+
+def ppo_update(run, batch):
+    """--ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G per prompt), one
+    optimizer step each. A mini-batch is cut into length-sorted micro-batches whose losses use the whole mini-batch's
+    counts over all ranks and are scaled by W (FSDP averages gradients): the update is exactly that of one process
+    holding every rollout. A micro-batch whose pi_old is None (the first mini-batch's, when pi_old is recomputed)
+    takes it from its own forward, detached (the ratio is then exactly 1, with the same gradient), and it is written
+    back into batch.old_lp. Returns (loss per update, grad norm per update, summed stats, max |pi - pi_old| before
+    any update)."""
+    args, W, device = run.args, run.world, run.device
+    run.model.train()
+    G, per_rank, P = args.group_size, args.mini_batch_prompts // W, len(batch.qs)
+    minis = [list(range(p * G, min(p + per_rank, P) * G)) for p in range(0, P, per_rank)]
     sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "kl", "ratio")}  # on the device: no sync
-    losses, grad_norms, logprob_diff, fill = [], [], torch.zeros((), device=device), []
-    for ppo_epoch in range(args.ppo_epochs):
-        for m_i, mini in enumerate(minis):
-            n_seqs = dist.all_sum(len(mini), device)
-            n_tok = dist.all_sum(sum(len(rolls[j].tokens) for j in mini), device)
-            mbs = micro_batches(mini, args.micro_batch_tokens,
-                                lambda j: len(rolls[j].prompt_ids) + len(rolls[j].tokens), device)
-            mini_loss = torch.zeros((), device=device)
-            for k, mb in enumerate(mbs):
-                model.set_requires_gradient_sync(k == len(mbs) - 1)
-                own = old_lp[mb[0]] is None  # pi_old from this forward (the whole first mini-batch is None)
-                extra = ([] if own else [[old_lp[j] for j in mb]]) + ([[ref_lp[j] for j in mb]] if ref_lp else [])
-                ids, targets, mask, per_tok = pack([rolls[j] for j in mb], device, extra)
-                a = torch.tensor(adv[mb], dtype=torch.float32, device=device)[:, None].expand(mask.shape)
-                old = None if own else per_tok[0]
-                terms = response_terms(model, ids, targets, mask, chunk, advantages=a[mask], old_logprobs=(
-                    None if own else old[mask]), ref_logprobs=per_tok[-1][mask] if ref_lp else None,
-                    temperature=args.temperature, clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high)
-                logp, pg, k3, clipped = (None if v is None else torch.zeros(mask.shape, dtype=v.dtype, device=device)
-                                         .masked_scatter(mask, v) for v in terms)  # [b, T], 0 off-response
-                if own:
-                    fill.append((mb, terms[0].detach()))
-                elif ppo_epoch == 0 and m_i == 0:  # before any update the trainer's pi is pi_old
-                    d = ((logp.detach() - old).abs() * mask).max()
-                    logprob_diff = torch.maximum(logprob_diff, d)
-                loss, st = aggregate(logp, pg, k3, clipped, mask, old_logprobs=old, beta=args.beta,
-                                     aggregation=args.aggregation, max_tokens=args.max_response_tokens,
-                                     num_seqs=n_seqs, num_tokens=n_tok)
+    losses, grad_norms, logprob_diff = [], [], torch.zeros((), device=device)
+    for epoch in range(args.ppo_epochs):
+        for m, mini in enumerate(minis):
+            counts = dict(num_seqs=dist.all_sum(len(mini), device),
+                          num_tokens=dist.all_sum(sum(len(batch.rolls[j].tokens) for j in mini), device))
+            mbs = micro_batches(mini, args.micro_batch_tokens, lambda j: _length(batch.rolls[j]), device)
+            mini_loss, own = torch.zeros((), device=device), []
+            for k, rows in enumerate(mbs):
+                run.model.set_requires_gradient_sync(k == len(mbs) - 1)
+                mb = micro_batch(batch, rows, device)
+                loss, stats, logp = micro_batch_loss(run, mb, counts)
                 (loss * W).backward()
                 mini_loss += loss.detach()
-                for key in sums:
-                    sums[key] += st[key]
-            for mb, lp in fill:  # after the backward: one copy to the host per micro-batch, no stall before it
-                lp = lp.tolist()
-                for j in mb:
-                    n = len(rolls[j].tokens)
-                    old_lp[j], lp = lp[:n], lp[n:]
-            fill.clear()
+                sums = {key: v + stats[key] for key, v in sums.items()}
+                if mb.old is None:
+                    own.append((rows, logp))
+                elif epoch == 0 and m == 0 and logp.numel():  # before any update the trainer's pi is pi_old
+                    logprob_diff = torch.maximum(logprob_diff, (logp - mb.old).abs().max())
+            _write_back(batch, own)  # after the backward: one copy to the host per micro-batch, no stall before it
             losses.append(dist.all_sum(mini_loss.item(), device))
             if not math.isfinite(losses[-1]):
                 return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
             gn = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip)
             grad_norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
     return losses, grad_norms, {k: v.item() for k, v in sums.items()}, logprob_diff.item()
+
+
+def _length(roll) -> int:
+    return len(roll.prompt_ids) + len(roll.tokens)
+
+
+def _write_back(batch, own):
+    """pi_old taken from the update's own forward, into batch.old_lp (lists per rollout, as the other entries)."""
+    for rows, lp in own:
+        lp = lp.tolist()
+        for j in rows:
+            n = len(batch.rolls[j].tokens)
+            batch.old_lp[j], lp = lp[:n], lp[n:]
 
 
 def prepare_default(args, rank, world, device):
