@@ -89,22 +89,37 @@ def _clip_range(clip_eps, clip_eps_high):
 if triton is not None:
 
     @triton.jit
-    def _logprob_fwd_kernel(logits_ptr, stride_b, stride_l, L, targets_ptr, logp_ptr, lse_ptr, V, inv_temp,
-                            BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = logits_ptr + (row // L) * stride_b + (row % L) * stride_l
+    def _row_logp(base, t_ptr, V, inv_temp, BLOCK: tl.constexpr):
+        """(log pi of the row's target, the row's log-sum-exp): one read of the row, online over blocks."""
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.full((), 0.0, tl.float32)
-        for start in range(0, V, BLOCK):  # online log-sum-exp: one read of the row
+        for start in range(0, V, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             z = tl.load(base + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
             m_new = tl.maximum(m, tl.max(z, axis=0))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
             m = m_new
         lse = m + tl.log(s)
-        t = tl.minimum(tl.maximum(tl.load(targets_ptr + row), 0), V - 1)
-        z_t = tl.load(base + t).to(tl.float32) * inv_temp
-        tl.store(logp_ptr + row, z_t - lse)
+        t = tl.minimum(tl.maximum(tl.load(t_ptr), 0), V - 1)
+        return tl.load(base + t).to(tl.float32) * inv_temp - lse, lse
+
+    @triton.jit
+    def _write_grad(base, gbase, t, g, lse, V, inv_temp, BLOCK: tl.constexpr):
+        """d(logits) of the row for g = dL / d log pi(target): g / T (1[v = t] - softmax_v)."""
+        g = g * inv_temp
+        for start in range(0, V, BLOCK):  # gbase may alias base: each element is read before it is written
+            offs = start + tl.arange(0, BLOCK)
+            z = tl.load(base + offs, mask=offs < V, other=0.0).to(tl.float32) * inv_temp
+            d = g * (tl.where(offs == t, 1.0, 0.0) - tl.exp(z - lse))
+            tl.store(gbase + offs, d.to(gbase.dtype.element_ty), mask=offs < V)
+
+    @triton.jit
+    def _logprob_fwd_kernel(logits_ptr, stride_b, stride_l, L, targets_ptr, logp_ptr, lse_ptr, V, inv_temp,
+                            BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        logp, lse = _row_logp(logits_ptr + (row // L) * stride_b + (row % L) * stride_l, targets_ptr + row, V,
+                              inv_temp, BLOCK)
+        tl.store(logp_ptr + row, logp)
         tl.store(lse_ptr + row, lse)
 
     @triton.jit
@@ -113,14 +128,8 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + (row // L) * stride_b + (row % L) * stride_l
         gbase = grad_ptr + (row // L) * gstride_b + (row % L) * gstride_l
-        g = tl.load(dlogp_ptr + row) * inv_temp
-        lse = tl.load(lse_ptr + row)
-        t = tl.load(targets_ptr + row)
-        for start in range(0, V, BLOCK):  # grad may alias logits: each element is read before it is written
-            offs = start + tl.arange(0, BLOCK)
-            z = tl.load(base + offs, mask=offs < V, other=0.0).to(tl.float32) * inv_temp
-            d = g * (tl.where(offs == t, 1.0, 0.0) - tl.exp(z - lse))
-            tl.store(gbase + offs, d.to(gbase.dtype.element_ty), mask=offs < V)
+        t = tl.minimum(tl.maximum(tl.load(targets_ptr + row), 0), V - 1)  # as the forward read it
+        _write_grad(base, gbase, t, tl.load(dlogp_ptr + row), tl.load(lse_ptr + row), V, inv_temp, BLOCK)
 
     @triton.jit
     def _surrogate(logp, old, ref, adv, keep, lo, hi, HAS_REF: tl.constexpr):
@@ -143,18 +152,8 @@ if triton is not None:
                          logp_ptr, lse_ptr, pg_ptr, k3_ptr, clip_ptr, V, inv_temp, lo, hi,
                          HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
-        base = logits_ptr + (row // L) * stride_b + (row % L) * stride_l
-        m = tl.full((), float("-inf"), tl.float32)
-        s = tl.full((), 0.0, tl.float32)
-        for start in range(0, V, BLOCK):  # online log-sum-exp: one read of the row
-            offs = start + tl.arange(0, BLOCK)
-            z = tl.load(base + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
-            m_new = tl.maximum(m, tl.max(z, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
-            m = m_new
-        lse = m + tl.log(s)
-        t = tl.minimum(tl.maximum(tl.load(targets_ptr + row), 0), V - 1)
-        logp = tl.load(base + t).to(tl.float32) * inv_temp - lse
+        logp, lse = _row_logp(logits_ptr + (row // L) * stride_b + (row % L) * stride_l, targets_ptr + row, V,
+                              inv_temp, BLOCK)
         old = tl.load(old_ptr + row) if HAS_OLD else logp
         ref = tl.load(ref_ptr + row) if HAS_REF else logp
         pg, k3, clipped, _, _ = _surrogate(logp, old, ref, tl.load(adv_ptr + row), tl.load(keep_ptr + row) != 0,
@@ -184,12 +183,7 @@ if triton is not None:
         g = tl.load(glogp_ptr + row) + tl.load(gpg_ptr + row) * dpg
         if HAS_REF:
             g += tl.load(gk3_ptr + row) * dk3
-        g = g * inv_temp
-        for start in range(0, V, BLOCK):  # grad may alias logits: each element is read before it is written
-            offs = start + tl.arange(0, BLOCK)
-            z = tl.load(base + offs, mask=offs < V, other=0.0).to(tl.float32) * inv_temp
-            d = g * (tl.where(offs == t, 1.0, 0.0) - tl.exp(z - lse))
-            tl.store(gbase + offs, d.to(gbase.dtype.element_ty), mask=offs < V)
+        _write_grad(base, gbase, t, g, lse, V, inv_temp, BLOCK)
 
 
 NUM_WARPS = 8
