@@ -149,22 +149,19 @@ def _auto_or_positive(text):
     return int(text)
 
 
-def pack(rolls, device, extra=()):
-    """Right-padded ids [b, T], next-token targets [b, T] (position k predicts token k + 1), the response mask [b, T]
-    (True where that next token is a response token) and [b, T] float tensors for `extra` (lists of per-rollout
-    values aligned with the response tokens, 0 elsewhere)."""
+def pack(rolls, device):
+    """Right-padded ids [b, T], next-token targets [b, T] (position k predicts token k + 1) and the response mask
+    [b, T] (True where that next token is a response token: row i's tokens in order, so a flat [N] of per-token values
+    in rollout order lines up with mask's True entries)."""
     T = max(len(r.prompt_ids) + len(r.tokens) for r in rolls)
     ids = torch.zeros(len(rolls), T, dtype=torch.long)
     mask = torch.zeros(len(rolls), T, dtype=torch.bool)
-    outs = [torch.zeros(len(rolls), T) for _ in extra]
     for i, r in enumerate(rolls):
         p, n = len(r.prompt_ids), len(r.tokens)
         ids[i, :p + n] = torch.tensor(r.prompt_ids + r.tokens)
         mask[i, p - 1:p - 1 + n] = True
-        for o, values in zip(outs, extra):
-            o[i, p - 1:p - 1 + n] = torch.as_tensor(values[i], dtype=torch.float32)
     targets = torch.cat([ids[:, 1:], torch.zeros(len(rolls), 1, dtype=torch.long)], 1)
-    return ids.to(device), targets.to(device), mask.to(device), [o.to(device) for o in outs]
+    return ids.to(device), targets.to(device), mask.to(device)
 
 
 def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
@@ -180,11 +177,12 @@ def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
 def response_terms(model, ids, targets, mask, chunk=None, **kw):
     """The loss's per-token terms (log pi, surrogate, k3, clip flag) at the response positions, flat [N] each, from one
     fused pass over their logits (adamame/grpo_kernels.py's grpo_terms; kw: its per-token inputs, flat [N])."""
-    keep = torch.ones_like(targets[mask], dtype=torch.bool)
+    t = targets[mask]
+    keep = torch.ones_like(t, dtype=torch.bool)
     if chunk is None:
-        return grpo_terms(model(ids, logits_at=mask), targets[mask], mask=keep, **kw)
+        return grpo_terms(model(ids, logits_at=mask), t, mask=keep, **kw)
     return model(ids, logits_at=mask, head=lambda hidden, weight: grpo_terms_from_hidden(
-        hidden, weight, targets[mask], mask=keep, chunk_tokens=chunk, **kw))
+        hidden, weight, t, mask=keep, chunk_tokens=chunk, **kw))
 
 
 @torch.no_grad()
@@ -193,7 +191,7 @@ def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
     out = [None] * len(rolls)
     model.eval()
     for mb in micro_batches(list(range(len(rolls))), budget, lambda j: _length(rolls[j]), device):
-        ids, targets, mask, _ = pack([rolls[j] for j in mb], device)
+        ids, targets, mask = pack([rolls[j] for j in mb], device)
         lp = response_logprobs(model, ids, targets, mask, temperature, chunk).tolist()
         for j in mb:
             n = len(rolls[j].tokens)
@@ -215,12 +213,12 @@ class MicroBatch:
 
 
 def micro_batch(batch, rows, device) -> MicroBatch:
-    own, ref = batch.old_lp[rows[0]] is None, batch.ref_lp is not None
-    per_tok = ([] if own else [[batch.old_lp[j] for j in rows]]) + ([[batch.ref_lp[j] for j in rows]] if ref else [])
-    ids, targets, mask, per_tok = pack([batch.rolls[j] for j in rows], device, per_tok)
-    adv = torch.tensor(batch.sc["adv"][rows], dtype=torch.float32, device=device)[:, None].expand(mask.shape)
-    return MicroBatch(rows, ids, targets, mask, adv[mask], None if own else per_tok[0][mask],
-                      per_tok[-1][mask] if ref else None)
+    def flat(per_rollout):  # per-rollout lists of per-token values -> [N] in mask's order, made on the host
+        return torch.tensor([x for j in rows for x in per_rollout(j)], dtype=torch.float32, device=device)
+    adv = flat(lambda j: [batch.sc["adv"][j]] * len(batch.rolls[j].tokens))
+    old = None if batch.old_lp[rows[0]] is None else flat(lambda j: batch.old_lp[j])
+    ref = None if batch.ref_lp is None else flat(lambda j: batch.ref_lp[j])
+    return MicroBatch(rows, *pack([batch.rolls[j] for j in rows], device), adv, old, ref)
 
 
 def micro_batch_loss(run, mb: MicroBatch, counts: dict):
