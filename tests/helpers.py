@@ -157,3 +157,40 @@ def paged_copy(cache, seed=0):
     for pool, c in zip(paged.k + paged.v, cache.k + cache.v):
         pool[at] = c.transpose(1, 2)
     return paged
+
+
+def training_grads(monkeypatch, *, device="cpu", T=9, lora=False, **config):
+    """{ADAMAME_KERNELS mode: (logits, the gradient of every parameter that gets one)} of one training forward and
+    backward of a 2-layer model (`config`: config.json fields), PyTorch's layers ("torch") against the layer kernels
+    ("triton"), fp32. The norms' weights are moved off 1 so their gradient means something; with `lora`, trained
+    adapters and the second layer under activation checkpointing."""
+    import torch
+
+    from adamame.dist import _checkpoint_forward
+    from adamame.lora import apply_lora
+    from adamame.model import ModelConfig, Transformer
+
+    cfg = ModelConfig.from_dict(dict(num_hidden_layers=2, **config))
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(device)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    if lora:
+        apply_lora(model, 4, 8)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("lora_B"):
+                    p.normal_(0, 0.1)
+        _checkpoint_forward(model.model.layers[1])
+    ids = torch.randint(0, cfg.vocab_size, (2, T), device=device)
+    seed = torch.randn(2, T, cfg.vocab_size, device=device)
+    out = {}
+    for mode in ("torch", "triton"):
+        monkeypatch.setenv("ADAMAME_KERNELS", mode)
+        model.zero_grad(set_to_none=True)
+        logits = model(ids)
+        (logits * seed).sum().backward()
+        out[mode] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    return out

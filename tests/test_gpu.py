@@ -217,38 +217,15 @@ def test_the_layer_kernels_on_cuda_equal_their_references_at_the_papers_shapes(d
         assert torch.equal(vc, vc2)
 
 
-def _training_grads(model_type, device, T, monkeypatch, hidden=1536, inter=2048, heads=12, kv=2):
-    """{mode: (logits, every parameter's gradient)} of one training forward + backward, PyTorch's layers against the
-    layer kernels (their backward kernels compiled for this device), fp32, LoRA off and the norms' weights trained."""
-    from adamame.model import ModelConfig, Transformer
-
-    cfg = ModelConfig.from_dict(dict(model_type=model_type, vocab_size=512, hidden_size=hidden, intermediate_size=inter,
-                                     num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv,
-                                     head_dim=128))
-    torch.manual_seed(0)
-    model = Transformer(cfg).to(device)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.add_(0.3 * torch.randn_like(p))
-    ids = torch.randint(0, 512, (2, T), device=device)
-    seed = torch.randn(2, T, 512, device=device)
-    out = {}
-    for mode in ("torch", "triton"):
-        monkeypatch.setenv("ADAMAME_KERNELS", mode)
-        model.zero_grad(set_to_none=True)
-        logits = model(ids)
-        (logits * seed).sum().backward()
-        out[mode] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    return out
-
-
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
 def test_training_with_the_layer_kernels_on_cuda_equals_pytorchs(monkeypatch, model_type):
     """The training forward and backward with the layer kernels compiled (the CPU tests run them in the interpreter,
     one program after another): at the 1.5B's widths (hidden 1,536, head_dim 128), with more rows (2 x 1,100 tokens,
     x 12 heads for Qwen3's q norm) than the rmsnorm backward has programs, so each program sums several rows."""
-    res = _training_grads(model_type, "cuda", 1100, monkeypatch)
+    from tests.helpers import training_grads
+
+    res = training_grads(monkeypatch, device="cuda", T=1100, model_type=model_type, vocab_size=512, hidden_size=1536,
+                         intermediate_size=2048, num_attention_heads=12, num_key_value_heads=2, head_dim=128)
     (a, ga), (b, gb) = res["torch"], res["triton"]
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
     for n in ga:

@@ -320,35 +320,10 @@ def test_the_training_forward_and_backward_with_kernels_equal_pytorchs(monkeypat
     """The model's training forward with the layer kernels (ADAMAME_KERNELS=triton, the interpreter) against the same
     model in PyTorch ops: logits and the gradient of every trainable parameter (and of the norms' weights with full
     fine-tuning), fp32 within 1e-5; with LoRA, through activation checkpointing too."""
-    from adamame.dist import _checkpoint_forward
-    from adamame.lora import apply_lora
-    from adamame.model import ModelConfig, Transformer
+    from tests.helpers import training_grads
 
-    cfg = ModelConfig.from_dict(dict(model_type=model_type, vocab_size=61, hidden_size=48, intermediate_size=72,
-                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
-                                     **extra))
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.add_(0.3 * torch.randn_like(p))  # norm weights other than 1, so their gradient is tested
-    if lora:
-        apply_lora(model, 4, 8)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n.endswith("lora_B"):
-                    p.normal_(0, 0.1)
-        _checkpoint_forward(model.model.layers[1])
-    ids = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(1))
-    seed = torch.randn(2, 9, 61, generator=torch.Generator().manual_seed(2))
-    results = {}
-    for mode in ("torch", "triton"):
-        monkeypatch.setenv("ADAMAME_KERNELS", mode)
-        model.zero_grad(set_to_none=True)
-        logits = model(ids)
-        (logits * seed).sum().backward()
-        results[mode] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    results = training_grads(monkeypatch, lora=lora, model_type=model_type, vocab_size=61, hidden_size=48,
+                             intermediate_size=72, num_attention_heads=4, num_key_value_heads=2, head_dim=12, **extra)
     (a, ga), (b, gb) = results["torch"], results["triton"]
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     assert ga.keys() == gb.keys() and len(ga) > 0
