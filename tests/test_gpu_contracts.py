@@ -157,6 +157,42 @@ def _every_attention_path(model):
             "grads": grads}
 
 
+class _Reordered(torch.autograd.Function):
+    """The identity, whose output and gradient come back in another memory order (the last dimension strided too),
+    as a GPU's attention kernels may hand them over."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_the_training_kernels_take_attentions_tensors_and_gradients_in_any_memory_order(monkeypatch, model_type):
+    """The training forward runs the layer kernels on CUDA (ADAMAME_KERNELS=triton here, the interpreter), and their
+    backward receives dq and dk from SDPA's backward, in whatever layout the GPU's kernel writes. With attention's
+    inputs, output and their gradients reordered in memory, logits and every gradient equal PyTorch's layers'. (The
+    ops' outputs are viewed back to the model's shapes, and a view's backward reshapes the gradient: a strided one
+    arrives copied; the ops' own .contiguous() calls are a second guard.)"""
+    from adamame import model as M
+    from tests.helpers import training_grads
+
+    cfg = dict(model_type=model_type, vocab_size=61, hidden_size=48, intermediate_size=72, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=12)
+    want = training_grads(monkeypatch, **cfg)["torch"]
+    attention = M.attention
+    monkeypatch.setattr(M, "attention", lambda q, k, v, mask=None, enable_gqa=False: _Reordered.apply(
+        attention(*map(_Reordered.apply, (q, k, v)), mask, enable_gqa)))
+    logits, grads = training_grads(monkeypatch, **cfg)["triton"]
+    torch.testing.assert_close(logits, want[0], rtol=1e-5, atol=1e-5)
+    assert grads.keys() == want[1].keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], want[1][n], rtol=1e-5, atol=1e-5, msg=n)
+
+
 def test_sdpa_output_in_any_memory_order_gives_the_same_results(tmp_path, monkeypatch):
     model = _gqa_model(tmp_path)
     want = _every_attention_path(model)
