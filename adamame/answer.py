@@ -47,7 +47,7 @@ train_grpo.py and evaluate.py; `pip install math-verify`, not a requirement) use
 code calls it: `verify(parse(prompt + response), parse(gold))` for the reward (the prediction first, on the decoded
 prompt and response together), `verify(parse(gold), parse(box))` for evaluation.
 
-Imports: sympy (numbers and expressions built here, never parsed from text).
+Imports: sympy (numbers and expressions built here, never parsed from text); adamame: language (split_response).
 """
 
 import cmath
@@ -60,7 +60,8 @@ from fractions import Fraction
 
 import sympy
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from .language import THINK_CLOSE, split_response
+
 MAX_ANSWER_CHARS = 2000
 MAX_DIGITS = 200
 MAX_RESULT_DIGITS = 1000
@@ -71,27 +72,6 @@ REL_TOL = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------- extraction
-
-def split_response(response: str, paper: bool = False) -> tuple[str, str]:
-    """(trace, answer) around the first `</think>`; `<think>` markers are removed from the trace.
-
-    Without `</think>`: the whole response is the trace (the reward's reading: a response cut off while
-    thinking), or with `paper=True` the whole response is the answer and the trace is empty (the paper's
-    evaluation script).
-    """
-    close = response.find(THINK_CLOSE)
-    if close < 0:
-        trace, answer = ("", response) if paper else (response, "")
-    else:
-        trace, answer = response[:close], response[close + len(THINK_CLOSE):]
-    if paper:
-        trace = trace.replace("<think>\n", "").replace(THINK_OPEN, "")
-    else:
-        open_ = trace.rfind(THINK_OPEN)
-        if open_ >= 0:
-            trace = trace[open_ + len(THINK_OPEN):]
-    return trace.strip(), answer.strip()
-
 
 def _box_at(text: str, start: int, closing: dict):
     """(contents, end) of the `\\boxed{...}` / `\\fbox{...}` starting at `start`, or (None, start + 1).
@@ -860,15 +840,19 @@ def require_verifier(name: str) -> None:
         raise ValueError(f"unknown verifier {name!r} (choose from {', '.join(VERIFIERS)})")
     if name == "math-verify":
         try:
-            import math_verify  # noqa: F401
+            _math_verify_package()
         except ImportError:
             raise ValueError("--verifier math-verify needs the math-verify package, which is not installed "
                              "(pip install math-verify)") from None
 
 
-def _math_verify(gold: str, text: str) -> bool:
-    import math_verify
+def _math_verify_package():
+    import math_verify  # optional (pip install math-verify): imported only when --verifier math-verify is chosen
+    return math_verify
 
+
+def _math_verify(gold: str, text: str) -> bool:
+    math_verify = _math_verify_package()
     try:
         return bool(math_verify.verify(math_verify.parse(gold), math_verify.parse(text)))
     except Exception:  # Math-Verify's own time-outs and parse failures count as "not equal", as in the paper
@@ -890,8 +874,7 @@ def reward_check(response: str, gold: str, verifier: str = "builtin", sequence: 
     if verifier == "builtin":
         ok, timed_out = check(extract_answer(response), gold)
         return (1.0 if ok else 0.0), timed_out
-    import math_verify
-
+    math_verify = _math_verify_package()
     try:
         ok = math_verify.verify(math_verify.parse(sequence if sequence is not None else response),
                                 math_verify.parse(gold))

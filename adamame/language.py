@@ -32,13 +32,12 @@ With langid, which never abstains and cannot segment a text, two of these can on
 language" when it has fewer than MIN_LETTERS letters, and code switch means >= 2 languages among the line check's
 decisions for the trace's lines (for a one-line trace, among its sentences, read the same way).
 
-Imports: langid; lingua (optional); adamame: answer (split_response).
+Imports: langid; lingua (optional).
 """
 
 import re
 from functools import lru_cache
-
-from .answer import split_response
+from importlib.metadata import version
 
 DETECTORS = ("langid", "lingua")
 # The instruction before every question (the prompt is instruction + "\n\n" + question). fr ja ko pt th are the
@@ -82,6 +81,30 @@ _MATH = [
 ]
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_response(response: str, paper: bool = False) -> tuple[str, str]:
+    """(trace, answer) around the first `</think>`; `<think>` markers are removed from the trace.
+
+    Without `</think>`: the whole response is the trace (the reward's reading: a response cut off while
+    thinking), or with `paper=True` the whole response is the answer and the trace is empty (the paper's
+    evaluation script).
+    """
+    close = response.find(THINK_CLOSE)
+    if close < 0:
+        trace, answer = ("", response) if paper else (response, "")
+    else:
+        trace, answer = response[:close], response[close + len(THINK_CLOSE):]
+    if paper:
+        trace = trace.replace("<think>\n", "").replace(THINK_OPEN, "")
+    else:
+        open_ = trace.rfind(THINK_OPEN)
+        if open_ >= 0:
+            trace = trace[open_ + len(THINK_OPEN):]
+    return trace.strip(), answer.strip()
+
+
 def strip_math(text: str) -> str:
     """The paper's math removal (3_eval/metrics.py), rule for rule; the result is stripped of outer whitespace."""
     for pat, rep in _MATH:
@@ -118,16 +141,14 @@ class Langid(Detector):
 
     def __init__(self, languages):
         super().__init__(languages)
-        from langid.langid import LanguageIdentifier, model
+        import langid.langid  # 0.2 s to import: only when the identifier is built (rewards.py and answer.py need none)
 
-        self.ident = LanguageIdentifier.from_modelstring(model, norm_probs=False)
+        self.ident = langid.langid.LanguageIdentifier.from_modelstring(langid.langid.model, norm_probs=False)
         unknown = [c for c in self.languages if c not in self.ident.nb_classes]
         if unknown:
             raise ValueError(f"unknown language code {unknown[0]!r} (langid knows {len(self.ident.nb_classes)} "
                              f"ISO 639-1 codes)")
         self.ident.set_languages(list(self.languages))
-        import langid
-
         self.version = f"langid {getattr(langid, '__version__', '1.1.6')}"
 
     def detect(self, text):
@@ -149,12 +170,10 @@ class Lingua(Detector):
     def __init__(self, languages):
         super().__init__(languages)
         try:
-            import lingua
+            import lingua  # optional (pip install lingua-language-detector): only for --lang-id lingua
         except ImportError:
             raise ValueError("--lang-id lingua needs the lingua package, which is not installed "
                              "(pip install lingua-language-detector)") from None
-        from importlib.metadata import version
-
         picked = []
         for code in self.languages:
             try:

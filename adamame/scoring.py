@@ -55,11 +55,16 @@ one-language traces).
 Imports: numpy; adamame: answer, language.
 """
 
+import csv
+import json
+import os
 from collections import Counter
 from math import comb
 
-from .answer import paper_answers, split_response, verify_with
-from .language import INSTRUCTIONS, KNOWN_LANGUAGES, fidelity, get_detector, reward_language
+import numpy as np
+
+from .answer import paper_answers, verify_with
+from .language import INSTRUCTIONS, KNOWN_LANGUAGES, fidelity, get_detector, reward_language, split_response
 
 IN_DOMAIN = ("fr", "ja", "ko", "pt", "th")
 METRICS = ("pass@1", "pass@k", "consistency", "lpr", "wpr", "lcpr", "code_switch", "lang_match", "tokens",
@@ -174,10 +179,6 @@ def format_table(summary: dict, metrics=METRICS) -> str:
 
 
 def write_summary(summary: dict, out_dir: str) -> None:
-    import csv
-    import json
-    import os
-
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -209,8 +210,6 @@ def paper_rows(records: list, k: int = 4) -> list:
     """The rows of the paper script's summary CSV for scored records (see the module docstring), one per language,
     with numpy means and the script's rounding, so every cell prints as the script prints it. Every record needs at
     least k candidates (evaluate.py checks it when it reads them)."""
-    import numpy as np
-
     by_lang = {}
     for r in records:
         by_lang.setdefault(r["lang"], []).append(r)
@@ -249,8 +248,6 @@ def paper_rows(records: list, k: int = 4) -> list:
 
 def write_paper_csv(records: list, path: str, k: int = 4) -> list:
     """paper_summary.csv: the paper script's CSV for these records (csv.DictWriter, its columns; pass@k for k)."""
-    import csv
-
     rows = paper_rows(records, k)
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=[c.replace("pass@4", f"pass@{k}") for c in PAPER_COLUMNS])

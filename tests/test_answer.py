@@ -3,7 +3,8 @@ import time
 import pytest
 
 from adamame.answer import check, require_verifier, reward_check
-from adamame.answer import accuracy, extract_answer, split_response, verify
+from adamame.answer import accuracy, extract_answer, verify
+from adamame.language import split_response
 
 # ---- extraction ----
 
