@@ -31,11 +31,12 @@ from adamame import dist
 from adamame.answer import require_verifier
 from adamame.chat import load_tokenizer
 from adamame.checkpoint import lock_output
-from adamame.data import (DataError, HelpFormatter, check_flags, draw_per_language, exit_with, read_jsonl,
+from adamame.cli import HelpFormatter, check_flags, exit_with
+from adamame.data import (DataError, draw_per_language, read_jsonl,
                           read_questions, write_jsonl)
 from adamame.hf import resolve
 from adamame.language import BENCHMARK_LANGUAGES, KNOWN_LANGUAGES
-from adamame.rollout import detectors, evaluate_model
+from adamame.evaluation import detectors, evaluate_model
 from adamame.scoring import (format_selection, format_table, score_record, select_for_rl, summarize, write_paper_csv,
                              write_summary)
 
@@ -179,7 +180,8 @@ def same_settings(partial, args):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
-        diff = [f"--{k.replace('_', '-')} {before.get(k)} (now {now[k]})" for k in RESUME_KEYS if before.get(k) != now[k]]
+        diff = [f"--{k.replace('_', '-')} {before.get(k)} (now {now[k]})" for k in RESUME_KEYS
+                if before.get(k) != now[k]]
         return diff and (f"{path}: the interrupted evaluation ran with {', '.join(diff)}: resume with its settings, "
                          f"or --overwrite to start again") or None
     os.makedirs(partial, exist_ok=True)

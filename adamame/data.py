@@ -1,11 +1,10 @@
-"""Reading the project's JSON Lines files and turning examples into token ids.
+"""Reading the project's JSON Lines files: SFT examples, RL and evaluation questions, and their batch orders.
 
 Why: every stage starts from user-supplied JSONL, and a bad line must stop the run with the file, the line
 and the field named, never with a stack trace from deep inside torch or a silently wrong run. The prompt is
 the recipe's: localized instruction (adamame/language.py's INSTRUCTIONS) + "\\n\\n" + question, rendered with
-the model's chat template; the SFT target is `trace\\n</think>\\nanswer` (with `<think>` on the prompt side when
-the template puts it there) and carries the loss; the prompt carries none. The entry points' shared command-line
-pieces live here too: `HelpFormatter` (every default in --help), `check_flags` and `exit_with` (one error line).
+the model's chat template (adamame/chat.py). The SFT target is `trace\\n</think>\\nanswer`. It carries the loss
+(chat.tokenize_sft), the prompt none.
 
 Formats:
     SFT   {"lang", "prompt" | "question", "response" | "trace" + "answer"}
@@ -25,71 +24,21 @@ its en es fr ja th zh files can be scored (a bn, de, ru or sw file is an error n
 identify among all 15 languages). All 15 languages have an instruction; evaluate.py's --benchmark reads the fidelity
 flags over the paper's set for it, and a trace's language over that set and the reward's 14 (adamame/language.py).
 
-Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `micro_batches` (length-sorted
-forwards of at most a token budget, as many on every rank).
+Batching: `balanced_batches` (an RL step's prompts, balanced over languages) and `length_grouped_batches` (SFT).
 
-Imports: adamame: chat, dist (micro_batches' one collective), language.
+Imports: adamame: language.
 """
 
-import argparse
 import json
 import os
 import random
-import sys
 from dataclasses import dataclass
 
-from . import dist
-from .chat import encode_prompt, render_prompt
 from .language import INSTRUCTIONS, KNOWN_LANGUAGES
 
 
 class DataError(ValueError):
     """A problem in an input file or a flag; the message names the file, the line and the field (or the flag)."""
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The entry points' --help: every flag's real default after its text; a flag without one explains itself."""
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-                or "%(default)" in text:
-            return text
-        return text + " (default: %(default)s)"
-
-
-def exit_with(message: str, code: int, every_rank: bool = False) -> None:
-    """End an entry point with one line on stderr and exit status `code`. Under torchrun the ranks of a node read the
-    same inputs and fail alike, so the node's first rank alone prints it (once per launcher, whose output is that
-    node's; with one node, rank 0) and the others exit quietly with the same status. every_rank: an error that is
-    each rank's own (a lost peer), printed by every rank that has it."""
-    if every_rank or os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) == "0":
-        print(message, file=sys.stderr)
-    sys.exit(code)
-
-
-def interrupted_training(out: str) -> None:
-    """Ctrl-C in a trainer: one line (once per node) naming the checkpoint a --resume continues from; exit 130."""
-    ck = os.path.join(out, "checkpoint.pt")
-    exit_with(f"interrupted: the last checkpoint is {ck}; the same command with --resume continues from it exactly"
-              if os.path.exists(ck) else f"interrupted before the first checkpoint of {out} (--save-every)", 130)
-
-
-def check_flags(args, positive=(), non_negative=(), fractions=()) -> None:
-    """The flag values argparse's types let through but the run cannot use: a DataError naming the flag. positive:
-    > 0; non_negative: >= 0; fractions: {name: (low, high)} with low <= value <= high."""
-    def bad(name, want):
-        raise DataError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
-
-    for name in positive:
-        if getattr(args, name) is not None and not getattr(args, name) > 0:  # `not >` also rejects NaN
-            bad(name, "positive")
-    for name in non_negative:
-        if getattr(args, name) is not None and not getattr(args, name) >= 0:
-            bad(name, "0 or more")
-    for name, (low, high) in dict(fractions).items():
-        v = getattr(args, name)
-        if v is not None and not low <= v <= high:
-            bad(name, f"in [{low}, {high}]")
 
 
 def localized_prompt(lang: str, question: str) -> str:
@@ -230,27 +179,11 @@ def draw_per_language(items: list, n: int, m: int = 0, seed: int = 42) -> tuple:
     return train, val
 
 
-def tokenize_sft(tokenizer, ex: SFTExample) -> tuple:
-    """(input_ids, n_prompt): the rendered prompt followed by the target and the end-of-turn token.
-
-    The target starts inside `<think>` when the chat template's generation prompt already opened it;
-    otherwise `<think>\\n` is put at the start of the target.
-    """
-    target = ex.target
-    if "<think>" not in render_prompt(tokenizer, ex.prompt)[-20:] and not target.lstrip().startswith("<think>"):
-        target = "<think>\n" + target
-    p_ids = encode_prompt(tokenizer, ex.prompt)
-    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        t_ids = t_ids + [tokenizer.eos_token_id]
-    return p_ids + t_ids, len(p_ids)
-
-
 def length_grouped_batches(lengths, batch_size, seed, epoch, group=50):
     """Global batches of indices for one epoch: shuffled, then sorted by length inside windows of
     `group` batches so each batch pads little; the batch order is shuffled again. Deterministic in
     (seed, epoch); the last incomplete batch is dropped so every rank count sees whole batches."""
-    rng = random.Random(seed * 100_003 + epoch)
+    rng = random.Random(seed * 100_003 + epoch)  # one stream per (seed, epoch): distinct while epochs < 100,003
     order = list(range(len(lengths)))
     rng.shuffle(order)
     window = batch_size * group
@@ -265,33 +198,10 @@ def length_grouped_batches(lengths, batch_size, seed, epoch, group=50):
 def balanced_batches(questions, batch_prompts, seed, epoch):
     """Batches of question indices for one epoch, each drawing the languages in turn (so each is balanced when the
     languages are); deterministic in (seed, epoch); the last incomplete batch is dropped."""
-    rng = random.Random(seed * 100_003 + epoch)
+    rng = random.Random(seed * 100_003 + epoch)  # as length_grouped_batches: one stream per (seed, epoch)
     by_lang = {}
     for i, q in enumerate(questions):
         by_lang.setdefault(q.lang, []).append(i)
     queues = [rng.sample(v, len(v)) for _, v in sorted(by_lang.items())]
     order = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
     return [order[b:b + batch_prompts] for b in range(0, len(order) - batch_prompts + 1, batch_prompts)]
-
-
-def micro_batches(items, budget, length, device):
-    """`items` sorted by length and cut into runs of at most `budget` padded tokens (count x longest), so a
-    micro-batch pads little. Every rank must run the same number of forwards (each one all-gathers parameters):
-    a rank that needs fewer splits its largest micro-batches until it has as many as the rank that needs most."""
-    bins, cur = [], []
-    for it in sorted(items, key=length):
-        if cur and length(it) * (len(cur) + 1) > budget:  # sorted: the new item is the longest
-            bins.append(cur)
-            cur = []
-        cur.append(it)
-    bins += [cur] if cur else []
-
-    n = int(dist.all_max(len(bins), device))
-    while len(bins) < n:
-        splittable = [j for j in range(len(bins)) if len(bins[j]) > 1]
-        if not splittable:
-            raise RuntimeError("micro_batches: ranks hold different numbers of sequences")
-        i = max(splittable, key=lambda j: len(bins[j]) * length(bins[j][-1]))
-        half = len(bins[i]) // 2
-        bins[i:i + 1] = [bins[i][:half], bins[i][half:]]
-    return bins

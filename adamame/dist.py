@@ -1,4 +1,4 @@
-"""Plain FSDP2 plumbing shared by the trainers: process group, sharding, gathering, the rollout copy.
+"""Plain FSDP2 plumbing shared by the trainers: process group, sharding, gathering, micro-batches, the rollout copy.
 
 Why: both trainers shard the model the same way: `fully_shard` on every decoder layer, then on the root (embedding,
 final norm, lm_head), so only one layer's full parameters exist at a time. On GPU the forward runs in bf16 with
@@ -9,12 +9,22 @@ code path to read and test.
 Imports: torch; adamame: lora, model.
 """
 
+import ctypes
 import os
+import signal
+import sys
+import tempfile
+import threading
+import time
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils.checkpoint import checkpoint
 
 from .lora import LoRALinear
 from .model import Transformer, merged_param, stored_dtype
@@ -31,23 +41,19 @@ def setup() -> tuple:
     older PYTORCH_CUDA_ALLOC_CONF) is set.
     """
     allocator_defaults()
-    if not dist.is_initialized():
+    if not tdist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         init = "env://"
         if "RANK" not in os.environ:  # plain `python train_x.py`: a one-process group on a file store (no port race)
-            import tempfile
-
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
             init = "file://" + os.path.join(tempfile.mkdtemp(prefix="adamame-"), "store")
         else:
             die_with_parent()
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        from datetime import timedelta
-
-        dist.init_process_group(backend, init_method=init, rank=int(os.environ["RANK"]),
+        tdist.init_process_group(backend, init_method=init, rank=int(os.environ["RANK"]),
                                 world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=TIMEOUT_S))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = tdist.get_rank(), tdist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return rank, world, device
 
@@ -63,20 +69,12 @@ def allocator_defaults():
 def die_with_parent():
     """Ask the kernel to kill this process when its parent (the torchrun launcher) dies (Linux PR_SET_PDEATHSIG);
     elsewhere a daemon thread polls the parent. Exits now if the parent is already gone."""
-    import signal
-    import sys
-
     parent = os.getppid()
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
             raise OSError(ctypes.get_errno(), "prctl")
     except (OSError, AttributeError):
-        import threading
-        import time
-
         def watch():
             while os.getppid() == parent:
                 time.sleep(1.0)
@@ -98,7 +96,7 @@ def stop_if_a_rank_is_lost(rank: int, step: int):
         yield
     except RuntimeError as e:
         msg = str(e)
-        if not (isinstance(e, dist.DistError) or any(k in msg for k in ("Connection closed", "Timed out", "timed out",
+        if not (isinstance(e, tdist.DistError) or any(k in msg for k in ("Connection closed", "Timed out", "timed out",
                                                                           "NCCL", "gloo", "Connection reset"))):
             raise
         first = msg.strip().splitlines()[0][:200] if msg.strip() else type(e).__name__
@@ -109,10 +107,10 @@ def stop_if_a_rank_is_lost(rank: int, step: int):
 def cleanup(barrier: bool = True):
     """Destroy the process group (after a barrier: every rank is done). barrier=False on an error path, where the
     other ranks may never reach one: the group's threads must still not outlive the interpreter (an abort at exit)."""
-    if dist.is_initialized():
+    if tdist.is_initialized():
         if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
+            tdist.barrier()
+        tdist.destroy_process_group()
 
 
 def shard_model(model, device, activation_checkpointing=False):
@@ -137,8 +135,6 @@ def shard_model(model, device, activation_checkpointing=False):
 
 
 def _checkpoint_forward(layer):
-    from torch.utils.checkpoint import checkpoint
-
     inner = layer.forward
 
     def forward(*args, **kwargs):
@@ -152,8 +148,6 @@ def _checkpoint_forward(layer):
 def full_state_dict(model, trainable_only=False) -> dict:
     """The unsharded state dict on CPU, on rank 0 (other ranks get {}); every rank must call it. trainable_only
     all-gathers only the parameters that train (a LoRA run's checkpoint then moves megabytes, not the model)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     if not trainable_only:
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -169,21 +163,15 @@ def full_state_dict(model, trainable_only=False) -> dict:
 
 def load_full_state_dict(model, sd, strict=True):
     """Load a full state dict held by rank 0 into the sharded model (broadcast to the other ranks)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
                                                              strict=strict))
 
 
 def optimizer_state(model, optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_optimizer_state(model, optimizer, sd):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     set_optimizer_state_dict(model, optimizer, sd,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
@@ -248,11 +236,34 @@ def free_cached_memory(device):
 
 def all_max(x: float, device) -> float:
     t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return t.item()
 
 
 def all_sum(x: float, device) -> float:
     t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    tdist.all_reduce(t)
     return t.item()
+
+
+def micro_batches(items, budget, length, device):
+    """`items` sorted by length and cut into runs of at most `budget` padded tokens (count x longest), so a
+    micro-batch pads little. Every rank must run the same number of forwards (each one all-gathers parameters):
+    a rank that needs fewer splits its largest micro-batches until it has as many as the rank that needs most."""
+    bins, cur = [], []
+    for it in sorted(items, key=length):
+        if cur and length(it) * (len(cur) + 1) > budget:  # sorted: the new item is the longest
+            bins.append(cur)
+            cur = []
+        cur.append(it)
+    bins += [cur] if cur else []
+
+    n = int(all_max(len(bins), device))
+    while len(bins) < n:
+        splittable = [j for j in range(len(bins)) if len(bins[j]) > 1]
+        if not splittable:
+            raise RuntimeError("micro_batches: ranks hold different numbers of sequences")
+        i = max(splittable, key=lambda j: len(bins[j]) * length(bins[j][-1]))
+        half = len(bins[i]) // 2
+        bins[i:i + 1] = [bins[i][:half], bins[i][half:]]
+    return bins

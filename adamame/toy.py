@@ -29,22 +29,26 @@ The tokenizer is a BPE without whitespace pre-splitting (template phrases merge 
 are their own pre-tokens (every number 0-90 is one token). Across nodes the demo needs a shared file system: rank 0
 writes the toy's files, and every rank reads them.
 
-Imports: torch, tokenizers, transformers (to save the tokenizer folder); adamame: data, hf, language, model,
-rollout, scoring.
+Imports: torch, tokenizers, transformers (to save the tokenizer folder); adamame: data, evaluation, hf, language,
+model, scoring.
 """
 
 import json
 import os
 import random
 import string
+import time
+from types import SimpleNamespace
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+import torch.distributed as tdist
 
 from .data import localized_prompt, read_questions, write_jsonl
 from .hf import save_model
 from .language import INSTRUCTIONS
 from .model import ModelConfig, Transformer
-from .rollout import evaluate_model
+from .evaluation import evaluate_model
 from .scoring import format_selection, format_table, select_for_rl, summarize
 
 LANGS = ("fr", "ja", "ko", "pt", "th")  # in-domain: base stage, Stage 1 and RL
@@ -257,8 +261,7 @@ def rl_rows(split="rl", langs=LANGS, seed=0):
 
 def build_tokenizer(path, vocab_size=3000):
     """Train the toy BPE on every question, trace and instruction, and save it with the chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # ~0.7 s to import: only when the toy is built
 
     corpus = []
     for p in problems("train") + problems("rl") + problems("test"):
@@ -323,8 +326,6 @@ def build_toy(root: str, rank: int = 0) -> dict:
         write_jsonl(rl_rows("rl"), paths["pool"])
         write_jsonl(rl_rows("test", LANGS + OOD), paths["test"])
         open(done, "w").close()
-    import torch.distributed as tdist
-
     if tdist.is_initialized():
         tdist.barrier()
     return paths
@@ -356,8 +357,6 @@ def evaluate(model_dir, questions, max_new_tokens, seed, *, rank=0, world=1, dev
              temperature=EVAL_TEMPERATURE):
     """evaluate.py's generation and scoring (4 samples per prompt, its temperature, top-p 1.0); the summary
     (adamame.scoring.summarize)."""
-    from types import SimpleNamespace
-
     ev = SimpleNamespace(k=4, temperature=temperature, top_p=EVAL_TOP_P, max_new_tokens=max_new_tokens, max_rows=256,
                          seed=seed)
     return summarize(evaluate_model(model_dir, questions, ev, rank=rank, world=world, device=device, desc=desc), ev.k)
@@ -366,9 +365,6 @@ def evaluate(model_dir, questions, max_new_tokens, seed, *, rank=0, world=1, dev
 def demo_report(args, rank, world, device, t_start):
     """The demo's before/after table: the SFT and RL models on held-out prompts, with evaluate.py's code; rank 0
     prints it and writes summary.json (the README's demo block is rendered from it: bench/readme_table.py demo)."""
-    import json
-    import time
-
     questions = held_out_questions(args.out)
     result = {"reward": args.reward, "held_out_prompts": len(questions), "k": 4, "temperature": EVAL_TEMPERATURE,
               "rl_temperature": args.temperature,
@@ -412,8 +408,6 @@ def select_rl_prompts(model_dir, pool_path, out_path, *, rank=0, world=1, device
     SFT model at evaluate.py's defaults (temperature 0.6, top-p 0.95), the questions solved 1 to 7 times written to
     out_path (rank 0; every rank waits). Fewer than min_rows kept (an SFT model of a few steps, as in the smoke run):
     the whole pool, said in a line. Returns the per-language (kept, total, mean correct_num)."""
-    from types import SimpleNamespace
-
     ev = SimpleNamespace(k=SELECT_K, temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens, max_rows=256,
                          seed=seed)
     recs = evaluate_model(model_dir, read_questions(pool_path), ev, rank=rank, world=world, device=device,
@@ -426,8 +420,6 @@ def select_rl_prompts(model_dir, pool_path, out_path, *, rank=0, world=1, device
                     for q in read_questions(pool_path)]
             print(f"note: fewer than {min_rows} questions of mixed correctness; RL on the whole pool instead")
         write_jsonl(rows, out_path)
-    import torch.distributed as tdist
-
     if tdist.is_initialized():
         tdist.barrier()
     return stats

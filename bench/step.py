@@ -16,7 +16,7 @@ of 256, one PPO epoch, LoRA r = 32, beta = 0.001, --micro-batch-tokens 32768, pi
   log-probs  forwards without autograd: pi_ref (adapters off) of every sequence, pi_old of all but the first
              mini-batch (its pi_old comes from the update's own forward)
   update     forward + backward of every micro-batch; with activation checkpointing a second forward of each layer
-Micro-batches are the trainer's (adamame.data.micro_batches over length-sorted sequences, per mini-batch for the
+Micro-batches are the trainer's (adamame.dist.micro_batches over length-sorted sequences, per mini-batch for the
 update). Each micro-batch shape [b, T] is recorded on the meta device (bench/kernel_count.py's recorder: every aten and
 adamame op with its bytes and a GEMM's FLOPs) with 1 and 2 layers, every op priced like the decode step's,
 max(bytes / 3.0e12, FLOPs / 790e12, 2 us), and the layers extrapolated. Attention is one flash kernel each way: causal
@@ -185,7 +185,7 @@ class Pricer:
 # ---------------------------------------------------------------------------------------------- the step
 
 def micro_batch_shapes(plens, resp, indices, budget):
-    from adamame.data import micro_batches
+    from adamame.dist import micro_batches
 
     alone = not torch.distributed.is_initialized()
     if alone:  # micro_batches agrees its count with the other ranks: here, none

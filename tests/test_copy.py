@@ -80,8 +80,9 @@ assert [n for n, p in net.named_parameters() if p.requires_grad] == ["q_proj.lor
 assert set(merged_state_dict(net.state_dict(), lora_scales(net))) == {"q_proj.weight", "q_proj.bias"}
 """,
     "language": """
-from adamame.language import reward_language
+from adamame.language import reward_language, split_response
 assert reward_language("Marie a trois pommes et en achète deux de plus, donc elle en a cinq.") == "fr"
+assert split_response("<think>deux et trois </think> ok") == ("deux et trois", "ok")
 """,
     "model": """
 import torch
@@ -228,6 +229,17 @@ def closure(module: str, pkg: str = PKG) -> set:
             unit.add(sibling)
             todo.append(sibling)
     return unit
+
+
+# The modules a reader most often copies alone, and the most siblings each may need (issue #46: data.py pulled 7
+# modules and language.py the 905-line answer checker).
+SMALL_UNITS = {"data": 1, "language": 0, "rewards": 0, "paging": 0, "lora": 0, "chat": 0}
+
+
+@pytest.mark.parametrize("module", sorted(SMALL_UNITS))
+def test_small_modules_copy_with_few_siblings(module):
+    siblings = closure(module) - {module}
+    assert len(siblings) <= SMALL_UNITS[module], f"adamame/{module}.py now needs {sorted(siblings)} to be copied"
 
 
 def run_copied(unit: set, code: str, tmp_path, src: str = PKG, name: str = "mylib") -> subprocess.CompletedProcess:

@@ -268,7 +268,7 @@ def test_malformed_json_is_reported_at_its_column(tmp_path):
 def test_exit_with_prints_once_per_node_unless_the_error_is_the_ranks_own(local_rank, every_rank, printed):
     """A node's first rank prints an error every rank of the node shares; a lost peer (every_rank) prints everywhere,
     since rank 0 may be the one that was lost."""
-    code = f"from adamame.data import exit_with; exit_with('error: boom', 2, every_rank={every_rank})"
+    code = f"from adamame.cli import exit_with; exit_with('error: boom', 2, every_rank={every_rank})"
     env = {**_env(), "RANK": "5", "LOCAL_RANK": local_rank}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and (r.stderr.strip() == "error: boom") == printed, r.stderr

@@ -92,12 +92,12 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_files(tiny, tmp_
     """The evaluation is stopped after its first chunk of questions (the second generate call raises, as Ctrl-C
     would), then resumed: the finished questions are not drawn again and every file equals an uninterrupted run's."""
     import evaluate
-    from adamame import dist, rollout
+    from adamame import dist, evaluation
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     common = ["--model", str(tiny / "model"), "--data", str(tiny / "eval.jsonl"), "--k", "2", "--max-new-tokens", "6",
               "--temperature", "1.0"]
-    monkeypatch.setattr(rollout, "EVAL_CHUNK", 5)  # 18 questions: 4 chunks
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK", 5)  # 18 questions: 4 chunks
 
     def main(*args):  # a fresh one-process group each time, as a new `python evaluate.py` would have
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -108,7 +108,7 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_files(tiny, tmp_
             dist.cleanup(barrier=False)
 
     main("--out", str(full))
-    real, calls = rollout.generate_records, []
+    real, calls = evaluation.generate_records, []
 
     def stop_at_second(*a, **kw):
         calls.append(len(a[2]))
@@ -116,13 +116,13 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_files(tiny, tmp_
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(rollout, "generate_records", stop_at_second)
+    monkeypatch.setattr(evaluation, "generate_records", stop_at_second)
     with pytest.raises(KeyboardInterrupt):
         main("--out", str(cut))
     assert not (cut / "generations.jsonl").exists()
     assert sum(1 for _ in open(cut / "partial" / "rank0.jsonl")) == 5  # the first chunk is on disk
     calls.clear()
-    monkeypatch.setattr(rollout, "generate_records", lambda *a, **kw: (calls.append(len(a[2])), real(*a, **kw))[1])
+    monkeypatch.setattr(evaluation, "generate_records", lambda *a, **kw: (calls.append(len(a[2])), real(*a, **kw))[1])
     with pytest.raises(Exception, match="holds an earlier run"):  # without --resume: refused
         main("--out", str(cut))
     with pytest.raises(Exception, match=r"ran with --seed 0 \(now 5\)"):  # records of other settings are not mixed

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from adamame.checkpoint import atomic_save, load
-from adamame.data import DataError, read_sft, tokenize_sft
+from adamame.chat import tokenize_sft
+from adamame.data import DataError, read_sft
 from adamame.lora import adapters_disabled, apply_lora, lora_scales, merged_state_dict
 from adamame.hf import load_model, save_model
 from tests.helpers import run_cli, save_tiny_hf, save_tiny_tokenizer, write_sft_jsonl
