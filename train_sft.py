@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ import torch
 from tqdm import tqdm
 
 from adamame import checkpoint, dist, memory
-from adamame.chat import load_tokenizer
-from adamame.data import (DataError, HelpFormatter, check_flags, exit_with, interrupted_training,
-                          length_grouped_batches, read_sft, tokenize_sft)
+from adamame.chat import load_tokenizer, tokenize_sft
+from adamame.cli import HelpFormatter, check_flags, run_trainer
+from adamame.data import DataError, length_grouped_batches, read_sft
 from adamame.hf import load_model, read_config, resolve
 from adamame.grpo_kernels import token_logprobs
 from adamame.lora import apply_lora
@@ -304,21 +303,5 @@ def main(argv=None, keep_process_group=False):
     return 0
 
 
-def cli():
-    try:
-        sys.exit(main())
-    except memory.PlanDoesNotFit as e:
-        dist.cleanup(barrier=False)
-        exit_with(str(e), 3)
-    except dist.RankLost as e:  # this rank's own view of a lost peer (rank 0 may be the one lost)
-        exit_with(f"error: {e}", 2, every_rank=True)
-    except (DataError, FileNotFoundError, ValueError, checkpoint.TrainingStopped) as e:
-        dist.cleanup(barrier=False)
-        exit_with(f"error: {e}", 2)
-    except KeyboardInterrupt:
-        dist.cleanup(barrier=False)
-        interrupted_training(parse_args().out)
-
-
 if __name__ == "__main__":
-    cli()
+    run_trainer(main, lambda: parse_args().out)

@@ -51,6 +51,14 @@ def alignment_factor(step: int, total_steps: int, floor: float = 0.1) -> float:
     return max(0.5 * (1.0 - math.cos(math.pi * t / total_steps)), floor)
 
 
+def variant_alpha(variant: str, step: int, total_steps: int, floor: float = 0.1) -> float:
+    """The factor a variant scales its language bonus by at `step`: alpha(t) for adamame and adamame-diversity, 1 for
+    adamame-const, 0 for the variants without the scheduled bonus (grpo, binary-lang)."""
+    if variant in ("adamame", "adamame-diversity"):
+        return alignment_factor(step, total_steps, floor)
+    return 1.0 if variant == "adamame-const" else 0.0
+
+
 def _diversity_decay(step: int, total_steps: int) -> float:
     t = min(max(step, 0), total_steps)
     return 0.5 * (1.0 + math.cos(math.pi * t / total_steps))
@@ -70,8 +78,7 @@ def shaped_scores(correct, langs, query_langs, group_ids, step, total_steps, *, 
         return r
     if variant == "binary-lang":
         return r + lam * match
-    alpha = 1.0 if variant == "adamame-const" else alignment_factor(step, total_steps, floor)
-    s = r * (1.0 + bonus * alpha * match)
+    s = r * (1.0 + bonus * variant_alpha(variant, step, total_steps, floor) * match)
     if variant == "adamame-diversity":
         decay = _diversity_decay(step, total_steps)
         groups = {}

@@ -167,3 +167,18 @@ def test_a_group_of_equal_scores_gets_zero_advantage_at_every_step():
     for t in range(90):
         adv = advantages([1] * 8, ["fr"] * 8, ["fr"] * 8, [0] * 8, t, 90)
         assert np.array_equal(adv, np.zeros(8)), (t, adv)
+
+
+def test_variant_alpha_is_the_factor_each_variant_scales_its_bonus_by():
+    """By hand: alpha(45 of 90) = 1/2 (1 - cos(pi / 2)) = 0.5; at step 0 the floor 0.1; adamame-const 1; the variants
+    without the scheduled bonus 0. shaped_scores uses the same factor: a correct query-language rollout scores 1 + 2
+    alpha."""
+    from adamame.rewards import variant_alpha
+    assert variant_alpha("adamame", 45, 90) == pytest.approx(0.5)
+    assert variant_alpha("adamame-diversity", 45, 90) == pytest.approx(0.5)
+    assert variant_alpha("adamame", 0, 90, floor=0.1) == 0.1
+    assert variant_alpha("adamame-const", 3, 90) == 1.0
+    assert variant_alpha("grpo", 45, 90) == 0.0 and variant_alpha("binary-lang", 45, 90) == 0.0
+    for variant, alpha in (("adamame", 0.5), ("adamame-const", 1.0)):
+        s = shaped_scores([1], ["th"], ["th"], [0], 45, 90, variant=variant)
+        assert s[0] == pytest.approx(1 + 2 * alpha)

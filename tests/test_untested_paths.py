@@ -91,8 +91,8 @@ def test_the_format_reward_enters_the_scores(format_reward):
     sc = train_grpo.score_phase(run, batch)
     alpha = 0.5  # alpha(45 of 90)
     fmt = [1.0, 0.0, 1.0, 1.0] if format_reward else [0.0] * 4
-    want = [(c + f) * (1 + 2.0 * alpha * (lang == "fr")) for c, f, lang in zip([1, 1, 0, 1], fmt, sc["langs"])]
-    assert sc["langs"] == ["fr"] * 4 and list(sc["scores"]) == pytest.approx(want)
+    want = [(c + f) * (1 + 2.0 * alpha * (lang == "fr")) for c, f, lang in zip([1, 1, 0, 1], fmt, sc.langs)]
+    assert sc.langs == ["fr"] * 4 and list(sc.shaped) == pytest.approx(want) and sc.alpha == pytest.approx(alpha)
 
 
 def test_clip_fraction_by_hand():

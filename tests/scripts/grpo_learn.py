@@ -30,7 +30,7 @@ def main(model_dir, lr, steps):
     prompts = [torch.randint(10, 97, (5,), generator=g).tolist() for _ in range(P)]
     args = SimpleNamespace(group_size=G, mini_batch_prompts=P, ppo_epochs=1, micro_batch_tokens=4096,
                            temperature=1.0, clip_eps=0.2, clip_eps_high=None, beta=0.0, aggregation="dr_grpo",
-                           max_response_tokens=4, grad_clip=1.0)
+                           max_response_tokens=4, grad_clip=1.0, old_logprobs="sampler")
     rewards = []
     for step in range(steps):
         samples = generate(dist.rollout_copy(model), prompts, max_new_tokens=4, n=G, temperature=1.0, seed=step,
@@ -43,7 +43,7 @@ def main(model_dir, lr, steps):
                          steps, variant="grpo")
         run = SimpleNamespace(model=model, optimizer=opt, params=params, args=args, world=world, device=device,
                               logits_chunk=None)  # what train_grpo.Run holds
-        ppo_update(run, SimpleNamespace(qs=prompts, rolls=rolls, sc={"adv": adv},
+        ppo_update(run, SimpleNamespace(qs=prompts, rolls=rolls, scores=SimpleNamespace(adv=adv),
                                         old_lp=[r.logprobs for r in rolls], ref_lp=None))
     print(json.dumps(rewards))
     dist.cleanup()

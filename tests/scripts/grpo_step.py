@@ -48,7 +48,8 @@ def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
     my_adv = torch.tensor([a for (q, *_), a in zip(all_rolls, adv) if q in mine_q]).numpy()
     args = SimpleNamespace(group_size=G, mini_batch_prompts=2, ppo_epochs=2, micro_batch_tokens=budget,
                            temperature=0.9, clip_eps=0.2, clip_eps_high=0.28, beta=0.05, aggregation="dr_grpo",
-                           max_response_tokens=8, grad_clip=1e9)
+                           max_response_tokens=8, grad_clip=1e9,
+                           old_logprobs="sampler" if old_mode == "sampler" else "recompute")
     with adapters_disabled(model):
         ref = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
     old = [r.logprobs for r in rolls]
@@ -56,9 +57,8 @@ def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
         old = sequence_logprobs(model, rolls, device, args.temperature, args.micro_batch_tokens, chunk)
     run = SimpleNamespace(model=model, ref_model=None, optimizer=opt, params=params, args=args, world=world,
                           device=device, logits_chunk=chunk)  # what train_grpo.Run holds
-    batch = SimpleNamespace(qs=mine_q, rolls=rolls, sc={"adv": my_adv}, old_lp=old, ref_lp=ref)
+    batch = SimpleNamespace(qs=mine_q, rolls=rolls, scores=SimpleNamespace(adv=my_adv), old_lp=old, ref_lp=ref)
     if old_mode == "own":  # train_grpo's phase: the first mini-batch's pi_old comes from its update forward
-        args.old_logprobs = "recompute"
         batch.old_lp, _ = logprob_phase(run, batch)
         assert batch.old_lp[0] is None and batch.old_lp[-1] is not None
     losses, norms, _, _ = ppo_update(run, batch)
