@@ -9,11 +9,15 @@ new one.
 Imports: torch, numpy; adamame: dist, hf, lora, model.
 """
 
+import fcntl
+import json
 import os
 import random
+import shutil
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 
 from . import dist
 from .lora import lora_scales, merged_state_dict
@@ -41,8 +45,6 @@ def lock_output(out_dir: str, earlier=RUN_FILES, keep=False, check=None) -> None
     `keep` (--resume or --overwrite), any of `earlier` already in out_dir stops the run before it writes anything,
     naming what is there and the ways on; then `check()` (a message, or None), if given. Every rank calls this; rank 0
     looks and all ranks raise OutputInUse, so that under torchrun no rank waits for one that stopped."""
-    import torch.distributed as tdist
-
     def look():
         err = _take_lock(out_dir)
         found = [] if keep or err else [f for f in earlier if os.path.exists(os.path.join(out_dir, f))]
@@ -61,8 +63,6 @@ def lock_output(out_dir: str, earlier=RUN_FILES, keep=False, check=None) -> None
 
 
 def _take_lock(out_dir: str):
-    import fcntl
-
     path = os.path.abspath(out_dir)
     if path in _LOCKS:
         return None
@@ -127,8 +127,6 @@ def set_rng_state(state: dict) -> None:
 
 def save_training_state(path, model, optimizer, args, step):
     """Trainable weights, optimizer state (both gathered in full), the step, the flags and every rank's RNG."""
-    import torch.distributed as tdist
-
     trainable = dist.full_state_dict(model, trainable_only=True)
     optim = dist.optimizer_state(model, optimizer)
     rngs = [None] * tdist.get_world_size()
@@ -141,8 +139,6 @@ def resume_training_state(path, model, optimizer, args, must_match, logs=()) -> 
     """Restore what save_training_state wrote and return its step. Flags in `must_match` must not have changed
     (they decide the data order or the schedule); rows of the JSONL `logs` past the step are dropped, since the
     resumed run writes them again."""
-    import torch.distributed as tdist
-
     rank = tdist.get_rank()
     state = load(path) if rank == 0 else None
     obj = [state and {k: state[k] for k in ("step", "args", "rng")}]
@@ -166,8 +162,6 @@ def resume_training_state(path, model, optimizer, args, must_match, logs=()) -> 
 
 def _step_of(line: str):
     """The step of a JSONL log row, or None for a line a kill cut short."""
-    import json
-
     try:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
@@ -177,10 +171,6 @@ def _step_of(line: str):
 def start_fresh(logs=()):
     """A run that does not resume starts without them: its JSONL logs, and with --overwrite the earlier run's
     checkpoint and export (so that a new run killed before its first save leaves nothing of the old one to resume)."""
-    import shutil
-
-    import torch.distributed as tdist
-
     if tdist.get_rank() == 0:
         for log in logs:
             if os.path.isdir(log):
@@ -193,8 +183,6 @@ def start_fresh(logs=()):
 def export_hf(model, tokenizer, out_dir, lora_scale=None):
     """The final Hugging Face folder: LoRA merged with alpha / rank (or `lora_scale` for every adapter), weights in
     the base checkpoint's dtype, plus the tokenizer. Returns when the folder exists for every rank."""
-    import torch.distributed as tdist
-
     full = dist.full_state_dict(model)
     if tdist.get_rank() == 0:
         scales = lora_scales(model)

@@ -15,7 +15,8 @@ g_k = dL / d log pi(y_k) from the gradients of those terms inside the kernel. Wi
 
     pg_k = max(-A rho_k, -A clip(rho_k, 1 - eps_low, 1 + eps_high))
     k3_k = clamp(exp(ref_k - logp_k) - (ref_k - logp_k) - 1, -10, 10)
-    dpg_k / dlogp_k = -A rho_k, or 0 where the clip is active;   dk3_k / dlogp_k = 1 - exp(ref_k - logp_k) (0 at the clamp)
+    dpg_k / dlogp_k = -A rho_k, or 0 where the clip is active
+    dk3_k / dlogp_k = 1 - exp(ref_k - logp_k), or 0 at the clamp
     loss = agg(pg) + beta * sum_k m_k k3_k / sum_k m_k
     agg:   dr_grpo     mean_i sum_k m_ik pg_ik / max_tokens      (the paper's setting, max_tokens = 4096)
            token_mean  sum_ik m_ik pg_ik / sum_ik m_ik            (DAPO)
@@ -59,7 +60,7 @@ def token_logprobs_torch(logits: torch.Tensor, targets: torch.Tensor, temperatur
     return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
-def surrogate_terms_torch(logp, advantages, mask, old_logprobs=None, ref_logprobs=None, clip_eps=0.2,
+def surrogate_terms_torch(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None, clip_eps=0.2,
                           clip_eps_high=None):
     """The objective's per-token terms from log-probs logp [B, L] (what the fused kernel computes): (pg, k3, clipped),
     [B, L] each; k3 is None without ref_logprobs. advantages: one per sequence [B], or per token [B, L]."""
@@ -319,8 +320,8 @@ def grpo_terms(logits, targets, advantages, mask, *, old_logprobs=None, ref_logp
         raise ValueError(f"temperature must be positive, got {temperature}")
     if not _use_triton(logits):
         logp = token_logprobs_torch(logits, targets, temperature)
-        return (logp, *surrogate_terms_torch(logp, advantages, mask, old_logprobs, ref_logprobs, clip_eps,
-                                             clip_eps_high))
+        return (logp, *surrogate_terms_torch(logp, advantages, mask, old_logprobs=old_logprobs,
+                                             ref_logprobs=ref_logprobs, clip_eps=clip_eps, clip_eps_high=clip_eps_high))
     adv = advantages.float()
     adv = (adv.unsqueeze(-1) if adv.dim() < targets.dim() else adv).expand(targets.shape)
     logp, pg, k3, clipped = _TritonGRPO.apply(logits, targets, adv, mask.expand(targets.shape), old_logprobs,
@@ -457,7 +458,8 @@ def policy_loss(logp, advantages, mask, *, old_logprobs=None, ref_logprobs=None,
 
     Without old_logprobs the ratio is exactly 1 and the gradient is that of A * logp; clip_eps_high None: clip_eps.
     The rest are `aggregate`'s (the paper's defaults)."""
-    pg, k3, clipped = surrogate_terms_torch(logp, advantages, mask, old_logprobs, ref_logprobs, clip_eps, clip_eps_high)
+    pg, k3, clipped = surrogate_terms_torch(logp, advantages, mask, old_logprobs=old_logprobs,
+                                            ref_logprobs=ref_logprobs, clip_eps=clip_eps, clip_eps_high=clip_eps_high)
     return aggregate(logp, pg, k3, clipped, mask, old_logprobs=old_logprobs, beta=beta, aggregation=aggregation,
                      max_tokens=max_tokens, num_seqs=num_seqs, num_tokens=num_tokens)
 

@@ -22,7 +22,11 @@ import json
 import os
 import re
 
+import huggingface_hub.constants as hub_constants
 import torch
+import torch.distributed as tdist
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .model import ModelConfig, Transformer
 
@@ -33,15 +37,13 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
 
 
 def _snapshot(repo_id: str, local_only: bool) -> str:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # ~0.2 s to import: only when --model is a hub id
 
     return snapshot_download(repo_id=repo_id, allow_patterns=PATTERNS, local_files_only=local_only)
 
 
 def _cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
+    return hub_constants.HF_HUB_CACHE
 
 
 def resolve(name: str, flag: str = "--model") -> str:
@@ -49,8 +51,6 @@ def resolve(name: str, flag: str = "--model") -> str:
     docstring). FileNotFoundError naming both readings and the cache folder when it is neither."""
     if os.path.isdir(name):
         return name
-    import torch.distributed as tdist
-
     if not _REPO_ID.fullmatch(name) or name.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{flag} {name}: no such folder (and not a hub id)")
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0
@@ -95,8 +95,6 @@ def read_config(path: str) -> ModelConfig:
 
 def _open_safetensors(fn: str):
     """safe_open with one clear error naming the file when it is truncated or not a safetensors file."""
-    from safetensors import safe_open
-
     try:
         return safe_open(fn, framework="pt")
     except Exception as e:  # SafetensorError, OSError
@@ -195,8 +193,6 @@ def save_model(model: Transformer, path: str, state_dict: dict | None = None, dt
     `max_shard_bytes` the weights are split into numbered shards with `model.safetensors.index.json`.
     Files are written under temporary names and renamed, so an interrupted save leaves no half file.
     """
-    from safetensors.torch import save_file
-
     cfg = model.config
     sd = state_dict if state_dict is not None else model.state_dict()
     sd = {n: t for n, t in sd.items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")}

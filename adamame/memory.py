@@ -263,8 +263,6 @@ def shared_plan(make, rank: int, world: int, device) -> "Plan":
     return plan
 
 
-# ---------------------------------------------------------------------------------------------- phases
-
 # ---------------------------------------------------------------------------------------------- the rollout's bytes
 # what adamame.generate allocates, counted from its code
 
@@ -479,7 +477,8 @@ def sft_plan(cfg, *, world: int, total: int, device: str, tokens: int, lora_rank
     plan, counts, base, dtype, triton = _weights_phase(cfg, world, total, device, lora_rank, reference_copy=False)
     gathered = gathered_bytes(counts, dtype, lora_rank)
     for ckpt in ([False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]):
-        saved, logits = _update(cfg, counts, tokens, lora_rank=lora_rank, dtype=dtype, ckpt=ckpt, chunk=None, triton=triton)
+        saved, logits = _update(cfg, counts, tokens, lora_rank=lora_rank, dtype=dtype, ckpt=ckpt, chunk=None,
+                                triton=triton)
         if base + gathered + saved + logits <= plan.budget:
             break
     plan.activation_checkpointing = ckpt

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 try:  # the optional siblings: the decode step's Triton kernels (each with a PyTorch fallback)
     from .decode_attention import decode_attention
@@ -62,8 +63,6 @@ SDPA_MODES = ("pinned", "any", "math")
 
 def sdpa_backends(masked: bool) -> list | None:
     """The SDPA backends a CUDA attention call may use (None: torch's own choice), from ADAMAME_SDPA."""
-    from torch.nn.attention import SDPBackend
-
     mode = os.environ.get("ADAMAME_SDPA", "pinned")
     if mode not in SDPA_MODES:
         raise ValueError(f"ADAMAME_SDPA={mode!r}: use one of {', '.join(SDPA_MODES)}")
@@ -82,8 +81,6 @@ def attention(q, k, v, mask=None, enable_gqa=False):
     backends = sdpa_backends(mask is not None) if q.is_cuda else None
     if backends is None:
         return F.scaled_dot_product_attention(q, k, v, **kw)
-    from torch.nn.attention import sdpa_kernel
-
     try:
         with sdpa_kernel(backends):
             return F.scaled_dot_product_attention(q, k, v, **kw)
@@ -92,8 +89,8 @@ def attention(q, k, v, mask=None, enable_gqa=False):
             raise
         m = None if mask is None else (tuple(mask.shape), mask.dtype)
         raise RuntimeError(f"attention: no SDPA backend among {[b.name for b in backends]} takes q {tuple(q.shape)} "
-                           f"{q.dtype}, k {tuple(k.shape)}, mask {m} (torch's warnings above say why); ADAMAME_SDPA=any "
-                           f"lets torch fall back to the math backend") from e
+                           f"{q.dtype}, k {tuple(k.shape)}, mask {m} (torch's warnings above say why); "
+                           f"ADAMAME_SDPA=any lets torch fall back to the math backend") from e
 
 
 @dataclass
@@ -125,7 +122,8 @@ class ModelConfig:
 
         model_type = need("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"{source}: unsupported model_type '{model_type}' (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+            raise ValueError(f"{source}: unsupported model_type '{model_type}' "
+                             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
         if d.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
         n_heads = need("num_attention_heads")
@@ -255,7 +253,7 @@ class PagedKVCache:
     block: int = 32
 
     @classmethod
-    def allocate(cls, cfg: ModelConfig, blocks: int, rows: int, width: int, dtype, device,
+    def allocate(cls, cfg: ModelConfig, blocks: int, rows: int, width: int, dtype, device, *,
                  block: int = 32) -> "PagedKVCache":
         shape = (blocks * block, cfg.num_key_value_heads, cfg.head_dim)
         k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
@@ -267,7 +265,7 @@ class PagedKVCache:
         """A cache whose rows each hold their own blocks for `slots` slots (a static cache's layout; block 0 is the
         scratch): for callers that run the decode step directly."""
         width = -(-slots // block)
-        cache = cls.allocate(cfg, rows * width + 1, rows, width, dtype, device, block)
+        cache = cls.allocate(cfg, rows * width + 1, rows, width, dtype, device, block=block)
         cache.table.copy_(torch.arange(1, rows * width + 1, dtype=torch.int32, device=device).view(rows, width))
         return cache
 
@@ -478,8 +476,8 @@ class Transformer(nn.Module):
         through the block table, under an additive bias (0 in the row's range, -inf elsewhere).
         """
         if decode_attention is not None and use_decode_kernel(tokens):
-            return self.fused_decode_step(tokens[:rows], positions[:rows], cache, slot[:rows], slots, active,
-                                          None if groups is None else (groups[0][:rows], groups[1][:rows]))
+            return self.fused_decode_step(tokens[:rows], positions[:rows], cache, slot[:rows], slots, active=active,
+                                          groups=None if groups is None else (groups[0][:rows], groups[1][:rows]))
         x = self.model.embed_tokens(tokens[:rows, None])  # [R, 1, C]
         cos, sin = self.rope(positions[:rows, None], x.dtype)
         slot = slot[:rows]
@@ -498,7 +496,7 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, bias[:, None, None, :], paged(cache.k[i], cache.v[i]))
         return self.lm_head(self.model.norm(x))[:, 0]
 
-    def fused_decode_step(self, tokens, positions, cache: PagedKVCache, slot, slots: int, active=None, groups=None):
+    def fused_decode_step(self, tokens, positions, cache: PagedKVCache, slot, slots: int, *, active=None, groups=None):
         """decode_step on the Triton kernels, one token per row as [R, features] (R = len(tokens)): per layer 4 GEMMs
         after merge_projections (7 before) and 5 kernels (adamame/layer_kernels.py, adamame/decode_attention.py):
 

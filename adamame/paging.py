@@ -80,7 +80,7 @@ class Scheduler:
     """The block pool and the rows in flight of one generate call. prompt_lens [groups], n samples a group (sample s
     is group s // n's), limits [samples] (each sample's most tokens), `blocks` in the pool (block 0 the scratch)."""
 
-    def __init__(self, prompt_lens, n: int, limits, blocks: int, check_every: int, max_rows: int,
+    def __init__(self, prompt_lens, n: int, limits, blocks: int, check_every: int, max_rows: int, *,
                  reserve: int | None = None):
         self.plen, self.n, self.limit = list(prompt_lens), n, list(limits)
         self.every, self.max_rows = check_every, max_rows

@@ -47,14 +47,14 @@ class Reporter:
         self.kind, self.writer = (kind if rank == 0 else "none"), None
         if self.kind == "tensorboard":
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional (tensorboard): only when asked for
             except ImportError:
                 raise ValueError("--report-to tensorboard needs the tensorboard package, which is not installed "
                                  "(pip install tensorboard)") from None
             self.writer = SummaryWriter(log_dir=os.path.join(out_dir, "tensorboard"))
         elif self.kind == "wandb":
             try:
-                import wandb
+                import wandb  # optional (pip install wandb): only when asked for
             except ImportError:
                 raise ValueError("--report-to wandb needs the wandb package, which is not installed "
                                  "(pip install wandb)") from None

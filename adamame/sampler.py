@@ -23,9 +23,9 @@ the vocabulary only, so a CUDA graph replays it); their (M, S, best score, candi
 kernel (`_merge` is its reference): the op is one kernel launch, or two with splits, and nothing in PyTorch. A maximum
 does not depend on how the blocks are grouped, so for the same logits a sample's token is the same whatever the
 number of programs, rows or batch (on a GPU the bf16 logits themselves may differ in their last bits between row
-buckets, which can move a draw that sits on a boundary). The uniform numbers come from a counter-based hash of (seed, sample, token index, stream), so nothing
-on the host is needed: the op runs inside a CUDA graph, its seed, temperature, samples and token indices in device
-tensors. It is registered as `adamame::sample` (torch.library): op recorders and the meta device see one op.
+buckets, which can move a draw that sits on a boundary). The uniform numbers come from a counter-based hash of
+(seed, sample, token index, stream), so nothing on the host is needed: the op runs inside a CUDA graph, its seed,
+temperature, samples and token indices in device tensors. It is registered as `adamame::sample` (torch.library): op recorders and the meta device see one op.
 
 `sample_torch` is the same algorithm in plain PyTorch (the reference the tests hold the kernel to, and what the op
 computes where the kernel cannot run). `use_kernel` is the decode step's switch: ADAMAME_SAMPLER, else

@@ -36,7 +36,7 @@ def paged_schedule(prompt_lens, response_lens, max_new_tokens, *, n=1, rows=None
     S = cache_slots(Tp, max_new_tokens)
     blocks = blocks or min(rows or N, N) * (S // BLOCK) + 1
     limits = resp if forced else [max_new_tokens] * N
-    sched = Scheduler(plen[::n], n, limits, blocks, check_every, N, reserve)
+    sched = Scheduler(plen[::n], n, limits, blocks, check_every, N, reserve=reserve)
     out = {"steps": 0, "read": 0, "useful": 0, "rows_run": 0, "rows_active": 0, "tokens": sum(resp), "prefills": 0,
            "prefill_tokens": 0, "rows_in_flight": 0, "most_rows": 0}
     buckets, steps_trace, events = set(), [], []

@@ -331,7 +331,6 @@ def test_attention_on_cuda_runs_inside_the_pinned_backends(monkeypatch):
     import contextlib
 
     import adamame.model as M
-    import torch.nn.attention as A
 
     seen = []
 
@@ -340,7 +339,7 @@ def test_attention_on_cuda_runs_inside_the_pinned_backends(monkeypatch):
         seen.append(list(backends))
         yield
 
-    monkeypatch.setattr(A, "sdpa_kernel", recording)
+    monkeypatch.setattr(M, "sdpa_kernel", recording)  # the name model.py calls
     q, k, v = (torch.randn(1, 2, 4, 8).as_subclass(_OnCuda) for _ in range(3))
     M.attention(q, k, v)
     M.attention(q, k, v, torch.zeros(1, 1, 4, 4))
@@ -506,7 +505,7 @@ def test_a_fused_sampling_step_syncs_nothing_and_replays_the_same_ops(tmp_path, 
             pos, slots = positions + (slot - 6), torch.full((5,), slot)
         rec = OpRecorder()
         with rec, torch.no_grad():
-            tok, lp = dec(tokens, pos, slots, slot, None, (st, *keys))
+            tok, lp = dec(tokens, pos, slots, slot, fused=(st, *keys))
         assert rec.syncs == [] and tok.shape == (5,) and lp.dtype == torch.float32
         assert _devices([op[3] for op in rec.ops]) == {"meta"}
         recs.append(rec.ops)
