@@ -1,46 +1,20 @@
 """Batched sampling with a paged KV cache: the rollout engine for GRPO and evaluation.
 
 Why this shape: in GRPO, generation is most of the wall time, and a decode step of a 1.5B model reads ~3.5 GB of
-weights to produce one token per row, so the step must be memory-bound, not launch-bound, and each step should
-advance as many rows as the memory holds. The engine therefore
-  * takes all of a call's samples (a rank's prompts x n) at once and decodes them in one paged KV cache: blocks of
-    BLOCK slots and a block table per row (adamame/paging.py decides who holds what). A group's prompt is prefilled
-    once into blocks its samples share; a row holds only the blocks it has written, so as many rows decode at once as
-    the cache's blocks hold (admitted with a reserve; when a running row needs a block and none is free, the newest
-    row is preempted and later re-admitted with its tokens recomputed). Finished rows leave at the next look and
-    their blocks go to waiting samples. The cache's size is checked against the free memory before it is allocated;
-  * runs each decode step over rows [0, R) and logical slots [0, S_b) only: R is the live row count rounded up to a
-    power of two below ROW_STEP rows and to a multiple of ROW_STEP above (`row_bucket`), S_b the largest slot any
-    row writes rounded up to a multiple of `slot_bucket`. On CUDA each (R, S_b) step is captured once as a CUDA graph
-    (lazily, one shared memory pool) and replayed: one launch per token instead of hundreds. On CPU, or with
-    cuda_graphs=False, the same bucketed step runs eagerly (with R = the live row count), so every CPU test covers it;
-  * attends, on CUDA, with the Triton decode kernel (adamame/decode_attention.py): each live row reads only its own
-    slots through its block table, and finished or padding rows read nothing; SDPA (the CPU path, and
-    ADAMAME_KERNELS=torch) gathers all R x S_b slots through the table and reads them under a bias;
-  * samples inside the decode step on CUDA, with the fused Triton sampler (adamame/sampler.py) when top-k is 0 and
-    top-p 1; otherwise (the CPU, ADAMAME_SAMPLER=torch, top-k or top-p) with `sample_next` on the float32 logits;
-  * never synchronises with the host inside a step: finished rows are tracked on the device, and the host looks only
-    every `check_every` steps (to drop finished rows, grow the others' blocks, admit, preempt, stop);
-  * draws sample s's token i from the uniform number `keyed_uniforms(seed, key_s, i)` (a counter-based hash; the
-    fused sampler keys its own numbers by the same triple; key_s = s, or the caller's `sample_keys[s]`), so the
-    samples depend on neither the rows, nor admission, nor preemption, nor the buckets: the same seed gives the same
-    tokens with a cache of a few blocks or of every sample's full length (in float32; in bf16 on a GPU the logits
-    may differ in their last bits between row buckets, moving a rare draw that sits on a boundary), and other
-    tokens, from the same distribution, with the fused sampler than with sample_next;
-  * returns the log-probability of every sampled token under the sampling temperature,
-    log softmax(z / T)[y], which is what the trainer's forward computes.
-
-Sampling distribution: softmax(z / T), restricted to the top_k tokens and then to the smallest set whose
-probability reaches top_p, renormalised. temperature = 0 is greedy (its log-probs are at T = 1).
+weights for one token per row, so a step must be memory-bound, not launch-bound, and advance as many rows as the
+memory holds. So all of a call's samples decode in one paged KV cache (adamame/paging.py decides which row holds
+which blocks), each step is a CUDA graph over bucketed rows and slots, and the host looks at the device only every
+`check_every` steps. Sample s's token i is drawn from a number keyed by (seed, s, i), so the samples depend neither
+on the batch nor on the cache's size; each sampled token's log-prob is returned as the trainer's forward computes it.
 
 Imports: torch; adamame: model (KVCache, PagedKVCache), paging, sampler (optional: without it every step samples
 with sample_next).
 """
 
-
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -66,12 +40,10 @@ class Sample:
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniforms=None):
-    """One token per row from logits [b, V] (float32); returns (tokens [b], logprobs [b]) without a host sync.
-
-    A row's token is found by inverting its CDF at its uniform number (uniforms: [b] float64 in [0, 1), e.g. from
-    torch.rand; drawn here if None), so one random number per row decides the sample and a caller that draws the
-    numbers for its rows can make the samples independent of which rows are in the batch.
-    """
+    """(tokens [b], their log softmax(z / T) [b]: the trainer's log-probs, at T = 1 when greedy) from logits z [b, V]
+    (float32), without a host sync. softmax(z / T) is cut to the top_k tokens, then to the smallest set whose
+    probability reaches top_p, and renormalised. A row's token inverts its CDF at its uniform number (uniforms: [b]
+    float64 in [0, 1); drawn here if None), so a caller that draws its rows' numbers decouples samples and batch."""
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
@@ -105,9 +77,11 @@ def _mix32(x):
 
 
 def keyed_uniforms(seed: int, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Uniform float64 numbers in [0, 1), one per (sample, token index) pair, from a counter-based hash of
-    (seed, sample, index): the same triple always gives the same number, on any device and in any batch, with no
-    generator state and no host sync. 53 random bits from two 32-bit hashes."""
+    """Uniform float64 numbers in [0, 1), one per (sample, token index) pair, from a counter-based hash of (seed,
+    sample, index) (53 bits from two 32-bit hashes): no generator state, no host sync, the same number on any device
+    and in any batch. generate and the fused sampler draw sample s's token i at (seed, key_s, i), so a seed gives the
+    same tokens whatever the rows, preemptions, buckets or cache size (in bf16 a row bucket may move a logit's last
+    bits, and a rare draw on a boundary with it)."""
     lo, hi = seed & MASK32, (seed >> 32) & MASK32
     a = _mix32(_mix32((sample & MASK32) ^ lo) ^ index)
     b = _mix32(_mix32((sample & MASK32) ^ hi ^ 0x9E3779B9) ^ index ^ 0x7F4A7C15)
@@ -129,16 +103,13 @@ def free_bytes(device) -> int | None:
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
 
 
 # ---------------------------------------------------------------------------------------------- decode step
@@ -162,26 +133,22 @@ def step_buckets(live: int, slot: int, rows_total: int, slots_total: int, *, slo
 
 
 class Decoder:
-    """The decode step over a static KV cache, eager or as CUDA graphs keyed by (row bucket, slot bucket, sampler).
+    """The decode step over a paged KV cache, eager or as CUDA graphs keyed by (row bucket, slot bucket, sampler).
 
-    Static buffers: tokens, positions and cache slots [B], active [B] and, with graphs, the float32 logits [B, V]; a
-    captured graph reads and writes only these and the cache, so replaying it after updating them in place is the
-    same as calling the model. With the fused sampler (adamame/sampler.py) the step also samples: it reads the
-    rows' samples and token indices [B], the seed [2] and 1 / temperature [1], and returns tokens and log-probs
-    [rows] instead of logits: a graph's own outputs, read after each replay (no copy inside the graph). Graphs share
-    one memory pool (they never run at the same time) and die with the Decoder.
-    """
+    A step runs rows [0, R) and slots [0, S) only: R the live rows rounded up by row_bucket, S the largest slot
+    written rounded up to a multiple of slot_bucket. On CUDA each bucket is captured once as a graph (lazily, into one
+    memory pool) and replayed: one launch per token instead of hundreds; on CPU, or with cuda_graphs=False, the same
+    step runs eagerly (R = the live rows). A graph touches only the static buffers below and the cache, so replaying
+    it after updating them in place is calling the model."""
 
     def __init__(self, model, cache: PagedKVCache, cuda_graphs: bool, slot_bucket: int = SLOT_BUCKET, pad_rows=None):
         self.model, self.cache, self.graphs_on, self.bucket = model, cache, cuda_graphs, slot_bucket
         self.pad_rows = cuda_graphs if pad_rows is None else pad_rows  # eager steps need no padding rows
         B, dev = cache.table.shape[0], cache.table.device
-
-        def zeros(*shape, dtype=torch.long):
-            return torch.zeros(shape, dtype=dtype, device=dev)
-
+        zeros = partial(torch.zeros, dtype=torch.long, device=dev)
         self.tokens, self.positions, self.slot = zeros(B), zeros(B), zeros(B)
         self.active = zeros(B, dtype=torch.bool)  # rows whose output is used (the kernel reads them)
+        # the fused sampler's inputs: the rows' samples and token indices, the seed and 1 / temperature
         self.sample, self.index, self.seed, self.inv_t = zeros(B), zeros(B), zeros(2), zeros(1, dtype=torch.float32)
         self.logits = None  # [B, V] float32, made at the first graph that needs it
         self.settings = None  # the generate call whose seed and 1 / temperature the static buffers hold
@@ -198,7 +165,8 @@ class Decoder:
                             pad_rows=self.pad_rows)
 
     def _run(self, rows, slots, greedy=None):
-        """The step's float32 logits [rows, V]; with greedy (True/False) its fused sample (tokens, log-probs)."""
+        """The step's float32 logits [rows, V]; with greedy (True/False) its fused sample (tokens, log-probs). On CUDA
+        each active row reads only its own slots (adamame/decode_attention.py); SDPA reads all under a bias."""
         logits = self.model.decode_step(self.tokens, self.positions, self.cache, self.slot, rows, slots,
                                         active=self.active,
                                         groups=None if self.groups is None else (self.members, self.pend))
@@ -229,26 +197,20 @@ class Decoder:
         self.pool = self.pool or graph.pool()
         return graph, out
 
-    def __call__(self, tokens, positions, slot, last_slot: int, active=None, fused=None, groups=None):
+    def __call__(self, tokens, positions, slot, last_slot: int, *, active=None, fused=None, groups=None):
         """Logits [live, V] (float32) of the next token of rows [0, live) whose last tokens go to cache slots `slot`
         [live] (on the device; last_slot: their largest, known to the host, which picks the slot bucket); active
-        [live] bool (None: all) marks the rows whose logits are used (others' are garbage). fused: None, or
-        (settings, samples [live], token indices [live]) to return the fused sampler's (tokens, log-probs) [live];
-        groups: None, or (members [live, GROUP], pend [live]) int32, the rows that share a prompt (decode_attention's
-        cascade), copied only when a new pair is given (a look).
-        With CUDA graphs the outputs are a graph's own memory: valid until the next call (any graph of the shared pool
-        may overwrite them), which is how generate reads them."""
+        [live] bool (None: all) marks the rows whose logits are used. fused: None, or (settings, samples [live],
+        token indices [live]) to sample inside the step with the fused sampler and return its (tokens, log-probs)
+        [live]; groups: None, or (members [live, GROUP], pend [live]) int32, the rows that share a prompt
+        (decode_attention's cascade), copied when a new pair is given. With CUDA graphs the outputs are a graph's
+        own memory, valid until the next call."""
         live = tokens.shape[0]
         rows, slots = self.buckets(live, last_slot)
-        self.tokens[:live] = tokens
-        self.positions[:live] = positions
-        self.slot[:live] = slot
+        self.tokens[:live], self.positions[:live], self.slot[:live] = tokens, positions, slot
         self.slot[live:].fill_(0)  # a padding row writes slot 0 of its table row: the scratch block (adamame/paging.py)
         self.active[live:].fill_(False)
-        if active is None:
-            self.active[:live].fill_(True)
-        else:
-            self.active[:live].copy_(active)
+        self.active[:live] = True if active is None else active
         if groups is not None and groups is not self.groups:  # a look's prompt groups: copied once
             self.members[:live], self.pend[:live] = groups
             self.members[live:].fill_(-1)
@@ -291,12 +253,11 @@ def graphs_default(device) -> bool:
     return torch.device(device).type == "cuda" and flag == "1"
 
 
-def make_decoder(model, rows: int, prompt_len: int, max_new_tokens: int, cuda_graphs=None,
+def make_decoder(model, rows: int, prompt_len: int, max_new_tokens: int, *, cuda_graphs=None,
                  slot_bucket: int = SLOT_BUCKET, blocks: int | None = None) -> Decoder:
     """A paged KV cache of `blocks` blocks (None: what `rows` rows of prompt_len + max_new_tokens tokens need, so
-    nothing is ever preempted) with a block table for at most `rows` rows in flight, and its decode step; the cache is
-    checked against the free memory first (the rest of a call's memory is small next to it; adamame/memory.py counts
-    all of it). Pass it to several generate calls to capture their CUDA graphs once."""
+    nothing is ever preempted), a block table for at most `rows` rows in flight, and its decode step, after checking
+    the cache against the free memory. Pass it to several generate calls to capture their CUDA graphs once."""
     param = next(model.parameters())
     dev, width = param.device, cache_slots(prompt_len, max_new_tokens) // BLOCK
     blocks = rows * width + 1 if blocks is None else blocks
@@ -306,7 +267,7 @@ def make_decoder(model, rows: int, prompt_len: int, max_new_tokens: int, cuda_gr
         raise MemoryError(f"generate: a KV cache of {blocks} blocks of {BLOCK} slots needs {need / 2**30:.2f} GiB, "
                           f"{free / 2**30:.2f} GiB free on {dev}: use a smaller cache (--rollout-rows, --max-rows), "
                           f"or a smaller max_new_tokens")
-    cache = PagedKVCache.allocate(model.config, blocks, rows, width, param.dtype, dev, BLOCK)
+    cache = PagedKVCache.allocate(model.config, blocks, rows, width, param.dtype, dev, block=BLOCK)
     return Decoder(model, cache, use_graphs, slot_bucket)
 
 
@@ -314,10 +275,9 @@ def make_decoder(model, rows: int, prompt_len: int, max_new_tokens: int, cuda_gr
 
 @dataclass
 class State:
-    """generate's state on the device. Per sample (one spare at index N takes the writes of rows with no sample):
-    the tokens out [N + 1, L], their log-probs out_lp, lengths and stopped [N + 1]. Per row in flight (in the
-    Scheduler's order): its sample, the tokens it has drawn (t), the position and logical cache slot of the token it
-    feeds next, that token, done, and the sample's key in its random numbers."""
+    """generate's state on the device. Per sample (a spare at index N takes rows with no sample): the tokens out
+    [N + 1, L], their log-probs out_lp, lengths, stopped. Per row in flight (the Scheduler's order): its sample, the
+    tokens it has drawn (t), the position and cache slot of the token it feeds next, that token, done, its key."""
     out: torch.Tensor
     out_lp: torch.Tensor
     lengths: torch.Tensor
@@ -358,8 +318,8 @@ class Settings:
 def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
     """Each row's next token from its logits [len(rows), V] (rows: an index tensor, or slice(None) for every live
     row), or the (tokens, log-probs) the fused sampler `picked` inside the decode step, and the stop bookkeeping, on
-    the device: no host sync. A sample's token i is keyed by (seed, sample, i) whichever row draws it
-    (keyed_uniforms, or the fused sampler's own keyed numbers); rows already done write to the spare sample."""
+    the device: no host sync. A sample's token i is keyed_uniforms' (seed, key, i) whichever row draws it; rows
+    already done write to the spare sample."""
     sample, t, done = st.sample[rows], st.t[rows], st.done[rows]
     if picked is not None:
         tok, lp = picked
@@ -369,8 +329,7 @@ def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
         u = keyed_uniforms(cfg.seed, st.key[rows], t) if cfg.temperature else None
         tok, lp = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, u)
     tok = torch.where(done, cfg.pad, tok)
-    N, L = st.out.shape[0] - 1, st.out.shape[1]
-    s, i = torch.where(done, N, sample), t.clamp(max=L - 1)
+    s, i = torch.where(done, st.out.shape[0] - 1, sample), t.clamp(max=st.out.shape[1] - 1)  # N: the spare sample
     st.out[s, i], st.out_lp[s, i] = tok, lp
     st.lengths[s] += (~done).long()
     hit = torch.isin(tok, cfg.eos) & ~done
@@ -382,33 +341,28 @@ def draw(st: State, rows, logits, cfg: Settings, picked=None) -> None:
 def prefill(model, cache: PagedKVCache, seqs: list, pad_token_id: int, stats: dict):
     """Write sequences' keys and values into cache blocks: seqs holds (token ids, lead, first logical block, physical
     blocks); a sequence sits at logical slots [lead, lead + len) and its blocks first, first + 1, ... go to the given
-    physical blocks. Forwards of at most PREFILL_TOKENS tokens over rows of whole blocks, shortest first. Returns
+    physical blocks. Forwards of at most PREFILL_TOKENS tokens over rows of whole blocks, shortest first; returns
     each sequence's last-position logits [len(seqs), V] float32."""
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     logits = torch.empty(len(seqs), model.config.vocab_size, dtype=torch.float32, device=dev)
-    order = sorted(range(len(seqs)), key=lambda j: seqs[j][1] + len(seqs[j][0]))
-    a = 0
-    while a < len(order):
-        W = -(-(seqs[order[a]][1] + len(seqs[order[a]][0])) // BLOCK) * BLOCK
-        chunk = [order[a]]
-        while a + len(chunk) < len(order):  # grow while every row (as long as the longest) stays in budget
-            j = order[a + len(chunk)]
-            w = -(-(seqs[j][1] + len(seqs[j][0])) // BLOCK) * BLOCK
-            if w * (len(chunk) + 1) > max(PREFILL_TOKENS, W):
-                break
-            chunk.append(j)
-            W = w
-        a += len(chunk)
+    width = [-(-(ld + len(toks)) // BLOCK) * BLOCK for toks, ld, _, _ in seqs]  # a row of whole blocks
+    chunks = []
+    for j in sorted(range(len(seqs)), key=lambda j: seqs[j][1] + len(seqs[j][0])):
+        if chunks and width[j] * (len(chunks[-1]) + 1) <= max(PREFILL_TOKENS, width[chunks[-1][-1]]):
+            chunks[-1].append(j)  # every row (as long as the longest) stays in budget
+        else:
+            chunks.append([j])
+    for chunk in chunks:
+        W = width[chunk[-1]]
         ids = torch.full((len(chunk), W), pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(chunk), W, dtype=torch.bool)
-        last = torch.zeros(len(chunk), W, dtype=torch.bool)
+        mask, last = torch.zeros(2, len(chunk), W, dtype=torch.bool)  # the tokens, and each row's last token
         src, dst = [], []
         for i, j in enumerate(chunk):
             toks, lead, first, phys = seqs[j]
             ids[i, lead:lead + len(toks)] = torch.as_tensor(toks)
             mask[i, lead:lead + len(toks)] = True
             last[i, lead + len(toks) - 1] = True
-            for b, p in zip(range(first, -(-(lead + len(toks)) // BLOCK)), phys):
+            for b, p in zip(range(first, width[j] // BLOCK), phys):
                 src.append(i * W + b * BLOCK)
                 dst.append(p * BLOCK)
         stats["prefill_tokens"] = stats.get("prefill_tokens", 0) + int(mask.sum())
@@ -431,21 +385,17 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
              seed=None, return_logprobs=False, check_every=8, pad_token_id=0, cuda_graphs=None,
              slot_bucket=SLOT_BUCKET, max_rows=None, cache_blocks=None, stats=None, decoder=None, progress=None,
              response_lengths=None, sample_keys=None):
-    """Sample n continuations of every prompt (lists of token ids, any lengths).
+    """Sample n continuations of every prompt (lists of token ids, any lengths): n * len(prompts) Samples, prompt-major.
 
-    Returns n * len(prompts) Samples in prompt-major order: all samples of prompt 0, then of prompt 1, ...
-    `model` is a plain Transformer (for training, the rollout copy of adamame.dist.rollout_copy). The samples are
-    decoded in a paged KV cache the size of max_rows rows of the longest prompt and max_new_tokens (None: one per
-    sample; cache_blocks: its size in blocks of adamame.paging.BLOCK slots instead), or in `decoder`'s (make_decoder:
-    reuses a cache and its CUDA graphs from an earlier call); as many rows run at once as the cache holds
-    (adamame/paging.py), which changes the speed and the memory, not the samples. cuda_graphs: None = on for CUDA
-    models, off otherwise. A `stats` dict receives the decode steps run, the most rows in flight, the preemptions and
-    recomputed tokens, the prompt prefills and the tokens prefilled, the graphs captured and the seconds spent
-    capturing them; `progress.update(k)` (a tqdm bar) is told of finished samples at each look. response_lengths (a
-    benchmark's hook: random weights rarely stop) ends sample s after min(response_lengths[s], max_new_tokens) tokens
-    (finish reason "length"). sample_keys (one integer in [0, 2^32) per sample; default its index) key each sample's
-    random numbers, so that a sample can be drawn again in another call, among other prompts (evaluate.py keys them
-    by question id and candidate).
+    `model` is a plain Transformer (for training, adamame.dist.rollout_copy's). The samples decode in a paged KV cache
+    of max_rows rows of the longest prompt and max_new_tokens (None: one per sample), of cache_blocks blocks, or in
+    `decoder`'s (make_decoder: one cache and its CUDA graphs for several calls); as many rows run at once as it holds,
+    which changes the speed and the memory, not the samples. cuda_graphs: None = graphs_default. `stats` (a dict)
+    gets the steps, most rows in flight, preemptions, recomputed tokens, prompt prefills, tokens prefilled, graphs
+    and capture seconds; `progress.update(k)` (a tqdm bar) hears of finished samples at each look. response_lengths
+    (a benchmark's hook) ends sample s after min(response_lengths[s], max_new_tokens) tokens. sample_keys (one
+    integer in [0, 2^32) per sample; default its index) key each sample's random numbers, so a sample can be drawn
+    again in another call, among other prompts (evaluate.py keys them by question and candidate).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
@@ -465,8 +415,8 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     N, Tp = len(prompts) * n, max(len(p) for p in prompts)
     if decoder is None:  # per-row buffers for the most rows admission lets run at once
         blocks = cache_blocks or min(N, max_rows or N) * cache_slots(Tp, max_new_tokens) // BLOCK + 1
-        decoder = make_decoder(model, min(N, most_rows(blocks, max_new_tokens)), Tp, max_new_tokens, cuda_graphs,
-                               slot_bucket, blocks=blocks)
+        decoder = make_decoder(model, min(N, most_rows(blocks, max_new_tokens)), Tp, max_new_tokens,
+                               cuda_graphs=cuda_graphs, slot_bucket=slot_bucket, blocks=blocks)
     elif decoder.slots < cache_slots(Tp, max_new_tokens):
         raise ValueError(f"generate: the decoder's rows address {decoder.slots} slots, this call needs "
                          f"{cache_slots(Tp, max_new_tokens)}")
@@ -474,17 +424,14 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     limits = [min(x, max_new_tokens) for x in (response_lengths or [max_new_tokens] * N)]
     sched = Scheduler([len(p) for p in prompts], n, limits, cache.k[0].shape[0] // BLOCK, check_every,
                       cache.table.shape[0])
-    limit = torch.tensor(limits + [1], device=dev)
     seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    # sample inside the decode step with the fused sampler when it can (top-k 0, top-p 1; on CUDA), else sample_next
     fused = fused_sample is not None and top_k == 0 and top_p == 1.0 and use_sampler_kernel(cache.table)
     keys = torch.tensor(list(range(N) if sample_keys is None else sample_keys), device=dev)
-    cfg = Settings(seed, temperature, top_k, top_p, torch.tensor(list(eos_token_ids) or [-1], device=dev),
-                   pad_token_id, limit, keys, fused, seed_tensor(seed, dev) if fused else None,
+    cfg = Settings(seed, temperature, top_k, top_p, torch.tensor(list(eos_token_ids) or [-1], device=dev), pad_token_id,
+                   torch.tensor(limits + [1], device=dev), keys, fused, seed_tensor(seed, dev) if fused else None,
                    torch.tensor([1.0 / temperature if temperature else 1.0], device=dev) if fused else None)
-
-    def zeros(*shape, dtype=torch.long):
-        return torch.zeros(shape, dtype=dtype, device=dev)
-
+    zeros = partial(torch.zeros, dtype=torch.long, device=dev)
     st = State(out=torch.full((N + 1, max_new_tokens), pad_token_id, dtype=torch.long, device=dev),
                out_lp=zeros(N + 1, max_new_tokens, dtype=torch.float32), lengths=zeros(N + 1),
                stopped=zeros(N + 1, dtype=torch.bool), sample=zeros(0), t=zeros(0), pos=zeros(0), slot=zeros(0),
@@ -494,7 +441,7 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
     info = {"prefill_tokens": 0, "prompt_prefills": 0, "most_rows": 0}
     group_logits = {}  # a prefilled prompt's last logits, until its last fresh sample is admitted
     steps, finished, done = 0, 0, set()
-    while True:  # a look: the host's only syncs
+    while True:  # a look, the host's only syncs: drop finished rows, grow blocks, admit and preempt rows, or stop
         look = sched.look(steps, done)
         apply_look(model, st, cache, sched, look, prompts=prompts, n=n, cfg=cfg, group_logits=group_logits,
                    info=info)
@@ -508,9 +455,9 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
         offset, (members, pend) = sched.max_slot_offset(), sched.prompt_groups(read_rows)
         groups = (torch.tensor([m + [-1] * (GROUP - len(m)) for m in members], dtype=torch.int32, device=dev),
                   torch.tensor(pend, dtype=torch.int32, device=dev))
-        for _ in range(min(check_every, sched.end_step() - steps)):
-            out = decoder(st.tok, st.pos, st.slot, min(offset + steps, last_slot), ~st.done,
-                          (cfg, st.key, st.t) if cfg.fused else None, groups)
+        for _ in range(min(check_every, sched.end_step() - steps)):  # no host sync: the device tracks done rows
+            out = decoder(st.tok, st.pos, st.slot, min(offset + steps, last_slot), active=~st.done,
+                          fused=(cfg, st.key, st.t) if cfg.fused else None, groups=groups)
             draw(st, slice(None), None, cfg, picked=out) if cfg.fused else draw(st, slice(None), out, cfg)
             moves = (st.slot < last_slot).long()  # a done row stops at the last slot, its start (slot - pos) kept
             st.pos += moves
@@ -528,9 +475,9 @@ def generate(model, prompts, *, max_new_tokens, n=1, temperature=1.0, top_p=1.0,
 
 def apply_look(model, st: State, cache: PagedKVCache, sched: Scheduler, look, *, prompts, n, cfg: Settings,
                group_logits: dict, info: dict) -> None:
-    """Carry out a Scheduler look on the device: drop the rows it let go (finished or preempted) from the state and
-    the block table, write the blocks it grew, prefill the prompts it admitted (each once) and the tokens of the
-    samples it re-admitted (recomputed), and draw the fresh samples' first tokens from their prompt's logits."""
+    """Carry out a Scheduler look on the device: drop the rows it let go from the state and the block table, write
+    the blocks it grew, prefill what it admitted (each prompt once; a preempted sample's tokens recomputed, in its
+    own blocks), and draw the fresh samples' first tokens from their prompt's logits."""
     dev, table = cache.table.device, cache.table
     old, kept = st.sample.shape[0], len(look.keep)
     if kept < old:
@@ -544,15 +491,13 @@ def apply_look(model, st: State, cache: PagedKVCache, sched: Scheduler, look, *,
     if not look.admitted:
         return
     seqs = [(prompts[g], lead(len(prompts[g])), 0, sched.prompt_blocks[g]) for g in look.prefill]
-    again = [r for r in look.admitted if not r.fresh]
-    for r in again:  # a preempted sample: its prompt and the tokens it has fed, recomputed (its own blocks only)
+    for r in [r for r in look.admitted if not r.fresh]:  # a preempted sample: its prompt and fed tokens, recomputed
         p = prompts[r.sample // n]
         seqs.append((p + st.out[r.sample, :r.t0 - 1].tolist(), lead(len(p)), r.first, r.blocks))
     if seqs:
         logits = prefill(model, cache, seqs, cfg.pad, info)
         info["prompt_prefills"] += len(look.prefill)
-        for i, g in enumerate(look.prefill):
-            group_logits[g] = [logits[i], n]
+        group_logits.update({g: [logits[i], n] for i, g in enumerate(look.prefill)})  # [logits, samples to admit]
     rows = torch.arange(kept, kept + len(look.admitted), device=dev)
     width = table.shape[1]
     table[rows] = torch.tensor([(sched.table_row(r) + [0] * width)[:width] for r in look.admitted],
@@ -567,12 +512,9 @@ def apply_look(model, st: State, cache: PagedKVCache, sched: Scheduler, look, *,
               tok=st.out[s_t, (torch.tensor(t, device=dev) - 1).clamp(min=0)],
               done=torch.zeros(len(s), dtype=torch.bool, device=dev), key=cfg.keys[s_t])
     fresh = [i for i, r in enumerate(look.admitted) if r.fresh]
-    if fresh:
-        picks = []
-        for i in fresh:
-            g = s[i] // n
-            picks.append(group_logits[g][0])
-            group_logits[g][1] -= 1
-            if not group_logits[g][1]:
-                del group_logits[g]
-        draw(st, rows[torch.tensor(fresh, device=dev)], torch.stack(picks), cfg)
+    if fresh:  # their first tokens, from their prompt's logits
+        draw(st, rows[torch.tensor(fresh, device=dev)], torch.stack([group_logits[s[i] // n][0] for i in fresh]), cfg)
+    for i in fresh:  # a prompt's logits go with its last fresh sample
+        group_logits[s[i] // n][1] -= 1
+        if not group_logits[s[i] // n][1]:
+            del group_logits[s[i] // n]

@@ -217,8 +217,8 @@ def check_cuda_graph(ctx):
             torch.arange(8, device="cuda"), torch.zeros(8, dtype=torch.long, device="cuda"))
     with torch.no_grad():
         e_tok, e_lp = (t.clone() for t in Decoder(model, cache, cuda_graphs=False)(tokens, positions, positions, 100,
-                                                                                   None, keys))
-        g_tok, g_lp = (t.clone() for t in graphed(tokens, positions, positions, 100, None, keys))
+                                                                                   fused=keys))
+        g_tok, g_lp = (t.clone() for t in graphed(tokens, positions, positions, 100, fused=keys))
         torch.cuda.synchronize()
     same = int((e_tok == g_tok).sum())
     assert same >= 7, f"the fused sampler's tokens under graph replay differ from the eager step's ({same} of 8 equal)"
