@@ -119,19 +119,19 @@ def demo(res: dict) -> str:
     qo, eo = sft["summary"]["out_of_domain"], rl["summary"]["out_of_domain"]
     sel = res["rl_prompts"]
     out += textwrap.wrap(
-            f"({res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in all: "
-            f"{res['base_steps']} + {res['sft_steps']} SFT steps (the base stage, then Stage 1 on query-language "
-            f"traces), the RL data stage ({sel['kept']} of {sel['pool']} pool prompts solved 1 to 7 times of 8; "
-            f"{100 * res['mixed_groups_first_10_steps']:.0f}% of the groups of the first 10 RL steps are of mixed "
-            f"correctness), {res['rl_steps']} RL steps of {res['batch_prompts']} prompts x {res['group_size']} "
-            f"rollouts at temperature {res['rl_temperature']}, two evaluations. The same seed gives the same numbers "
-            f"on one machine; on the previous toy another machine with the same packages moved them by about a "
-            f"point.) In domain the SFT "
-            f"model is right {100 * q['pass@1']:.1f}% of the time (pass@4 {100 * q['pass@k']:.1f}%) and reasons in "
-            f"the query language {100 * q['lang_match']:.1f}% of the time; after {res['reward']} RL, "
-            f"{100 * e['pass@1']:.1f}% ({100 * e['pass@k']:.1f}%) and {100 * e['lang_match']:.1f}%. Out of domain "
-            f"(es, de: seen in the base stage only) {100 * qo['pass@1']:.1f}% -> {100 * eo['pass@1']:.1f}% right, "
-            f"{100 * qo['lang_match']:.1f}% -> {100 * eo['lang_match']:.1f}% in the query language.", 116)
+            f"The run: {res['world']} ranks on this project's 2-core CPU machine, {res['seconds'] / 60:.1f} min in "
+            f"all. It took {res['base_steps']} + {res['sft_steps']} SFT steps: the base stage, then Stage 1 on "
+            f"query-language traces. The RL data stage kept {sel['kept']} of {sel['pool']} pool prompts, those solved "
+            f"1 to 7 times of 8. In the first 10 RL steps, {100 * res['mixed_groups_first_10_steps']:.0f}% of the "
+            f"groups are of mixed correctness. Then came {res['rl_steps']} RL steps of {res['batch_prompts']} prompts "
+            f"x {res['group_size']} rollouts at temperature {res['rl_temperature']}, and two evaluations. The same "
+            f"seed gives the same numbers on one machine. On the previous toy, another machine with the same packages "
+            f"moved them by about a point. In domain, the SFT model is right {100 * q['pass@1']:.1f}% of the time "
+            f"(pass@4 {100 * q['pass@k']:.1f}%). It reasons in the query language {100 * q['lang_match']:.1f}% of "
+            f"the time. After {res['reward']} RL, these are {100 * e['pass@1']:.1f}% ({100 * e['pass@k']:.1f}%) and "
+            f"{100 * e['lang_match']:.1f}%. Out of domain (es, de: seen in the base stage only), the models are right "
+            f"{100 * qo['pass@1']:.1f}% -> {100 * eo['pass@1']:.1f}% of the time, and in the query language "
+            f"{100 * qo['lang_match']:.1f}% -> {100 * eo['lang_match']:.1f}%.", 116)
     return "\n".join(out)
 
 
@@ -146,11 +146,12 @@ def ablation(res: dict) -> str:
         tables += ["", "control: the same toy with no competence gap (every cell taught step by step)",
                    ablation_table(res, "control")]
     return "\n".join(["```", *tables, "```", ""] + textwrap.wrap(
-        f"(Held-out toy prompts, {m['held_out_prompts'] // 7} per language, {st['k']} samples each at temperature "
-        f"{st['eval_temperature']}; mean ± the half-width of the 95% t-interval over {st['seeds']} RL seeds of "
-        f"{st['rl']['max_steps']} steps each, all from one SFT model and its {m['rl_prompts']} selected RL prompts; "
-        f"'X - grpo' is the difference paired by seed; rates in %, tokens the tokenizer's; "
-        f"{res['seconds'] / 60:.0f} min on this project's 2-core CPU machine: `python bench/ablation.py`.)", 116))
+        f"Held-out toy prompts, {m['held_out_prompts'] // 7} per language, {st['k']} samples each at temperature "
+        f"{st['eval_temperature']}. A variant's figure is the mean over {st['seeds']} RL seeds of "
+        f"{st['rl']['max_steps']} steps each, ± the half-width of its 95% t-interval. All seeds start from one SFT "
+        f"model and its {m['rl_prompts']} selected RL prompts. 'X - grpo' is the difference paired by seed. Rates are in %, and "
+        f"tokens are the tokenizer's. `python bench/ablation.py` took {res['seconds'] / 60:.0f} min on this "
+        f"project's 2-core CPU machine.", 116))
 
 
 def newest() -> str | None:
