@@ -6,6 +6,7 @@
 - At most 12 imports sit inside functions (optional packages, heavy ones, the demo's entry script), each with a
   comment on its line saying why it is there.
 - The update reads like the loss: train_grpo.ppo_update <= 45 lines; generate.py, the engine only, <= 520 lines.
+- The README's prose averages at most 20 words a sentence, with sentences split at semicolons (bench/prose.py).
 """
 import ast
 import os
@@ -65,3 +66,15 @@ def test_the_update_and_the_engine_stay_short():
     assert fn.end_lineno - fn.lineno + 1 <= 45, "ppo_update grew past 45 lines"
     with open(os.path.join(ROOT, "adamame", "generate.py"), encoding="utf-8") as f:
         assert len(f.read().splitlines()) <= 520, "generate.py grew past 520 lines"
+
+
+def test_the_readme_reads_in_short_sentences():
+    from bench.prose import END, prose, sentences
+
+    body = prose(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
+    words = sum(1 for t in body.split() if any(c.isalnum() for c in t))
+    assert words / sentences(body) <= 20, f"README: {words / sentences(body):.1f} words a sentence"
+    assert body.count(";") <= words / 200, "README: split sentences at semicolons"
+    # the counter can fail: one long sentence is one sentence, a semicolon ends one
+    assert sentences(prose("One two three, four five six. Seven eight; nine.")) == 3
+    assert sentences(prose("A run of `a.b; c.d` code. And e.g. this."), END) == 2
