@@ -80,6 +80,7 @@ class Run:
     toy: bool
     order: dict = field(default_factory=dict)  # {epoch: that epoch's balanced batches}
 
+
 @dataclass
 class Batch:
     """One RL step on this rank: its prompts, then what each phase adds."""
@@ -101,6 +102,7 @@ class Scores:
     alpha: float  # the alignment factor the variant used at this step (logged)
     shaped: np.ndarray  # s_i, the variant's shaped score
     adv: np.ndarray  # A_i, s_i normalised within its prompt group
+
 
 @dataclass
 class MicroBatch:
@@ -150,6 +152,7 @@ def main(argv=None):
     finish(run, end, t_main)
     dist.cleanup()
     return 0
+
 
 def setup(args) -> Run:
     """Process group, toy demo (if no --model/--data), memory plan, data, validation, identifier, model, optimizer."""
@@ -208,6 +211,7 @@ def setup(args) -> Run:
                detector=detector, model=model, ref_model=ref_model, optimizer=optimizer, params=params, T=T,
                steps_per_epoch=steps_per_epoch, paths=paths, toy=toy)
 
+
 def resume_or_start(run) -> int:
     """The first step: from --out/checkpoint.pt with --resume (its logs cut back to it), else 0 with empty logs."""
     os.makedirs(run.args.out, exist_ok=True)
@@ -222,6 +226,7 @@ def resume_or_start(run) -> int:
     if run.rank == 0:
         print(f"resumed from {run.paths['checkpoint']} at step {start}")
     return start
+
 
 def this_ranks_prompts(run, step) -> Batch:
     """The step's batch (balanced over languages, one epoch's order at a time) and this rank's share of it."""
@@ -248,6 +253,7 @@ def rollout_phase(run, batch):
     dist.free_cached_memory(run.device)
     return rolls
 
+
 def score_phase(run, batch) -> Scores:
     """Phase 2: r_i, lang(o_i), shaped scores s_i and advantages A_i (groups never straddle ranks: local)."""
     args, rolls = run.args, batch.rolls
@@ -257,8 +263,9 @@ def score_phase(run, batch) -> Scores:
     qlangs, gids = [batch.qs[r.question].lang for r in rolls], [r.question for r in rolls]
     shaped = shaped_scores(r_i, langs, qlangs, gids, batch.step, run.T, variant=args.reward, bonus=args.bonus,
                            lam=args.lam, floor=args.alpha_floor)
-    return Scores(correct, langs, qlangs, variant_alpha(args.reward, batch.step, run.T, args.alpha_floor), shaped,
-                  group_advantages(shaped, gids))
+    return Scores(correct=correct, langs=langs, qlangs=qlangs, shaped=shaped, adv=group_advantages(shaped, gids),
+                  alpha=variant_alpha(args.reward, batch.step, run.T, args.alpha_floor))
+
 
 def logprob_phase(run, batch):
     """Phase 3: pi_ref (adapters off, or the frozen copy) and pi_old (recomputed, or the sampler's)."""
@@ -278,6 +285,7 @@ def logprob_phase(run, batch):
                                                      chunk) if first < len(rolls) else [])
     return old_lp, ref_lp
 
+
 def update_phase(run, batch):
     """Phase 4: the PPO update. Stops (keeping the last checkpoint) on a non-finite loss."""
     losses, grad_norms, sums, logprob_diff = ppo_update(run, batch)
@@ -286,6 +294,7 @@ def update_phase(run, batch):
                                          f"(last good checkpoint: {run.paths['checkpoint']})")
     dist.free_cached_memory(run.device)
     return {"losses": losses, "grad_norms": grad_norms, "sums": sums, "logprob_diff": logprob_diff}
+
 
 def ppo_update(run, batch):
     """--ppo-epochs passes over mini-batches of whole prompt groups (rollouts are prompt-major, G per prompt), one
@@ -314,10 +323,11 @@ def ppo_update(run, batch):
                 (loss * W).backward()
                 mini_loss += loss.detach()
                 sums = {key: v + stats[key] for key, v in sums.items()}
-                own += [(rows, logp)] if mb.old is None else []
-                trainer = logp if m == 0 else mb.old if args.old_logprobs == "recompute" else None  # pi_old's
-                if epoch == 0 and trainer is not None and trainer.numel():  # the sampler against the trainer
-                    gap = torch.maximum(gap, (trainer - mb.sampled).abs().max())
+                if mb.old is None:
+                    own.append((rows, logp))
+                if epoch == 0 and (m == 0 or args.old_logprobs == "recompute") and logp.numel():
+                    trainer = logp if m == 0 else mb.old  # pi_old as the trainer has it: before any step, this forward
+                    gap = torch.maximum(gap, (trainer - mb.sampled).abs().max())  # the sampler against it
             _write_back(batch, own)  # after the backward: one copy to the host per micro-batch, no stall before it
             losses.append(dist.all_sum(mini_loss.item(), device))
             if not math.isfinite(losses[-1]):
@@ -328,6 +338,7 @@ def ppo_update(run, batch):
             run.optimizer.zero_grad(set_to_none=True)
     return losses, grad_norms, {k: v.item() for k, v in sums.items()}, gap.item()
 
+
 def micro_batch(batch, rows, device) -> MicroBatch:
     def flat(per_rollout):  # per-rollout lists of per-token values -> [N] in mask's order, made on the host
         return torch.tensor([x for j in rows for x in per_rollout(j)], dtype=torch.float32, device=device)
@@ -336,6 +347,7 @@ def micro_batch(batch, rows, device) -> MicroBatch:
     ref = None if batch.ref_lp is None else flat(lambda j: batch.ref_lp[j])
     sampled = flat(lambda j: batch.rolls[j].logprobs)
     return MicroBatch(rows, *pack([batch.rolls[j] for j in rows], device), adv, old, ref, sampled)
+
 
 def micro_batch_loss(run, mb: MicroBatch, counts: dict):
     """The micro-batch's part of its mini-batch's loss (counts: the mini-batch's sequences and tokens over all ranks,
@@ -351,6 +363,7 @@ def micro_batch_loss(run, mb: MicroBatch, counts: dict):
     loss, stats = aggregate(*map(full, terms), mb.mask, old_logprobs=full(mb.old), beta=a.beta,
                             aggregation=a.aggregation, max_tokens=a.max_response_tokens, **counts)
     return loss, stats, terms[0].detach()
+
 
 def metrics_row(run, batch, up, times):
     """Phase 5a: one metrics.jsonl row, global means over every rank's rollouts."""
@@ -391,6 +404,7 @@ def metrics_row(run, batch, up, times):
             **{f"time_{k}": v for k, v in times.items()}, "time": sum(times.values()),
             "rollout_tokens_per_s": tot["response_tokens"] / max(times["rollout"], 1e-9)}
 
+
 def validation(run):
     """Greedy validation (one sample per prompt) of the current policy: accuracy and query-language match."""
     qs, ids = run.val
@@ -404,6 +418,7 @@ def validation(run):
     match = dist.all_sum(sum(r.lang == qs[r.question].lang for r in rs), run.device)
     n = dist.all_sum(len(rs), run.device)
     return {"val_accuracy": acc / n, "val_lang_match": match / n}
+
 
 def write_logs(run, batch, row, reporter):
     """Phase 5b: the metrics row, and the first --log-rollouts prompt groups of every rank with their scores."""
@@ -424,6 +439,7 @@ def write_logs(run, batch, row, reporter):
             for rows in logged:
                 for r in rows:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
 
 def finish(run, end, t_main):
     """The export (and the toy demo's report) once the last step ran, then the run's summary line."""
@@ -450,6 +466,7 @@ def timed(times, name, phase, *args):
     times[name] = time.perf_counter() - t0
     return out
 
+
 def pack(rolls, device):
     """Right-padded ids [b, T], next-token targets [b, T] (position k predicts token k + 1) and the response mask
     [b, T] (True where that next token is a response token: row i's tokens in order, so a flat [N] of per-token values
@@ -464,6 +481,7 @@ def pack(rolls, device):
     targets = torch.cat([ids[:, 1:], torch.zeros(len(rolls), 1, dtype=torch.long)], 1)
     return ids.to(device), targets.to(device), mask.to(device)
 
+
 def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
     """log pi(token) at the response positions (`mask` True), float32 [N] in row-major order. Logits exist only for
     those N positions; with `chunk` (the memory plan's choice when even those would not fit) only `chunk` at a time."""
@@ -472,6 +490,7 @@ def response_logprobs(model, ids, targets, mask, temperature, chunk=None):
     return model(ids, logits_at=mask,  # inside the forward, where FSDP holds the lm_head weight gathered
                  head=lambda hidden, weight: token_logprobs_from_hidden(hidden, weight, targets[mask], temperature,
                                                                         chunk))
+
 
 def response_terms(model, ids, targets, mask, chunk=None, **kw):
     """The loss's per-token terms (log pi, surrogate, k3, clip flag) at the response positions, flat [N] each, from one
@@ -482,6 +501,7 @@ def response_terms(model, ids, targets, mask, chunk=None, **kw):
         return grpo_terms(model(ids, logits_at=mask), t, mask=keep, **kw)
     return model(ids, logits_at=mask, head=lambda hidden, weight: grpo_terms_from_hidden(
         hidden, weight, t, mask=keep, chunk_tokens=chunk, **kw))
+
 
 @torch.no_grad()
 def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
@@ -496,8 +516,10 @@ def sequence_logprobs(model, rolls, device, temperature, budget, chunk=None):
             out[j], lp = lp[:n], lp[n:]
     return out
 
+
 def _length(roll) -> int:
     return len(roll.prompt_ids) + len(roll.tokens)
+
 
 def _write_back(batch, own):
     """pi_old taken from the update's own forward, into batch.old_lp (lists per rollout, as the other entries)."""
@@ -529,12 +551,14 @@ def prepare_default(args, rank, world, device):
     args.val_data = args.val_data or paths["test"]
     return os.path.join(sft_dir, "final"), paths["train"]
 
+
 def make_plan(args, cfg, world, device_type, total):
     return grpo_plan(cfg, world=world, total=total, device=device_type, prompts_per_step=args.batch_prompts,
                      group_size=args.group_size, max_prompt_tokens=args.max_prompt_tokens,
                      max_response_tokens=args.max_response_tokens, micro_batch_tokens=args.micro_batch_tokens,
                      lora_rank=args.lora_rank, beta=args.beta, rollout_rows=args.rollout_rows,
                      activation_checkpointing=args.activation_checkpointing)
+
 
 def plan_only(args):
     """--plan: the plan from config.json alone (no process group, no weights, no tokenizer), then exit 0 or 3."""
@@ -633,6 +657,7 @@ def parse_args(argv=None):
         args = ap.parse_args(argv)
     return args
 
+
 def check_args(args):
     check_flags(args, positive=("epochs", "max_steps", "stop_after", "group_size", "temperature", "batch_prompts",
                                 "mini_batch_prompts", "ppo_epochs", "lr", "grad_clip", "clip_eps", "clip_eps_high",
@@ -641,6 +666,7 @@ def check_args(args):
                 non_negative=("bonus", "lam", "weight_decay", "beta", "lora_rank", "export_lora_scale", "eval_every",
                               "log_rollouts"),
                 fractions={"alpha_floor": (0, 1)})
+
 
 if __name__ == "__main__":
     run_trainer(main, lambda: parse_args().out)

@@ -52,7 +52,7 @@ def setup() -> tuple:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         tdist.init_process_group(backend, init_method=init, rank=int(os.environ["RANK"]),
-                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=TIMEOUT_S))
+                                 world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=TIMEOUT_S))
     rank, world = tdist.get_rank(), tdist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return rank, world, device
@@ -97,7 +97,7 @@ def stop_if_a_rank_is_lost(rank: int, step: int):
     except RuntimeError as e:
         msg = str(e)
         if not (isinstance(e, tdist.DistError) or any(k in msg for k in ("Connection closed", "Timed out", "timed out",
-                                                                          "NCCL", "gloo", "Connection reset"))):
+                                                                           "NCCL", "gloo", "Connection reset"))):
             raise
         first = msg.strip().splitlines()[0][:200] if msg.strip() else type(e).__name__
         raise RankLost(f"rank {rank}, step {step}: a collective failed ({first}); another rank probably died or "

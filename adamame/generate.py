@@ -68,7 +68,7 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniforms=None):
 
 
 def _mix32(x):
-    """murmur3's 32-bit finaliser on int64 tensors holding unsigned 32-bit values (a bijection of [0, 2^32))."""
+    """murmur3's 32-bit finaliser on uint32 values in int64 tensors (sampler.py has its own copy: each copies alone)."""
     x = x ^ (x >> 16)
     x = (x * 0x85EBCA6B) & MASK32  # the product wraps in int64; its low 32 bits are exact
     x = x ^ (x >> 13)

@@ -15,7 +15,8 @@ lives in adamame/model.py; this module is the only one that touches the files.
                                  weights and their index). Under torchrun the first local rank of every node resolves
                                  it (nodes need not share a cache) while the node's other ranks wait, then read it.
 
-Imports: torch, safetensors, huggingface_hub (for hub ids; installed with transformers); adamame: model.
+Imports: torch, safetensors, huggingface_hub (installed with transformers: its cache folder, and the download of a
+hub id); adamame: model.
 """
 
 import json

@@ -25,7 +25,8 @@ does not depend on how the blocks are grouped, so for the same logits a sample's
 number of programs, rows or batch (on a GPU the bf16 logits themselves may differ in their last bits between row
 buckets, which can move a draw that sits on a boundary). The uniform numbers come from a counter-based hash of
 (seed, sample, token index, stream), so nothing on the host is needed: the op runs inside a CUDA graph, its seed,
-temperature, samples and token indices in device tensors. It is registered as `adamame::sample` (torch.library): op recorders and the meta device see one op.
+temperature, samples and token indices in device tensors. It is registered as `adamame::sample` (torch.library): op
+recorders and the meta device see one op.
 
 `sample_torch` is the same algorithm in plain PyTorch (the reference the tests hold the kernel to, and what the op
 computes where the kernel cannot run). `use_kernel` is the decode step's switch: ADAMAME_SAMPLER, else
@@ -82,7 +83,8 @@ def seed_tensor(seed: int, device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the keyed numbers
 
 def _mix32(x):
-    """murmur3's 32-bit finaliser on int64 values holding unsigned 32-bit ones (PyTorch or Triton tensors)."""
+    """murmur3's 32-bit finaliser on int64 values holding unsigned 32-bit ones (PyTorch or Triton tensors). generate.py
+    has its own copy, so that each module copies without the other."""
     x = x ^ (x >> 16)
     x = (x * 0x85EBCA6B) & MASK32
     x = x ^ (x >> 13)

@@ -149,7 +149,8 @@ def ablation(res: dict) -> str:
         f"Held-out toy prompts, {m['held_out_prompts'] // 7} per language, {st['k']} samples each at temperature "
         f"{st['eval_temperature']}. A variant's figure is the mean over {st['seeds']} RL seeds of "
         f"{st['rl']['max_steps']} steps each, ± the half-width of its 95% t-interval. All seeds start from one SFT "
-        f"model and its {m['rl_prompts']} selected RL prompts. 'X - grpo' is the difference paired by seed. Rates are in %, and "
+        f"model and its {m['rl_prompts']} selected RL prompts. 'X - grpo' is the difference paired by seed. "
+        f"Rates are in %, and "
         f"tokens are the tokenizer's. `python bench/ablation.py` took {res['seconds'] / 60:.0f} min on this "
         f"project's 2-core CPU machine.", 116))
 

@@ -17,10 +17,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from adamame.language import KNOWN_LANGUAGES  # noqa: E402
 from adamame.answer import accuracy  # noqa: E402
-from adamame.language import split_response  # noqa: E402
-from adamame.language import fidelity, fidelity_rates, get_detector, reward_language  # noqa: E402
+from adamame.language import (KNOWN_LANGUAGES, fidelity, fidelity_rates, get_detector, reward_language,  # noqa: E402
+                              split_response)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "eval", "mgsm")
 FALLBACK = {

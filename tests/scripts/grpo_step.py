@@ -61,9 +61,16 @@ def main(out_path, model_dir, budget=20, chunk=None, old_mode="fixed"):
     if old_mode == "own":  # train_grpo's phase: the first mini-batch's pi_old comes from its update forward
         batch.old_lp, _ = logprob_phase(run, batch)
         assert batch.old_lp[0] is None and batch.old_lp[-1] is not None
-    losses, norms, _, _ = ppo_update(run, batch)
+    first = args.mini_batch_prompts // world * G  # this rank's rollouts in the first mini-batch
+    before = sequence_logprobs(model, rolls[:first], device, args.temperature, args.micro_batch_tokens, chunk)
+    losses, norms, _, gap = ppo_update(run, batch)
     old = batch.old_lp
     assert None not in old  # written back by ppo_update, for logprob_diff and the rollout records
+    # logprob_diff (this rank's part): max |pi_old - sampler's| where the trainer's pi_old is known: every rollout
+    # when it is recomputed (its pi_old, as written back), else the first mini-batch's (the policy before any step)
+    trainer = old if old_mode != "fixed" else before
+    want = max(abs(a - b) for o, r in zip(trainer, rolls) for a, b in zip(o, r.logprobs))
+    assert abs(gap - want) <= 1e-5 * max(1.0, want), (gap, want)
     full = dist.full_state_dict(model, trainable_only=True)
     if rank == 0:
         with open(out_path, "w") as f:
