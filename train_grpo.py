@@ -108,7 +108,7 @@ class Scores:
 class MicroBatch:
     """One micro-batch of the update: ids, next-token targets and the response mask [b, T] (pack), and per response
     token (flat [N], row-major): the sequence's advantage, pi_old (None: from this forward), pi_ref (None: no KL) and
-    the sampler's log-prob."""
+    the sampler's log-prob (None: not compared here)."""
     rows: list  # rollout indices
     ids: torch.Tensor
     targets: torch.Tensor
@@ -116,7 +116,7 @@ class MicroBatch:
     adv: torch.Tensor
     old: torch.Tensor | None
     ref: torch.Tensor | None
-    sampled: torch.Tensor
+    sampled: torch.Tensor | None
 
 
 def main(argv=None):
@@ -318,15 +318,16 @@ def ppo_update(run, batch):
             mini_loss, own = torch.zeros((), device=device), []
             for k, rows in enumerate(mbs):
                 run.model.set_requires_gradient_sync(k == len(mbs) - 1)
-                mb = micro_batch(batch, rows, device)
+                known = epoch == 0 and (m == 0 or args.old_logprobs == "recompute")  # the trainer's pi_old
+                mb = micro_batch(batch, rows, device, sampled=known)
                 loss, stats, logp = micro_batch_loss(run, mb, counts)
                 (loss * W).backward()
                 mini_loss += loss.detach()
                 sums = {key: v + stats[key] for key, v in sums.items()}
                 if mb.old is None:
                     own.append((rows, logp))
-                if epoch == 0 and (m == 0 or args.old_logprobs == "recompute") and logp.numel():
-                    trainer = logp if m == 0 else mb.old  # pi_old as the trainer has it: before any step, this forward
+                if known and logp.numel():
+                    trainer = logp if m == 0 else mb.old  # before any step, this forward is pi_old
                     gap = torch.maximum(gap, (trainer - mb.sampled).abs().max())  # the sampler against it
             _write_back(batch, own)  # after the backward: one copy to the host per micro-batch, no stall before it
             losses.append(dist.all_sum(mini_loss.item(), device))
@@ -339,14 +340,14 @@ def ppo_update(run, batch):
     return losses, grad_norms, {k: v.item() for k, v in sums.items()}, gap.item()
 
 
-def micro_batch(batch, rows, device) -> MicroBatch:
+def micro_batch(batch, rows, device, *, sampled: bool) -> MicroBatch:
     def flat(per_rollout):  # per-rollout lists of per-token values -> [N] in mask's order, made on the host
         return torch.tensor([x for j in rows for x in per_rollout(j)], dtype=torch.float32, device=device)
     adv = flat(lambda j: [batch.scores.adv[j]] * len(batch.rolls[j].tokens))
     old = None if batch.old_lp[rows[0]] is None else flat(lambda j: batch.old_lp[j])
     ref = None if batch.ref_lp is None else flat(lambda j: batch.ref_lp[j])
-    sampled = flat(lambda j: batch.rolls[j].logprobs)
-    return MicroBatch(rows, *pack([batch.rolls[j] for j in rows], device), adv, old, ref, sampled)
+    lp = flat(lambda j: batch.rolls[j].logprobs) if sampled else None
+    return MicroBatch(rows, *pack([batch.rolls[j] for j in rows], device), adv, old, ref, lp)
 
 
 def micro_batch_loss(run, mb: MicroBatch, counts: dict):
