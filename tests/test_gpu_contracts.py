@@ -514,6 +514,39 @@ def test_a_fused_sampling_step_syncs_nothing_and_replays_the_same_ops(tmp_path, 
     assert recs[0] == recs[1]
 
 
+def test_a_decode_call_writes_its_inputs_into_the_static_buffers_in_place(tmp_path):
+    """A captured CUDA graph reads the Decoder's static buffers at the addresses it was captured with, so every call
+    must write its inputs into them in place (never rebind one), pad the rows past `live` (slot 0, inactive, no group)
+    and take `active` and the prompt groups as given. Calls of 5 and then 3 live rows, with and without active, groups
+    and the fused sampler's inputs; the eager step reads the same buffers a graph would."""
+    from types import SimpleNamespace
+
+    from adamame.generate import Decoder
+    from adamame.paging import GROUP
+
+    model = _gqa_model(tmp_path)
+    cache, tokens, positions = _step_setup(model)
+    dec = Decoder(model, cache, cuda_graphs=False)
+    names = ("tokens", "positions", "slot", "active", "members", "pend", "sample", "index", "seed", "inv_t")
+    where = {n: getattr(dec, n).data_ptr() for n in names}
+    members = torch.full((5, GROUP), -1, dtype=torch.int32)
+    members[0, :2], members[2, :3] = torch.tensor([0, 1]), torch.tensor([2, 3, 4])
+    groups = (members, torch.tensor([2, 0, 3, 0, 0], dtype=torch.int32))
+    st = SimpleNamespace(temperature=0.8, seed_t=torch.tensor([7, 9]), inv_t=torch.tensor([1.25]))
+    with torch.no_grad():
+        dec(tokens, positions, positions + 3, 12, groups=groups, fused=(st, torch.arange(5) + 20, torch.arange(5)))
+        assert dec.active.all() and torch.equal(dec.members, members) and torch.equal(dec.pend, groups[1])
+        assert torch.equal(dec.sample, torch.arange(5) + 20) and dec.seed.tolist() == [7, 9]
+        active = torch.tensor([True, False, True])
+        dec(tokens[:3] + 1, positions[:3] + 1, positions[:3] + 4, 12, active=active,
+            groups=(members[:3], groups[1][:3]))
+    assert {n: getattr(dec, n).data_ptr() for n in names} == where  # the same memory, rewritten
+    assert torch.equal(dec.tokens[:3], tokens[:3] + 1) and torch.equal(dec.positions[:3], positions[:3] + 1)
+    assert torch.equal(dec.slot[:3], positions[:3] + 4) and not dec.slot[3:].any()
+    assert dec.active.tolist() == [True, False, True, False, False]
+    assert torch.equal(dec.members[:3], members[:3]) and (dec.members[3:] == -1).all() and not dec.pend[3:].any()
+
+
 def test_the_sampling_step_has_no_host_sync():
     """draw (keyed uniforms, sample_next, the done/EOS bookkeeping) with top-k and top-p on, for every row and for an
     admission's rows, on the meta device, where an `.item()`, a `.cpu()` or a `nonzero` fails: nothing waits for the
